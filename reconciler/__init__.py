@@ -1,0 +1,3 @@
+"""reconciler: a GitOps reconciler for AI deployments."""
+
+__version__ = "0.1.0"
