@@ -1,0 +1,98 @@
+"""Instances: what expansion produces and every later stage consumes.
+
+An instance is one Deployment or Schedule in one environment, fully resolved (overrides
+merged, prompt template inlined). Its `spec` is plain JSON data in camelCase; secrets
+appear only as references `{"secretEnv": NAME}`, never as values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+#: (environment, kind, name)
+InstanceKey = tuple[str, str, str]
+
+APPLIED_KINDS = ("Deployment", "Schedule")
+
+
+def canonical_json(data: Any) -> str:
+    """Stable JSON: sorted keys, no whitespace; the basis of every hash."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a document came from, for messages (`path:line`)."""
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """A Provider resolved for one environment (overrides merged)."""
+
+    name: str
+    type: str
+    environment: str
+    config: dict[str, Any] = field(default_factory=dict)
+    #: e.g. {"tokenEnv": "REGISTRY_TOKEN"}: names of environment variables only.
+    credentials: dict[str, str] = field(default_factory=dict)
+    models: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One applied object (Deployment or Schedule) in one environment."""
+
+    environment: str
+    kind: str
+    name: str
+    provider: str
+    #: Resolved spec, JSON-compatible, camelCase, without environments/overrides.
+    spec: dict[str, Any]
+    labels: dict[str, str] = field(default_factory=dict)
+    source: Source | None = None
+    #: Keys this instance needs applied first (a schedule needs its deployment).
+    depends_on: tuple[InstanceKey, ...] = ()
+
+    @property
+    def key(self) -> InstanceKey:
+        return (self.environment, self.kind, self.name)
+
+    @property
+    def risk(self) -> str:
+        return str(self.spec.get("risk", "low"))
+
+    def body(self) -> dict[str, Any]:
+        """What a provider is sent: name, environment, labels and the resolved spec."""
+        return {"name": self.name, "environment": self.environment, "labels": self.labels, **self.spec}
+
+    def hash(self) -> str:
+        return spec_hash(self.body())
+
+
+def secret_refs(spec: Any) -> list[str]:
+    """Names of the environment variables a spec refers to as secrets."""
+    found: list[str] = []
+    stack = [spec]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if set(v) == {"secretEnv"} and isinstance(v["secretEnv"], str):
+                found.append(v["secretEnv"])
+            else:
+                stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return sorted(set(found))
