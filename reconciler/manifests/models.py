@@ -1,0 +1,297 @@
+"""Pydantic models of the five manifest kinds (apiVersion `reconciler/v1`).
+
+Strict on purpose: unknown fields are errors (a typo must never be ignored), booleans
+must be `true`/`false`, numbers must be numbers. String fields take the text the user
+typed, even when YAML would read it as a number (`version: 1.10` stays "1.10").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    StringConstraints,
+    Tag,
+    TypeAdapter,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from reconciler.approvals.policy import ApprovalPolicy
+from reconciler.manifests.yamlload import YFloat, YInt
+
+API_VERSION = "reconciler/v1"
+SLUG_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SEMVER_PATTERN = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+ENDPOINT_PATTERN = r"^/[a-z0-9_/-]*$"
+PROMPT_REF_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?@[0-9A-Za-z.+-]+$"
+INTERVAL_PATTERN = r"^[0-9]+(\.[0-9]+)?[smhd]$"
+
+
+def _typed_text(value: Any) -> Any:
+    """A number in a string field becomes the text the user typed (`1.10`, `012`)."""
+    if isinstance(value, YInt | YFloat):
+        return value.text
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_typed_text)]
+Slug = Annotated[Text, StringConstraints(pattern=SLUG_PATTERN)]
+EnvVarName = Annotated[Text, StringConstraints(pattern=ENV_VAR_PATTERN)]
+Risk = Literal["low", "medium", "high", "critical"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        populate_by_name=True,
+        alias_generator=to_camel,
+    )
+
+
+class Metadata(_Model):
+    name: Slug
+    labels: dict[Text, Text] = Field(default_factory=dict)
+    annotations: dict[Text, Text] = Field(default_factory=dict)
+
+
+# --- Environment -------------------------------------------------------------------
+
+
+class Window(_Model):
+    """A deploy window: from each `allow`/`deny` cron start, for `duration`."""
+
+    allow: Text | None = None
+    deny: Text | None = None
+    duration: Text
+    timezone: Text = "UTC"
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Window:
+        if (self.allow is None) == (self.deny is None):
+            raise ValueError("a window needs exactly one of `allow` or `deny` (a cron start)")
+        return self
+
+
+class EnvironmentSpec(_Model):
+    description: Text | None = None
+    protected: bool = False
+    approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    windows: list[Window] = Field(default_factory=list)
+    allow_override: bool = False
+
+
+class Environment(_Model):
+    api_version: Literal["reconciler/v1"]
+    kind: Literal["Environment"]
+    metadata: Metadata
+    spec: EnvironmentSpec = Field(default_factory=EnvironmentSpec)
+
+
+# --- Provider ----------------------------------------------------------------------
+
+
+class ProviderOverride(_Model):
+    config: dict[Text, JsonValue] | None = None
+    credentials: dict[Text, EnvVarName] | None = None
+    models: list[Text] | None = None
+
+
+class ProviderSpec(_Model):
+    type: Slug
+    environments: list[Slug] = Field(min_length=1)
+    config: dict[Text, JsonValue] = Field(default_factory=dict)
+    credentials: dict[Text, EnvVarName] = Field(default_factory=dict)
+    models: list[Text] | None = None
+    overrides: dict[Slug, ProviderOverride] = Field(default_factory=dict)
+
+
+class Provider(_Model):
+    api_version: Literal["reconciler/v1"]
+    kind: Literal["Provider"]
+    metadata: Metadata
+    spec: ProviderSpec
+
+
+# --- Prompt ------------------------------------------------------------------------
+
+
+class PromptVersion(_Model):
+    version: Annotated[Text, StringConstraints(pattern=SEMVER_PATTERN)]
+    template: Text | None = None
+    template_file: Text | None = None
+    description: Text | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptVersion:
+        if (self.template is None) == (self.template_file is None):
+            raise ValueError("a prompt version needs exactly one of `template` or `templateFile`")
+        return self
+
+
+class PromptSpec(_Model):
+    description: Text | None = None
+    versions: list[PromptVersion] = Field(min_length=1)
+
+
+class Prompt(_Model):
+    api_version: Literal["reconciler/v1"]
+    kind: Literal["Prompt"]
+    metadata: Metadata
+    spec: PromptSpec
+
+
+# --- Deployment --------------------------------------------------------------------
+
+
+class Options(_Model):
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    stop: list[Text] | None = None
+    seed: int | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+
+
+class Scaling(_Model):
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+    max_replicas: Annotated[int, Field(ge=1)] = 1
+    hardware: Text | None = None
+    # minReplicas <= maxReplicas is checked after overrides are merged (expand.py).
+
+
+class SecretRef(_Model):
+    secret_env: EnvVarName
+
+
+def _env_value_kind(value: Any) -> str:
+    return "secretRef" if isinstance(value, dict | SecretRef) else "text"
+
+
+#: An env value: plain text, or `{secretEnv: NAME}` (the tags never reach messages).
+EnvValue = Annotated[
+    Annotated[Text, Tag("text")] | Annotated[SecretRef, Tag("secretRef")],
+    Discriminator(_env_value_kind),
+]
+UNION_TAGS = frozenset({"text", "secretRef"})
+Endpoint = Annotated[Text, StringConstraints(pattern=ENDPOINT_PATTERN)]
+PromptRef = Annotated[Text, StringConstraints(pattern=PROMPT_REF_PATTERN)]
+Timeout = Annotated[float, Field(gt=0)]
+
+
+class DeploymentFields(_Model):
+    """Fields a deployment override may set (all optional)."""
+
+    provider: Slug | None = None
+    model: Text | None = None
+    prompt: PromptRef | None = None
+    options: Options | None = None
+    endpoint: Endpoint | None = None
+    scaling: Scaling | None = None
+    env: dict[EnvVarName, EnvValue] | None = None
+    timeout_seconds: Timeout | None = None
+    enabled: bool | None = None
+    risk: Risk | None = None
+
+
+class DeploymentSpec(_Model):
+    environments: list[Slug] = Field(min_length=1)
+    provider: Slug
+    model: Text
+    prompt: PromptRef | None = None
+    options: Options | None = None
+    endpoint: Endpoint | None = None
+    scaling: Scaling | None = None
+    env: dict[EnvVarName, EnvValue] = Field(default_factory=dict)
+    timeout_seconds: Timeout | None = None
+    enabled: bool = True
+    risk: Risk = "low"
+    overrides: dict[Slug, DeploymentFields] = Field(default_factory=dict)
+
+
+class Deployment(_Model):
+    api_version: Literal["reconciler/v1"]
+    kind: Literal["Deployment"]
+    metadata: Metadata
+    spec: DeploymentSpec
+
+
+# --- Schedule ----------------------------------------------------------------------
+
+
+class ScheduleFields(_Model):
+    cron: Text | None = None
+    interval: Annotated[Text, StringConstraints(pattern=INTERVAL_PATTERN)] | None = None
+    timezone: Text | None = None
+    input: dict[Text, JsonValue] | None = None
+    enabled: bool | None = None
+    start_at: Text | None = None
+    end_at: Text | None = None
+    concurrency: Literal["allow", "forbid", "replace"] | None = None
+
+
+class ScheduleSpec(_Model):
+    environments: list[Slug] = Field(min_length=1)
+    deployment: Slug
+    cron: Text | None = None
+    interval: Annotated[Text, StringConstraints(pattern=INTERVAL_PATTERN)] | None = None
+    timezone: Text = "UTC"
+    input: dict[Text, JsonValue] = Field(default_factory=dict)
+    enabled: bool = True
+    start_at: Text | None = None
+    end_at: Text | None = None
+    concurrency: Literal["allow", "forbid", "replace"] = "allow"
+    overrides: dict[Slug, ScheduleFields] = Field(default_factory=dict)
+
+
+class Schedule(_Model):
+    api_version: Literal["reconciler/v1"]
+    kind: Literal["Schedule"]
+    metadata: Metadata
+    spec: ScheduleSpec
+
+
+Manifest = Annotated[
+    Environment | Provider | Prompt | Deployment | Schedule,
+    Field(discriminator="kind"),
+]
+KINDS: dict[str, type[_Model]] = {
+    "Environment": Environment,
+    "Provider": Provider,
+    "Prompt": Prompt,
+    "Deployment": Deployment,
+    "Schedule": Schedule,
+}
+#: Per kind, the model an environment override is validated with.
+OVERRIDE_MODELS: dict[str, type[_Model]] = {
+    "Provider": ProviderOverride,
+    "Deployment": DeploymentFields,
+    "Schedule": ScheduleFields,
+}
+FULL_SPECS: dict[str, type[_Model]] = {
+    "Provider": ProviderSpec,
+    "Deployment": DeploymentSpec,
+    "Schedule": ScheduleSpec,
+}
+manifest_adapter: TypeAdapter[Any] = TypeAdapter(Manifest)
+
+_SLUG_RX = re.compile(SLUG_PATTERN)
+
+
+def is_slug(value: str) -> bool:
+    return bool(_SLUG_RX.match(value))

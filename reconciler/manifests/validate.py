@@ -1,0 +1,325 @@
+"""Validation: parsed documents → typed manifests, every problem located.
+
+Per document: YAML (already parsed), then the pydantic model of its kind. Across
+documents: unique names per kind, references (environments, providers, prompt@version,
+schedule → deployment), provider types, cron/interval/timezone, secrets written in
+plain text. Per-environment checks that need overrides merged live in expand.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from reconciler import schedules
+from reconciler.manifests import models as m
+from reconciler.manifests.diagnostics import (
+    Diagnostic,
+    did_you_mean,
+    from_validation_error,
+    locate,
+)
+from reconciler.manifests.yamlload import Pos, YamlProblem, YMap, load_documents
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Provider types built in; plugins add theirs through the `reconciler.providers` group.
+BUILTIN_PROVIDER_TYPES = ("local", "http")
+
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|AUTH)", re.I)
+_SECRET_VALUE = re.compile(
+    r"^(sk-[A-Za-z0-9_-]{16,}|sk-ant-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,}|hf_[A-Za-z0-9]{20,}|r8_[A-Za-z0-9]{20,}"
+    r"|xox[abpors]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|glpat-[A-Za-z0-9_-]{16,}"
+    r"|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})"
+)
+_CONFIG_SECRET_KEYS = re.compile(r"^(api[-_]?key|token|secret|password|auth|authorization)$", re.I)
+
+
+@dataclass
+class Entry(Generic[M]):
+    """A validated document with its raw data (for positions) and file."""
+
+    model: M
+    raw: YMap
+    path: str
+
+    @property
+    def name(self) -> str:
+        return str(self.model.metadata.name)  # type: ignore[attr-defined]
+
+    def pos(self, *loc: str | int) -> Pos:
+        return locate(self.raw, loc)
+
+
+@dataclass
+class Manifests:
+    """All valid documents of a repo, by kind and name."""
+
+    environments: dict[str, Entry[m.Environment]] = field(default_factory=dict)
+    providers: dict[str, Entry[m.Provider]] = field(default_factory=dict)
+    prompts: dict[str, Entry[m.Prompt]] = field(default_factory=dict)
+    deployments: dict[str, Entry[m.Deployment]] = field(default_factory=dict)
+    schedules: dict[str, Entry[m.Schedule]] = field(default_factory=dict)
+    documents: int = 0
+
+    def by_kind(self, kind: str) -> dict[str, Entry[Any]]:
+        return {
+            "Environment": self.environments,
+            "Provider": self.providers,
+            "Prompt": self.prompts,
+            "Deployment": self.deployments,
+            "Schedule": self.schedules,
+        }[kind]  # type: ignore[return-value]
+
+
+def provider_types() -> list[str]:
+    names = set(BUILTIN_PROVIDER_TYPES)
+    names.update(ep.name for ep in entry_points(group="reconciler.providers"))
+    return sorted(names)
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.items: list[Diagnostic] = []
+
+    def at(self, path: str, pos: Pos, message: str) -> None:
+        self.items.append(Diagnostic(path, pos.line, pos.col, message))
+
+
+def parse_files(files: Mapping[str, bytes], out: list[Diagnostic]) -> list[tuple[str, YMap]]:
+    """Every non-empty document of every file, in path order; problems go to `out`."""
+    docs: list[tuple[str, YMap]] = []
+    for path in sorted(files):
+        try:
+            for doc in load_documents(files[path]):
+                if doc.data is None:
+                    continue
+                if not isinstance(doc.data, YMap):
+                    out.append(
+                        Diagnostic(path, doc.pos.line, doc.pos.col, "a manifest must be a mapping")
+                    )
+                    continue
+                docs.append((path, doc.data))
+        except YamlProblem as p:
+            out.append(Diagnostic(path, p.line, p.col, p.message))
+    return docs
+
+
+def validate_documents(
+    docs: Iterable[tuple[str, YMap]], out: list[Diagnostic]
+) -> Manifests:
+    """Schema-validate each document and check everything that spans documents."""
+    c = _Collector()
+    result = Manifests()
+    for path, raw in docs:
+        result.documents += 1
+        if raw.get("apiVersion") != m.API_VERSION and isinstance(raw.get("apiVersion"), str):
+            c.at(
+                path,
+                locate(raw, ["apiVersion"]),
+                f"unsupported apiVersion {raw['apiVersion']!r} (expected {m.API_VERSION!r})",
+            )
+            continue
+        try:
+            model = m.manifest_adapter.validate_python(raw)
+        except ValidationError as e:
+            c.items.extend(from_validation_error(e, raw, path))
+            continue
+        table = result.by_kind(model.kind)
+        name = str(model.metadata.name)
+        if name in table:
+            first = table[name]
+            c.at(
+                path,
+                locate(raw, ["metadata", "name"]),
+                f"duplicate {model.kind} name {name!r} (first defined at "
+                f"{first.path}:{first.pos('metadata', 'name').line})",
+            )
+            continue
+        table[name] = Entry(model, raw, path)
+    _check_references(result, c)
+    out.extend(c.items)
+    return result
+
+
+def _check_envs(
+    c: _Collector, e: Entry[Any], envs: Mapping[str, Any], field_loc: tuple[str, ...] = ()
+) -> None:
+    spec = e.model.spec
+    for i, env in enumerate(spec.environments):
+        if env not in envs:
+            c.at(
+                e.path,
+                e.pos("spec", "environments", i),
+                f"unknown environment {env!r}{did_you_mean(env, envs)}",
+            )
+    for env in spec.overrides:
+        if env not in spec.environments:
+            c.at(
+                e.path,
+                locate(e.raw, ["spec", "overrides", env]),
+                f"override for {env!r}, which is not in this {e.model.kind}'s environments",
+            )
+
+
+def _check_references(r: Manifests, c: _Collector) -> None:
+    types = provider_types()
+    for p in r.providers.values():
+        _check_envs(c, p, r.environments)
+        if p.model.spec.type not in types:
+            c.at(
+                p.path,
+                p.pos("spec", "type"),
+                f"unknown provider type {p.model.spec.type!r}"
+                f"{did_you_mean(p.model.spec.type, types)}; installed: {', '.join(types)}",
+            )
+        _check_plaintext_config(c, p.path, p.raw, p.model.spec.config, ("spec", "config"))
+        for env, ov in p.model.spec.overrides.items():
+            if ov.config:
+                _check_plaintext_config(
+                    c, p.path, p.raw, ov.config, ("spec", "overrides", env, "config")
+                )
+    for pr in r.prompts.values():
+        seen: dict[str, int] = {}
+        for i, v in enumerate(pr.model.spec.versions):
+            if v.version in seen:
+                c.at(
+                    pr.path,
+                    pr.pos("spec", "versions", i, "version"),
+                    f"duplicate prompt version {v.version!r}",
+                )
+            seen[v.version] = i
+    for d in r.deployments.values():
+        _check_envs(c, d, r.environments)
+        spec = d.model.spec
+        _check_deployment_refs(c, r, d, spec, ("spec",))
+        for env, ov in spec.overrides.items():
+            _check_deployment_refs(c, r, d, ov, ("spec", "overrides", env))
+    for s in r.schedules.values():
+        _check_envs(c, s, r.environments)
+        spec = s.model.spec
+        if spec.deployment not in r.deployments:
+            c.at(
+                s.path,
+                s.pos("spec", "deployment"),
+                f"unknown deployment {spec.deployment!r}{did_you_mean(spec.deployment, r.deployments)}",
+            )
+        else:
+            dep_envs = r.deployments[spec.deployment].model.spec.environments
+            for i, env in enumerate(spec.environments):
+                if env in r.environments and env not in dep_envs:
+                    c.at(
+                        s.path,
+                        s.pos("spec", "environments", i),
+                        f"deployment {spec.deployment!r} is not deployed to {env!r}",
+                    )
+        _check_timing(c, s, spec, ("spec",), base=None)
+        for env, ov in spec.overrides.items():
+            _check_timing(c, s, ov, ("spec", "overrides", env), base=spec)
+    for env in r.environments.values():
+        for i, w in enumerate(env.model.spec.windows):
+            loc = ("spec", "windows", i)
+            start = w.allow if w.allow is not None else w.deny
+            which = "allow" if w.allow is not None else "deny"
+            if start is not None and (msg := schedules.validate_cron(start)):
+                c.at(env.path, env.pos(*loc, which), f"{which}: {msg}")
+            try:
+                schedules.parse_duration(w.duration)
+            except ValueError as ex:
+                c.at(env.path, env.pos(*loc, "duration"), f"duration: {ex}")
+            if msg := schedules.validate_timezone(w.timezone):
+                c.at(env.path, env.pos(*loc, "timezone"), f"timezone: {msg}")
+
+
+def _check_deployment_refs(
+    c: _Collector, r: Manifests, d: Entry[m.Deployment], spec: Any, loc: tuple[str, ...]
+) -> None:
+    if spec.provider is not None and spec.provider not in r.providers:
+        c.at(
+            d.path,
+            d.pos(*loc, "provider"),
+            f"unknown provider {spec.provider!r}{did_you_mean(spec.provider, r.providers)}",
+        )
+    if spec.prompt is not None:
+        name, _, version = spec.prompt.partition("@")
+        if name not in r.prompts:
+            c.at(
+                d.path,
+                d.pos(*loc, "prompt"),
+                f"unknown prompt {name!r}{did_you_mean(name, r.prompts)}",
+            )
+        else:
+            versions = [v.version for v in r.prompts[name].model.spec.versions]
+            if version not in versions:
+                c.at(
+                    d.path,
+                    d.pos(*loc, "prompt"),
+                    f"prompt {name!r} has no version {version!r}{did_you_mean(version, versions)}"
+                    f"; it has {', '.join(versions)}",
+                )
+    for key, value in (spec.env or {}).items():
+        if isinstance(value, str) and (_SECRET_NAME.search(key) or _SECRET_VALUE.match(value)):
+            c.at(
+                d.path,
+                d.pos(*loc, "env", key),
+                f"env {key} looks like a secret written in plain text: "
+                f"use {{secretEnv: {key}}} and set it in the environment",
+            )
+
+
+def _check_timing(
+    c: _Collector, s: Entry[m.Schedule], spec: Any, loc: tuple[str, ...], base: Any
+) -> None:
+    cron = spec.cron
+    interval = spec.interval
+    if base is None:
+        if (cron is None) == (interval is None):
+            c.at(s.path, s.pos(*loc), "a schedule needs exactly one of `cron` or `interval`")
+    elif cron is not None and interval is not None:
+        c.at(s.path, s.pos(*loc), "an override may set `cron` or `interval`, not both")
+    if cron is not None and (msg := schedules.validate_cron(cron)):
+        c.at(s.path, s.pos(*loc, "cron"), f"cron: {msg}")
+    if interval is not None:
+        try:
+            schedules.parse_interval(interval)
+        except ValueError as ex:
+            c.at(s.path, s.pos(*loc, "interval"), f"interval: {ex}")
+    if spec.timezone is not None and (msg := schedules.validate_timezone(spec.timezone)):
+        c.at(s.path, s.pos(*loc, "timezone"), f"timezone: {msg}")
+    for fld in ("start_at", "end_at"):
+        value = getattr(spec, fld)
+        if value is not None and (msg := _timestamp_problem(value)):
+            c.at(s.path, s.pos(*loc, "startAt" if fld == "start_at" else "endAt"), msg)
+
+
+def _timestamp_problem(text: str) -> str | None:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return f"{text!r} is not an ISO 8601 timestamp (e.g. 2026-01-31T09:00:00+01:00)"
+    if parsed.tzinfo is None:
+        return f"{text!r} needs a UTC offset (e.g. {text}Z or {text}+01:00)"
+    return None
+
+
+def _check_plaintext_config(
+    c: _Collector, path: str, raw: YMap, config: Mapping[str, Any], loc: tuple[str, ...]
+) -> None:
+    for key, value in config.items():
+        if isinstance(value, str) and (_CONFIG_SECRET_KEYS.match(key) or _SECRET_VALUE.match(value)):
+            c.at(
+                path,
+                locate(raw, [*loc, key]),
+                f"config.{key} looks like a credential in plain text: name an environment "
+                "variable in `credentials` instead (e.g. credentials: {tokenEnv: MY_TOKEN})",
+            )
+
+
+ReadFile = Callable[[str], bytes | None]
