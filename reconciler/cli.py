@@ -1,0 +1,180 @@
+"""Command line: parse arguments, call the library, print. Nothing else lives here.
+
+Results go to stdout; logs, progress and errors to stderr. Errors are one line plus
+details, never a traceback; exit codes are documented in reconciler/errors.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, NoReturn
+
+import typer
+from rich.console import Console
+
+from reconciler import log
+from reconciler.config import Settings, load_settings
+from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
+
+app = typer.Typer(
+    name="reconciler",
+    help="GitOps reconciler for AI deployments: validate, plan, approve, apply, roll back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+@dataclass
+class _Globals:
+    repo: Path
+    state: str | None
+    log_format: Literal["console", "json"] | None
+    verbosity: int
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.repo, state_url=self.state)
+        return self._settings
+
+
+_g: _Globals | None = None
+
+
+def _globals() -> _Globals:
+    assert _g is not None
+    return _g
+
+
+@app.callback()
+def _main(
+    repo: Annotated[
+        Path, typer.Option("--repo", help="The manifests repo (default: current directory).")
+    ] = Path("."),
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state", help="State URL: sqlite:///path.db or git://REF (env RECONCILER_STATE)."
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", help="console or json (json by default when CI is set)."),
+    ] = None,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
+    quiet: Annotated[int, typer.Option("-q", "--quiet", count=True, help="Fewer logs.")] = 0,
+) -> None:
+    global _g
+    if log_format not in (None, "console", "json"):
+        raise ReconcilerError(f"--log-format must be console or json, not {log_format!r}")
+    _g = _Globals(repo, state, log_format, verbose - quiet)  # type: ignore[arg-type]
+    import os
+
+    log.configure(fmt=_g.log_format, verbosity=_g.verbosity, in_ci=bool(os.environ.get("CI")))
+
+
+def _exit(code: int) -> NoReturn:
+    raise typer.Exit(code)
+
+
+# --- validate / schema / init ------------------------------------------------------
+
+
+@app.command()
+def validate(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(help="Manifest folders or files (default: from reconciler.yaml)."),
+    ] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="Validate at a git ref.")] = None,
+) -> None:
+    """Check every manifest; print every problem as path:line:col: message. Exit 0/1."""
+    from dataclasses import replace
+
+    from reconciler.load import load
+
+    settings = _globals().settings
+    if paths:
+        settings = replace(settings, manifest_paths=tuple(paths))
+    loaded = load(settings, ref)
+    d = loaded.desired
+    out.print(
+        f"valid: {d.manifests.documents} documents, {d.count()} instances, "
+        f"{len(d.environments)} environments ({', '.join(d.environments)})"
+    )
+
+
+@app.command()
+def schema(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder to write the JSON Schemas into.")
+    ] = Path("schemas"),
+) -> None:
+    """Write JSON Schemas (one per kind, one for any manifest) for editors."""
+    from reconciler.manifests.schema import write_schemas
+
+    for p in write_schemas(out_dir):
+        out.print(str(p))
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the repo.")] = Path("."),
+) -> None:
+    """Scaffold a new manifests repo: config, one environment, provider and deployment."""
+    from reconciler.scaffold import init_repo
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = init_repo(directory)
+    for p in written:
+        out.print(f"created {p}")
+    out.print(f"next: cd {directory} && reconciler validate && reconciler plan")
+
+
+# --- entry point -------------------------------------------------------------------
+
+
+def _print_error(e: ReconcilerError) -> None:
+    err.print(f"error: {log.redact(e.message)}", markup=False)
+    if e.details:
+        err.print(log.redact(e.details), markup=False)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the CLI; map every expected failure to one line and its exit code."""
+    code = EXIT_OK
+    try:
+        app(args=argv, standalone_mode=False)
+    except ReconcilerError as e:
+        _print_error(e)
+        code = e.exit_code
+    except typer.Exit as e:
+        code = e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        code = 130
+    except Exception as e:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(e, click.exceptions.Abort):
+            err.print("aborted")
+            code = EXIT_ERROR
+        elif isinstance(e, click.ClickException):
+            e.show(file=sys.stderr)
+            code = e.exit_code
+        else:
+            err.print(f"internal error: {log.redact(f'{type(e).__name__}: {e}')}", markup=False)
+            err.print("this is a bug in reconciler; re-run with -v and report it", markup=False)
+            if _g is not None and _g.verbosity > 0:
+                import traceback
+
+                err.print(log.redact(traceback.format_exc()), markup=False)
+            code = EXIT_ERROR
+    sys.exit(code)

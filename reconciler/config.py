@@ -1,0 +1,96 @@
+"""Settings: flags > environment variables > reconciler.yaml > built-in defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from reconciler.errors import ConfigError
+from reconciler.manifests.diagnostics import from_validation_error
+from reconciler.manifests.models import Text, _Model
+from reconciler.manifests.yamlload import YamlProblem, YMap, load_documents
+
+CONFIG_FILE = "reconciler.yaml"
+DEFAULT_MANIFEST_PATHS = ("manifests",)
+DEFAULT_STATE_URL = "sqlite:///.reconciler/state.db"
+
+
+class ApprovalsConfig(_Model):
+    source: Literal["github", "gitlab", "file", "none"] = "none"
+    repository: Text | None = None
+    file: Text | None = None
+
+
+class ConfigFile(_Model):
+    """The schema of reconciler.yaml; every key is optional."""
+
+    manifests: list[Text] = Field(default_factory=lambda: list(DEFAULT_MANIFEST_PATHS))
+    state: Text | None = None
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    parallelism: int = Field(default=8, ge=1, le=256)
+
+
+@dataclass(frozen=True)
+class Settings:
+    repo: Path
+    manifest_paths: tuple[str, ...]
+    state_url: str
+    approvals: ApprovalsConfig
+    parallelism: int
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def in_ci(self) -> bool:
+        return bool(self.env.get("CI"))
+
+
+def _read_config_file(repo: Path) -> ConfigFile:
+    path = repo / CONFIG_FILE
+    if not path.is_file():
+        return ConfigFile()
+    try:
+        docs = [d.data for d in load_documents(path.read_bytes()) if d.data is not None]
+    except YamlProblem as p:
+        raise ConfigError(f"{CONFIG_FILE}:{p.line}:{p.col}: {p.message}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    if not docs:
+        return ConfigFile()
+    data = docs[0]
+    if not isinstance(data, YMap):
+        raise ConfigError(f"{CONFIG_FILE}:1:1: expected a mapping of settings")
+    try:
+        return ConfigFile.model_validate(data)
+    except ValidationError as e:
+        diags = from_validation_error(e, data, CONFIG_FILE, root=ConfigFile)
+        raise ConfigError(
+            f"{CONFIG_FILE} is invalid ({len(diags)} problem{'s' if len(diags) != 1 else ''})",
+            details="\n".join(str(d) for d in diags),
+        ) from None
+
+
+def load_settings(
+    repo: Path | str = ".",
+    *,
+    state_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    env = dict(os.environ if env is None else env)
+    root = Path(repo).resolve()
+    if not root.is_dir():
+        raise ConfigError(f"manifests repo {str(repo)!r} is not a directory")
+    cfg = _read_config_file(root)
+    state = state_url or env.get("RECONCILER_STATE") or cfg.state or DEFAULT_STATE_URL
+    return Settings(
+        repo=root,
+        manifest_paths=tuple(cfg.manifests),
+        state_url=state,
+        approvals=cfg.approvals,
+        parallelism=cfg.parallelism,
+        env=env,
+    )

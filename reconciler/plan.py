@@ -1,0 +1,417 @@
+"""Plan: desired instances × recorded state → ordered changes per environment.
+
+Pure: reads the state store, never writes it, never talks to providers (unless the
+caller asks for `--refresh`, which happens outside this module). The saved form
+(`Plan.to_dict`) is versioned and documented in docs/plan-format.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from deepdiff import DeepDiff
+
+from reconciler.instances import Instance, InstanceKey, secret_refs
+from reconciler.manifests import Desired
+from reconciler.state.base import AppliedRecord, StateStore, fingerprint
+
+FORMAT_VERSION = 1
+SENSITIVE = "(sensitive)"
+Action = Literal["create", "update", "replace", "delete"]
+#: Order of kinds when creating/updating; deletes run in the reverse order.
+KIND_ORDER = ("Deployment", "Schedule")
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """One changed field: dotted path, before and after (secrets already masked)."""
+
+    path: str
+    before: Any
+    after: Any
+
+
+@dataclass
+class Change:
+    action: Action
+    key: InstanceKey
+    provider: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    diff: list[FieldDiff] = field(default_factory=list)
+    reason: str | None = None
+    risk: str = "low"
+    depends_on: list[InstanceKey] = field(default_factory=list)
+    #: Set when this change may not be applied (e.g. a delete in a protected environment).
+    refused: str | None = None
+    #: Fingerprints of secret values this change applies (never the values).
+    secret_fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def environment(self) -> str:
+        return self.key[0]
+
+    @property
+    def kind(self) -> str:
+        return self.key[1]
+
+    @property
+    def name(self) -> str:
+        return self.key[2]
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind.lower()}.{self.name}"
+
+
+@dataclass
+class EnvironmentPlan:
+    environment: str
+    serial: int
+    protected: bool
+    changes: list[Change] = field(default_factory=list)
+    unchanged: int = 0
+
+    def counts(self) -> dict[str, int]:
+        c = {"create": 0, "update": 0, "replace": 0, "delete": 0}
+        for ch in self.changes:
+            c[ch.action] += 1
+        return c
+
+    @property
+    def max_risk(self) -> str:
+        order = ["low", "medium", "high", "critical"]
+        risks = [ch.risk for ch in self.changes] or ["low"]
+        return max(risks, key=order.index)
+
+
+@dataclass
+class Plan:
+    commit: str | None
+    dirty: bool
+    ref: str | None
+    created_at: datetime
+    environments: list[EnvironmentPlan]
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def has_changes(self) -> bool:
+        return any(e.changes for e in self.environments)
+
+    def environment(self, name: str) -> EnvironmentPlan | None:
+        return next((e for e in self.environments if e.environment == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "commit": self.commit,
+            "dirty": self.dirty,
+            "ref": self.ref,
+            "created_at": self.created_at.isoformat(),
+            "has_changes": self.has_changes,
+            "environments": [
+                {
+                    "name": e.environment,
+                    "serial": e.serial,
+                    "protected": e.protected,
+                    "summary": {**e.counts(), "unchanged": e.unchanged},
+                    "changes": [_change_dict(c) for c in e.changes],
+                }
+                for e in self.environments
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"plan format_version {data.get('format_version')!r} is not supported "
+                f"(this reconciler reads {FORMAT_VERSION})"
+            )
+        envs = []
+        for e in data["environments"]:
+            changes = [
+                Change(
+                    action=c["action"],
+                    key=(e["name"], c["kind"], c["name"]),
+                    provider=c["provider"],
+                    before=c["before"],
+                    after=c["after"],
+                    diff=[FieldDiff(d["path"], d["before"], d["after"]) for d in c["diff"]],
+                    reason=c.get("reason"),
+                    risk=c.get("risk", "low"),
+                    depends_on=[(e["name"], k, n) for k, n in c.get("depends_on", [])],
+                    refused=c.get("refused"),
+                    secret_fingerprints=dict(c.get("secret_fingerprints", {})),
+                )
+                for c in e["changes"]
+            ]
+            envs.append(
+                EnvironmentPlan(
+                    environment=e["name"],
+                    serial=int(e["serial"]),
+                    protected=bool(e["protected"]),
+                    changes=changes,
+                    unchanged=int(e["summary"]["unchanged"]),
+                )
+            )
+        return cls(
+            commit=data.get("commit"),
+            dirty=bool(data.get("dirty")),
+            ref=data.get("ref"),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            environments=envs,
+        )
+
+
+def _change_dict(c: Change) -> dict[str, Any]:
+    return {
+        "action": c.action,
+        "kind": c.kind,
+        "name": c.name,
+        "provider": c.provider,
+        "risk": c.risk,
+        "reason": c.reason,
+        "refused": c.refused,
+        "depends_on": [[k, n] for _, k, n in c.depends_on],
+        "before": c.before,
+        "after": c.after,
+        "diff": [{"path": d.path, "before": d.before, "after": d.after} for d in c.diff],
+        "secret_fingerprints": c.secret_fingerprints,
+    }
+
+
+def _path_str(parts: Sequence[Any]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _mask(value: Any) -> Any:
+    """Secret references are shown as `(sensitive)`; values are never present anyway."""
+    if isinstance(value, dict):
+        if set(value) == {"secretEnv"}:
+            return SENSITIVE
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
+def field_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[FieldDiff]:
+    """Field-level differences (deepdiff), as dotted paths, sorted, secrets masked."""
+    dd = DeepDiff(dict(before), dict(after), ignore_order=False, view="tree", verbose_level=2)
+    out: dict[str, FieldDiff] = {}
+    for levels in dd.values():
+        for level in levels:
+            parts = level.path(output_format="list")
+            # Report list changes on the list itself: easier to read than per index.
+            while parts and isinstance(parts[-1], int):
+                parts = parts[:-1]
+            bval = _get(before, parts)
+            aval = _get(after, parts)
+            p = _path_str(parts)
+            out[p] = FieldDiff(p, _mask(bval), _mask(aval))
+    return [out[k] for k in sorted(out)]
+
+
+_MISSING: Any = None
+
+
+def _get(data: Any, parts: Sequence[Any]) -> Any:
+    node = data
+    for p in parts:
+        if isinstance(node, dict) and p in node:
+            node = node[p]
+        elif isinstance(node, list) and isinstance(p, int) and p < len(node):
+            node = node[p]
+        else:
+            return _MISSING
+    return node
+
+
+def _immutable_hit(diff: Iterable[FieldDiff], immutable: frozenset[str]) -> str | None:
+    for d in diff:
+        for f in immutable:
+            if d.path == f or d.path.startswith(f + ".") or f.startswith(d.path + "."):
+                return f
+    return None
+
+
+def _secret_fingerprints(
+    inst: Instance, env: Mapping[str, str], key: bytes
+) -> dict[str, str | None]:
+    """NAME → keyed fingerprint of its current value (None when not set here)."""
+    out: dict[str, str | None] = {}
+    for name in secret_refs(inst.spec):
+        value = env.get(name)
+        out[name] = fingerprint(key, value) if value is not None else None
+    return out
+
+
+def plan_environment(
+    env: str,
+    desired: Mapping[InstanceKey, Instance],
+    recorded: Mapping[InstanceKey, AppliedRecord],
+    *,
+    serial: int,
+    protected: bool,
+    allow_delete: bool,
+    immutable: Mapping[str, frozenset[str]],
+    secret_env: Mapping[str, str],
+    fingerprint_key: bytes,
+) -> EnvironmentPlan:
+    """One environment's changes, in dependency order. `immutable` is by provider name."""
+    ep = EnvironmentPlan(environment=env, serial=serial, protected=protected)
+    upserts: list[Change] = []
+    for key, inst in desired.items():
+        after = inst.body()
+        fps = _secret_fingerprints(inst, secret_env, fingerprint_key)
+        known_fps = {k: v for k, v in fps.items() if v is not None}
+        rec = recorded.get(key)
+        if rec is None:
+            upserts.append(
+                Change(
+                    "create",
+                    key,
+                    inst.provider,
+                    None,
+                    _mask(after),
+                    risk=inst.risk,
+                    secret_fingerprints=known_fps,
+                )
+            )
+            continue
+        rotated = sorted(
+            n for n, fp in known_fps.items() if rec.secret_fingerprints.get(n) not in (None, fp)
+        )
+        if rec.spec_hash == inst.hash() and rec.provider == inst.provider and not rotated:
+            ep.unchanged += 1
+            continue
+        diff = field_diff(rec.spec, after) if rec.spec_hash != inst.hash() else []
+        for n in rotated:
+            diff.append(FieldDiff(f"secret {n}", SENSITIVE, f"{SENSITIVE} (rotated)"))
+        action: Action = "update"
+        reason = None
+        if rec.provider != inst.provider:
+            action, reason = "replace", f"provider changes from {rec.provider} to {inst.provider}"
+        elif hit := _immutable_hit(diff, immutable.get(inst.provider, frozenset())):
+            action, reason = "replace", f"{hit} cannot be changed in place on {inst.provider}"
+        if not diff and not rotated and action == "update":
+            ep.unchanged += 1
+            continue
+        upserts.append(
+            Change(
+                action,
+                key,
+                inst.provider,
+                _mask(rec.spec),
+                _mask(after),
+                diff=diff,
+                reason=reason,
+                risk=inst.risk,
+                secret_fingerprints=known_fps,
+            )
+        )
+    deletes: list[Change] = []
+    for key, rec in recorded.items():
+        if key in desired:
+            continue
+        ch = Change(
+            "delete",
+            key,
+            rec.provider,
+            _mask(rec.spec),
+            None,
+            risk=str(rec.spec.get("risk", "low")),
+        )
+        if protected and not allow_delete:
+            ch.refused = (
+                f"{env} is protected: deleting {ch.address} needs --allow-delete"
+            )
+        deletes.append(ch)
+    # Dependencies inside this plan: a schedule after its deployment; a deployment's
+    # delete after the deletes of schedules that ran it.
+    changing = {c.key for c in upserts}
+    for c in upserts:
+        inst = desired[c.key]
+        c.depends_on = [d for d in inst.depends_on if d in changing]
+    deleting = {c.key for c in deletes}
+    for c in deletes:
+        if c.kind == "Deployment":
+            c.depends_on = sorted(
+                d.key
+                for d in deletes
+                if d.kind == "Schedule" and (d.before or {}).get("deployment") == c.name
+            )
+        else:
+            c.depends_on = []
+        c.depends_on = [d for d in c.depends_on if d in deleting]
+    rank = {k: i for i, k in enumerate(KIND_ORDER)}
+    upserts.sort(key=lambda c: (rank.get(c.kind, 99), c.name))
+    deletes.sort(key=lambda c: (-rank.get(c.kind, 99), c.name))
+    ep.changes = upserts + deletes
+    return ep
+
+
+def make_plan(
+    desired: Desired,
+    store: StateStore,
+    *,
+    commit: str | None,
+    dirty: bool = False,
+    ref: str | None = None,
+    environments: Sequence[str] | None = None,
+    allow_delete: bool = False,
+    secret_env: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> Plan:
+    """The plan for the chosen environments (default: every declared one)."""
+    from reconciler.providers import provider_class
+
+    names = list(environments) if environments else list(desired.environments)
+    unknown = [n for n in names if n not in desired.environments]
+    if unknown:
+        from reconciler.errors import ReconcilerError
+        from reconciler.manifests.diagnostics import did_you_mean
+
+        raise ReconcilerError(
+            f"unknown environment {unknown[0]!r}"
+            f"{did_you_mean(unknown[0], desired.environments)}; "
+            f"declared: {', '.join(desired.environments)}"
+        )
+    key = store.fingerprint_key()
+    env_vars = dict(secret_env or {})
+    plans = []
+    for env in names:
+        providers = desired.providers.get(env, {})
+        recorded = store.applied(env)
+        immutable: dict[str, frozenset[str]] = {}
+        for pname in {*providers, *(r.provider for r in recorded.values())}:
+            pc = providers.get(pname)
+            if pc is not None:
+                immutable[pname] = provider_class(pc.type).immutable_fields
+        plans.append(
+            plan_environment(
+                env,
+                desired.instances.get(env, {}),
+                recorded,
+                serial=store.serial(env),
+                protected=desired.policy(env).protected,
+                allow_delete=allow_delete,
+                immutable=immutable,
+                secret_env=env_vars,
+                fingerprint_key=key,
+            )
+        )
+    return Plan(
+        commit=commit,
+        dirty=dirty,
+        ref=ref,
+        created_at=now or datetime.now(UTC),
+        environments=plans,
+    )

@@ -1,0 +1,49 @@
+"""`reconciler init`: a new manifests repo that validates and plans out of the box."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+from reconciler.errors import ReconcilerError
+from reconciler.manifests.schema import write_schemas
+
+#: Scaffold file → path in the new repo (package data cannot ship a dotfile reliably).
+_RENAMES = {"gitignore": ".gitignore"}
+
+
+def _walk(node: Traversable, prefix: str = "") -> list[tuple[str, Traversable]]:
+    out: list[tuple[str, Traversable]] = []
+    for child in sorted(node.iterdir(), key=lambda c: c.name):
+        rel = f"{prefix}{child.name}"
+        if child.is_dir():
+            if child.name != "__pycache__":
+                out.extend(_walk(child, rel + "/"))
+        else:
+            out.append((_RENAMES.get(rel, rel), child))
+    return out
+
+
+def init_repo(target: Path) -> list[Path]:
+    """Write the scaffold into `target`; refuses to overwrite anything."""
+    scaffold = _walk(files("reconciler") / "scaffold")
+    clashes = [rel for rel, _ in scaffold if (target / rel).exists()]
+    if clashes:
+        raise ReconcilerError(
+            f"{target} already has {', '.join(clashes)}; refusing to overwrite",
+            details="Run `reconciler init` in an empty folder, or move those files away.",
+        )
+    written: list[Path] = []
+    for rel, src in scaffold:
+        dest = target / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(src.read_bytes())
+        written.append(dest)
+    written.extend(write_schemas(target / "schemas"))
+    if not (target / ".git").exists():
+        import git
+
+        git.Repo.init(target, initial_branch="main")
+        written.append(target / ".git")
+    return written
