@@ -240,6 +240,9 @@ def expand(manifests: Manifests, read_file: ReadFile, out: list[Diagnostic]) -> 
     """Build every instance; per-environment problems go to `out`."""
     x = _Expander(manifests, read_file)
     desired = Desired(manifests=manifests, environments=list(manifests.environments))
+    for prompt in manifests.prompts.values():  # every templateFile must exist, used or not
+        for v in prompt.model.spec.versions:
+            x.template(prompt, v.version)
     for env in desired.environments:
         providers = {
             p.name: x.provider(p, env)

@@ -164,7 +164,7 @@ def _check_envs(
         if env not in spec.environments:
             c.at(
                 e.path,
-                locate(e.raw, ["spec", "overrides", env]),
+                locate(e.raw, ["spec", "overrides", env], key=True),
                 f"override for {env!r}, which is not in this {e.model.kind}'s environments",
             )
 

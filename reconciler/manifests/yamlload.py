@@ -322,6 +322,13 @@ def _events_to_documents(parser: Any) -> Iterator[Document]:
             return
 
 
+def _char_at(text: str, line: int, col: int) -> str:
+    lines = text.split("\n", line + 1)
+    if line < len(lines) and col < len(lines[line]):
+        return lines[line][col]
+    return ""
+
+
 def load_documents(data: bytes) -> Iterator[Document]:
     """Parse all documents of a file. Raises YamlProblem for anything wrong."""
     if len(data) > MAX_FILE_BYTES:
@@ -344,8 +351,8 @@ def load_documents(data: bytes) -> Iterator[Document]:
         msg = e.problem or e.context or "invalid YAML"
         if e.context and e.problem:
             msg = f"{e.problem} ({e.context})"
-        if "\\t" in msg or "tab" in msg:
-            msg += "; YAML does not allow tabs for indentation, use spaces"
+        if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+            msg = "YAML does not allow tabs for indentation, use spaces"
         raise YamlProblem(
             (mark.line + 1) if mark else 1, (mark.column + 1) if mark else 1, msg
         ) from None

@@ -1,0 +1,85 @@
+"""Shared test helpers: real git repos in temp dirs and the CLI run in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "manifests"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def init_repo(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "dev@example.com")
+    git(path, "config", "user.name", "Dev")
+    git(path, "config", "commit.gpgsign", "false")
+    return path
+
+
+def write_files(repo: Path, files: Mapping[str, str | bytes]) -> None:
+    for rel, content in files.items():
+        p = repo / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content, encoding="utf-8")
+
+
+def commit_all(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def copy_example(dest: Path) -> Path:
+    """A manifests repo holding a copy of the project's example manifests/."""
+    import shutil
+
+    init_repo(dest)
+    shutil.copytree(EXAMPLE, dest / "manifests")
+    (dest / ".gitignore").write_text(".reconciler/\n")
+    commit_all(dest, "example manifests")
+    return dest
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(args: list[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 120) -> Result:
+    """Run `python -m reconciler` as a real process (what users run)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI"))}
+    full_env.update(env or {})
+    p = subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture
+def example_repo(tmp_path: Path) -> Path:
+    return copy_example(tmp_path / "repo")
