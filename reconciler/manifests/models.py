@@ -48,8 +48,15 @@ def _typed_text(value: Any) -> Any:
 
 
 Text = Annotated[str, BeforeValidator(_typed_text)]
-Slug = Annotated[Text, StringConstraints(pattern=SLUG_PATTERN)]
-EnvVarName = Annotated[Text, StringConstraints(pattern=ENV_VAR_PATTERN)]
+
+
+def _pattern(rx: str) -> Any:
+    """Text matching `rx`; the constraint sits on `str` so pydantic-core checks it natively."""
+    return Annotated[str, StringConstraints(pattern=rx), BeforeValidator(_typed_text)]
+
+
+Slug = _pattern(SLUG_PATTERN)
+EnvVarName = _pattern(ENV_VAR_PATTERN)
 Risk = Literal["low", "medium", "high", "critical"]
 
 
@@ -131,7 +138,7 @@ class Provider(_Model):
 
 
 class PromptVersion(_Model):
-    version: Annotated[Text, StringConstraints(pattern=SEMVER_PATTERN)]
+    version: _pattern(SEMVER_PATTERN)  # type: ignore[valid-type]
     template: Text | None = None
     template_file: Text | None = None
     description: Text | None = None
@@ -189,8 +196,9 @@ EnvValue = Annotated[
     Discriminator(_env_value_kind),
 ]
 UNION_TAGS = frozenset({"text", "secretRef"})
-Endpoint = Annotated[Text, StringConstraints(pattern=ENDPOINT_PATTERN)]
-PromptRef = Annotated[Text, StringConstraints(pattern=PROMPT_REF_PATTERN)]
+Endpoint = _pattern(ENDPOINT_PATTERN)
+PromptRef = _pattern(PROMPT_REF_PATTERN)
+Interval = _pattern(INTERVAL_PATTERN)
 Timeout = Annotated[float, Field(gt=0)]
 
 
@@ -236,7 +244,7 @@ class Deployment(_Model):
 
 class ScheduleFields(_Model):
     cron: Text | None = None
-    interval: Annotated[Text, StringConstraints(pattern=INTERVAL_PATTERN)] | None = None
+    interval: Interval | None = None
     timezone: Text | None = None
     input: dict[Text, JsonValue] | None = None
     enabled: bool | None = None
@@ -249,7 +257,7 @@ class ScheduleSpec(_Model):
     environments: list[Slug] = Field(min_length=1)
     deployment: Slug
     cron: Text | None = None
-    interval: Annotated[Text, StringConstraints(pattern=INTERVAL_PATTERN)] | None = None
+    interval: Interval | None = None
     timezone: Text = "UTC"
     input: dict[Text, JsonValue] = Field(default_factory=dict)
     enabled: bool = True

@@ -8,6 +8,7 @@ plain text. Per-environment checks that need overrides merged live in expand.py.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -79,10 +80,12 @@ class Manifests:
         }[kind]  # type: ignore[return-value]
 
 
-def provider_types() -> list[str]:
+@functools.cache
+def provider_types() -> tuple[str, ...]:
+    """Installed provider types (reading entry points is slow: only when needed)."""
     names = set(BUILTIN_PROVIDER_TYPES)
     names.update(ep.name for ep in entry_points(group="reconciler.providers"))
-    return sorted(names)
+    return tuple(sorted(names))
 
 
 class _Collector:
@@ -170,10 +173,10 @@ def _check_envs(
 
 
 def _check_references(r: Manifests, c: _Collector) -> None:
-    types = provider_types()
     for p in r.providers.values():
         _check_envs(c, p, r.environments)
-        if p.model.spec.type not in types:
+        ptype = p.model.spec.type
+        if ptype not in BUILTIN_PROVIDER_TYPES and ptype not in (types := provider_types()):
             c.at(
                 p.path,
                 p.pos("spec", "type"),
