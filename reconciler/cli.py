@@ -138,6 +138,154 @@ def init(
     out.print(f"next: cd {directory} && reconciler validate && reconciler plan")
 
 
+# --- plan / apply / status ---------------------------------------------------------
+
+EnvOpt = Annotated[
+    list[str] | None,
+    typer.Option("--env", "-e", help="Only this environment (repeatable; default: all)."),
+]
+
+
+def _color() -> bool:
+    import os
+
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(os.environ.get("FORCE_COLOR")) or sys.stdout.isatty()
+
+
+@app.command()
+def plan(
+    env: EnvOpt = None,
+    ref: Annotated[
+        str | None, typer.Option("--ref", help="Plan the manifests at a git ref (no checkout).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the plan as a PR comment.")
+    ] = False,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Save the plan for `apply --plan`.")
+    ] = None,
+    allow_delete: Annotated[
+        bool, typer.Option("--allow-delete", help="Plan deletes in protected environments.")
+    ] = False,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
+    ] = False,
+) -> None:
+    """Show what apply would change: per environment, create/update/replace/delete."""
+    from reconciler.render import render_human, render_json, render_markdown
+    from reconciler.session import build_plan, state_store
+
+    settings = _globals().settings
+    with state_store(settings) as store:
+        _, p = build_plan(
+            settings, store, ref=ref, environments=env or (), allow_delete=allow_delete
+        )
+    if out_file is not None:
+        out_file.write_text(render_json(p), encoding="utf-8")
+        err.print(f"plan saved to {out_file}")
+    if as_json:
+        sys.stdout.write(render_json(p))
+    elif markdown:
+        sys.stdout.write(render_markdown(p))
+    else:
+        sys.stdout.write(render_human(p, color=_color()))
+    if detailed_exitcode and p.has_changes:
+        _exit(2)
+
+
+@app.command()
+def apply(
+    env: EnvOpt = None,
+    plan_file: Annotated[
+        Path | None, typer.Option("--plan", help="Apply exactly this saved plan.")
+    ] = None,
+    commit: Annotated[
+        str | None, typer.Option("--commit", help="Apply the manifests at this commit.")
+    ] = None,
+    allow_delete: Annotated[
+        bool, typer.Option("--allow-delete", help="Allow deletes in protected environments.")
+    ] = False,
+    rollback_on_failure: Annotated[
+        bool,
+        typer.Option("--rollback-on-failure", help="Restore what this run changed on failure."),
+    ] = False,
+    break_lock: Annotated[
+        bool, typer.Option("--break-lock", help="Take the lock from another run (recorded).")
+    ] = False,
+    parallelism: Annotated[
+        int | None, typer.Option("--parallelism", min=1, max=256, help="Concurrent changes.")
+    ] = None,
+    override_window: Annotated[
+        bool,
+        typer.Option("--override-window", help="Apply outside a deploy window (recorded)."),
+    ] = False,
+    pr: Annotated[
+        int | None, typer.Option("--pr", help="Judge approvals on this pull request.")
+    ] = None,
+) -> None:
+    """Apply the changes; exit 0 applied, 1 failed, 3 blocked, 4 locked."""
+    from reconciler.session import ApplyOptions, run_apply, state_store
+
+    settings = _globals().settings
+    opts = ApplyOptions(
+        environments=env or (),
+        plan_file=plan_file,
+        commit=commit,
+        allow_delete=allow_delete,
+        rollback_on_failure=rollback_on_failure,
+        break_lock=break_lock,
+        parallelism=parallelism,
+        override_window=override_window,
+        pull_request=pr,
+    )
+    with state_store(settings) as store:
+        report = run_apply(settings, store, opts)
+    for r in report.results:
+        g = report.gates.get(r.environment)
+        if r.outcome == "noop":
+            out.print(f"{r.environment}: no changes")
+        elif r.outcome == "blocked":
+            out.print(f"{r.environment}: BLOCKED: {r.message}", markup=False)
+            if g is not None and g.verdict is not None:
+                for line in g.verdict.explain():
+                    out.print(f"    {line}", markup=False)
+        else:
+            c = r.counts()
+            line = f"{r.environment}: {r.outcome} (run {r.run_id}): {c['applied']} applied"
+            if c["failed"] or c["skipped"]:
+                line += f", {c['failed']} failed, {c['skipped']} skipped"
+            out.print(line, markup=False)
+            for res in r.results:
+                if res.outcome != "applied":
+                    out.print(f"    {res.change.address}: {res.outcome}: {res.error}", markup=False)
+            if r.restored:
+                out.print(f"    restored {len(r.restored)} change(s) (--rollback-on-failure)")
+    _exit(report.exit_code)
+
+
+@app.command()
+def status(
+    env: EnvOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """What is recorded as deployed where (and when schedules run next)."""
+    from reconciler.session import state_store
+    from reconciler.status import collect_status, render_status
+
+    settings = _globals().settings
+    with state_store(settings) as store:
+        rows = collect_status(store, env or ())
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render_status(rows))
+
+
 # --- entry point -------------------------------------------------------------------
 
 
