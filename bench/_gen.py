@@ -93,7 +93,9 @@ def generate(root: Path, files: int, *, model: str = "gpt-4o-mini", changed: int
     return root
 
 
-def measure(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, int]:
+def measure(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, float, int]:
     """(wall seconds, peak RSS MiB, exit code) of a child process."""
     import os
     import resource

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _gen import generate, measure  # noqa: E402
+from _gen import generate, measure
 
 
 def main() -> None:
@@ -34,8 +34,10 @@ def main() -> None:
             for p in paths:
                 list(yaml.load_all(p.read_bytes(), Loader=yaml.CSafeLoader))
             parse.append(time.perf_counter() - t)
-        runs = [measure([sys.executable, "-m", "reconciler", "validate"], root)
-                for _ in range(args.runs)]
+        runs = [
+            measure([sys.executable, "-m", "reconciler", "validate"], root)
+            for _ in range(args.runs)
+        ]
         assert all(code == 0 for _, _, code in runs), runs
         best = min(w for w, _, _ in runs)
         rss = max(r for _, r, _ in runs)

@@ -246,12 +246,12 @@ class Executor:
                     if ch is None or len(running) >= self.parallelism:
                         continue
                     deps = [d for d in ch.depends_on if d in pending or d in running.values()]
-                    failed = [d for d in ch.depends_on if d in done and done[d].outcome != "applied"]
+                    failed = [
+                        d for d in ch.depends_on if d in done and done[d].outcome != "applied"
+                    ]
                     if failed:
                         del pending[key]
-                        res = ChangeResult(
-                            ch, "skipped", error=f"{_addr(failed[0])} did not apply"
-                        )
+                        res = ChangeResult(ch, "skipped", error=f"{_addr(failed[0])} did not apply")
                         self.store.record_change(
                             run_id,
                             ChangeRecord(key, ch.action, "skipped", res.error, None, None, None),
@@ -292,8 +292,11 @@ class Executor:
             self.progress(res)
 
     def restore(
-        self, results: Sequence[ChangeResult], before: Mapping[InstanceKey, AppliedRecord],
-        run_id: str, commit: str | None,
+        self,
+        results: Sequence[ChangeResult],
+        before: Mapping[InstanceKey, AppliedRecord],
+        run_id: str,
+        commit: str | None,
     ) -> list[ChangeResult]:
         """Put back the recorded specs of what this run changed (newest first)."""
         restored: list[ChangeResult] = []
@@ -308,8 +311,9 @@ class Executor:
                     )
                     self.store.record_change(
                         run_id,
-                        ChangeRecord(ch.key, "delete", "applied", "rollback-on-failure", None,
-                                     None, None),
+                        ChangeRecord(
+                            ch.key, "delete", "applied", "rollback-on-failure", None, None, None
+                        ),
                         None,
                         ch.key,
                     )
@@ -328,13 +332,24 @@ class Executor:
                     else:
                         live_id = prov.create(inst)
                     rec = AppliedRecord(
-                        **{**old.__dict__, "provider_id": live_id, "run_id": run_id,
-                           "applied_at": datetime.now(UTC)}
+                        **{
+                            **old.__dict__,
+                            "provider_id": live_id,
+                            "run_id": run_id,
+                            "applied_at": datetime.now(UTC),
+                        }
                     )
                     self.store.record_change(
                         run_id,
-                        ChangeRecord(ch.key, "update", "applied", "rollback-on-failure", live_id,
-                                     None, old.spec_hash),
+                        ChangeRecord(
+                            ch.key,
+                            "update",
+                            "applied",
+                            "rollback-on-failure",
+                            live_id,
+                            None,
+                            old.spec_hash,
+                        ),
                         rec,
                         None,
                     )
@@ -433,8 +448,10 @@ def execute_environment(
         store.finish_run(run_id, outcome, details)
         message = None
         if failed:
-            first = next(r for r in results if r.outcome == "failed") if any(
-                r.outcome == "failed" for r in results
-            ) else failed[0]
+            first = (
+                next(r for r in results if r.outcome == "failed")
+                if any(r.outcome == "failed" for r in results)
+                else failed[0]
+            )
             message = f"{first.change.address}: {first.error}"
         return EnvironmentResult(envname, outcome, run_id, results, message, restored)

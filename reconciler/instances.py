@@ -76,7 +76,12 @@ class Instance:
 
     def body(self) -> dict[str, Any]:
         """What a provider is sent: name, environment, labels and the resolved spec."""
-        return {"name": self.name, "environment": self.environment, "labels": self.labels, **self.spec}
+        return {
+            "name": self.name,
+            "environment": self.environment,
+            "labels": self.labels,
+            **self.spec,
+        }
 
     def hash(self) -> str:
         return spec_hash(self.body())

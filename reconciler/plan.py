@@ -225,9 +225,9 @@ _MISSING: Any = None
 def _get(data: Any, parts: Sequence[Any]) -> Any:
     node = data
     for p in parts:
-        if isinstance(node, dict) and p in node:
-            node = node[p]
-        elif isinstance(node, list) and isinstance(p, int) and p < len(node):
+        in_map = isinstance(node, dict) and p in node
+        in_seq = isinstance(node, list) and isinstance(p, int) and p < len(node)
+        if in_map or in_seq:
             node = node[p]
         else:
             return _MISSING
@@ -330,9 +330,7 @@ def plan_environment(
             risk=str(rec.spec.get("risk", "low")),
         )
         if protected and not allow_delete:
-            ch.refused = (
-                f"{env} is protected: deleting {ch.address} needs --allow-delete"
-            )
+            ch.refused = f"{env} is protected: deleting {ch.address} needs --allow-delete"
         deletes.append(ch)
     # Dependencies inside this plan: a schedule after its deployment; a deployment's
     # delete after the deletes of schedules that ran it.

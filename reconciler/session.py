@@ -7,12 +7,12 @@ load → validate → expand (load.py) → plan (plan.py) → gate (gate.py) →
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from reconciler.apply import EnvironmentResult, ProgressFn, RunContext, execute_environment
 from reconciler.config import Settings
@@ -210,9 +210,7 @@ def run_apply(
 
 def _needs_source(loaded: Loaded, plan: Plan) -> bool:
     for ep in plan.environments:
-        if ep.changes and loaded.desired.policy(ep.environment).approvals.required_for(
-            ep.max_risk
-        ):
+        if ep.changes and loaded.desired.policy(ep.environment).approvals.required_for(ep.max_risk):
             return True
         if ep.changes and loaded.desired.policy(ep.environment).approvals.rollback is not None:
             return True

@@ -64,8 +64,13 @@ class Result:
     err: str
 
 
-def run_cli(args: list[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 120) -> Result:
+def run_cli(
+    args: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> Result:
     """Run `python -m reconciler` as a real process (what users run)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI"))}
     full_env.update(env or {})

@@ -27,7 +27,10 @@ def _read(rel: str) -> bytes | None:
 
 def diagnostics_for(case: Path) -> list[Diagnostic]:
     rel = case.relative_to(ROOT).as_posix()
-    files = {"tests/corpus/_base.yaml": (CORPUS / "_base.yaml").read_bytes(), rel: case.read_bytes()}
+    files = {
+        "tests/corpus/_base.yaml": (CORPUS / "_base.yaml").read_bytes(),
+        rel: case.read_bytes(),
+    }
     try:
         load_desired(files, _read)
     except ManifestError as e:

@@ -20,8 +20,35 @@ EXAMPLE = {
     if p.is_file()
 }
 YAML_FILES = sorted(k for k in EXAMPLE if k.endswith(".yaml"))
-NOISE = [":", "-", " ", "\t", "{", "}", "[", "]", "&a", "*a", "!!", "'", '"', "\n", "#",
-         "%", "|", ">", "@", "?", ",", "\x00", "\xff", "---\n", "<<: *a", "0x1", "no"]
+NOISE = [
+    ":",
+    "-",
+    " ",
+    "\t",
+    "{",
+    "}",
+    "[",
+    "]",
+    "&a",
+    "*a",
+    "!!",
+    "'",
+    '"',
+    "\n",
+    "#",
+    "%",
+    "|",
+    ">",
+    "@",
+    "?",
+    ",",
+    "\x00",
+    "\xff",
+    "---\n",
+    "<<: *a",
+    "0x1",
+    "no",
+]
 
 
 def _read(rel: str) -> bytes | None:
@@ -43,8 +70,11 @@ def _check(files: dict[str, bytes]) -> None:
 @given(
     file=st.sampled_from(YAML_FILES),
     edits=st.lists(
-        st.tuples(st.floats(0, 1), st.sampled_from(["insert", "delete", "dup-line"]),
-                  st.sampled_from(NOISE)),
+        st.tuples(
+            st.floats(0, 1),
+            st.sampled_from(["insert", "delete", "dup-line"]),
+            st.sampled_from(NOISE),
+        ),
         min_size=1,
         max_size=4,
     ),
@@ -68,9 +98,14 @@ def test_text_mutations_only_give_diagnostics(file: str, edits: list[Any]) -> No
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**6)
+    | st.floats(allow_nan=False)
     | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -87,8 +122,7 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(file=st.sampled_from(YAML_FILES), pick=st.floats(0, 1), value=json_values,
-       data=st.data())
+@given(file=st.sampled_from(YAML_FILES), pick=st.floats(0, 1), value=json_values, data=st.data())
 def test_value_mutations_only_give_diagnostics(
     file: str, pick: float, value: Any, data: st.DataObject
 ) -> None:

@@ -23,8 +23,21 @@ SUITE = Path(__file__).resolve().parents[2] / "shared" / "yaml-test-suite" / "ca
 #: Invalid inputs libyaml accepts (the suite README lists the first 12 for ruamel and
 #: PyYAML alike; S98Z, X4QW and MUS6/00 are scanner leniencies of libyaml's C scanner).
 ACCEPTED_INVALID = {
-    "9C9N", "9JBA", "CVW2", "DK95/01", "EB22", "G5U8", "MUS6/01", "QB6E", "RHX7", "SU5Z",
-    "Y79Y/003", "YJV2", "S98Z", "X4QW", "MUS6/00",
+    "9C9N",
+    "9JBA",
+    "CVW2",
+    "DK95/01",
+    "EB22",
+    "G5U8",
+    "MUS6/01",
+    "QB6E",
+    "RHX7",
+    "SU5Z",
+    "Y79Y/003",
+    "YJV2",
+    "S98Z",
+    "X4QW",
+    "MUS6/00",
 }
 #: Valid inputs libyaml reads differently from the spec (its scanner, not our resolver).
 MISREAD_VALID = {"652Z", "HM87/01", "JEF9/02", "L24T/01", "Y2GN"}

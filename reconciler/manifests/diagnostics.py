@@ -181,18 +181,16 @@ def from_validation_error(
 def _exists(data: Any, loc: Sequence[str | int]) -> bool:
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        in_map = isinstance(node, dict) and part in node
+        in_seq = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_map or in_seq:
             node = node[part]
         else:
             return False
     return True
 
 
-def _message(
-    e: Any, loc: list[str | int], root: type[BaseModel] | None, dotted: str
-) -> str:
+def _message(e: Any, loc: list[str | int], root: type[BaseModel] | None, dotted: str) -> str:
     etype: str = e["type"]
     value = e.get("input")
     ctx = e.get("ctx") or {}

@@ -122,7 +122,9 @@ class _Expander:
         target = posixpath.normpath(posixpath.join(posixpath.dirname(prompt.path), rel))
         if rel.startswith("/") or target.startswith("../") or target == "..":
             self.out.append(
-                Diagnostic(prompt.path, where.line, where.col, f"templateFile {rel!r} is outside the repo")
+                Diagnostic(
+                    prompt.path, where.line, where.col, f"templateFile {rel!r} is outside the repo"
+                )
             )
             return None
         data = self.read_file(target)
@@ -140,7 +142,9 @@ class _Expander:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             self.out.append(
-                Diagnostic(prompt.path, where.line, where.col, f"templateFile {target} is not UTF-8 text")
+                Diagnostic(
+                    prompt.path, where.line, where.col, f"templateFile {target} is not UTF-8 text"
+                )
             )
             return None
 

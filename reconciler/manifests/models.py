@@ -50,13 +50,13 @@ def _typed_text(value: Any) -> Any:
 Text = Annotated[str, BeforeValidator(_typed_text)]
 
 
-def _pattern(rx: str) -> Any:
-    """Text matching `rx`; the constraint sits on `str` so pydantic-core checks it natively."""
-    return Annotated[str, StringConstraints(pattern=rx), BeforeValidator(_typed_text)]
-
-
-Slug = _pattern(SLUG_PATTERN)
-EnvVarName = _pattern(ENV_VAR_PATTERN)
+# Pattern-checked text: the constraint sits on `str` (not on Text) so pydantic-core
+# checks it natively; on Text it would fall back to a slow Python check per value.
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN), BeforeValidator(_typed_text)]
+EnvVarName = Annotated[
+    str, StringConstraints(pattern=ENV_VAR_PATTERN), BeforeValidator(_typed_text)
+]
+Semver = Annotated[str, StringConstraints(pattern=SEMVER_PATTERN), BeforeValidator(_typed_text)]
 Risk = Literal["low", "medium", "high", "critical"]
 
 
@@ -138,7 +138,7 @@ class Provider(_Model):
 
 
 class PromptVersion(_Model):
-    version: _pattern(SEMVER_PATTERN)  # type: ignore[valid-type]
+    version: Semver
     template: Text | None = None
     template_file: Text | None = None
     description: Text | None = None
@@ -196,9 +196,15 @@ EnvValue = Annotated[
     Discriminator(_env_value_kind),
 ]
 UNION_TAGS = frozenset({"text", "secretRef"})
-Endpoint = _pattern(ENDPOINT_PATTERN)
-PromptRef = _pattern(PROMPT_REF_PATTERN)
-Interval = _pattern(INTERVAL_PATTERN)
+Endpoint = Annotated[
+    str, StringConstraints(pattern=ENDPOINT_PATTERN), BeforeValidator(_typed_text)
+]
+PromptRef = Annotated[
+    str, StringConstraints(pattern=PROMPT_REF_PATTERN), BeforeValidator(_typed_text)
+]
+Interval = Annotated[
+    str, StringConstraints(pattern=INTERVAL_PATTERN), BeforeValidator(_typed_text)
+]
 Timeout = Annotated[float, Field(gt=0)]
 
 

@@ -115,9 +115,7 @@ def parse_files(files: Mapping[str, bytes], out: list[Diagnostic]) -> list[tuple
     return docs
 
 
-def validate_documents(
-    docs: Iterable[tuple[str, YMap]], out: list[Diagnostic]
-) -> Manifests:
+def validate_documents(docs: Iterable[tuple[str, YMap]], out: list[Diagnostic]) -> Manifests:
     """Schema-validate each document and check everything that spans documents."""
     c = _Collector()
     result = Manifests()
@@ -184,10 +182,10 @@ def _check_references(r: Manifests, c: _Collector) -> None:
                 f"{did_you_mean(p.model.spec.type, types)}; installed: {', '.join(types)}",
             )
         _check_plaintext_config(c, p.path, p.raw, p.model.spec.config, ("spec", "config"))
-        for env, ov in p.model.spec.overrides.items():
-            if ov.config:
+        for env, pov in p.model.spec.overrides.items():
+            if pov.config:
                 _check_plaintext_config(
-                    c, p.path, p.raw, ov.config, ("spec", "overrides", env, "config")
+                    c, p.path, p.raw, pov.config, ("spec", "overrides", env, "config")
                 )
     for pr in r.prompts.values():
         seen: dict[str, int] = {}
@@ -201,44 +199,45 @@ def _check_references(r: Manifests, c: _Collector) -> None:
             seen[v.version] = i
     for d in r.deployments.values():
         _check_envs(c, d, r.environments)
-        spec = d.model.spec
-        _check_deployment_refs(c, r, d, spec, ("spec",))
-        for env, ov in spec.overrides.items():
-            _check_deployment_refs(c, r, d, ov, ("spec", "overrides", env))
+        dspec = d.model.spec
+        _check_deployment_refs(c, r, d, dspec, ("spec",))
+        for env, dov in dspec.overrides.items():
+            _check_deployment_refs(c, r, d, dov, ("spec", "overrides", env))
     for s in r.schedules.values():
         _check_envs(c, s, r.environments)
-        spec = s.model.spec
-        if spec.deployment not in r.deployments:
+        sspec = s.model.spec
+        if sspec.deployment not in r.deployments:
             c.at(
                 s.path,
                 s.pos("spec", "deployment"),
-                f"unknown deployment {spec.deployment!r}{did_you_mean(spec.deployment, r.deployments)}",
+                f"unknown deployment {sspec.deployment!r}"
+                f"{did_you_mean(sspec.deployment, r.deployments)}",
             )
         else:
-            dep_envs = r.deployments[spec.deployment].model.spec.environments
-            for i, env in enumerate(spec.environments):
+            dep_envs = r.deployments[sspec.deployment].model.spec.environments
+            for i, env in enumerate(sspec.environments):
                 if env in r.environments and env not in dep_envs:
                     c.at(
                         s.path,
                         s.pos("spec", "environments", i),
-                        f"deployment {spec.deployment!r} is not deployed to {env!r}",
+                        f"deployment {sspec.deployment!r} is not deployed to {env!r}",
                     )
-        _check_timing(c, s, spec, ("spec",), base=None)
-        for env, ov in spec.overrides.items():
-            _check_timing(c, s, ov, ("spec", "overrides", env), base=spec)
-    for env in r.environments.values():
-        for i, w in enumerate(env.model.spec.windows):
+        _check_timing(c, s, sspec, ("spec",), base=None)
+        for env, sov in sspec.overrides.items():
+            _check_timing(c, s, sov, ("spec", "overrides", env), base=sspec)
+    for e in r.environments.values():
+        for i, w in enumerate(e.model.spec.windows):
             loc = ("spec", "windows", i)
             start = w.allow if w.allow is not None else w.deny
             which = "allow" if w.allow is not None else "deny"
             if start is not None and (msg := schedules.validate_cron(start)):
-                c.at(env.path, env.pos(*loc, which), f"{which}: {msg}")
+                c.at(e.path, e.pos(*loc, which), f"{which}: {msg}")
             try:
                 schedules.parse_duration(w.duration)
             except ValueError as ex:
-                c.at(env.path, env.pos(*loc, "duration"), f"duration: {ex}")
+                c.at(e.path, e.pos(*loc, "duration"), f"duration: {ex}")
             if msg := schedules.validate_timezone(w.timezone):
-                c.at(env.path, env.pos(*loc, "timezone"), f"timezone: {msg}")
+                c.at(e.path, e.pos(*loc, "timezone"), f"timezone: {msg}")
 
 
 def _check_deployment_refs(
@@ -316,7 +315,9 @@ def _check_plaintext_config(
     c: _Collector, path: str, raw: YMap, config: Mapping[str, Any], loc: tuple[str, ...]
 ) -> None:
     for key, value in config.items():
-        if isinstance(value, str) and (_CONFIG_SECRET_KEYS.match(key) or _SECRET_VALUE.match(value)):
+        if isinstance(value, str) and (
+            _CONFIG_SECRET_KEYS.match(key) or _SECRET_VALUE.match(value)
+        ):
             c.at(
                 path,
                 locate(raw, [*loc, key]),

@@ -81,7 +81,7 @@ class Pos(tuple[int, int]):
 class YMap(dict[str, Any]):
     """A mapping that remembers where it, its keys and its values are."""
 
-    __slots__ = ("pos", "kpos", "vpos")
+    __slots__ = ("kpos", "pos", "vpos")
 
     pos: Pos
     kpos: dict[str, Pos]
@@ -91,7 +91,7 @@ class YMap(dict[str, Any]):
 class YSeq(list[Any]):
     """A sequence that remembers where it and its items are."""
 
-    __slots__ = ("pos", "ipos")
+    __slots__ = ("ipos", "pos")
 
     pos: Pos
     ipos: list[Pos]
@@ -194,7 +194,7 @@ def _scalar(ev: ScalarEvent) -> Any:
 class _Frame:
     """An open mapping or sequence while events stream in."""
 
-    __slots__ = ("obj", "is_map", "key", "key_pos", "size", "anchor")
+    __slots__ = ("anchor", "is_map", "key", "key_pos", "obj", "size")
 
     def __init__(self, obj: YMap | YSeq, is_map: bool, anchor: str | None) -> None:
         self.obj = obj
@@ -238,9 +238,10 @@ def _events_to_documents(parser: Any) -> Iterator[Document]:
                 fr.key_pos = pos
             else:
                 m = fr.obj
-                m[fr.key] = value  # type: ignore[index]
-                m.kpos[fr.key] = fr.key_pos  # type: ignore[union-attr,index,assignment]
-                m.vpos[fr.key] = pos  # type: ignore[union-attr]
+                assert isinstance(m, YMap) and fr.key_pos is not None
+                m[fr.key] = value
+                m.kpos[fr.key] = fr.key_pos
+                m.vpos[fr.key] = pos
                 fr.key = None
         else:
             fr.obj.append(value)  # type: ignore[union-attr]
