@@ -225,11 +225,17 @@ def apply(
     pr: Annotated[
         int | None, typer.Option("--pr", help="Judge approvals on this pull request.")
     ] = None,
+    heal: Annotated[
+        bool, typer.Option("--heal", help="Re-apply recorded specs of drifted instances.")
+    ] = False,
 ) -> None:
     """Apply the changes; exit 0 applied, 1 failed, 3 blocked, 4 locked."""
     from reconciler.session import ApplyOptions, run_apply, state_store
 
     settings = _globals().settings
+    if heal:
+        _heal(settings, env or (), break_lock=break_lock, parallelism=parallelism)
+        return
     opts = ApplyOptions(
         environments=env or (),
         plan_file=plan_file,
@@ -266,6 +272,29 @@ def apply(
     _exit(report.exit_code)
 
 
+def _heal(settings: Settings, envs: list[str] | tuple[str, ...], *, break_lock: bool,
+          parallelism: int | None) -> None:
+    from reconciler import drift as d
+    from reconciler.load import load
+    from reconciler.session import state_store
+
+    loaded = load(settings)
+    with state_store(settings) as store:
+        report = d.detect_drift(store, loaded.desired.providers, repo_root=settings.repo,
+                                env=settings.env, environments=envs)
+        results = d.heal(store, report, loaded.desired.providers, repo_root=settings.repo,
+                         env=settings.env, commit=loaded.commit, break_lock=break_lock,
+                         parallelism=parallelism or settings.parallelism)
+    if not results:
+        out.print("nothing drifted: nothing to heal")
+    for r in results:
+        c = r.counts()
+        out.print(f"{r.environment}: healed {c['applied']}, failed {c['failed']} (run {r.run_id})",
+                  markup=False)
+    if any(r.outcome == "failed" for r in results):
+        _exit(1)
+
+
 @app.command()
 def status(
     env: EnvOpt = None,
@@ -284,6 +313,84 @@ def status(
         sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(render_status(rows))
+
+
+# --- drift / history ----------------------------------------------------------------
+
+
+@app.command()
+def drift(
+    env: EnvOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Compare live provider state with what was recorded; exit 2 when anything drifted."""
+    from reconciler.drift import detect_drift
+    from reconciler.load import load
+    from reconciler.session import state_store
+
+    settings = _globals().settings
+    loaded = load(settings)
+    with state_store(settings) as store:
+        report = detect_drift(
+            store,
+            loaded.desired.providers,
+            repo_root=settings.repo,
+            env=settings.env,
+            environments=env or (),
+        )
+    if as_json:
+        import json
+
+        doc = {
+            e: [
+                {
+                    "kind": i.key[1],
+                    "name": i.key[2],
+                    "provider": i.provider,
+                    "status": i.status,
+                    "error": i.error,
+                    "diff": [{"path": d.path, "before": d.before, "after": d.after} for d in i.diff],
+                }
+                for i in items
+            ]
+            for e, items in report.environments.items()
+        }
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    else:
+        from reconciler.render._common import fmt
+
+        for e, items in report.environments.items():
+            bad = [i for i in items if i.status != "in-sync"]
+            out.print(f"{e}: {len(items) - len(bad)} in sync, {len(bad)} drifted", markup=False)
+            for i in bad:
+                out.print(f"  {i.address} ({i.provider}): {i.status}"
+                          + (f": {i.error}" if i.error else ""), markup=False)
+                for d in i.diff:
+                    out.print(f"      {d.path}: recorded {fmt(d.before)}, live {fmt(d.after)}",
+                              markup=False)
+    if report.drifted:
+        _exit(2)
+
+
+@app.command()
+def history(
+    env: EnvOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many runs.")] = 50,
+) -> None:
+    """Runs, newest first: commit, trigger, pull request, approvers, outcome, rollbacks."""
+    from reconciler.history import collect_history, render_history
+    from reconciler.session import manifest_repo, state_store
+
+    settings = _globals().settings
+    with state_store(settings) as store:
+        rows = collect_history(store, manifest_repo(settings), env or (), limit=limit)
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render_history(rows))
 
 
 # --- entry point -------------------------------------------------------------------

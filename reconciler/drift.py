@@ -1,0 +1,161 @@
+"""Drift: what the providers run now versus what the state recorded as applied.
+
+Only fields the recorded body has are compared (a provider may add its own, like an
+id). Secret values are compared by keyed fingerprint and never shown. `heal` puts the
+recorded spec back (trigger `heal`); changing to the manifests is `apply`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from reconciler.apply import (
+    EnvironmentResult,
+    ProgressFn,
+    RunContext,
+    _instance_from_body,
+    _Providers,
+    execute_environment,
+)
+from reconciler.errors import ReconcilerError
+from reconciler.instances import Instance, InstanceKey, ProviderConfig, secret_refs
+from reconciler.plan import SENSITIVE, Change, EnvironmentPlan, FieldDiff, field_diff
+from reconciler.state.base import AppliedRecord, StateStore, fingerprint
+
+Status = Literal["in-sync", "drifted", "missing", "unreadable"]
+
+
+@dataclass
+class DriftItem:
+    key: InstanceKey
+    provider: str
+    status: Status
+    diff: list[FieldDiff] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.key[1].lower()}.{self.key[2]}"
+
+
+@dataclass
+class DriftReport:
+    environments: dict[str, list[DriftItem]] = field(default_factory=dict)
+
+    @property
+    def drifted(self) -> list[DriftItem]:
+        return [i for items in self.environments.values() for i in items if i.status != "in-sync"]
+
+
+def _normalise_live(
+    live: Mapping[str, Any], rec: AppliedRecord, key: bytes
+) -> dict[str, Any]:
+    """Live body limited to recorded fields, with secret values turned back into refs."""
+    out = {k: live.get(k) for k in rec.spec}
+    refs = set(secret_refs(rec.spec))
+    env_live = out.get("env")
+    env_rec = rec.spec.get("env")
+    if refs and isinstance(env_live, dict) and isinstance(env_rec, dict):
+        fixed = dict(env_live)
+        for var, recorded in env_rec.items():
+            if not (isinstance(recorded, dict) and "secretEnv" in recorded):
+                continue
+            value = env_live.get(var)
+            name = recorded["secretEnv"]
+            if value == recorded:  # the provider keeps references (local)
+                continue
+            expected = rec.secret_fingerprints.get(name)
+            if isinstance(value, str) and expected and fingerprint(key, value) == expected:
+                fixed[var] = recorded
+            else:
+                fixed[var] = {"secretEnv": name, "changed": SENSITIVE}
+        out["env"] = fixed
+    return out
+
+
+def detect_drift(
+    store: StateStore,
+    providers: Mapping[str, Mapping[str, ProviderConfig]],
+    *,
+    repo_root: Path,
+    env: Mapping[str, str],
+    environments: Sequence[str] = (),
+) -> DriftReport:
+    """Read every recorded instance from its provider and compare field by field."""
+    report = DriftReport()
+    key = store.fingerprint_key()
+    for envname in environments or store.environments():
+        clients = _Providers(providers.get(envname, {}), repo_root, env)
+        items: list[DriftItem] = []
+        try:
+            for k, rec in sorted(store.applied(envname).items()):
+                try:
+                    live = clients.get(rec.provider).read(k[1], k[2], k[0], rec.provider_id)
+                except ReconcilerError as e:
+                    items.append(DriftItem(k, rec.provider, "unreadable", error=e.message))
+                    continue
+                if live is None:
+                    items.append(DriftItem(k, rec.provider, "missing"))
+                    continue
+                diff = field_diff(rec.spec, _normalise_live(live.body, rec, key))
+                items.append(DriftItem(k, rec.provider, "drifted" if diff else "in-sync", diff))
+        finally:
+            clients.close()
+        report.environments[envname] = items
+    return report
+
+
+def heal(
+    store: StateStore,
+    report: DriftReport,
+    providers: Mapping[str, Mapping[str, ProviderConfig]],
+    *,
+    repo_root: Path,
+    env: Mapping[str, str],
+    commit: str | None,
+    parallelism: int = 8,
+    break_lock: bool = False,
+    progress: ProgressFn | None = None,
+) -> list[EnvironmentResult]:
+    """Re-apply the recorded spec of every drifted or missing instance."""
+    results = []
+    for envname, items in report.environments.items():
+        todo = [i for i in items if i.status in ("drifted", "missing")]
+        if not todo:
+            continue
+        recorded = store.applied(envname)
+        desired: dict[InstanceKey, Instance] = {}
+        changes = []
+        for item in todo:
+            rec = recorded[item.key]
+            desired[item.key] = _instance_from_body(item.key, rec.provider, rec.spec)
+            changes.append(
+                Change(
+                    "create" if item.status == "missing" else "update",
+                    item.key,
+                    rec.provider,
+                    rec.spec,
+                    rec.spec,
+                    diff=item.diff,
+                    secret_fingerprints=dict(rec.secret_fingerprints),
+                )
+            )
+        plan = EnvironmentPlan(envname, store.serial(envname), False, changes)
+        results.append(
+            execute_environment(
+                store,
+                plan,
+                desired=desired,
+                providers=providers.get(envname, {}),
+                repo_root=repo_root,
+                env=env,
+                context=RunContext(commit=commit, trigger="heal"),
+                parallelism=parallelism,
+                break_lock=break_lock,
+                progress=progress,
+            )
+        )
+    return results
