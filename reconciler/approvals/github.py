@@ -1,0 +1,282 @@
+"""GitHub's REST API as an approval source (and where results are written back).
+
+Pinned to API version 2022-11-28: it still carries `merge_commit_sha`, which the
+2026-03-10 version removed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from reconciler.approvals._http import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_WAIT,
+    DEFAULT_TIMEOUT,
+    ApiClient,
+    Clock,
+    Secret,
+    Sleep,
+)
+from reconciler.approvals.facts import CommitFacts, PullRequestFacts, Review, co_author_emails
+from reconciler.errors import ApprovalSourceError, ConfigError
+
+API_VERSION = "2022-11-28"
+DEFAULT_API_URL = "https://api.github.com"
+STATUS_CONTEXT = "reconciler/approvals"
+STATUS_STATES = ("error", "failure", "pending", "success")
+_REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _login(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        login = obj.get("login")
+        if isinstance(login, str) and login:
+            return login
+    return None
+
+
+def _str(obj: Any, *keys: str) -> str | None:
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj if isinstance(obj, str) and obj else None
+
+
+class GitHubSource:
+    """Approval facts, team membership, statuses and comments from one repository."""
+
+    kind = "github"
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        repository: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        backoff: float = 1.0,
+        sleep: Sleep = time.sleep,
+        clock: Clock = time.time,
+    ) -> None:
+        if not _REPOSITORY.match(repository):
+            raise ConfigError(f"GitHub repository {repository!r} is not of the form owner/name")
+        self.repository = repository
+        secret = Secret(token)
+        self._api = ApiClient(
+            name="GitHub",
+            base_url=api_url or DEFAULT_API_URL,
+            headers={
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": API_VERSION,
+                "Authorization": f"Bearer {secret.reveal()}",
+                "User-Agent": "reconciler",
+            },
+            secret=secret,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_wait=max_wait,
+            backoff=backoff,
+            sleep=sleep,
+            clock=clock,
+        )
+        self._repo = f"/repos/{repository}"
+        self._teams: dict[tuple[str, str, str], str] = {}
+
+    def __repr__(self) -> str:
+        return f"GitHubSource({self.repository!r})"
+
+    def close(self) -> None:
+        self._api.close()
+
+    # --- reading -------------------------------------------------------------------
+
+    def pull_request_for_commit(self, sha: str) -> PullRequestFacts | None:
+        """The merged pull request that brought `sha` in, or None (a direct push).
+
+        Prefers the pull request whose merge commit is `sha` (merge, squash, rebase);
+        else the merged one the API lists for the commit.
+        """
+        pulls = self._api.paginate(f"{self._repo}/commits/{quote(sha)}/pulls")
+        merged = [p for p in pulls if isinstance(p, dict) and p.get("merged_at")]
+        if not merged:
+            return None
+        exact = [p for p in merged if str(p.get("merge_commit_sha") or "").lower() == sha.lower()]
+        chosen = (exact or merged)[0]
+        number = chosen.get("number")
+        if not isinstance(number, int):
+            raise ApprovalSourceError("GitHub API: a pull request without a number")
+        return self.pull_request(number)
+
+    def pull_request(self, number: int) -> PullRequestFacts:
+        pr = self._api.get(f"{self._repo}/pulls/{int(number)}")
+        if not isinstance(pr, dict):
+            raise ApprovalSourceError(f"GitHub API: pull request #{number} is not an object")
+        reviews = self._api.paginate(f"{self._repo}/pulls/{int(number)}/reviews")
+        commits = self._api.paginate(f"{self._repo}/pulls/{int(number)}/commits")
+        total = pr.get("commits")
+        complete = not (isinstance(total, int) and total > len(commits))
+        head = _str(pr, "head", "sha")
+        if head is None:
+            raise ApprovalSourceError(f"GitHub API: pull request #{number} has no head commit")
+        return PullRequestFacts(
+            number=int(pr.get("number", number)),
+            url=_str(pr, "html_url") or "",
+            title=_str(pr, "title") or "",
+            state=_str(pr, "state") or "",
+            merged=bool(pr.get("merged")) or bool(pr.get("merged_at")),
+            author=_login(pr.get("user")),
+            head_sha=head,
+            base_ref=_str(pr, "base", "ref") or "",
+            labels=tuple(
+                lbl["name"]
+                for lbl in pr.get("labels") or []
+                if isinstance(lbl, dict) and isinstance(lbl.get("name"), str)
+            ),
+            commits=tuple(_commit(c) for c in commits if isinstance(c, dict)),
+            reviews=tuple(r for r in map(_review, reviews) if r is not None),
+            merge_commit_sha=_str(pr, "merge_commit_sha"),
+            commits_complete=complete,
+        )
+
+    def membership(self, org: str, team: str, user: str) -> str:
+        """ "active", "pending" or "none" (404); cached per run."""
+        key = (org.casefold(), team.casefold(), user.casefold())
+        if key not in self._teams:
+            path = f"/orgs/{quote(org)}/teams/{quote(team)}/memberships/{quote(user)}"
+            try:
+                body = self._api.get_or_none(path)
+            except ApprovalSourceError as e:
+                raise ApprovalSourceError(
+                    f"{e.message} (team @{org}/{team})",
+                    details="reading team membership needs a token with read:org "
+                    "(a GitHub App or personal token: GITHUB_TOKEN cannot read teams)",
+                ) from None
+            state = body.get("state") if isinstance(body, dict) else None
+            self._teams[key] = state if state in ("active", "pending") else "none"
+        return self._teams[key]
+
+    def is_member(self, org: str, team: str, user: str) -> bool:
+        """Active members only: a pending invitation is not membership."""
+        return self.membership(org, team, user) == "active"
+
+    # --- writing -------------------------------------------------------------------
+
+    def set_status(
+        self,
+        sha: str,
+        state: str,
+        description: str,
+        context: str = STATUS_CONTEXT,
+        target_url: str | None = None,
+    ) -> None:
+        if state not in STATUS_STATES:
+            raise ValueError(f"commit status state must be one of {', '.join(STATUS_STATES)}")
+        body: dict[str, Any] = {
+            "state": state,
+            "description": _clip(description, 140),
+            "context": context,
+        }
+        if target_url:
+            body["target_url"] = target_url
+        self._api.send("POST", f"{self._repo}/statuses/{quote(sha)}", body, ok=(201,))
+
+    def upsert_comment(self, pr_number: int, body: str, marker: str) -> int:
+        """Edit our comment (the one holding `marker`) or create it; returns its id."""
+        if marker not in body:
+            body = f"{marker}\n{body}"
+        comments = self._api.paginate(f"{self._repo}/issues/{int(pr_number)}/comments")
+        for c in comments:
+            if isinstance(c, dict) and marker in str(c.get("body") or "") and "id" in c:
+                self._api.send(
+                    "PATCH", f"{self._repo}/issues/comments/{int(c['id'])}", {"body": body}
+                )
+                return int(c["id"])
+        resp = self._api.send(
+            "POST", f"{self._repo}/issues/{int(pr_number)}/comments", {"body": body}, ok=(201,)
+        )
+        created = resp.json()
+        return int(created["id"])
+
+    def open_pull_request(self, head: str, base: str, title: str, body: str) -> tuple[int, str]:
+        """Open a pull request (or return the open one for the same branches)."""
+        resp = self._api.send(
+            "POST",
+            f"{self._repo}/pulls",
+            {"head": head, "base": base, "title": title, "body": body},
+            ok=(201, 422),
+        )
+        if resp.status_code == 201:
+            pr = resp.json()
+            return int(pr["number"]), str(pr.get("html_url") or "")
+        owner = self.repository.split("/")[0]
+        qualified = head if ":" in head else f"{owner}:{head}"
+        existing = self._api.get(
+            f"{self._repo}/pulls", {"head": qualified, "base": base, "state": "open"}
+        )
+        if isinstance(existing, list) and existing and isinstance(existing[0], dict):
+            return int(existing[0]["number"]), str(existing[0].get("html_url") or "")
+        raise ApprovalSourceError(
+            f"GitHub API: cannot open a pull request from {head} into {base}",
+            details=_unprocessable(resp),
+        )
+
+
+def _unprocessable(resp: Any) -> str | None:
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    parts = [str(body.get("message") or "")]
+    for err in body.get("errors") or []:
+        if isinstance(err, dict) and err.get("message"):
+            parts.append(str(err["message"]))
+    return "; ".join(p for p in parts if p) or None
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _commit(c: dict[str, Any]) -> CommitFacts:
+    message = _str(c, "commit", "message") or ""
+    return CommitFacts(
+        sha=_str(c, "sha") or "",
+        author_login=_login(c.get("author")),
+        author_email=_str(c, "commit", "author", "email"),
+        committer_login=_login(c.get("committer")),
+        committer_email=_str(c, "commit", "committer", "email"),
+        co_author_emails=co_author_emails(message),
+    )
+
+
+def _review(r: Any) -> Review | None:
+    if not isinstance(r, dict):
+        return None
+    user = _login(r.get("user"))
+    state = _str(r, "state")
+    if user is None or state is None:  # a deleted account ("ghost") or a malformed entry
+        return None
+    return Review(
+        user=user,
+        state=state.upper(),
+        commit_id=_str(r, "commit_id"),
+        submitted_at=_parse_time(r.get("submitted_at")),
+    )

@@ -1,0 +1,224 @@
+"""GitLabSource against a fake GitLab v4 API on 127.0.0.1, and the gate end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+# tests/ is not a package: pytest puts tests/ itself on sys.path.
+from fakes.forge import T0, sha_of
+from fakes.gitlab import FakeGitLab
+
+from reconciler.approvals import ApprovalPolicy, ForgeSource, Verdict, evaluate
+from reconciler.approvals.gitlab import GitLabSource
+from reconciler.errors import ApprovalSourceError
+
+HEAD = sha_of("head")
+OLD = sha_of("old")
+MERGE = sha_of("merge")
+
+
+class Waits:
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+@pytest.fixture
+def gl() -> Iterator[FakeGitLab]:
+    with FakeGitLab() as fake:
+        yield fake
+
+
+def source(gl: FakeGitLab, waits: Waits | None = None, project: str | None = None) -> GitLabSource:
+    return GitLabSource(
+        gl.url,
+        gl.token,
+        project or gl.project_path,
+        sleep=(waits or Waits()).sleep,
+        max_retries=2,
+        max_wait=60,
+    )
+
+
+def merged_mr(gl: FakeGitLab, iid: int = 3, *, author: str = "bob") -> None:
+    """Pushed OLD at T0, then HEAD at T0+1h; merged as MERGE."""
+    gl.add_merge_request(iid, author=author, sha=OLD, merge_commit_sha=MERGE, pushed_at=T0)
+    gl.add_commit(iid, OLD, author_email=f"{author}@example.com")
+    gl.push(iid, HEAD, at=T0 + timedelta(hours=1))
+    gl.add_commit(iid, HEAD, author_email=f"{author}@example.com")
+
+
+def gate(src: GitLabSource, policy: dict[str, object], *, rollback: bool = False) -> Verdict:
+    return evaluate(
+        ApprovalPolicy.model_validate(policy),
+        src.pull_request_for_commit(MERGE),
+        risk="low",
+        is_rollback=rollback,
+        is_member=src.membership,
+    )
+
+
+def test_reads_the_merged_merge_request(gl: FakeGitLab) -> None:
+    merged_mr(gl)
+    gl.mrs[3]["labels"] = ["risk::high"]
+    gl.approve(3, "alice", approved_at=T0 + timedelta(hours=2))
+    src = source(gl)
+    assert isinstance(src, ForgeSource)
+    f = src.pull_request_for_commit(MERGE)
+    assert f is not None
+    assert (f.number, f.author, f.head_sha, f.base_ref, f.merged) == (3, "bob", HEAD, "main", True)
+    assert f.labels == ("risk::high",) and f.merge_commit_sha == MERGE
+    assert {c.author_email for c in f.commits} == {"bob@example.com"}
+    assert [(r.user, r.state, r.commit_id) for r in f.reviews] == [("alice", "APPROVED", HEAD)]
+    for r in gl.requests:
+        assert r.headers["private-token"] == gl.token
+        assert gl.token not in r.target
+        assert r.path.startswith("/api/v4/")
+    assert gl.requests[0].path == (
+        f"/api/v4/projects/acme%2Fmanifests/repository/commits/{MERGE}/merge_requests"
+    )
+
+
+def test_numeric_project_id(gl: FakeGitLab) -> None:
+    merged_mr(gl)
+    f = source(gl, project="42").pull_request_for_commit(MERGE)
+    assert f is not None and f.number == 3
+
+
+def test_squash_merge_and_direct_push(gl: FakeGitLab) -> None:
+    gl.add_merge_request(5, author="bob", sha=HEAD, squash_commit_sha=sha_of("squash"))
+    gl.add_merge_request(6, author="bob", sha=sha_of("open"), merged=False)
+    gl.link_commit(sha_of("squash"), 6)
+    src = source(gl)
+    f = src.pull_request_for_commit(sha_of("squash"))
+    assert f is not None and f.number == 5
+    assert src.pull_request_for_commit(sha_of("open")) is None  # an open MR only
+    assert src.pull_request_for_commit(sha_of("pushed")) is None  # no MR at all
+    v = evaluate(
+        ApprovalPolicy(required=1), None, risk="low", is_rollback=False, is_member=src.membership
+    )
+    assert not v.passed
+
+
+def test_four_eyes_freshness_and_requested_changes(gl: FakeGitLab) -> None:
+    merged_mr(gl)
+    gl.add_commit(3, sha_of("c3"), author_email="1234-dave@users.noreply.gitlab.example.com")
+    gl.add_commit(3, sha_of("c4"), author_email="erin.private@example.com")
+    gl.user("erin", public_email="Erin.Private@example.com")
+    gl.approve(3, "bob", approved_at=T0 + timedelta(hours=2))  # author
+    gl.approve(3, "dave", approved_at=T0 + timedelta(hours=2))  # committed (noreply)
+    gl.approve(3, "erin", approved_at=T0 + timedelta(hours=2))  # committed (public email)
+    gl.approve(3, "frank", approved_at=T0 + timedelta(minutes=30))  # before the last push
+    gl.approve(3, "grace", approved_at=T0 + timedelta(hours=2))
+    gl.set_reviewer(3, "grace", "requested_changes")  # since then
+    gl.approve(3, "heidi", approved_at=T0 + timedelta(hours=2))
+    gl.set_reviewer(3, "heidi", "approved")
+    v = gate(source(gl), {"required": 2})
+    assert v.approved_by == ["heidi"]
+    assert dict(v.not_counted) == {
+        "bob": "author of the pull request",
+        "dave": "committed to the pull request",
+        "erin": "committed to the pull request",
+        "frank": f"approval is stale (approved {OLD[:7]}, head is {HEAD[:7]})",
+        "grace": "changes requested later",
+    }
+    assert not v.passed and v.missing == 1
+
+
+def test_older_gitlab_freshness_from_reset_on_push(gl: FakeGitLab) -> None:
+    merged_mr(gl)
+    gl.approved_at_supported = False
+    gl.reviewers_supported = False
+    gl.approve(3, "alice")
+    gl.reset_approvals_on_push = True  # GitLab drops approvals on push: what is left is fresh
+    assert gate(source(gl), {"required": 1}).passed
+    gl.reset_approvals_on_push = False  # approved commit unknown
+    v = gate(source(gl), {"required": 1})
+    assert v.not_counted == [
+        ("alice", f"approval is stale (approved unknown commit, head is {HEAD[:7]})")
+    ]
+    assert gate(source(gl), {"required": 1, "freshOnly": False}).passed
+    gl.reset_approvals_on_push = None  # settings not readable (Free tier): unknown
+    assert not gate(source(gl), {"required": 1}).passed
+
+
+def test_group_membership(gl: FakeGitLab) -> None:
+    merged_mr(gl)
+    gl.set_member("acme/ml-leads", "carol")
+    gl.set_member("acme/ml-leads", "dave", membership_state="awaiting")
+    gl.user("mallory")
+    for user in ("carol", "dave", "mallory"):
+        gl.approve(3, user, approved_at=T0 + timedelta(hours=2))
+    src = source(gl)
+    v = gate(src, {"required": 2, "approvers": ["@acme/ml-leads"]})
+    assert v.approved_by == ["carol"]
+    assert v.not_counted == [("dave", "team membership pending"), ("mallory", "not an approver")]
+    assert src.is_member("acme", "ml-leads", "carol") is True
+    assert src.membership("acme", "ml-leads", "nobody-at-all") == "none"
+    paths = [r.path for r in gl.calls("GET", r"/members/all/")]
+    assert all(p.startswith("/api/v4/groups/acme%2Fml-leads/members/all/") for p in paths)
+
+
+def test_rollback_policy(gl: FakeGitLab) -> None:
+    merged_mr(gl)
+    gl.approve(3, "alice", approved_at=T0 + timedelta(hours=2))
+    src = source(gl)
+    policy = {"required": 2, "rollback": {"required": 1}}
+    assert gate(src, policy, rollback=True).passed
+    assert not gate(src, policy).passed
+
+
+def test_api_down_and_rate_limits(gl: FakeGitLab) -> None:
+    merged_mr(gl)
+    waits = Waits()
+    gl.rate_limit_next(1, retry_after=9)
+    assert source(gl, waits).pull_request_for_commit(MERGE) is not None
+    assert waits.slept == [9.0]
+    gl.down = 503
+    waits = Waits()
+    with pytest.raises(ApprovalSourceError, match=r"GitLab API: GET .*503.*gave up after 3"):
+        source(gl, waits).pull_request_for_commit(MERGE)
+    assert waits.slept == [1.0, 2.0]
+
+
+def test_token_never_appears_in_errors_or_reprs(gl: FakeGitLab) -> None:
+    src = GitLabSource(gl.url, "glpat-WRONGtoken42", gl.project_path, max_retries=0)
+    with pytest.raises(ApprovalSourceError) as e:
+        src.pull_request(3)
+    assert "401" in e.value.message
+    everything = (
+        str(e.value) + repr(e.value) + (e.value.details or "") + repr(src) + repr(vars(src))
+    )
+    assert "glpat-WRONGtoken42" not in everything
+
+
+def test_status_notes_and_merge_request(gl: FakeGitLab) -> None:
+    merged_mr(gl)
+    src = source(gl)
+    src.set_status(MERGE, "failure", "y" * 300)
+    src.set_status(
+        MERGE, "success", "ok", context="reconciler/approvals/prod", target_url="https://x"
+    )
+    assert [(s["status"], s["name"]) for s in gl.statuses] == [
+        ("failed", "reconciler/approvals"),
+        ("success", "reconciler/approvals/prod"),
+    ]
+    assert len(gl.statuses[0]["description"]) == 140
+    marker = "<!-- reconciler:plan -->"
+    gl.add_note(3, f"a system note quoting {marker}", system=True)
+    for i in range(30):
+        gl.add_note(3, f"chatter {i}")
+    first = src.upsert_comment(3, "plan v1", marker)
+    second = src.upsert_comment(3, "plan v2", marker)
+    assert first == second
+    mine = [n for n in gl.notes[3] if marker in n["body"] and not n["system"]]
+    assert len(mine) == 1 and mine[0]["body"] == f"{marker}\nplan v2"
+    iid, url = src.open_pull_request("rollback-abc", "main", "Roll back", "Rollback-Of: abc")
+    assert gl.mrs[iid]["source_branch"] == "rollback-abc" and url.endswith(f"/{iid}")
+    assert src.open_merge_request("rollback-abc", "main", "Roll back", "again") == (iid, url)
+    assert len([m for m in gl.mrs.values() if m["source_branch"] == "rollback-abc"]) == 1
