@@ -272,25 +272,44 @@ def apply(
     _exit(report.exit_code)
 
 
-def _heal(settings: Settings, envs: list[str] | tuple[str, ...], *, break_lock: bool,
-          parallelism: int | None) -> None:
+def _heal(
+    settings: Settings,
+    envs: list[str] | tuple[str, ...],
+    *,
+    break_lock: bool,
+    parallelism: int | None,
+) -> None:
     from reconciler import drift as d
     from reconciler.load import load
     from reconciler.session import state_store
 
     loaded = load(settings)
     with state_store(settings) as store:
-        report = d.detect_drift(store, loaded.desired.providers, repo_root=settings.repo,
-                                env=settings.env, environments=envs)
-        results = d.heal(store, report, loaded.desired.providers, repo_root=settings.repo,
-                         env=settings.env, commit=loaded.commit, break_lock=break_lock,
-                         parallelism=parallelism or settings.parallelism)
+        report = d.detect_drift(
+            store,
+            loaded.desired.providers,
+            repo_root=settings.repo,
+            env=settings.env,
+            environments=envs,
+        )
+        results = d.heal(
+            store,
+            report,
+            loaded.desired.providers,
+            repo_root=settings.repo,
+            env=settings.env,
+            commit=loaded.commit,
+            break_lock=break_lock,
+            parallelism=parallelism or settings.parallelism,
+        )
     if not results:
         out.print("nothing drifted: nothing to heal")
     for r in results:
         c = r.counts()
-        out.print(f"{r.environment}: healed {c['applied']}, failed {c['failed']} (run {r.run_id})",
-                  markup=False)
+        out.print(
+            f"{r.environment}: healed {c['applied']}, failed {c['failed']} (run {r.run_id})",
+            markup=False,
+        )
     if any(r.outcome == "failed" for r in results):
         _exit(1)
 
@@ -349,7 +368,9 @@ def drift(
                     "provider": i.provider,
                     "status": i.status,
                     "error": i.error,
-                    "diff": [{"path": d.path, "before": d.before, "after": d.after} for d in i.diff],
+                    "diff": [
+                        {"path": d.path, "before": d.before, "after": d.after} for d in i.diff
+                    ],
                 }
                 for i in items
             ]
@@ -363,11 +384,16 @@ def drift(
             bad = [i for i in items if i.status != "in-sync"]
             out.print(f"{e}: {len(items) - len(bad)} in sync, {len(bad)} drifted", markup=False)
             for i in bad:
-                out.print(f"  {i.address} ({i.provider}): {i.status}"
-                          + (f": {i.error}" if i.error else ""), markup=False)
+                out.print(
+                    f"  {i.address} ({i.provider}): {i.status}"
+                    + (f": {i.error}" if i.error else ""),
+                    markup=False,
+                )
                 for d in i.diff:
-                    out.print(f"      {d.path}: recorded {fmt(d.before)}, live {fmt(d.after)}",
-                              markup=False)
+                    out.print(
+                        f"      {d.path}: recorded {fmt(d.before)}, live {fmt(d.after)}",
+                        markup=False,
+                    )
     if report.drifted:
         _exit(2)
 

@@ -14,10 +14,10 @@ from reconciler.errors import ConfigError
 from reconciler.manifests.diagnostics import from_validation_error
 from reconciler.manifests.models import Text, _Model
 from reconciler.manifests.yamlload import YamlProblem, YMap, load_documents
+from reconciler.state import DEFAULT_STATE_URL
 
 CONFIG_FILE = "reconciler.yaml"
 DEFAULT_MANIFEST_PATHS = ("manifests",)
-DEFAULT_STATE_URL = "sqlite:///.reconciler/state.db"
 
 
 class ApprovalsConfig(_Model):
