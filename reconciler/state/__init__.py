@@ -1,0 +1,48 @@
+"""Recorded state: what was applied where, and every run. Backends share one protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reconciler.errors import ConfigError
+from reconciler.state.base import (
+    AppliedRecord,
+    ChangeRecord,
+    LockInfo,
+    RunRecord,
+    StateStore,
+    fingerprint,
+)
+
+#: The embedded default: a SQLite file inside the manifests repo (git-ignored).
+DEFAULT_STATE_URL = "sqlite:///.reconciler/state.db"
+
+__all__ = [
+    "DEFAULT_STATE_URL",
+    "AppliedRecord",
+    "ChangeRecord",
+    "LockInfo",
+    "RunRecord",
+    "StateStore",
+    "fingerprint",
+    "open_state",
+]
+
+
+def open_state(url: str, *, repo_root: Path) -> StateStore:
+    """`sqlite:///rel/path.db` (relative to the manifests repo) or `sqlite:////abs.db`."""
+    if url.startswith("sqlite://"):
+        from reconciler.state.sqlite import SQLiteState
+
+        rest = url.removeprefix("sqlite://")
+        if not rest.startswith("/") or rest == "/":
+            raise ConfigError(
+                f"state URL {url!r} needs a path: sqlite:///relative.db or sqlite:////abs.db"
+            )
+        raw = rest[1:]
+        path = Path(raw) if raw.startswith("/") else repo_root / raw
+        return SQLiteState(path, url=url)
+    scheme = url.split(":", 1)[0] if ":" in url else url
+    raise ConfigError(
+        f"unknown state backend {scheme!r} in {url!r}: use sqlite:///path/to/state.db"
+    )
