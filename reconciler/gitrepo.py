@@ -8,6 +8,8 @@ not in git at all still works for the working tree (no commit is recorded then).
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -17,6 +19,22 @@ from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchP
 from reconciler.errors import GitError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+_EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+_REVERTS = re.compile(r"^This reverts commit ([0-9a-f]{7,40})", re.MULTILINE)
+_TRAILER = re.compile(r"^Rollback-Of:\s*([0-9a-f]{7,40})\s*$", re.MULTILINE)
+
+
+def revert_message(subjects: Sequence[tuple[str, str]]) -> str:
+    """`git revert`'s message for (sha, subject) pairs, plus one Rollback-Of trailer each."""
+    if len(subjects) == 1:
+        title = f'Revert "{subjects[0][1]}"'
+    else:
+        title = f"Revert {len(subjects)} commits"
+    body = "\n".join(f"This reverts commit {sha}." for sha, _ in subjects)
+    trailers = "\n".join(f"Rollback-Of: {sha}" for sha, _ in subjects)
+    return f"{title}\n\n{body}\n\n{trailers}\n"
 
 
 def _is_manifest(name: str) -> bool:
@@ -186,6 +204,128 @@ class ManifestRepo:
         except GitCommandError:
             return False
         return True
+
+    # -- rollback: reverts made and recognised ------------------------------------------
+
+    def reverted_commits(self, sha: str) -> list[str]:
+        """Commits this commit says it reverts (our trailer or git's own line)."""
+        msg = self.message(sha)
+        found: list[str] = []
+        for short in [*_TRAILER.findall(msg), *_REVERTS.findall(msg)]:
+            try:
+                full = self.resolve(short)
+            except GitError:  # a commit from a repo we cannot see
+                continue
+            if full not in found:
+                found.append(full)
+        return found
+
+    def is_exact_revert(self, sha: str, reverted: Sequence[str]) -> bool:
+        """True when `sha` changes exactly the inverse of `reverted` and nothing else.
+
+        The message alone proves nothing: anyone can write "This reverts commit". The
+        lighter rollback policy applies only when the tree matches what reverting those
+        commits on the parent gives (built in a scratch index, no checkout).
+        """
+        c = self._commit(sha)
+        if len(c.parents) != 1 or not reverted:
+            return False
+        try:
+            order = self._newest_first(reverted, c.hexsha)
+        except GitError:
+            return False
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            try:
+                self.repo.git.read_tree(c.parents[0].hexsha, env=env)
+                for r in order:
+                    rc = self._commit(r)
+                    base = rc.parents[0].hexsha if rc.parents else _EMPTY_TREE
+                    patch = Path(tmp) / "patch"
+                    self.repo.git.diff(base, rc.hexsha, "--binary", f"--output={patch}")
+                    if patch.stat().st_size:
+                        self.repo.git.apply("--cached", "-R", "--3way", str(patch), env=env)
+                tree = self.repo.git.write_tree(env=env)
+            except GitCommandError:
+                return False
+        return bool(tree == c.tree.hexsha)
+
+    def _newest_first(self, shas: Sequence[str], tip: str) -> list[str]:
+        """Order commits as history does (reverts must undo the newest first)."""
+        wanted = set(shas)
+        order = [c for c in self._git("rev-list", "--topo-order", tip).split() if c in wanted]
+        if len(order) != len(wanted):
+            missing = sorted(wanted - set(order))
+            raise GitError(f"{missing[0][:12]} is not in the history of {tip}")
+        return order
+
+    def commits_since(self, after: str, paths: Sequence[str]) -> list[str]:
+        """First-parent commits after `after` touching `paths`, newest first (for --to)."""
+        if not self.is_ancestor(after, "HEAD"):
+            raise GitError(f"{after[:12]} is not an ancestor of HEAD: nothing to roll back to")
+        specs = [str(self.root / p) for p in paths]
+        return self._git("rev-list", "--first-parent", f"{after}..HEAD", "--", *specs).split()
+
+    def revert(self, commits: Sequence[str], *, branch: str | None = None) -> str:
+        """One commit reverting `commits` (newest first), as `git revert --no-edit` would.
+
+        Without `branch` it commits on the current branch and refuses a dirty tree; with
+        `branch` it works in a scratch worktree, so the user's checkout is untouched. On
+        a conflict nothing changes and the GitError names the conflicting files.
+        """
+        if not commits:
+            raise GitError("nothing to revert")
+        full = self._newest_first([self.resolve(c) for c in commits], "HEAD")
+        subjects = [(sha, self.subject(sha)) for sha in full]
+        message = revert_message(subjects)
+        if branch is None:
+            if self.repo.is_dirty(untracked_files=False):
+                raise GitError(
+                    "the working tree has uncommitted changes: commit or stash them first"
+                )
+            return self._revert_in(self.repo, full, message)
+        if branch in [h.name for h in self.repo.heads]:
+            raise GitError(f"branch {branch!r} already exists")
+        with tempfile.TemporaryDirectory() as tmp:
+            where = str(Path(tmp) / "wt")
+            self._git("worktree", "add", "--detach", where, "HEAD")
+            try:
+                sha = self._revert_in(git.Repo(where), full, message)
+                self._git("branch", branch, sha)
+            finally:
+                self._git("worktree", "remove", "--force", where)
+        return sha
+
+    def _revert_in(self, repo: git.Repo, commits: Sequence[str], message: str) -> str:
+        try:
+            for sha in commits:
+                mainline = ["-m", "1"] if len(self._commit(sha).parents) > 1 else []
+                repo.git.revert("--no-commit", *mainline, sha)
+        except GitCommandError:
+            conflicts = sorted(
+                {
+                    line[3:]
+                    for line in repo.git.status("--porcelain").splitlines()
+                    if line[:2] in ("UU", "AA", "DU", "UD", "AU", "UA", "DD")
+                }
+            )
+            try:
+                repo.git.revert("--abort")
+            except GitCommandError:
+                repo.git.reset("--hard", "HEAD")
+            raise GitError(
+                "the revert conflicts with later changes"
+                + (f" in {', '.join(conflicts)}" if conflicts else "")
+                + "; nothing was changed: revert fewer commits or resolve by hand"
+            ) from None
+        if not repo.is_dirty(untracked_files=False):
+            repo.git.revert("--quit")
+            raise GitError("those commits are already reverted: nothing to do")
+        repo.git.commit("--no-verify", "-q", "-m", message)
+        return str(repo.head.commit.hexsha)
+
+    def push(self, branch: str, remote: str = "origin") -> None:
+        self._git("push", "-q", remote, f"refs/heads/{branch}:refs/heads/{branch}")
 
 
 def _walk_manifests(base: Path) -> Iterable[Path]:

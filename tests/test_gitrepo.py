@@ -101,3 +101,93 @@ def test_commits_touching(repo: Path) -> None:
     m = ManifestRepo(repo)
     assert m.commits_touching(base, ["manifests"]) == [touching]
     assert m.is_ancestor(base, touching) and not m.is_ancestor(touching, base)
+
+
+def _change(repo: Path, text: str, msg: str, rel: str = "manifests/a.yaml") -> str:
+    write_files(repo, {rel: text})
+    return commit_all(repo, msg)
+
+
+def test_revert_matches_git_revert_and_is_recognised(repo: Path, tmp_path: Path) -> None:
+    b = _change(repo, "a: 2\n", "bump a")
+    _change(repo, "b: 2\n", "bump b", "manifests/sub/b.yml")
+    twin = tmp_path / "twin"
+    git(tmp_path, "clone", "-q", str(repo), str(twin))
+    git(twin, "-c", "user.name=x", "-c", "user.email=x@x", "revert", "--no-edit", b)
+    m = ManifestRepo(repo)
+    sha = m.revert([b])
+    assert git(repo, "rev-parse", f"{sha}^{{tree}}") == git(twin, "rev-parse", "HEAD^{tree}")
+    msg = m.message(sha)
+    assert msg.startswith('Revert "bump a"\n\nThis reverts commit ' + b)
+    assert f"Rollback-Of: {b}" in msg
+    assert m.reverted_commits(sha) == [b]
+    assert m.is_exact_revert(sha, [b])
+    # git's own revert message is recognised too
+    hand = git(twin, "rev-parse", "HEAD")
+    assert ManifestRepo(twin).reverted_commits(hand) == [b]
+    assert ManifestRepo(twin).is_exact_revert(hand, [b])
+
+
+def test_forged_revert_message_is_not_an_exact_revert(repo: Path) -> None:
+    b = _change(repo, "a: 2\n", "bump a")
+    write_files(repo, {"manifests/a.yaml": "a: 1\n", "manifests/evil.yaml": "x: 1\n"})
+    forged = commit_all(repo, f"Revert 'bump a'\n\nThis reverts commit {b}.")
+    m = ManifestRepo(repo)
+    assert m.reverted_commits(forged) == [b]
+    assert not m.is_exact_revert(forged, [b])
+
+
+def test_revert_several_and_merge_commits(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    _change(repo, "a: 2\n", "one")
+    git(repo, "checkout", "-q", "-b", "feature")
+    _change(repo, "b: 9\n", "feature work", "manifests/sub/b.yml")
+    git(repo, "checkout", "-q", "main")
+    _change(repo, "c: 2\n", "unrelated", "other/c.yaml")
+    git(repo, "merge", "-q", "--no-ff", "-m", "merge feature", "feature")
+    m = ManifestRepo(repo)
+    since = m.commits_since(base, ["manifests"])
+    assert [m.subject(s) for s in since] == ["merge feature", "one"]
+    sha = m.revert(since)
+    files = m.files_at(sha, ["manifests"])
+    assert files["manifests/a.yaml"] == b"a: 1\n" and files["manifests/sub/b.yml"] == b"b: 1\n"
+    assert (repo / "other/c.yaml").read_text() == "c: 2\n"
+    assert m.subject(sha) == "Revert 2 commits"
+    assert set(m.reverted_commits(sha)) == set(since)
+    assert m.is_exact_revert(sha, since)
+
+
+def test_conflicting_revert_leaves_everything_untouched(repo: Path) -> None:
+    b = _change(repo, "a: 2\n", "bump a")
+    _change(repo, "a: 3\n", "bump a again")
+    (repo / "untracked.txt").write_text("keep me")
+    head = git(repo, "rev-parse", "HEAD")
+    status = git(repo, "status", "--porcelain")
+    with pytest.raises(GitError, match=r"conflicts .* in manifests/a\.yaml; nothing was changed"):
+        ManifestRepo(repo).revert([b])
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert git(repo, "status", "--porcelain") == status
+    assert (repo / "manifests/a.yaml").read_text() == "a: 3\n"
+
+
+def test_revert_refuses_a_dirty_tree(repo: Path) -> None:
+    b = _change(repo, "a: 2\n", "bump a")
+    (repo / "manifests/sub/b.yml").write_text("dirty\n")
+    with pytest.raises(GitError, match="uncommitted changes"):
+        ManifestRepo(repo).revert([b])
+
+
+def test_revert_on_a_branch_pushes_and_leaves_checkout(repo: Path, tmp_path: Path) -> None:
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(repo, "remote", "add", "origin", str(origin))
+    b = _change(repo, "a: 2\n", "bump a")
+    head = git(repo, "rev-parse", "HEAD")
+    m = ManifestRepo(repo)
+    sha = m.revert([b], branch="rollback-a")
+    m.push("rollback-a")
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert git(repo, "branch", "--show-current") == "main"
+    assert (repo / "manifests/a.yaml").read_text() == "a: 2\n"
+    assert git(origin, "rev-parse", "refs/heads/rollback-a") == sha
+    assert git(repo, "worktree", "list").count("\n") == 0
