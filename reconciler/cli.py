@@ -9,14 +9,18 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import typer
 from rich.console import Console
 
 from reconciler import log
 from reconciler.config import Settings, load_settings
-from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
+from reconciler.errors import EXIT_ERROR, EXIT_OK, ConfigError, ReconcilerError
+
+if TYPE_CHECKING:
+    from reconciler.approvals import ForgeSource
+    from reconciler.gate import GateResult
 
 app = typer.Typer(
     name="reconciler",
@@ -173,6 +177,13 @@ def plan(
     detailed_exitcode: Annotated[
         bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
     ] = False,
+    comment: Annotated[
+        bool,
+        typer.Option("--comment", help="Post the plan to the pull request (one comment, updated)."),
+    ] = False,
+    pr: Annotated[
+        int | None, typer.Option("--pr", help="The pull request (default: from the CI event).")
+    ] = None,
 ) -> None:
     """Show what apply would change: per environment, create/update/replace/delete."""
     from reconciler.render import render_human, render_json, render_markdown
@@ -192,8 +203,129 @@ def plan(
         sys.stdout.write(render_markdown(p))
     else:
         sys.stdout.write(render_human(p, color=_color()))
+    from reconciler import ci
+
+    ci.append_step_summary(settings.env, render_markdown(p))
+    if comment:
+        _post_plan_comment(settings, render_markdown(p), pr)
     if detailed_exitcode and p.has_changes:
         _exit(2)
+
+
+def _forge(settings: Settings) -> ForgeSource:
+    from reconciler.approvals import ForgeSource
+    from reconciler.session import approval_source
+
+    source = approval_source(settings)
+    if not isinstance(source, ForgeSource):
+        raise ConfigError(
+            "posting to a pull request needs approvals.source github or gitlab in reconciler.yaml"
+        )
+    return source
+
+
+def _post_plan_comment(settings: Settings, body: str, pr: int | None) -> None:
+    from reconciler import ci
+    from reconciler.approvals import PLAN_COMMENT_MARKER
+
+    number = pr or ci.detect(settings.env).pull_request
+    if number is None:
+        raise ConfigError("--comment needs a pull request: --pr N, or run on a PR event")
+    source = _forge(settings)
+    try:
+        source.upsert_comment(number, body, PLAN_COMMENT_MARKER)
+    finally:
+        source.close()
+    err.print(f"plan posted to pull request #{number}")
+
+
+@app.command()
+def approvals(
+    commit: Annotated[
+        str | None, typer.Option("--commit", help="The commit (default: CI's, else HEAD).")
+    ] = None,
+    pr: Annotated[
+        int | None, typer.Option("--pr", help="Judge this pull request (default: CI's).")
+    ] = None,
+    status: Annotated[
+        bool, typer.Option("--status", help="Post a `reconciler/approvals` commit status.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Judge approvals for each environment the change touches; exit 0 met, 3 not."""
+    from reconciler import ci
+    from reconciler.session import judge_approvals, state_store
+
+    settings = _globals().settings
+    ctx = ci.detect(settings.env)
+    pr = pr or ctx.pull_request
+    commit = commit or ctx.commit
+    with state_store(settings) as store:
+        p, verdicts = judge_approvals(settings, store, commit=commit, pull_request=pr)
+    passed = all(g.passed for g in verdicts.values())
+    if as_json:
+        import json
+
+        doc = {
+            "commit": p.commit,
+            "pull_request": pr,
+            "passed": passed,
+            "environments": {
+                e: {
+                    "passed": g.passed,
+                    "reasons": g.reasons,
+                    "verdict": g.verdict.as_dict() if g.verdict else None,
+                }
+                for e, g in verdicts.items()
+            },
+        }
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    else:
+        if not verdicts:
+            out.print("no environment has changes: nothing needs approval")
+        for e, g in verdicts.items():
+            if g.passed and g.verdict is None:
+                out.print(f"{e}: no approvals required", markup=False)
+            elif g.passed:
+                out.print(
+                    f"{e}: approved: {g.verdict.summary() if g.verdict else ''}", markup=False
+                )
+            else:
+                out.print(f"{e}: BLOCKED: {'; '.join(g.reasons)}", markup=False)
+            if g.verdict is not None:
+                for line in g.verdict.explain():
+                    out.print(f"    {line}", markup=False)
+    if status:
+        sha = (
+            ctx.head_sha
+            or next(
+                (g.verdict.head_sha for g in verdicts.values() if g.verdict and g.verdict.head_sha),
+                None,
+            )
+            or p.commit
+        )
+        if sha is None:
+            raise ConfigError("--status needs a commit: run in a git repo or pass --commit")
+        blocked = [e for e, g in verdicts.items() if not g.passed]
+        text = (
+            "approved for " + ", ".join(verdicts) if verdicts and not blocked
+            else "nothing needs approval" if not blocked
+            else "; ".join(f"{e}: {_status_reason(verdicts[e])}" for e in blocked)
+        )  # fmt: skip
+        source = _forge(settings)
+        try:
+            source.set_status(sha, "success" if passed else "failure", text[:140])
+        finally:
+            source.close()
+        err.print(
+            f"status reconciler/approvals set on {sha[:7]}: {'success' if passed else 'failure'}"
+        )
+    if not passed:
+        _exit(3)
+
+
+def _status_reason(g: GateResult) -> str:
+    return g.verdict.summary() if g.verdict is not None else "; ".join(g.reasons)
 
 
 @app.command()
@@ -230,22 +362,24 @@ def apply(
     ] = False,
 ) -> None:
     """Apply the changes; exit 0 applied, 1 failed, 3 blocked, 4 locked."""
+    from reconciler import ci
     from reconciler.session import ApplyOptions, run_apply, state_store
 
     settings = _globals().settings
     if heal:
         _heal(settings, env or (), break_lock=break_lock, parallelism=parallelism)
         return
+    ctx = ci.detect(settings.env)
     opts = ApplyOptions(
         environments=env or (),
         plan_file=plan_file,
-        commit=commit,
+        commit=commit or (ctx.commit if plan_file is None else None),
         allow_delete=allow_delete,
         rollback_on_failure=rollback_on_failure,
         break_lock=break_lock,
         parallelism=parallelism,
         override_window=override_window,
-        pull_request=pr,
+        pull_request=pr or ctx.pull_request,
     )
     with state_store(settings) as store:
         report = run_apply(settings, store, opts)
@@ -269,6 +403,7 @@ def apply(
                     out.print(f"    {res.change.address}: {res.outcome}: {res.error}", markup=False)
             if r.restored:
                 out.print(f"    restored {len(r.restored)} change(s) (--rollback-on-failure)")
+    ci.append_step_summary(settings.env, report.summary_markdown())
     _exit(report.exit_code)
 
 
@@ -396,6 +531,43 @@ def drift(
                     )
     if report.drifted:
         _exit(2)
+
+
+@app.command()
+def rollback(
+    commits: Annotated[
+        list[str] | None, typer.Argument(help="Commits to revert (newest first is found).")
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Revert every manifest change after COMMIT.")
+    ] = None,
+    branch: Annotated[
+        str | None, typer.Option("--branch", help="Commit on this new branch instead.")
+    ] = None,
+    push: Annotated[bool, typer.Option("--push", help="Push the branch to origin.")] = False,
+    open_pr: Annotated[
+        bool, typer.Option("--open-pr", help="Open a pull request for the rollback.")
+    ] = False,
+) -> None:
+    """Write a revert commit (like git revert) that apply records as a rollback."""
+    from reconciler.rollback import rollback as do_rollback
+    from reconciler.session import state_store
+
+    settings = _globals().settings
+    with state_store(settings) as store:
+        r = do_rollback(
+            settings, store, commits or (), to=to, branch=branch, push=push, open_pr=open_pr
+        )
+    where = f" on branch {r.branch}" if r.branch else ""
+    out.print(f"{r.commit[:12]} {r.subject}{where}", markup=False)
+    for sha in r.reverted:
+        out.print(f"  reverts {sha[:12]}", markup=False)
+    if r.pushed:
+        out.print(f"pushed {r.branch or 'the current branch'} to origin", markup=False)
+    if r.pull_request is not None:
+        out.print(f"pull request #{r.pull_request}: {r.pull_request_url}", markup=False)
+    elif not r.branch:
+        out.print("next: reconciler plan, then reconciler apply (recorded as a rollback)")
 
 
 @app.command()

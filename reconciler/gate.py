@@ -94,6 +94,13 @@ class Gate:
         result.passed = not result.reasons
         return result
 
+    def check_approvals(self, plan: EnvironmentPlan, spec: EnvironmentSpec) -> GateResult:
+        """Approvals only (what a pull request shows before merge; windows apply later)."""
+        result = GateResult(plan.environment, passed=True)
+        self._check_approvals(result, plan, spec)
+        result.passed = not result.reasons
+        return result
+
     def _check_window(self, result: GateResult, spec: EnvironmentSpec) -> None:
         if not spec.windows:
             return

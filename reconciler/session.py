@@ -104,6 +104,22 @@ class ApplyReport:
     gates: dict[str, GateResult] = field(default_factory=dict)
     results: list[EnvironmentResult] = field(default_factory=list)
 
+    def summary_markdown(self) -> str:
+        """The GitHub Actions job summary of an apply."""
+        rows = [
+            "### reconciler apply",
+            "",
+            "| environment | outcome | run | changes |",
+            "|---|---|---|---|",
+        ]
+        for r in self.results:
+            c = r.counts()
+            rows.append(
+                f"| {r.environment} | {r.outcome} | {r.run_id or ''} | "
+                f"{c['applied']} applied, {c['failed']} failed |"
+            )
+        return "\n".join(rows) + "\n"
+
     @property
     def exit_code(self) -> int:
         if any(r.outcome == "failed" for r in self.results):
@@ -157,7 +173,7 @@ def run_apply(
             allow_delete=opts.allow_delete,
         )
     secret_env = _secret_env(settings, loaded)
-    context = trigger_context(loaded) if trigger_context else RunContext(commit=loaded.commit)
+    context = trigger_context(loaded) if trigger_context else run_context(settings, loaded)
     now = opts.now or datetime.now(UTC)
     gate = Gate(
         approval_source(settings) if _needs_source(loaded, plan) else None,
@@ -186,7 +202,7 @@ def run_apply(
                 EnvironmentResult(ep.environment, "blocked", message="; ".join(g.reasons))
             )
             continue
-        ctx = _context_for(context, g)
+        ctx = _context_for(context, g, store, ep.environment)
         replan = None
         if opts.plan_file is None:
             replan = _replanner(settings, store, loaded, ep, opts, secret_env)
@@ -208,6 +224,32 @@ def run_apply(
     return report
 
 
+def judge_approvals(
+    settings: Settings,
+    store: StateStore,
+    *,
+    commit: str | None,
+    pull_request: int | None,
+    now: datetime | None = None,
+) -> tuple[Plan, dict[str, GateResult]]:
+    """The approval verdict for each environment the change touches (`approvals`)."""
+    loaded, plan = build_plan(settings, store, ref=commit)
+    context = run_context(settings, loaded)
+    gate = Gate(
+        approval_source(settings) if _needs_source(loaded, plan) else None,
+        commit=loaded.commit,
+        pull_request=pull_request,
+        is_rollback=context.trigger == "rollback",
+        now=now or datetime.now(UTC),
+    )
+    verdicts = {
+        ep.environment: gate.check_approvals(ep, loaded.desired.policy(ep.environment))
+        for ep in plan.environments
+        if ep.changes
+    }
+    return plan, verdicts
+
+
 def _needs_source(loaded: Loaded, plan: Plan) -> bool:
     for ep in plan.environments:
         if ep.changes and loaded.desired.policy(ep.environment).approvals.required_for(ep.max_risk):
@@ -217,7 +259,27 @@ def _needs_source(loaded: Loaded, plan: Plan) -> bool:
     return False
 
 
-def _context_for(base: RunContext, g: GateResult) -> RunContext:
+def run_context(settings: Settings, loaded: Loaded) -> RunContext:
+    """`rollback` when the commit exactly reverts earlier ones (see is_exact_revert).
+
+    A message that claims a revert but changes anything else is an ordinary change
+    for the gate; it is still linked in history, flagged as not exact.
+    """
+    if loaded.commit is None or loaded.dirty:
+        return RunContext(commit=loaded.commit)
+    repo = ManifestRepo(settings.repo)
+    reverted = repo.reverted_commits(loaded.commit)
+    if not reverted:
+        return RunContext(commit=loaded.commit)
+    if repo.is_exact_revert(loaded.commit, reverted):
+        return RunContext(commit=loaded.commit, trigger="rollback", reverted_commits=reverted)
+    return RunContext(
+        commit=loaded.commit, reverted_commits=reverted, details={"inexact_revert": True}
+    )
+
+
+def _context_for(base: RunContext, g: GateResult, store: StateStore, env: str) -> RunContext:
+    """The environment's own run context: gate facts and the runs a rollback undoes."""
     details = dict(base.details)
     if g.window_overridden:
         details["override_window"] = True
@@ -228,7 +290,13 @@ def _context_for(base: RunContext, g: GateResult) -> RunContext:
         author=base.author,
         approvers=list(base.approvers),
         reverted_commits=list(base.reverted_commits),
-        reverted_runs=list(base.reverted_runs),
+        reverted_runs=[
+            r.id
+            for sha in base.reverted_commits
+            for r in store.runs_for_commit(sha)
+            if r.environment == env and r.trigger != "rollback"
+        ]
+        or list(base.reverted_runs),
         details=details,
     )
     if g.verdict is not None:

@@ -1,0 +1,68 @@
+"""What a CI job tells us about itself: the commit, the pull request, the step summary.
+
+On a GitHub `pull_request` event `GITHUB_SHA` is a temporary merge commit; the commit
+reviewers approved is `pull_request.head.sha` in the event payload. On `push` the
+commit is `GITHUB_SHA`. GitLab merge-request pipelines give `CI_MERGE_REQUEST_IID`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CiContext:
+    #: The commit to judge or apply (None outside CI).
+    commit: str | None = None
+    pull_request: int | None = None
+    #: The pull request's head (what reviews point at), when on a pull-request event.
+    head_sha: str | None = None
+
+
+def _event(env: Mapping[str, str]) -> dict[str, Any]:
+    path = env.get("GITHUB_EVENT_PATH")
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def detect(env: Mapping[str, str]) -> CiContext:
+    if env.get("GITHUB_ACTIONS") == "true":
+        pr = _event(env).get("pull_request")
+        if isinstance(pr, dict) and isinstance(pr.get("number"), int):
+            head = pr.get("head") if isinstance(pr.get("head"), dict) else {}
+            sha = head.get("sha") if isinstance(head, dict) else None
+            return CiContext(
+                commit=sha if isinstance(sha, str) else None,
+                pull_request=pr["number"],
+                head_sha=sha if isinstance(sha, str) else None,
+            )
+        return CiContext(commit=env.get("GITHUB_SHA") or None)
+    if env.get("GITLAB_CI") == "true":
+        iid = env.get("CI_MERGE_REQUEST_IID")
+        return CiContext(
+            commit=env.get("CI_COMMIT_SHA") or None,
+            pull_request=int(iid) if iid and iid.isdigit() else None,
+            head_sha=env.get("CI_COMMIT_SHA") if iid else None,
+        )
+    return CiContext()
+
+
+def append_step_summary(env: Mapping[str, str], markdown: str) -> None:
+    """Add to the GitHub Actions job summary; a no-op anywhere else."""
+    path = env.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(markdown.rstrip("\n") + "\n\n")
+    except OSError:  # a summary is a courtesy; never fail the job for it
+        pass

@@ -1,0 +1,94 @@
+"""`reconciler rollback`: a revert commit, reviewed and applied like any other change.
+
+Rollback never touches providers itself: it writes the revert (optionally on a branch,
+pushed, with a pull request), and `apply` of that commit records a `rollback` run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from reconciler.config import Settings
+from reconciler.errors import ConfigError, GitError
+from reconciler.gitrepo import ManifestRepo
+from reconciler.state.base import StateStore
+
+
+@dataclass
+class RollbackResult:
+    commit: str
+    subject: str
+    reverted: list[str]
+    branch: str | None
+    pushed: bool = False
+    pull_request: int | None = None
+    pull_request_url: str | None = None
+
+
+def pull_request_body(repo: ManifestRepo, store: StateStore, reverted: Sequence[str]) -> str:
+    """What a reviewer of a rollback needs: each reverted commit and the runs it had."""
+    lines = ["Rolls back these commits (newest first):", ""]
+    for sha in reverted:
+        lines.append(f"- `{sha[:12]}` {repo.subject(sha)}")
+        for run in store.runs_for_commit(sha):
+            lines.append(
+                f"  - run `{run.id}` in **{run.environment}** ({run.outcome}, "
+                f"{run.started_at.isoformat(timespec='seconds')})"
+            )
+    lines += ["", "Made by `reconciler rollback`; applying it records a `rollback` run."]
+    return "\n".join(lines) + "\n"
+
+
+def rollback(
+    settings: Settings,
+    store: StateStore,
+    commits: Sequence[str],
+    *,
+    to: str | None = None,
+    branch: str | None = None,
+    push: bool = False,
+    open_pr: bool = False,
+) -> RollbackResult:
+    repo = ManifestRepo(settings.repo)
+    if bool(commits) == bool(to):
+        raise ConfigError("name the commits to roll back, or --to COMMIT (not both)")
+    if open_pr and not branch:
+        raise ConfigError("--open-pr needs --branch: the pull request's head")
+    source = None
+    if open_pr:  # fail before writing anything when the forge is not configured
+        from reconciler.approvals import ForgeSource
+        from reconciler.session import approval_source
+
+        source = approval_source(settings)
+        if not isinstance(source, ForgeSource):
+            raise ConfigError(
+                "--open-pr needs approvals.source github or gitlab in reconciler.yaml"
+            )
+    if to is not None:
+        target = repo.resolve(to)
+        reverted = repo.commits_since(target, settings.manifest_paths)
+        if not reverted:
+            raise GitError(f"no commit after {target[:12]} changed the manifests: nothing to do")
+    else:
+        reverted = [repo.resolve(c) for c in commits]
+    base = repo.repo.active_branch.name if not repo.repo.head.is_detached else None
+    sha = repo.revert(reverted, branch=branch)
+    result = RollbackResult(sha, repo.subject(sha), repo.reverted_commits(sha), branch)
+    if push or open_pr:
+        pushed_branch = branch or base
+        if pushed_branch is None:
+            raise GitError("HEAD is detached: use --branch to push the rollback")
+        repo.push(pushed_branch)
+        result.pushed = True
+    if source is not None and branch is not None:
+        if base is None:
+            raise GitError("HEAD is detached: cannot tell which branch the pull request targets")
+        try:
+            number, url = source.open_pull_request(
+                branch, base, result.subject, pull_request_body(repo, store, result.reverted)
+            )
+        finally:
+            source.close()
+        result.pull_request, result.pull_request_url = number, url
+    return result
