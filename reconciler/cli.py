@@ -131,12 +131,15 @@ def schema(
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to create the repo.")] = Path("."),
+    ci: Annotated[
+        str, typer.Option("--ci", help="Pipelines to add: github, gitlab or none.")
+    ] = "github",
 ) -> None:
     """Scaffold a new manifests repo: config, one environment, provider and deployment."""
     from reconciler.scaffold import init_repo
 
     directory.mkdir(parents=True, exist_ok=True)
-    written = init_repo(directory)
+    written = init_repo(directory, ci=ci)
     for p in written:
         out.print(f"created {p}")
     out.print(f"next: cd {directory} && reconciler validate && reconciler plan")

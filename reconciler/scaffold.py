@@ -11,6 +11,9 @@ from reconciler.manifests.schema import write_schemas
 
 #: Scaffold file → path in the new repo (package data cannot ship a dotfile reliably).
 _RENAMES = {"gitignore": ".gitignore"}
+#: CI templates per forge: scaffold/_ci/<forge>/<file> → where the forge looks.
+CI_TARGETS = {"github": ".github/workflows/", "gitlab": "", "none": ""}
+_CI_RENAMES = {"gitlab-ci.yml": ".gitlab-ci.yml"}
 
 
 def _walk(node: Traversable, prefix: str = "") -> list[tuple[str, Traversable]]:
@@ -18,16 +21,25 @@ def _walk(node: Traversable, prefix: str = "") -> list[tuple[str, Traversable]]:
     for child in sorted(node.iterdir(), key=lambda c: c.name):
         rel = f"{prefix}{child.name}"
         if child.is_dir():
-            if child.name != "__pycache__":
+            if child.name not in ("__pycache__", "_ci"):
                 out.extend(_walk(child, rel + "/"))
         else:
             out.append((_RENAMES.get(rel, rel), child))
     return out
 
 
-def init_repo(target: Path) -> list[Path]:
-    """Write the scaffold into `target`; refuses to overwrite anything."""
-    scaffold = _walk(files("reconciler") / "scaffold")
+def init_repo(target: Path, *, ci: str = "github") -> list[Path]:
+    """Write the scaffold (and the `ci` forge's pipelines) into `target`; refuses to
+    overwrite anything."""
+    if ci not in CI_TARGETS:
+        raise ReconcilerError(f"--ci must be one of {', '.join(CI_TARGETS)}, not {ci!r}")
+    root = files("reconciler") / "scaffold"
+    scaffold = _walk(root)
+    if ci != "none":
+        scaffold += [
+            (CI_TARGETS[ci] + _CI_RENAMES.get(rel, rel), src)
+            for rel, src in _walk(root / "_ci" / ci)
+        ]
     clashes = [rel for rel, _ in scaffold if (target / rel).exists()]
     if clashes:
         raise ReconcilerError(
