@@ -574,6 +574,26 @@ def rollback(
 
 
 @app.command()
+def watch(
+    env: EnvOpt = None,
+    apply_: Annotated[
+        bool,
+        typer.Option("--apply", help="Also apply environments that need no approvals."),
+    ] = False,
+) -> None:
+    """Re-validate and re-plan on every save; Ctrl-C to stop."""
+    from reconciler import watch as w
+
+    session = w.WatchSession(
+        _globals().settings, tuple(env or ()), apply_, lambda s: out.print(s, markup=False)
+    )
+    try:
+        w.run(session.settings, session.on_change)
+    except KeyboardInterrupt:
+        out.print("stopped")
+
+
+@app.command()
 def history(
     env: EnvOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,

@@ -21,6 +21,7 @@ from reconciler.gate import Gate, GateResult
 from reconciler.gitrepo import ManifestRepo
 from reconciler.load import Loaded, load
 from reconciler.log import get_logger, register_secrets
+from reconciler.manifests import Desired
 from reconciler.plan import EnvironmentPlan, Plan, make_plan
 from reconciler.state import open_state
 from reconciler.state.base import StateStore
@@ -37,15 +38,15 @@ def state_store(settings: Settings) -> Iterator[StateStore]:
         store.close()
 
 
-def _secret_env(settings: Settings, loaded: Loaded) -> dict[str, str]:
+def secret_env(settings: Settings, desired: Desired) -> dict[str, str]:
     """The secret values plan may fingerprint (and logs must never show)."""
     from reconciler.instances import secret_refs
 
     names: set[str] = set()
-    for insts in loaded.desired.instances.values():
+    for insts in desired.instances.values():
         for inst in insts.values():
             names.update(secret_refs(inst.spec))
-    for provs in loaded.desired.providers.values():
+    for provs in desired.providers.values():
         for pc in provs.values():
             names.update(pc.credentials.values())
     values = {n: settings.env[n] for n in names if n in settings.env}
@@ -70,7 +71,7 @@ def build_plan(
         ref=ref,
         environments=environments or None,
         allow_delete=allow_delete,
-        secret_env=_secret_env(settings, loaded),
+        secret_env=secret_env(settings, loaded.desired),
     )
     return loaded, plan
 
@@ -172,7 +173,7 @@ def run_apply(
             environments=opts.environments,
             allow_delete=opts.allow_delete,
         )
-    secret_env = _secret_env(settings, loaded)
+    env_secrets = secret_env(settings, loaded.desired)
     context = trigger_context(loaded) if trigger_context else run_context(settings, loaded)
     now = opts.now or datetime.now(UTC)
     gate = Gate(
@@ -205,7 +206,7 @@ def run_apply(
         ctx = _context_for(context, g, store, ep.environment)
         replan = None
         if opts.plan_file is None:
-            replan = _replanner(settings, store, loaded, ep, opts, secret_env)
+            replan = _replanner(settings, store, loaded, ep, opts, env_secrets)
         result = execute_environment(
             store,
             ep,

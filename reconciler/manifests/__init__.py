@@ -7,11 +7,18 @@ Public API: `load_desired(files, read_file)` returns the `Desired` state or rais
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from reconciler.manifests.diagnostics import Diagnostic, ManifestError
 from reconciler.manifests.expand import Desired, ReadFile, deep_merge, expand
-from reconciler.manifests.validate import Manifests, parse_files, validate_documents
+from reconciler.manifests.validate import (
+    Manifests,
+    ModelMemo,
+    parse_files,
+    validate_documents,
+)
+from reconciler.manifests.yamlload import YMap
 
 __all__ = [
     "Desired",
@@ -20,25 +27,43 @@ __all__ = [
     "Manifests",
     "ReadFile",
     "deep_merge",
+    "desired_from_documents",
+    "gc_paused",
     "load_desired",
 ]
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Loading allocates millions of small acyclic objects that all stay alive: the
+    cyclic GC would rescan the growing heap again and again (measured: 40% of the
+    time). Nothing here makes cycles, so pause it while loading."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def load_desired(files: Mapping[str, bytes], read_file: ReadFile) -> Desired:
     """Parse, validate and expand manifest files (repo-relative path → bytes)."""
     problems: list[Diagnostic] = []
-    # Loading allocates millions of small acyclic objects that all stay alive: the
-    # cyclic GC would rescan the growing heap again and again (measured: 40% of the
-    # time). Nothing here makes cycles, so pause it and collect once at the end.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         docs = parse_files(files, problems)
-        manifests = validate_documents(docs, problems)
-        desired = expand(manifests, read_file, problems)
-    finally:
-        if enabled:
-            gc.enable()
+        desired = desired_from_documents(docs, read_file, problems)
     if problems:
         raise ManifestError(problems)
     return desired
+
+
+def desired_from_documents(
+    docs: Iterable[tuple[str, YMap]],
+    read_file: ReadFile,
+    problems: list[Diagnostic],
+    memo: ModelMemo | None = None,
+) -> Desired:
+    """Validate and expand parsed documents; problems are appended, not raised."""
+    manifests = validate_documents(docs, problems, memo)
+    return expand(manifests, read_file, problems)

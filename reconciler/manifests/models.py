@@ -196,15 +196,11 @@ EnvValue = Annotated[
     Discriminator(_env_value_kind),
 ]
 UNION_TAGS = frozenset({"text", "secretRef"})
-Endpoint = Annotated[
-    str, StringConstraints(pattern=ENDPOINT_PATTERN), BeforeValidator(_typed_text)
-]
+Endpoint = Annotated[str, StringConstraints(pattern=ENDPOINT_PATTERN), BeforeValidator(_typed_text)]
 PromptRef = Annotated[
     str, StringConstraints(pattern=PROMPT_REF_PATTERN), BeforeValidator(_typed_text)
 ]
-Interval = Annotated[
-    str, StringConstraints(pattern=INTERVAL_PATTERN), BeforeValidator(_typed_text)
-]
+Interval = Annotated[str, StringConstraints(pattern=INTERVAL_PATTERN), BeforeValidator(_typed_text)]
 Timeout = Annotated[float, Field(gt=0)]
 
 

@@ -115,8 +115,18 @@ def parse_files(files: Mapping[str, bytes], out: list[Diagnostic]) -> list[tuple
     return docs
 
 
-def validate_documents(docs: Iterable[tuple[str, YMap]], out: list[Diagnostic]) -> Manifests:
-    """Schema-validate each document and check everything that spans documents."""
+#: id(raw document) → (document, its model or its problems); see validate_documents.
+ModelMemo = dict[int, tuple[YMap, "m.Manifest | list[Diagnostic]"]]
+
+
+def validate_documents(
+    docs: Iterable[tuple[str, YMap]], out: list[Diagnostic], memo: ModelMemo | None = None
+) -> Manifests:
+    """Schema-validate each document and check everything that spans documents.
+
+    `memo` lets a long-lived caller (watch) skip re-validating documents it parsed
+    before: a document object that is still the same object gives the same model.
+    """
     c = _Collector()
     result = Manifests()
     for path, raw in docs:
@@ -128,11 +138,20 @@ def validate_documents(docs: Iterable[tuple[str, YMap]], out: list[Diagnostic]) 
                 f"unsupported apiVersion {raw['apiVersion']!r} (expected {m.API_VERSION!r})",
             )
             continue
-        try:
-            model = m.manifest_adapter.validate_python(raw)
-        except ValidationError as e:
-            c.items.extend(from_validation_error(e, raw, path))
+        cached = memo.get(id(raw)) if memo is not None else None
+        if cached is not None and cached[0] is raw:
+            outcome = cached[1]
+        else:
+            try:
+                outcome = m.manifest_adapter.validate_python(raw)
+            except ValidationError as e:
+                outcome = from_validation_error(e, raw, path)
+            if memo is not None:
+                memo[id(raw)] = (raw, outcome)
+        if isinstance(outcome, list):
+            c.items.extend(outcome)
             continue
+        model = outcome
         table = result.by_kind(model.kind)
         name = str(model.metadata.name)
         if name in table:

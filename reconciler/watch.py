@@ -1,0 +1,189 @@
+"""`reconciler watch`: re-validate and re-plan on every save, re-reading only what changed.
+
+Parsed documents are cached per file and their validated models per document, so a
+save costs one file's parse plus the cross-document checks, expansion and the plan.
+Template files are read fresh on every pass (expansion asks for them).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import watchfiles
+
+from reconciler.config import Settings
+from reconciler.gitrepo import MANIFEST_SUFFIXES, ManifestRepo
+from reconciler.manifests import (
+    Desired,
+    Diagnostic,
+    ManifestError,
+    desired_from_documents,
+    gc_paused,
+)
+from reconciler.manifests.validate import ModelMemo, parse_files
+from reconciler.manifests.yamlload import YMap
+
+
+@dataclass
+class _Parsed:
+    data: bytes
+    docs: list[tuple[str, YMap]]
+    problems: list[Diagnostic]
+
+
+@dataclass
+class ManifestCache:
+    """The working tree's manifests, kept parsed between saves."""
+
+    settings: Settings
+    repo: ManifestRepo = field(init=False)
+    _files: dict[str, _Parsed] = field(default_factory=dict, init=False)
+    _memo: ModelMemo = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.repo = ManifestRepo(self.settings.repo)
+
+    def refresh(self, changed: Iterable[Path] | None = None) -> Desired:
+        """Re-read `changed` files (everything when None); raises ManifestError."""
+        with gc_paused():
+            if changed is None:
+                current = self.repo.files_at(None, self.settings.manifest_paths)
+                self._files = {p: self._parse(p, data) for p, data in current.items()}
+            else:
+                for path in changed:
+                    self._reread(path)
+            self._forget_stale_models()
+            problems = [d for f in self._files.values() for d in f.problems]
+            docs = [d for p in sorted(self._files) for d in self._files[p].docs]
+            desired = desired_from_documents(
+                docs, lambda p: self.repo.read_file_at(None, p), problems, self._memo
+            )
+        if problems:
+            raise ManifestError(problems)
+        return desired
+
+    def _reread(self, path: Path) -> None:
+        try:
+            rel = path.resolve().relative_to(self.settings.repo).as_posix()
+        except ValueError:
+            return
+        if not rel.endswith(MANIFEST_SUFFIXES) or not self._in_paths(rel):
+            return
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            self._files.pop(rel, None)
+            return
+        old = self._files.get(rel)
+        if old is None or old.data != data:
+            self._files[rel] = self._parse(rel, data)
+
+    def _in_paths(self, rel: str) -> bool:
+        return any(
+            rel == p.strip("/") or rel.startswith(p.strip("/") + "/") or p in (".", "")
+            for p in self.settings.manifest_paths
+        )
+
+    @staticmethod
+    def _parse(rel: str, data: bytes) -> _Parsed:
+        problems: list[Diagnostic] = []
+        return _Parsed(data, parse_files({rel: data}, problems), problems)
+
+    def _forget_stale_models(self) -> None:
+        alive = {id(raw) for f in self._files.values() for _, raw in f.docs}
+        for key in [k for k in self._memo if k not in alive]:
+            del self._memo[key]
+
+
+def watch_paths(settings: Settings) -> list[Path]:
+    """The manifest paths (templates live beside them) that exist, else the repo."""
+    paths = [settings.repo / p for p in settings.manifest_paths]
+    existing = [p for p in paths if p.exists()]
+    return existing or [settings.repo]
+
+
+def run(
+    settings: Settings,
+    on_change: Callable[[Iterable[Path] | None], None],
+    *,
+    stop: threading.Event | None = None,
+    debounce_ms: int = 50,
+) -> None:
+    """Call `on_change(None)` once, then with the changed paths after each save."""
+    on_change(None)
+    for changes in watchfiles.watch(
+        *watch_paths(settings),
+        debounce=debounce_ms,
+        step=10,
+        stop_event=stop,
+        raise_interrupt=True,
+        watch_filter=lambda _change, path: "/." not in path,
+    ):
+        on_change(sorted({Path(p) for _, p in changes}))
+
+
+@dataclass
+class WatchSession:
+    """One `reconciler watch`: what each save prints (and, with --apply, applies)."""
+
+    settings: Settings
+    environments: tuple[str, ...] = ()
+    apply: bool = False
+    write: Callable[[str], None] = print
+    cache: ManifestCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = ManifestCache(self.settings)
+
+    def on_change(self, changed: Iterable[Path] | None) -> None:
+        from reconciler.plan import make_plan
+        from reconciler.render import render_human
+        from reconciler.session import secret_env, state_store
+
+        started = time.perf_counter()
+        try:
+            desired = self.cache.refresh(changed)
+        except ManifestError as e:
+            self.write("\n".join(str(d) for d in e.diagnostics))
+            self.write(f"-- {len(e.diagnostics)} problem(s); watching for the next save")
+            return
+        with state_store(self.settings) as store:
+            plan = make_plan(
+                desired,
+                store,
+                commit=self.cache.repo.head(),
+                dirty=True,
+                environments=self.environments or None,
+                secret_env=secret_env(self.settings, desired),
+            )
+        elapsed = (time.perf_counter() - started) * 1000
+        self.write(render_human(plan, color=False).rstrip("\n"))
+        self.write(f"-- planned in {elapsed:.0f} ms; watching (Ctrl-C to stop)")
+        if self.apply and plan.has_changes:
+            self._apply(desired, [e.environment for e in plan.environments if e.changes])
+
+    def _apply(self, desired: Desired, changed_envs: list[str]) -> None:
+        """Only environments that need no approvals for these changes: watch is a dev
+        loop, never a way around review."""
+        from reconciler.session import ApplyOptions, run_apply, state_store
+
+        free = [
+            e
+            for e in changed_envs
+            if not desired.policy(e).protected
+            and desired.policy(e).approvals.required_for("critical") == 0
+        ]
+        skipped = sorted(set(changed_envs) - set(free))
+        if skipped:
+            self.write(f"-- not applying {', '.join(skipped)}: approvals required")
+        if not free:
+            return
+        with state_store(self.settings) as store:
+            report = run_apply(self.settings, store, ApplyOptions(environments=free))
+        for r in report.results:
+            c = r.counts()
+            self.write(f"-- {r.environment}: {r.outcome} ({c['applied']} applied)")
