@@ -1,0 +1,190 @@
+"""The pipelines `reconciler init` writes: linted, and their `run:` steps executed in
+order (plan on a pull request → apply on push → rollback) against a temporary repo
+and the GitHub-shaped test server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, git, run_cli
+from fakes.forge import FakeGitHub
+from ruamel.yaml import YAML
+
+BIN = str(Path(sys.executable).parent)
+EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = YAML(typ="safe").load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def workflow_files() -> list[Path]:
+    project = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+    scaffold = sorted((ROOT / "reconciler" / "scaffold" / "_ci" / "github").glob("*.yml"))
+    return [*project, *scaffold]
+
+
+@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.name)
+def test_workflow_is_well_formed_and_least_privilege(path: Path) -> None:
+    wf = load(path)
+    assert wf.get("name") and wf.get("on") and wf.get("jobs"), "name, on and jobs"
+    perms = wf.get("permissions")
+    assert isinstance(perms, dict) and perms, "explicit least-privilege permissions"
+    assert set(perms.values()) <= {"read", "write", "none"}
+    for job_id, job in wf["jobs"].items():
+        assert job.get("runs-on"), f"{job_id}: runs-on"
+        for step in job["steps"]:
+            assert ("uses" in step) != ("run" in step), f"{job_id}: one of uses/run"
+            if "uses" in step:
+                assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", step["uses"]), step["uses"]
+            else:
+                for expr in EXPR.findall(step["run"]):
+                    # untrusted input goes through env:, never straight into a script
+                    assert not expr.startswith(("inputs.", "github.event")), expr
+    if shutil.which("actionlint"):
+        r = subprocess.run(["actionlint", str(path)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_gitlab_template_parses() -> None:
+    ci = load(ROOT / "reconciler" / "scaffold" / "_ci" / "gitlab" / "gitlab-ci.yml")
+    assert {"plan", "apply", "rollback"} <= set(ci)
+    for job in ("plan", "apply", "rollback"):
+        assert ci[job]["rules"] and ci[job]["script"]
+
+
+def _expressions(gh: FakeGitHub, extra: dict[str, str]) -> dict[str, str]:
+    return {
+        "vars.RECONCILER_STATE || 'git://refs/reconciler/state'": "sqlite:///.reconciler/state.db",
+        "secrets.RECONCILER_TOKEN || secrets.GITHUB_TOKEN": gh.token,
+        "vars.RECONCILER_PIP || 'reconciler'": "reconciler",
+        "github.event.pull_request.number": "1",
+        "github.run_id": "4242",
+        **extra,
+    }
+
+
+def run_workflow(
+    path: Path, repo: Path, gh: FakeGitHub, env: dict[str, str], exprs: dict[str, str]
+) -> list[str]:
+    """Every `run:` step of every job, in order, as Actions would (bash -e)."""
+    wf = load(path)
+    known = _expressions(gh, exprs)
+
+    def sub(text: str) -> str:
+        def one(m: re.Match[str]) -> str:
+            assert m.group(1) in known, f"{path.name}: unexpected expression {m.group(1)!r}"
+            return known[m.group(1)]
+
+        return EXPR.sub(one, text)
+
+    outputs = []
+    for job in wf["jobs"].values():
+        job_env = {k: sub(str(v)) for k, v in {**wf.get("env", {}), **job.get("env", {})}.items()}
+        for step in job["steps"]:
+            if "run" not in step or step.get("name") == "Install reconciler":
+                continue  # installing is what the test environment already did
+            step_env = {k: sub(str(v)) for k, v in step.get("env", {}).items()}
+            full = {
+                **{k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI"))},
+                "PATH": f"{BIN}:{os.environ['PATH']}",
+                **env,
+                **job_env,
+                **step_env,
+            }
+            r = subprocess.run(
+                ["bash", "-e", "-c", sub(step["run"])],
+                cwd=repo,
+                env=full,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert r.returncode == 0, f"{step.get('name')}: {r.stdout}\n{r.stderr}"
+            assert gh.token not in r.stdout + r.stderr
+            outputs.append(r.stdout + r.stderr)
+    return outputs
+
+
+def test_init_pipelines_plan_apply_rollback(tmp_path: Path) -> None:
+    repo = tmp_path / "manifests-repo"
+    assert run_cli(["init", str(repo)]).code == 0
+    workflows = repo / ".github" / "workflows"
+    assert sorted(p.name for p in workflows.iterdir()) == [
+        "reconciler-apply.yml",
+        "reconciler-plan.yml",
+        "reconciler-rollback.yml",
+    ]
+    for args in (
+        ["config", "user.email", "dev@example.com"],
+        ["config", "user.name", "Dev"],
+        ["add", "-A"],
+        ["commit", "-qm", "init"],
+    ):
+        git(repo, *args)
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(repo, "remote", "add", "origin", str(origin))
+    git(repo, "push", "-q", "origin", "main")
+    (repo / "reconciler.yaml").write_text(
+        (repo / "reconciler.yaml").read_text()
+        + "  repository: acme/manifests\n"
+    )  # fmt: skip
+    git(repo, "commit", "-qam", "name the GitHub repository")
+    base = {"GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": "acme/manifests"}
+
+    with FakeGitHub() as gh:
+        base["GITHUB_API_URL"] = gh.url
+        # a pull request changing the deployment
+        git(repo, "checkout", "-q", "-b", "topic")
+        dep = next((repo / "manifests").rglob("deployments*.yaml"))
+        dep.write_text(dep.read_text().replace("gpt-4o-mini", "gpt-4o", 1))
+        git(repo, "commit", "-qam", "bigger model")
+        head = git(repo, "rev-parse", "HEAD")
+        gh.add_pull_request(1, author="dave", head_sha=head, merged=False, state="open")
+        gh.add_commit(1, head, author="dave")
+        event = tmp_path / "event.json"
+        event.write_text(json.dumps({"pull_request": {"number": 1, "head": {"sha": head}}}))
+        summary = tmp_path / "summary.md"
+        pr_env = {**base, "GITHUB_EVENT_PATH": str(event), "GITHUB_STEP_SUMMARY": str(summary)}
+        run_workflow(workflows / "reconciler-plan.yml", repo, gh, pr_env, {})
+        assert len(gh.comments[1]) == 1 and "<!-- reconciler:plan -->" in gh.comments[1][0]["body"]
+        assert gh.statuses[-1]["sha"] == head and gh.statuses[-1]["state"] == "success"
+        assert "reconciler" in summary.read_text()
+
+        # merged: apply on push to main, per environment
+        git(repo, "checkout", "-q", "main")
+        git(repo, "merge", "-q", "--no-ff", "-m", "Merge pull request #1", "topic")
+        merge = git(repo, "rev-parse", "HEAD")
+        git(repo, "push", "-q", "origin", "main")
+        push_env = {**base, "GITHUB_SHA": merge, "GITHUB_STEP_SUMMARY": str(summary)}
+        out = run_workflow(
+            workflows / "reconciler-apply.yml",
+            repo,
+            gh,
+            {**push_env, "ENVIRONMENT": "dev"},
+            {"matrix.environment": "dev"},
+        )
+        assert "dev: applied" in "".join(out)
+
+        # rollback from workflow_dispatch: opens the revert pull request
+        out = run_workflow(
+            workflows / "reconciler-rollback.yml",
+            repo,
+            gh,
+            base,
+            {"inputs.commit": merge},
+        )
+        assert "pull request #2" in "".join(out)
+        assert gh.pulls[2]["head"]["ref"] == "rollback/4242"
+        assert git(origin, "rev-parse", "refs/heads/rollback/4242")
