@@ -1,0 +1,108 @@
+"""The provider plugin contract: what apply and drift call, and nothing more.
+
+Every call is idempotent by the instance key (environment, kind, name): re-running a
+change after a crash must converge, never create a second object.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from reconciler.errors import ProviderError
+from reconciler.instances import Instance, ProviderConfig
+from reconciler.log import register_secret
+
+
+@dataclass(frozen=True)
+class LiveObject:
+    """What a provider runs now. `body` may hold secret values, so it stays out of reprs."""
+
+    provider_id: str
+    body: dict[str, Any] = field(repr=False)
+
+
+class Provider(abc.ABC):
+    """One configured provider for one environment; safe to call from several threads."""
+
+    type_name: ClassVar[str]
+    #: Dotted body paths a provider cannot change in place (the plan replaces instead).
+    immutable_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: ProviderConfig, *, repo_root: Path, env: Mapping[str, str]) -> None:
+        self.config = config
+        self.repo_root = repo_root
+        self._env = env
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.config.name!r}, environment={self.config.environment!r})"
+        )
+
+    def validate(self, inst: Instance) -> list[str]:
+        """Plan-time problems with `inst` on this provider (no network); empty if fine."""
+        return []
+
+    @abc.abstractmethod
+    def read(
+        self, kind: str, name: str, environment: str, provider_id: str | None
+    ) -> LiveObject | None:
+        """The live object, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def create(self, inst: Instance) -> str:
+        """Create `inst` and return its provider id; if it exists already, adopt it
+        (bring its body to `inst`'s) and return its id."""
+
+    @abc.abstractmethod
+    def update(self, inst: Instance, provider_id: str) -> None:
+        """Replace the live body with `inst`'s."""
+
+    @abc.abstractmethod
+    def delete(self, kind: str, name: str, environment: str, provider_id: str | None) -> None:
+        """Remove the object; one that is already gone counts as done."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
+        """Release connections; the provider is not used afterwards."""
+
+
+def _is_ref(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == {"secretEnv"}
+        and isinstance(value["secretEnv"], str)
+    )
+
+
+def resolve_secrets(body: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of `body` with every `{"secretEnv": NAME}` replaced by `env[NAME]`.
+
+    Each value is registered for redaction before it is returned, so no log line can
+    show it. A missing variable raises a ProviderError naming the variable only.
+    """
+
+    def walk(value: Any) -> Any:
+        if _is_ref(value):
+            var = value["secretEnv"]
+            if var not in env:
+                raise ProviderError(
+                    f"environment variable {var} is not set (a secretEnv reference needs it)"
+                )
+            secret = env[var]
+            register_secret(secret)
+            return secret
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    out: dict[str, Any] = walk(body)
+    return out

@@ -1,0 +1,211 @@
+"""The embedded default provider: a registry in a SQLite file under `.reconciler/`.
+
+It needs no account and keeps secret *references* (`{"secretEnv": NAME}`), never
+values, so the file is safe to leave on disk. Objects are keyed by (environment,
+kind, name); concurrent threads share one connection behind a lock, and other
+processes are kept out by SQLite's own locking (WAL, IMMEDIATE writes, busy timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from reconciler.errors import ProviderError
+from reconciler.instances import Instance, ProviderConfig
+from reconciler.providers.base import LiveObject, Provider
+
+DEFAULT_PATH = ".reconciler/local-registry.db"
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_S = 30.0
+_KNOWN_CONFIG = frozenset({"path"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    id          TEXT PRIMARY KEY,
+    environment TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    UNIQUE (environment, kind, name)
+)
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _dump(body: Mapping[str, Any]) -> str:
+    return json.dumps(body, sort_keys=True, ensure_ascii=False)
+
+
+class LocalProvider(Provider):
+    """Deployments and schedules recorded in `<repo>/.reconciler/local-registry.db`."""
+
+    type_name: ClassVar[str] = "local"
+    immutable_fields: ClassVar[frozenset[str]] = frozenset({"scaling.hardware"})
+
+    def __init__(self, config: ProviderConfig, *, repo_root: Path, env: Mapping[str, str]) -> None:
+        super().__init__(config, repo_root=repo_root, env=env)
+        raw = config.config.get("path")
+        rel = raw if isinstance(raw, str) and raw else DEFAULT_PATH
+        self.path = repo_root / rel
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _fail(self, what: str, e: BaseException) -> ProviderError:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return ProviderError(f"provider {self.name!r} ({self.path}): cannot {what}: {reason}")
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open lazily, so making the provider (e.g. at plan time) touches no disk."""
+        if self._db is not None:
+            return self._db
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
+            )
+        except (sqlite3.Error, OSError) as e:
+            raise self._fail("open the registry", e) from None
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = db.execute("PRAGMA user_version").fetchone()
+                if version > SCHEMA_VERSION:
+                    raise ProviderError(
+                        f"provider {self.name!r} ({self.path}): registry schema {version} is "
+                        f"newer than this reconciler understands ({SCHEMA_VERSION}): upgrade"
+                    )
+                db.execute(_SCHEMA)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            db.close()
+            raise self._fail("open the registry", e) from None
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return db
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction; IMMEDIATE so a read-then-write is atomic across processes."""
+        with self._lock:
+            db = self._connect()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise self._fail(what, e) from None
+            try:
+                yield db
+            except sqlite3.Error as e:
+                db.execute("ROLLBACK")
+                raise self._fail(what, e) from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise self._fail(what, e) from None
+
+    @staticmethod
+    def _find(db: sqlite3.Connection, environment: str, kind: str, name: str) -> Any:
+        return db.execute(
+            "SELECT id, body FROM objects WHERE environment = ? AND kind = ? AND name = ?",
+            (environment, kind, name),
+        ).fetchone()
+
+    # -- the contract ------------------------------------------------------------------
+
+    def validate(self, inst: Instance) -> list[str]:
+        problems = [
+            f"provider {self.name!r}: unknown config key {k!r} (the local provider takes: path)"
+            for k in sorted(set(self.config.config) - _KNOWN_CONFIG)
+        ]
+        raw = self.config.config.get("path")
+        if raw is not None and not (isinstance(raw, str) and raw):
+            problems.append(f"provider {self.name!r}: config.path must be a non-empty string")
+        return problems
+
+    def read(
+        self, kind: str, name: str, environment: str, provider_id: str | None
+    ) -> LiveObject | None:
+        with self._lock:
+            db = self._connect()
+            try:
+                row = self._find(db, environment, kind, name)
+            except sqlite3.Error as e:
+                raise self._fail(f"read {kind.lower()}.{name}", e) from None
+        if row is None:
+            return None
+        return LiveObject(provider_id=row[0], body=json.loads(row[1]))
+
+    def create(self, inst: Instance) -> str:
+        body = _dump(inst.body())
+        with self._tx(f"create {inst.kind.lower()}.{inst.name}") as db:
+            row = self._find(db, inst.environment, inst.kind, inst.name)
+            if row is not None:
+                if row[1] != body:
+                    db.execute(
+                        "UPDATE objects SET body = ?, updated_at = ? WHERE id = ?",
+                        (body, _now(), row[0]),
+                    )
+                return str(row[0])
+            new_id = str(uuid.uuid4())
+            now = _now()
+            db.execute(
+                "INSERT INTO objects (id, environment, kind, name, body, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (new_id, inst.environment, inst.kind, inst.name, body, now, now),
+            )
+            return new_id
+
+    def update(self, inst: Instance, provider_id: str) -> None:
+        body = _dump(inst.body())
+        with self._tx(f"update {inst.kind.lower()}.{inst.name}") as db:
+            cur = db.execute(
+                "UPDATE objects SET body = ?, updated_at = ?"
+                " WHERE environment = ? AND kind = ? AND name = ?",
+                (body, _now(), inst.environment, inst.kind, inst.name),
+            )
+            missing = cur.rowcount == 0
+        if missing:
+            raise ProviderError(
+                f"provider {self.name!r} ({self.path}): {inst.kind.lower()}.{inst.name} in "
+                f"{inst.environment!r} no longer exists (removed outside reconciler); "
+                "`reconciler drift --heal` recreates it"
+            )
+
+    def delete(self, kind: str, name: str, environment: str, provider_id: str | None) -> None:
+        with self._tx(f"delete {kind.lower()}.{name}") as db:
+            db.execute(
+                "DELETE FROM objects WHERE environment = ? AND kind = ? AND name = ?",
+                (environment, kind, name),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
