@@ -627,7 +627,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Run the CLI; map every expected failure to one line and its exit code."""
     code = EXIT_OK
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of typer.Exit.
+        returned = app(args=argv, standalone_mode=False)
+        if isinstance(returned, int):
+            code = returned
     except ReconcilerError as e:
         _print_error(e)
         code = e.exit_code
@@ -636,15 +639,15 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         err.print("interrupted")
         code = 130
-    except Exception as e:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:  # usage errors and anything unexpected
+        show = getattr(e, "show", None)
+        if isinstance(e, typer.Abort):
             err.print("aborted")
             code = EXIT_ERROR
-        elif isinstance(e, click.ClickException):
-            e.show(file=sys.stderr)
-            code = e.exit_code
+        elif callable(show) and isinstance(getattr(e, "exit_code", None), int):
+            # click's usage errors (typer vendors click, so match by shape, not class)
+            show(file=sys.stderr)
+            code = e.exit_code  # type: ignore[attr-defined]
         else:
             err.print(f"internal error: {log.redact(f'{type(e).__name__}: {e}')}", markup=False)
             err.print("this is a bug in reconciler; re-run with -v and report it", markup=False)

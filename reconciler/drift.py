@@ -50,9 +50,7 @@ class DriftReport:
         return [i for items in self.environments.values() for i in items if i.status != "in-sync"]
 
 
-def _normalise_live(
-    live: Mapping[str, Any], rec: AppliedRecord, key: bytes
-) -> dict[str, Any]:
+def _normalise_live(live: Mapping[str, Any], rec: AppliedRecord, key: bytes) -> dict[str, Any]:
     """Live body limited to recorded fields, with secret values turned back into refs."""
     out = {k: live.get(k) for k in rec.spec}
     refs = set(secret_refs(rec.spec))
@@ -140,7 +138,9 @@ def heal(
                     rec.spec,
                     rec.spec,
                     diff=item.diff,
-                    secret_fingerprints=dict(rec.secret_fingerprints),
+                    secret_fingerprints={
+                        k: v for k, v in rec.secret_fingerprints.items() if v is not None
+                    },
                 )
             )
         plan = EnvironmentPlan(envname, store.serial(envname), False, changes)

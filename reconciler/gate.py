@@ -40,10 +40,11 @@ class GateResult:
 def windows_of(spec: EnvironmentSpec) -> list[schedules.Window]:
     out = []
     for w in spec.windows:
-        kind = "allow" if w.allow is not None else "deny"
-        cron = w.allow if w.allow is not None else w.deny
-        assert cron is not None
-        out.append(schedules.Window(kind, cron, schedules.parse_duration(w.duration), w.timezone))
+        duration = schedules.parse_duration(w.duration)
+        if w.allow is not None:
+            out.append(schedules.Window("allow", w.allow, duration, w.timezone))
+        elif w.deny is not None:
+            out.append(schedules.Window("deny", w.deny, duration, w.timezone))
     return out
 
 

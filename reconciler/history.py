@@ -77,9 +77,8 @@ def render_history(rows: list[dict[str, Any]]) -> str:
         if r["pull_request"] is not None:
             who = f"PR #{r['pull_request']} by {r['author'] or '?'}"
             who += f", approved by {', '.join(r['approvers'])}" if r["approvers"] else ""
-        counts = (
-            f"+{c['create']} ~{c['update']} -/+{c['replace']} -{c['delete']}"
-            + (f" failed {c['failed']}" if c["failed"] else "")
+        counts = f"+{c['create']} ~{c['update']} -/+{c['replace']} -{c['delete']}" + (
+            f" failed {c['failed']}" if c["failed"] else ""
         )
         lines.append(f"    {counts}" + (f"  {who}" if who else ""))
         if r["trigger"] == "rollback" and r["reverted_commits"]:

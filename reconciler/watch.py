@@ -113,17 +113,27 @@ def run(
     stop: threading.Event | None = None,
     debounce_ms: int = 50,
 ) -> None:
-    """Call `on_change(None)` once, then with the changed paths after each save."""
-    on_change(None)
+    """Call `on_change(None)` once, then with the changed paths after each save.
+
+    The first pass runs once the watcher is live (its first timeout tick), so a save
+    made right after the first plan is printed is never missed.
+    """
+    live = False
     for changes in watchfiles.watch(
         *watch_paths(settings),
         debounce=debounce_ms,
         step=10,
         stop_event=stop,
         raise_interrupt=True,
+        rust_timeout=100,
+        yield_on_timeout=True,
         watch_filter=lambda _change, path: "/." not in path,
     ):
-        on_change(sorted({Path(p) for _, p in changes}))
+        if not live:
+            live = True
+            on_change(None)
+        if changes:
+            on_change(sorted({Path(p) for _, p in changes}))
 
 
 @dataclass

@@ -32,7 +32,7 @@ metadata: {name: api}
 spec:
   type: http
   environments: [dev]
-  config: {baseUrl: "%s", timeoutSeconds: 2, retries: 2}
+  config: {baseUrl: "%s", timeoutSeconds: 2, retries: 4}
   credentials: {tokenEnv: REGISTRY_TOKEN}
 """
 

@@ -120,7 +120,7 @@ def test_stale_and_withdrawn_approvals(repo: Path, gh: FakeGitHub) -> None:
 def test_direct_push_is_refused(repo: Path, gh: FakeGitHub) -> None:
     chat = repo / "manifests/deployments/support-chat.yaml"
     chat.write_text(chat.read_text().replace("maxTokens: 400", "maxTokens: 401"))
-    commit_all(repo, "pushed straight to main")
+    gh.link_commit(commit_all(repo, "pushed straight to main"))  # known to GitHub, no PR
     code, out = cli(repo, gh, "apply", "--env", "production")
     assert code == 3 and "direct push" in out
 
