@@ -112,8 +112,9 @@ class Gate:
         if self.override_window and spec.allow_override:
             result.window_overridden = True
             return
+        zone = wv.window.timezone if wv.window else "UTC"
         reopen = (
-            f"; it opens at {schedules.format_both(wv.next_open, 'UTC')}"
+            f"; it opens at {schedules.format_both(wv.next_open, zone)}"
             if wv.next_open is not None
             else ""
         )

@@ -49,6 +49,8 @@ class Change:
     refused: str | None = None
     #: Fingerprints of secret values this change applies (never the values).
     secret_fingerprints: dict[str, str] = field(default_factory=dict)
+    #: A created or changed schedule's next fire times (UTC, ISO 8601).
+    next_runs: list[str] = field(default_factory=list)
 
     @property
     def environment(self) -> str:
@@ -146,6 +148,7 @@ class Plan:
                     depends_on=[(e["name"], k, n) for k, n in c.get("depends_on", [])],
                     refused=c.get("refused"),
                     secret_fingerprints=dict(c.get("secret_fingerprints", {})),
+                    next_runs=list(c.get("next_runs", [])),
                 )
                 for c in e["changes"]
             ]
@@ -181,6 +184,7 @@ def _change_dict(c: Change) -> dict[str, Any]:
         "after": c.after,
         "diff": [{"path": d.path, "before": d.before, "after": d.after} for d in c.diff],
         "secret_fingerprints": c.secret_fingerprints,
+        "next_runs": c.next_runs,
     }
 
 
@@ -406,10 +410,31 @@ def make_plan(
                 fingerprint_key=key,
             )
         )
-    return Plan(
-        commit=commit,
-        dirty=dirty,
-        ref=ref,
-        created_at=now or datetime.now(UTC),
-        environments=plans,
-    )
+    created = now or datetime.now(UTC)
+    for ep in plans:
+        for ch in ep.changes:
+            if ch.kind == "Schedule" and ch.after is not None:
+                ch.next_runs = _next_runs(ch.after, created)
+    return Plan(commit=commit, dirty=dirty, ref=ref, created_at=created, environments=plans)
+
+
+def _next_runs(spec: Mapping[str, Any], now: datetime) -> list[str]:
+    """What a reviewer of a schedule change wants to see: when it will actually run."""
+    from reconciler import schedules
+
+    def ts(value: Any) -> datetime | None:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+    try:
+        times = schedules.next_fire_times(
+            cron=spec.get("cron"),
+            interval=spec.get("interval"),
+            timezone=spec.get("timezone") or "UTC",
+            now=now,
+            count=3,
+            start_at=ts(spec.get("startAt")),
+            end_at=ts(spec.get("endAt")),
+        )
+    except ValueError:
+        return []
+    return [t.isoformat() for t in times]

@@ -83,4 +83,13 @@ def change_lines(ch: Change) -> list[str]:
                 lines.extend("  " + line for line in text_diff(d.before, d.after))
             else:
                 lines.append(f"{d.path}: {fmt(d.before)} → {fmt(d.after)}")
+    if ch.next_runs and ch.after is not None:
+        from datetime import datetime
+
+        from reconciler.schedules import format_both
+
+        zone = str(ch.after.get("timezone") or "UTC")
+        lines.extend(
+            f"# next run: {format_both(datetime.fromisoformat(t), zone)}" for t in ch.next_runs
+        )
     return lines
