@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -272,3 +273,22 @@ def _retry_after(value: str | None, clock: Clock) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - clock())
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 timestamp from a forge's JSON (`Z` included), else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def json_str(obj: Any, *keys: str) -> str | None:
+    """A non-empty string at `obj[k1][k2]…` of a forge's JSON, else None."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj if isinstance(obj, str) and obj else None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +19,8 @@ from reconciler.approvals._http import (
     Clock,
     Secret,
     Sleep,
+    json_str,
+    parse_time,
 )
 from reconciler.approvals.facts import CommitFacts, PullRequestFacts, Review, co_author_emails
 from reconciler.errors import ApprovalSourceError, ConfigError
@@ -31,29 +32,12 @@ STATUS_STATES = ("error", "failure", "pending", "success")
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _login(obj: Any) -> str | None:
     if isinstance(obj, dict):
         login = obj.get("login")
         if isinstance(login, str) and login:
             return login
     return None
-
-
-def _str(obj: Any, *keys: str) -> str | None:
-    for key in keys:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(key)
-    return obj if isinstance(obj, str) and obj else None
 
 
 class GitHubSource:
@@ -131,18 +115,18 @@ class GitHubSource:
         commits = self._api.paginate(f"{self._repo}/pulls/{int(number)}/commits")
         total = pr.get("commits")
         complete = not (isinstance(total, int) and total > len(commits))
-        head = _str(pr, "head", "sha")
+        head = json_str(pr, "head", "sha")
         if head is None:
             raise ApprovalSourceError(f"GitHub API: pull request #{number} has no head commit")
         return PullRequestFacts(
             number=int(pr.get("number", number)),
-            url=_str(pr, "html_url") or "",
-            title=_str(pr, "title") or "",
-            state=_str(pr, "state") or "",
+            url=json_str(pr, "html_url") or "",
+            title=json_str(pr, "title") or "",
+            state=json_str(pr, "state") or "",
             merged=bool(pr.get("merged")) or bool(pr.get("merged_at")),
             author=_login(pr.get("user")),
             head_sha=head,
-            base_ref=_str(pr, "base", "ref") or "",
+            base_ref=json_str(pr, "base", "ref") or "",
             labels=tuple(
                 lbl["name"]
                 for lbl in pr.get("labels") or []
@@ -150,7 +134,7 @@ class GitHubSource:
             ),
             commits=tuple(_commit(c) for c in commits if isinstance(c, dict)),
             reviews=tuple(r for r in map(_review, reviews) if r is not None),
-            merge_commit_sha=_str(pr, "merge_commit_sha"),
+            merge_commit_sha=json_str(pr, "merge_commit_sha"),
             commits_complete=complete,
         )
 
@@ -256,13 +240,13 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _commit(c: dict[str, Any]) -> CommitFacts:
-    message = _str(c, "commit", "message") or ""
+    message = json_str(c, "commit", "message") or ""
     return CommitFacts(
-        sha=_str(c, "sha") or "",
+        sha=json_str(c, "sha") or "",
         author_login=_login(c.get("author")),
-        author_email=_str(c, "commit", "author", "email"),
+        author_email=json_str(c, "commit", "author", "email"),
         committer_login=_login(c.get("committer")),
-        committer_email=_str(c, "commit", "committer", "email"),
+        committer_email=json_str(c, "commit", "committer", "email"),
         co_author_emails=co_author_emails(message),
     )
 
@@ -271,12 +255,12 @@ def _review(r: Any) -> Review | None:
     if not isinstance(r, dict):
         return None
     user = _login(r.get("user"))
-    state = _str(r, "state")
+    state = json_str(r, "state")
     if user is None or state is None:  # a deleted account ("ghost") or a malformed entry
         return None
     return Review(
         user=user,
         state=state.upper(),
-        commit_id=_str(r, "commit_id"),
-        submitted_at=_parse_time(r.get("submitted_at")),
+        commit_id=json_str(r, "commit_id"),
+        submitted_at=parse_time(r.get("submitted_at")),
     )

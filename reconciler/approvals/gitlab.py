@@ -28,6 +28,8 @@ from reconciler.approvals._http import (
     Clock,
     Secret,
     Sleep,
+    json_str,
+    parse_time,
 )
 from reconciler.approvals.facts import (
     APPROVED,
@@ -51,23 +53,6 @@ STATUS_STATES = {
     "running": "running",
     "canceled": "canceled",
 }
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _str(obj: Any, *keys: str) -> str | None:
-    for key in keys:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(key)
-    return obj if isinstance(obj, str) and obj else None
 
 
 class GitLabSource:
@@ -140,13 +125,15 @@ class GitLabSource:
         mr = self._api.get(mr_path)
         if not isinstance(mr, dict):
             raise ApprovalSourceError(f"GitLab API: merge request !{number} is not an object")
-        head = _str(mr, "sha")
+        head = json_str(mr, "sha")
         if head is None:
             raise ApprovalSourceError(f"GitLab API: merge request !{number} has no head commit")
         commits = self._api.paginate(f"{mr_path}/commits")
         approvals = self._api.get(f"{mr_path}/approvals")
         approved = approvals.get("approved_by") if isinstance(approvals, dict) else None
-        entries = [a for a in approved or [] if isinstance(a, dict) and _str(a, "user", "username")]
+        entries = [
+            a for a in approved or [] if isinstance(a, dict) and json_str(a, "user", "username")
+        ]
         reviews: list[Review] = []
         if entries:
             versions = self._versions(mr_path)
@@ -155,7 +142,7 @@ class GitLabSource:
                 uid = user.get("id")
                 if isinstance(uid, int):
                     self._user_ids[user["username"].casefold()] = uid
-                at = _parse_time(a.get("approved_at"))
+                at = parse_time(a.get("approved_at"))
                 reviews.append(
                     Review(
                         user=user["username"],
@@ -169,31 +156,31 @@ class GitLabSource:
         # comes after any approval, so it cancels it. Untimed, so API order is kept.
         reviewers = self._api.get_or_none(f"{mr_path}/reviewers")
         for r in reviewers if isinstance(reviewers, list) else []:
-            name = _str(r, "user", "username")
+            name = json_str(r, "user", "username")
             if name and isinstance(r, dict) and r.get("state") == "requested_changes":
                 reviews.append(Review(user=name, state=CHANGES_REQUESTED))
-        author = _str(mr, "author", "username")
+        author = json_str(mr, "author", "username")
         return PullRequestFacts(
             number=int(mr.get("iid", number)),
-            url=_str(mr, "web_url") or "",
-            title=_str(mr, "title") or "",
-            state=_str(mr, "state") or "",
+            url=json_str(mr, "web_url") or "",
+            title=json_str(mr, "title") or "",
+            state=json_str(mr, "state") or "",
             merged=mr.get("state") == "merged",
             author=author,
             head_sha=head,
-            base_ref=_str(mr, "target_branch") or "",
+            base_ref=json_str(mr, "target_branch") or "",
             labels=tuple(x for x in mr.get("labels") or [] if isinstance(x, str)),
             commits=tuple(_commit(c) for c in commits if isinstance(c, dict)),
             reviews=tuple(reviews),
-            merge_commit_sha=_str(mr, "merge_commit_sha") or _str(mr, "squash_commit_sha"),
+            merge_commit_sha=json_str(mr, "merge_commit_sha") or json_str(mr, "squash_commit_sha"),
         )
 
     def _versions(self, mr_path: str) -> list[tuple[datetime, str]]:
         """(created_at, head sha) of every diff version, oldest first."""
         out = []
         for v in self._api.paginate(f"{mr_path}/versions"):
-            at = _parse_time(v.get("created_at")) if isinstance(v, dict) else None
-            sha = _str(v, "head_commit_sha")
+            at = parse_time(v.get("created_at")) if isinstance(v, dict) else None
+            sha = json_str(v, "head_commit_sha")
             if at is not None and sha is not None:
                 out.append((at, sha))
         out.sort(key=lambda t: t[0])
@@ -222,7 +209,7 @@ class GitLabSource:
             user = self._api.get_or_none(f"/users/{uid}")
             found = []
             for key in ("public_email", "email", "commit_email"):
-                value = _str(user, key)
+                value = json_str(user, key)
                 if value and "@" in value:
                     found.append(value)
             self._user_emails[uid] = tuple(dict.fromkeys(found))
@@ -234,7 +221,7 @@ class GitLabSource:
             users = self._api.get("/users", {"username": username})
             for u in users if isinstance(users, list) else []:
                 if (
-                    _str(u, "username")
+                    json_str(u, "username")
                     and u["username"].casefold() == key
                     and isinstance(u.get("id"), int)
                 ):
@@ -339,8 +326,8 @@ class GitLabSource:
 
 def _commit(c: dict[str, Any]) -> CommitFacts:
     return CommitFacts(
-        sha=_str(c, "id") or "",
-        author_email=_str(c, "author_email"),
-        committer_email=_str(c, "committer_email"),
-        co_author_emails=co_author_emails(_str(c, "message") or ""),
+        sha=json_str(c, "id") or "",
+        author_email=json_str(c, "author_email"),
+        committer_email=json_str(c, "committer_email"),
+        co_author_emails=co_author_emails(json_str(c, "message") or ""),
     )
