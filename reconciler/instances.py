@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 #: (environment, kind, name)
@@ -20,7 +21,12 @@ APPLIED_KINDS = ("Deployment", "Schedule")
 
 def canonical_json(data: Any) -> str:
     """Stable JSON: sorted keys, no whitespace; the basis of every hash."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(data)
+
+
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+)
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -84,7 +90,16 @@ class Instance:
         }
 
     def hash(self) -> str:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> str:
         return spec_hash(self.body())
+
+    @cached_property
+    def secret_names(self) -> list[str]:
+        """Environment variables this instance needs as secrets (cached: plan asks often)."""
+        return secret_refs(self.spec)
 
 
 def secret_refs(spec: Any) -> list[str]:

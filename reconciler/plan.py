@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from deepdiff import DeepDiff
 
-from reconciler.instances import Instance, InstanceKey, secret_refs
+from reconciler.instances import Instance, InstanceKey
 from reconciler.manifests import Desired
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
 
@@ -250,11 +251,19 @@ def _secret_fingerprints(
     inst: Instance, env: Mapping[str, str], key: bytes
 ) -> dict[str, str | None]:
     """NAME → keyed fingerprint of its current value (None when not set here)."""
-    out: dict[str, str | None] = {}
-    for name in secret_refs(inst.spec):
-        value = env.get(name)
-        out[name] = fingerprint(key, value) if value is not None else None
-    return out
+    return {name: _fingerprint(key, env.get(name)) for name in inst.secret_names}
+
+
+@lru_cache(maxsize=256)
+def _fingerprint(key: bytes, value: str | None) -> str | None:
+    return fingerprint(key, value) if value is not None else None
+
+
+def _rotated(recorded: Mapping[str, str | None], current: Mapping[str, str | None]) -> list[str]:
+    """Secrets whose value differs from the one applied (unknown on either side: no)."""
+    return sorted(
+        n for n, fp in current.items() if fp is not None and recorded.get(n) not in (None, fp)
+    )
 
 
 def plan_environment(
@@ -290,9 +299,7 @@ def plan_environment(
                 )
             )
             continue
-        rotated = sorted(
-            n for n, fp in known_fps.items() if rec.secret_fingerprints.get(n) not in (None, fp)
-        )
+        rotated = _rotated(rec.secret_fingerprints, fps)
         if rec.spec_hash == inst.hash() and rec.provider == inst.provider and not rotated:
             ep.unchanged += 1
             continue
@@ -391,7 +398,18 @@ def make_plan(
     plans = []
     for env in names:
         providers = desired.providers.get(env, {})
-        recorded = store.applied(env)
+        wanted = desired.instances.get(env, {})
+        # Read whole recorded specs only where the hash says something changed.
+        index = store.applied_index(env)
+        same = {
+            k
+            for k, inst in wanted.items()
+            if (a := index.get(k)) is not None
+            and a.provider == inst.provider
+            and a.spec_hash == inst.hash()
+            and not _rotated(a.secret_fingerprints, _secret_fingerprints(inst, env_vars, key))
+        }
+        recorded = store.applied(env, keys=[k for k in index if k not in same])
         immutable: dict[str, frozenset[str]] = {}
         for pname in {*providers, *(r.provider for r in recorded.values())}:
             pc = providers.get(pname)
@@ -400,7 +418,7 @@ def make_plan(
         plans.append(
             plan_environment(
                 env,
-                desired.instances.get(env, {}),
+                {k: v for k, v in wanted.items() if k not in same},
                 recorded,
                 serial=store.serial(env),
                 protected=desired.policy(env).protected,
@@ -410,6 +428,7 @@ def make_plan(
                 fingerprint_key=key,
             )
         )
+        plans[-1].unchanged += len(same)
     created = now or datetime.now(UTC)
     for ep in plans:
         for ch in ep.changes:

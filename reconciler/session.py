@@ -40,12 +40,10 @@ def state_store(settings: Settings) -> Iterator[StateStore]:
 
 def secret_env(settings: Settings, desired: Desired) -> dict[str, str]:
     """The secret values plan may fingerprint (and logs must never show)."""
-    from reconciler.instances import secret_refs
-
     names: set[str] = set()
     for insts in desired.instances.values():
         for inst in insts.values():
-            names.update(secret_refs(inst.spec))
+            names.update(inst.secret_names)
     for provs in desired.providers.values():
         for pc in provs.values():
             names.update(pc.credentials.values())

@@ -53,6 +53,9 @@ def load_desired(files: Mapping[str, bytes], read_file: ReadFile) -> Desired:
     with gc_paused():
         docs = parse_files(files, problems)
         desired = desired_from_documents(docs, read_file, problems)
+        # What was just loaded lives until the command ends: take it out of the cyclic
+        # GC's view, or every later allocation (state, plan) pays for rescanning it.
+        gc.freeze()
     if problems:
         raise ManifestError(problems)
     return desired

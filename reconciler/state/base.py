@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +46,15 @@ class AppliedRecord:
     @property
     def key(self) -> InstanceKey:
         return (self.environment, self.kind, self.name)
+
+
+@dataclass(frozen=True)
+class AppliedSummary:
+    """What plan needs to tell "unchanged" without reading whole specs."""
+
+    provider: str
+    spec_hash: str
+    secret_fingerprints: dict[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,15 @@ class StateStore(Protocol):
         """Environments that have anything applied or any run."""
         ...
 
-    def applied(self, environment: str) -> dict[InstanceKey, AppliedRecord]: ...
+    def applied(
+        self, environment: str, keys: Collection[InstanceKey] | None = None
+    ) -> dict[InstanceKey, AppliedRecord]:
+        """Applied records (only `keys`, when given)."""
+        ...
+
+    def applied_index(self, environment: str) -> dict[InstanceKey, AppliedSummary]:
+        """Every applied key with its hash: cheap, so plan reads specs only of changes."""
+        ...
 
     def begin_run(self, run: RunRecord) -> None: ...
 

@@ -14,7 +14,7 @@ import secrets
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from reconciler.instances import InstanceKey
 from reconciler.state.base import (
     SCHEMA_VERSION,
     AppliedRecord,
+    AppliedSummary,
     ChangeRecord,
     LockInfo,
     RunRecord,
@@ -178,19 +179,45 @@ class SQLiteState:
         )
         return [r[0] for r in rows]
 
-    def applied(self, environment: str) -> dict[InstanceKey, AppliedRecord]:
-        rows = self._query(
+    def applied(
+        self, environment: str, keys: Collection[InstanceKey] | None = None
+    ) -> dict[InstanceKey, AppliedRecord]:
+        sql = (
             "SELECT environment, kind, name, provider, provider_id, spec, spec_hash, "
             "secret_fingerprints, commit_sha, run_id, applied_at FROM applied "
-            "WHERE environment = ? ORDER BY kind, name",
-            (environment,),
+            "WHERE environment = ? ORDER BY kind, name"
         )
+        wanted = None if keys is None else set(keys)
+        if wanted is not None and len(wanted) < 400:  # SQLite allows 999 parameters
+            if not wanted:
+                return {}
+            marks = " OR ".join("(kind = ? AND name = ?)" for _ in wanted)
+            sql = sql.replace("ORDER BY", f"AND ({marks}) ORDER BY")
+            args: tuple[Any, ...] = (environment, *(x for _, k, n in wanted for x in (k, n)))
+        else:
+            args = (environment,)
         out: dict[InstanceKey, AppliedRecord] = {}
-        for env, kind, name, prov, pid, spec, h, fps, commit, run_id, at in rows:
+        for env, kind, name, prov, pid, spec, h, fps, commit, run_id, at in self._query(sql, args):
+            if wanted is not None and (env, kind, name) not in wanted:
+                continue
             out[(env, kind, name)] = AppliedRecord(
                 env, kind, name, prov, pid, json.loads(spec), h, json.loads(fps), commit,
                 run_id, datetime.fromisoformat(at),
             )  # fmt: skip
+        return out
+
+    def applied_index(self, environment: str) -> dict[InstanceKey, AppliedSummary]:
+        rows = self._query(
+            "SELECT kind, name, provider, spec_hash, secret_fingerprints FROM applied "
+            "WHERE environment = ?",
+            (environment,),
+        )
+        decoded: dict[str, dict[str, str | None]] = {}  # most rows share one secret set
+        out = {}
+        for kind, name, prov, h, fps in rows:
+            if fps not in decoded:
+                decoded[fps] = json.loads(fps)
+            out[(environment, kind, name)] = AppliedSummary(prov, h, dict(decoded[fps]))
         return out
 
     def runs(self, environment: str | None = None, limit: int | None = None) -> list[RunRecord]:
