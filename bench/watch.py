@@ -31,6 +31,11 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = generate(Path(tmp) / "repo", args.files)
+        # a realistic loop: dev already applied, so each plan shows the edit only
+        subprocess.run(
+            [sys.executable, "-m", "reconciler", "-q", "apply", "--env", "dev"],
+            cwd=root, check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "-q", "watch", "--env", "dev"],
             cwd=root, stdout=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"},

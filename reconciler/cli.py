@@ -584,9 +584,11 @@ def watch(
     """Re-validate and re-plan on every save; Ctrl-C to stop."""
     from reconciler import watch as w
 
-    session = w.WatchSession(
-        _globals().settings, tuple(env or ()), apply_, lambda s: out.print(s, markup=False)
-    )
+    def write(text: str) -> None:  # plain and flushed: a big plan through rich is slow
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    session = w.WatchSession(_globals().settings, tuple(env or ()), apply_, write)
     try:
         w.run(session.settings, session.on_change)
     except KeyboardInterrupt:

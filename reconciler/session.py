@@ -38,10 +38,14 @@ def state_store(settings: Settings) -> Iterator[StateStore]:
         store.close()
 
 
-def secret_env(settings: Settings, desired: Desired) -> dict[str, str]:
+def secret_env(
+    settings: Settings, desired: Desired, environments: Sequence[str] = ()
+) -> dict[str, str]:
     """The secret values plan may fingerprint (and logs must never show)."""
     names: set[str] = set()
-    for insts in desired.instances.values():
+    for env, insts in desired.instances.items():
+        if environments and env not in environments:
+            continue
         for inst in insts.values():
             names.update(inst.secret_names)
     for provs in desired.providers.values():

@@ -168,7 +168,7 @@ class WatchSession:
                 commit=self.cache.repo.head(),
                 dirty=True,
                 environments=self.environments or None,
-                secret_env=secret_env(self.settings, desired),
+                secret_env=secret_env(self.settings, desired, self.environments),
             )
         elapsed = (time.perf_counter() - started) * 1000
         self.write(render_human(plan, color=False).rstrip("\n"))

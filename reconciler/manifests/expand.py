@@ -68,6 +68,15 @@ class _Expander:
         self.read_file = read_file
         self.out: list[Diagnostic] = []
         self._templates: dict[tuple[str, str], str | None] = {}
+        self._dumps: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def dump(self, spec: Any) -> dict[str, Any]:
+        """The spec as JSON data, dumped once for all its environments; a fresh top
+        level each call (callers replace top-level keys, never edit nested values)."""
+        hit = self._dumps.get(id(spec))
+        if hit is None or hit[0] is not spec:
+            hit = self._dumps[id(spec)] = (spec, _dump(spec, partial=False))
+        return dict(hit[1])
 
     def at(self, e: Entry[Any], env: str | None, *loc: str | int, msg: str) -> None:
         pos = self._where(e, env, loc)
@@ -152,7 +161,7 @@ class _Expander:
         self, d: Entry[m.Deployment], env: str, providers: Mapping[str, ProviderConfig]
     ) -> Instance | None:
         spec = d.model.spec
-        resolved = _dump(spec, partial=False)
+        resolved = self.dump(spec)
         ov = spec.overrides.get(env)
         if ov is not None:
             resolved = deep_merge(resolved, _dump(ov, partial=True))
@@ -205,7 +214,7 @@ class _Expander:
         self, s: Entry[m.Schedule], env: str, instances: Mapping[InstanceKey, Instance]
     ) -> Instance | None:
         spec = s.model.spec
-        resolved = _dump(spec, partial=False)
+        resolved = self.dump(spec)
         ov = spec.overrides.get(env)
         if ov is not None:
             over = _dump(ov, partial=True)
