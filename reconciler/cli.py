@@ -7,6 +7,8 @@ details, never a traceback; exit codes are documented in reconciler/errors.py.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
@@ -19,6 +21,7 @@ from reconciler.config import Settings, load_settings
 from reconciler.errors import EXIT_ERROR, EXIT_OK, ConfigError, ReconcilerError
 
 if TYPE_CHECKING:
+    from reconciler.apply import ChangeResult, ProgressFn
     from reconciler.approvals import ForgeSource
     from reconciler.gate import GateResult
 
@@ -331,6 +334,29 @@ def _status_reason(g: GateResult) -> str:
     return g.verdict.summary() if g.verdict is not None else "; ".join(g.reasons)
 
 
+@contextmanager
+def _progress() -> Iterator[ProgressFn | None]:
+    """A live counter on a terminal; elsewhere the executor's log line per change."""
+    if not err.is_terminal:
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err) as bar:
+        task = bar.add_task("applying", total=None)
+        counts = {"applied": 0, "failed": 0, "skipped": 0}
+
+        def update(res: ChangeResult) -> None:
+            counts[res.outcome] = counts.get(res.outcome, 0) + 1
+            bar.update(
+                task,
+                description=f"{res.change.environment}: {counts['applied']} applied, "
+                f"{counts['failed']} failed — last {res.change.address}",
+            )
+
+        yield update
+
+
 @app.command()
 def apply(
     env: EnvOpt = None,
@@ -384,8 +410,8 @@ def apply(
         override_window=override_window,
         pull_request=pr or ctx.pull_request,
     )
-    with state_store(settings) as store:
-        report = run_apply(settings, store, opts)
+    with state_store(settings) as store, _progress() as progress:
+        report = run_apply(settings, store, opts, progress=progress)
     for r in report.results:
         g = report.gates.get(r.environment)
         if r.outcome == "noop":
