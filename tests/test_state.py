@@ -1,15 +1,17 @@
-"""The StateStore contract, run against every backend (SQLite today)."""
+"""The StateStore contract, run against every backend (SQLite and git)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import sqlite3
+import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import commit_all, git, init_repo, write_files
 
 from reconciler.errors import ConfigError, LockedError, StateError
 from reconciler.state import open_state
@@ -28,12 +30,22 @@ T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 Factory = Callable[[], StateStore]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "git"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     opened: list[StateStore] = []
+    url = "sqlite:///.reconciler/state.db"
+    root = tmp_path
+    if request.param == "git":
+        # A manifests repo with one commit and a bare `origin`: every write is pushed.
+        url = "git://refs/reconciler/state"
+        subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], check=True)
+        root = init_repo(tmp_path / "work")
+        write_files(root, {"reconciler.yaml": "state: git://refs/reconciler/state\n"})
+        commit_all(root, "init")
+        git(root, "remote", "add", "origin", str(tmp_path / "origin.git"))
 
     def factory() -> StateStore:
-        store = open_state("sqlite:///.reconciler/state.db", repo_root=tmp_path)
+        store = open_state(url, repo_root=root)
         opened.append(store)
         return store
 

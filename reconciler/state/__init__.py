@@ -30,7 +30,13 @@ __all__ = [
 
 
 def open_state(url: str, *, repo_root: Path) -> StateStore:
-    """`sqlite:///rel/path.db` (relative to the manifests repo) or `sqlite:////abs.db`."""
+    """`sqlite:///rel/path.db` (relative to the manifests repo), `sqlite:////abs.db`, or
+    `git://refs/...` (commits on that ref of the repo holding `repo_root`, pushed to its
+    `origin` when it has one)."""
+    if url.startswith("git://"):
+        from reconciler.state.git import GitState, parse_git_url
+
+        return GitState(repo_root, parse_git_url(url), url=url)
     if url.startswith("sqlite://"):
         from reconciler.state.sqlite import SQLiteState
 
@@ -44,5 +50,6 @@ def open_state(url: str, *, repo_root: Path) -> StateStore:
         return SQLiteState(path, url=url)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
-        f"unknown state backend {scheme!r} in {url!r}: use sqlite:///path/to/state.db"
+        f"unknown state backend {scheme!r} in {url!r}: "
+        "use sqlite:///path/to/state.db or git://refs/reconciler/state"
     )

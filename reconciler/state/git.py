@@ -2,11 +2,16 @@
 
 Layout of the ref's tree (JSON, sorted keys, one commit per write):
 
-    meta.json                                   schema version, fingerprint key
-    environments/<env>/serial                   the environment's serial
-    environments/<env>/applied.json             applied records, sorted by kind, name
-    environments/<env>/lock.json                present while a run holds the environment
-    environments/<env>/runs/<YYYY-MM>/<started>_<seq>_<run-id>.json
+    meta.json                             schema version, fingerprint key
+    environments/<env>/serial             the environment's serial
+    environments/<env>/lock.json          present while a run holds the environment
+    environments/<env>/applied/<xx>.json  applied records whose sha256("kind/name") starts
+                                          with xx, sorted by kind, name
+    environments/<env>/runs/<YYYY-MM>/<started>_<seq>_<run-id>/run.json
+    environments/<env>/runs/<YYYY-MM>/<started>_<seq>_<run-id>/changes-<nnnn>.json
+
+Buckets and chunks of changes keep each write small however large an environment or a
+run grows: a write rewrites one bucket and one chunk, never the whole state.
 
 Commits are built with plumbing (hash-object, a private index file, write-tree,
 commit-tree), so the user's working tree, index and HEAD are never touched. With an
@@ -18,15 +23,19 @@ optimistic: a lost race refetches and retries, but only if nothing the write dep
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
+import random
 import re
 import secrets
 import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +56,7 @@ from reconciler.instances import InstanceKey
 from reconciler.state.base import (
     SCHEMA_VERSION,
     AppliedRecord,
+    AppliedSummary,
     ChangeRecord,
     LockInfo,
     RunRecord,
@@ -54,7 +64,9 @@ from reconciler.state.base import (
 from reconciler.state.sqlite import _pid_alive, _user
 
 #: How many times a write refetches after losing a compare-and-swap before giving up.
-_MAX_ATTEMPTS = 8
+_MAX_ATTEMPTS = 16
+#: Changes per file of a run: a write rewrites one chunk, not the whole run.
+_CHUNK = 100
 _META = "meta.json"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,99}")
 _REF = re.compile(r"refs/[A-Za-z0-9._/-]+")
@@ -104,8 +116,14 @@ def _env_dir(env: str) -> str:
     return f"environments/{_enc(env)}"
 
 
-def _applied_path(env: str) -> str:
-    return f"{_env_dir(env)}/applied.json"
+def _bucket_path(key: InstanceKey) -> str:
+    env, kind, name = key
+    digest = hashlib.sha256(f"{kind}/{name}".encode()).hexdigest()
+    return f"{_env_dir(env)}/applied/{digest[:2]}.json"
+
+
+def _chunk_path(run_dir: str, index: int) -> str:
+    return f"{run_dir}/changes-{index:04d}.json"
 
 
 def _serial_path(env: str) -> str:
@@ -118,23 +136,29 @@ def _lock_path(env: str) -> str:
 
 @dataclass(frozen=True, order=True)
 class _RunPath:
-    """A run file's name sorts like sqlite's `started_at, rowid`: stamp, then sequence."""
+    """A run's directory name sorts like sqlite's `started_at, rowid`: stamp, sequence."""
 
     stamp: str
     seq: int
     run_id: str
     environment: str
-    path: str
+    dir: str
+
+    @property
+    def header(self) -> str:
+        return f"{self.dir}/run.json"
 
 
 def _parse_run_path(path: str) -> _RunPath | None:
     parts = path.split("/")
-    if len(parts) != 5 or parts[0] != "environments" or parts[2] != "runs":
+    if len(parts) != 6 or parts[0] != "environments" or parts[2] != "runs":
         return None
-    fields = parts[4].removesuffix(".json").split("_", 2)
+    if parts[5] != "run.json":
+        return None
+    fields = parts[4].split("_", 2)
     if len(fields) != 3 or not fields[1].isdigit():
         return None
-    return _RunPath(fields[0], int(fields[1]), _dec(fields[2]), _dec(parts[1]), path)
+    return _RunPath(fields[0], int(fields[1]), _dec(fields[2]), _dec(parts[1]), path[:-9])
 
 
 def _stamp(at: datetime) -> str:
@@ -215,12 +239,11 @@ def _run_json(r: RunRecord) -> dict[str, Any]:
         "approvers": list(r.approvers),
         "reverted_commits": list(r.reverted_commits),
         "reverted_runs": list(r.reverted_runs),
-        "changes": [_change_json(c) for c in r.changes],
         "details": r.details,
     }
 
 
-def _run_record(d: dict[str, Any]) -> RunRecord:
+def _run_record(d: dict[str, Any], changes: list[dict[str, Any]]) -> RunRecord:
     return RunRecord(
         id=d["id"],
         environment=d["environment"],
@@ -234,7 +257,7 @@ def _run_record(d: dict[str, Any]) -> RunRecord:
         approvers=list(d["approvers"]),
         reverted_commits=list(d["reverted_commits"]),
         reverted_runs=list(d["reverted_runs"]),
-        changes=[_change_record(c) for c in d["changes"]],
+        changes=[_change_record(c) for c in changes],
         details=d["details"],
     )
 
@@ -315,6 +338,9 @@ class GitState:
         #: The commit the private index holds; "" when unknown (rebuild before use).
         self._index_base: str | None = ""
         self._blobs: dict[str, bytes] = {}
+        self._summary_cache: dict[
+            str, list[tuple[InstanceKey, str, str, dict[str, str | None]]]
+        ] = {}
         self._snap: _Snapshot | None = None
         #: What the remote's ref is believed to be (None: absent): the push lease.
         self._lease: str | None = None
@@ -337,7 +363,7 @@ class GitState:
             )
         except (GitCommandError, OSError) as e:
             raise StateError(f"state {self.url}: cannot run git: {e}") from None
-        status, stdout, stderr = cast(tuple[int, str, str], out)
+        status, stdout, stderr = out
         if check and status != 0:
             raise StateError(f"state {self.url}: git {args[0]} failed: {self._why(stderr)}")
         return status, stdout, stderr
@@ -449,7 +475,7 @@ class GitState:
         """A commit of `snap` plus `changes`, built in the private index (not yet on the ref)."""
         blobs = self._hash({p: d for p, d in changes.items() if d is not None})
         env = {"GIT_INDEX_FILE": str(self._index)}
-        if self._index_base == "" or self._index_base != snap.sha:
+        if self._index_base != snap.sha:
             self._index_base = ""
             self._git("read-tree", *([snap.sha] if snap.sha else ["--empty"]), env=env)
         self._index_base = ""  # until the tree is written
@@ -502,7 +528,9 @@ class GitState:
             return False
         # Mirror locally; if another local process moved it meanwhile, theirs stays.
         local = self._local_ref()
-        self._git("update-ref", "-m", "reconciler state", self.ref, commit, local or "", check=False)
+        self._git(
+            "update-ref", "-m", "reconciler state", self.ref, commit, local or "", check=False
+        )
         return True
 
     def _write(
@@ -522,7 +550,7 @@ class GitState:
                 raise StateError(f"state {self.url} is closed")
             snap = self._fetch() if fresh or self._snap is None else self._snap
             seen = {p: snap.files.get(p) for p in watch}
-            for _ in range(_MAX_ATTEMPTS):
+            for attempt in range(_MAX_ATTEMPTS):
                 moved = [p for p in watch if snap.files.get(p) != seen[p]]
                 if moved and not reevaluate:
                     raise StateMovedError(
@@ -547,6 +575,8 @@ class GitState:
                     self._lease = new.sha
                     return
                 snap = cast(_Snapshot, self._snap)
+                # Writers of other environments share the ref: back off with jitter.
+                time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
             raise StateMovedError(
                 f"state moved: {self.ref} kept changing under this write ({message}); "
                 "re-plan and apply again"
@@ -589,15 +619,49 @@ class GitState:
         sha = snap.files.get(_serial_path(environment))
         return int(self._blob(sha)) if sha else 0
 
-    def _applied_of(self, snap: _Snapshot, environment: str) -> dict[InstanceKey, AppliedRecord]:
+    def _buckets(self, snap: _Snapshot, environment: str) -> list[str]:
+        prefix = f"{_env_dir(environment)}/applied/"
+        return sorted(p for p in snap.files if p.startswith(prefix))
+
+    def _bucket(self, snap: _Snapshot, path: str) -> dict[InstanceKey, AppliedRecord]:
+        records = (_applied_record(d) for d in self._json(snap, path) or [])
+        return {r.key: r for r in records}
+
+    def _applied_of(
+        self, snap: _Snapshot, environment: str, keys: Collection[InstanceKey] | None = None
+    ) -> dict[InstanceKey, AppliedRecord]:
+        if keys is None:
+            paths = self._buckets(snap, environment)
+        else:
+            keys = {k for k in keys if k[0] == environment}
+            paths = sorted({_bucket_path(k) for k in keys})
         out: dict[InstanceKey, AppliedRecord] = {}
-        for d in self._json(snap, _applied_path(environment)) or []:
-            rec = _applied_record(d)
-            out[rec.key] = rec
-        return out
+        for path in paths:
+            for key, rec in self._bucket(snap, path).items():
+                if keys is None or key in keys:
+                    out[key] = rec
+        return dict(sorted(out.items()))
+
+    def _summaries(self, sha: str) -> list[tuple[InstanceKey, str, str, dict[str, str | None]]]:
+        """Parsed once per bucket blob: plan asks for the index of every environment."""
+        cached = self._summary_cache.get(sha)
+        if cached is None:
+            cached = [
+                ((d["environment"], d["kind"], d["name"]), d["provider"], d["spec_hash"],
+                 d["secret_fingerprints"])
+                for d in json.loads(self._blob(sha))
+            ]  # fmt: skip
+            self._summary_cache[sha] = cached
+        return cached
 
     def _run_of(self, snap: _Snapshot, rp: _RunPath) -> RunRecord:
-        return _run_record(self._json(snap, rp.path))
+        changes: list[dict[str, Any]] = []
+        for i in itertools.count():
+            chunk = self._json(snap, _chunk_path(rp.dir, i))
+            if chunk is None:
+                break
+            changes.extend(chunk)
+        return _run_record(self._json(snap, rp.header), changes)
 
     def serial(self, environment: str) -> int:
         with self._mu:
@@ -619,13 +683,24 @@ class GitState:
             envs.update(
                 _dec(p.split("/")[1])
                 for p in snap.files
-                if p.endswith("/applied.json") and p.count("/") == 2
+                if p.startswith("environments/") and p.split("/")[2] == "applied"
             )
             return sorted(envs)
 
-    def applied(self, environment: str) -> dict[InstanceKey, AppliedRecord]:
+    def applied(
+        self, environment: str, keys: Collection[InstanceKey] | None = None
+    ) -> dict[InstanceKey, AppliedRecord]:
         with self._mu:
-            return self._applied_of(self._current(), environment)
+            return self._applied_of(self._current(), environment, keys)
+
+    def applied_index(self, environment: str) -> dict[InstanceKey, AppliedSummary]:
+        with self._mu:
+            snap = self._current()
+            out = {}
+            for path in self._buckets(snap, environment):
+                for key, provider, spec_hash, fps in self._summaries(snap.files[path]):
+                    out[key] = AppliedSummary(provider, spec_hash, dict(fps))
+            return out
 
     def runs(self, environment: str | None = None, limit: int | None = None) -> list[RunRecord]:
         with self._mu:
@@ -647,8 +722,11 @@ class GitState:
     def runs_for_commit(self, commit: str) -> list[RunRecord]:
         with self._mu:
             snap = self._current()
-            runs = [self._run_of(snap, rp) for rp in sorted(snap.runs().values(), reverse=True)]
-            return [r for r in runs if r.commit == commit]
+            return [
+                self._run_of(snap, rp)
+                for rp in sorted(snap.runs().values(), reverse=True)
+                if self._json(snap, rp.header)["commit"] == commit
+            ]
 
     def lock_holder(self, environment: str) -> LockInfo | None:
         with self._mu:
@@ -666,8 +744,14 @@ class GitState:
             if run.id in snap.runs():
                 raise StateError(f"state {self.url}: run {run.id} is already recorded")
             seq = 1 + max((rp.seq for rp in snap.runs().values()), default=0)
-            name = f"{_stamp(started)}_{seq:06d}_{_enc(run.id)}.json"
-            return {f"{_env_dir(env)}/runs/{started:%Y-%m}/{name}": _dump(_run_json(run))}
+            run_dir = (
+                f"{_env_dir(env)}/runs/{started:%Y-%m}/{_stamp(started)}_{seq:06d}_{_enc(run.id)}"
+            )
+            out: Changes = {f"{run_dir}/run.json": _dump(_run_json(run))}
+            for i in range(0, len(run.changes), _CHUNK):
+                chunk = [_change_json(c) for c in run.changes[i : i + _CHUNK]]
+                out[_chunk_path(run_dir, i // _CHUNK)] = _dump(chunk)
+            return out
 
         self._write(
             f"begin {run.trigger} run {run.id} in {env}",
@@ -684,34 +768,35 @@ class GitState:
         removed: InstanceKey | None,
     ) -> None:
         env = change.key[0]
-        watch = {_lock_path(env), _serial_path(env), self._find_run(run_id).path}
-        if applied is not None:
-            watch.add(_applied_path(applied.environment))
-        if removed is not None:
-            watch.add(_applied_path(removed[0]))
+        rp = self._find_run(run_id)
+        watch = {_lock_path(env), _serial_path(env), rp.header}
+        keys = [k for k in (removed, applied.key if applied else None) if k is not None]
+        watch.update(_bucket_path(k) for k in keys)
         at = (change.at or datetime.now(UTC)).isoformat()
 
         def mutate(snap: _Snapshot) -> Changes:
             self._check_held(snap, env)
-            path = self._find_run_in(snap, run_id).path
-            doc = self._json(snap, path)
-            doc["changes"].append({**_change_json(change), "at": at})
-            out: Changes = {path: _dump(doc)}
+            run_dir = self._find_run_in(snap, run_id).dir
+            index = 0
+            while _chunk_path(run_dir, index + 1) in snap.files:
+                index += 1
+            chunk = self._json(snap, _chunk_path(run_dir, index)) or []
+            if len(chunk) >= _CHUNK:
+                index, chunk = index + 1, []
+            chunk.append({**_change_json(change), "at": at})
+            out: Changes = {_chunk_path(run_dir, index): _dump(chunk)}
             if applied is None and removed is None:
                 return out
-            sets: dict[str, dict[InstanceKey, AppliedRecord]] = {}
+            buckets: dict[str, dict[InstanceKey, AppliedRecord]] = {}
+            for key in keys:
+                if _bucket_path(key) not in buckets:
+                    buckets[_bucket_path(key)] = self._bucket(snap, _bucket_path(key))
             if removed is not None:
-                sets[removed[0]] = self._applied_of(snap, removed[0])
-                sets[removed[0]].pop(removed, None)
+                buckets[_bucket_path(removed)].pop(removed, None)
             if applied is not None:
-                records = sets.get(applied.environment)
-                if records is None:
-                    records = sets[applied.environment] = self._applied_of(
-                        snap, applied.environment
-                    )
-                records[applied.key] = applied
-            for e, records in sets.items():
-                out[_applied_path(e)] = (
+                buckets[_bucket_path(applied.key)][applied.key] = applied
+            for path, records in buckets.items():
+                out[path] = (
                     _dump([_applied_json(records[k]) for k in sorted(records)]) if records else None
                 )
             out[_serial_path(env)] = f"{self._serial_of(snap, env) + 1}\n".encode()
@@ -738,7 +823,7 @@ class GitState:
 
         def mutate(snap: _Snapshot) -> Changes:
             self._check_held(snap, env)
-            path = self._find_run_in(snap, run_id).path
+            path = self._find_run_in(snap, run_id).header
             doc = self._json(snap, path)
             doc["outcome"] = outcome
             doc["finished_at"] = finished
@@ -749,7 +834,7 @@ class GitState:
         self._write(
             f"finish run {run_id} in {env}: {outcome}",
             mutate,
-            watch=[rp.path, _lock_path(env)],
+            watch=[rp.header, _lock_path(env)],
             reevaluate=env in self._held,
         )
 
@@ -782,11 +867,11 @@ class GitState:
                 )
             rp = snap.runs().get(holder.run_id)
             if rp is not None:
-                run = self._json(snap, rp.path)
+                run = self._json(snap, rp.header)
                 if run["outcome"] == "running":
                     run["outcome"] = "interrupted"
                     run["finished_at"] = me.acquired_at.isoformat()
-                    out[rp.path] = _dump(run)
+                    out[rp.header] = _dump(run)
             return out
 
         self._write(
@@ -835,7 +920,7 @@ class GitState:
                     return {_META: _dump({**doc, "fingerprint_key": secrets.token_hex(32)})}
 
                 self._write("create fingerprint key", add_key, reevaluate=True)
-                meta = self._json(self._current(), _META)
+                meta = self._json(cast(_Snapshot, self._snap), _META)
             return bytes.fromhex(meta["fingerprint_key"])
 
     def close(self) -> None:
