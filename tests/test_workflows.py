@@ -65,7 +65,7 @@ def test_gitlab_template_parses() -> None:
 
 def _expressions(gh: FakeGitHub, extra: dict[str, str]) -> dict[str, str]:
     return {
-        "vars.RECONCILER_STATE || 'git://refs/reconciler/state'": "sqlite:///.reconciler/state.db",
+        "vars.RECONCILER_STATE || 'git://refs/reconciler/state'": "git://refs/reconciler/state",
         "secrets.RECONCILER_TOKEN || secrets.GITHUB_TOKEN": gh.token,
         "vars.RECONCILER_PIP || 'reconciler'": "reconciler",
         "github.event.pull_request.number": "1",
@@ -176,6 +176,9 @@ def test_init_pipelines_plan_apply_rollback(tmp_path: Path) -> None:
             {"matrix.environment": "dev"},
         )
         assert "dev: applied" in "".join(out)
+        # the state went to origin as commits on the state ref (the default backend)
+        assert git(origin, "rev-parse", "refs/reconciler/state")
+        assert not (repo / ".reconciler" / "state.db").exists()
 
         # rollback from workflow_dispatch: opens the revert pull request
         out = run_workflow(
