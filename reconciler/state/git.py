@@ -442,13 +442,16 @@ class GitState:
         self._lease = local
         return self._load(local)
 
-    def _current(self) -> _Snapshot:
+    def _current(self, environment: str | None = None) -> _Snapshot:
         """For reads: the remote once per store, then whatever the local ref says (other
-        local processes update it after each push)."""
+        local processes update it after each push). An environment whose lock this store
+        holds changes only through it: its cached view is current."""
         if self._closed:
             raise StateError(f"state {self.url} is closed")
         if self._snap is None:
             return self._fetch()
+        if environment is not None and environment in self._held:
+            return self._snap
         local = self._local_ref()
         if local != self._snap.sha and local is not None:
             self._lease = local
@@ -527,9 +530,8 @@ class GitState:
                 )
             return False
         # Mirror locally; if another local process moved it meanwhile, theirs stays.
-        local = self._local_ref()
         self._git(
-            "update-ref", "-m", "reconciler state", self.ref, commit, local or "", check=False
+            "update-ref", "-m", "reconciler state", self.ref, commit, snap.sha or "", check=False
         )
         return True
 
@@ -665,7 +667,7 @@ class GitState:
 
     def serial(self, environment: str) -> int:
         with self._mu:
-            return self._serial_of(self._current(), environment)
+            return self._serial_of(self._current(environment), environment)
 
     def serials(self) -> dict[str, int]:
         with self._mu:
@@ -691,11 +693,11 @@ class GitState:
         self, environment: str, keys: Collection[InstanceKey] | None = None
     ) -> dict[InstanceKey, AppliedRecord]:
         with self._mu:
-            return self._applied_of(self._current(), environment, keys)
+            return self._applied_of(self._current(environment), environment, keys)
 
     def applied_index(self, environment: str) -> dict[InstanceKey, AppliedSummary]:
         with self._mu:
-            snap = self._current()
+            snap = self._current(environment)
             out = {}
             for path in self._buckets(snap, environment):
                 for key, provider, spec_hash, fps in self._summaries(snap.files[path]):
