@@ -84,7 +84,7 @@ def detect_drift(
 ) -> DriftReport:
     """Read every recorded instance from its provider and compare field by field."""
     report = DriftReport()
-    key = store.fingerprint_key()
+    key = store.fingerprint_key(create=False) or b""  # none stored: nothing to match
     for envname in environments or store.environments():
         clients = _Providers(providers.get(envname, {}), repo_root, env)
         items: list[DriftItem] = []

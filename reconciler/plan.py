@@ -378,6 +378,7 @@ def make_plan(
     allow_delete: bool = False,
     secret_env: Mapping[str, str] | None = None,
     now: datetime | None = None,
+    persist_key: bool = False,
 ) -> Plan:
     """The plan for the chosen environments (default: every declared one)."""
     from reconciler.providers import provider_class
@@ -393,8 +394,15 @@ def make_plan(
             f"{did_you_mean(unknown[0], desired.environments)}; "
             f"declared: {', '.join(desired.environments)}"
         )
-    key = store.fingerprint_key()
-    env_vars = dict(secret_env or {})
+    # A plan never writes state: with no key stored yet nothing recorded has a
+    # fingerprint to compare with, so this plan fingerprints nothing (apply, which
+    # re-plans under its lock with persist_key, makes the key).
+    key = store.fingerprint_key(create=persist_key)
+    if key is None:
+        env_vars: dict[str, str] = {}
+        key = b""
+    else:
+        env_vars = dict(secret_env or {})
     plans = []
     for env in names:
         providers = desired.providers.get(env, {})

@@ -327,6 +327,7 @@ def _replanner(
             environments=[ep.environment],
             allow_delete=opts.allow_delete,
             secret_env=secret_env,
+            persist_key=True,
         ).environments[0]
         if any(c.refused for c in fresh.changes):
             raise ReconcilerError(fresh.changes[0].refused or "refused")

@@ -161,6 +161,8 @@ def test_init_pipelines_plan_apply_rollback(tmp_path: Path) -> None:
         assert len(gh.comments[1]) == 1 and "<!-- reconciler:plan -->" in gh.comments[1][0]["body"]
         assert gh.statuses[-1]["sha"] == head and gh.statuses[-1]["state"] == "success"
         assert "reconciler" in summary.read_text()
+        # plan is read-only: with contents: read it must not need to push state
+        assert git(repo, "ls-remote", "origin", "refs/reconciler/state") == ""
 
         # merged: apply on push to main, per environment
         git(repo, "checkout", "-q", "main")

@@ -905,7 +905,7 @@ class GitState:
 
     # -- keys ------------------------------------------------------------------------
 
-    def fingerprint_key(self) -> bytes:
+    def fingerprint_key(self, *, create: bool = True) -> bytes | None:
         """RECONCILER_FINGERPRINT_KEY when set (keeps the key out of the state, which
         everyone who can fetch the repo can read), else a random key made once per state."""
         env_key = os.environ.get("RECONCILER_FINGERPRINT_KEY")
@@ -913,6 +913,8 @@ class GitState:
             return env_key.encode()
         with self._mu:
             meta = self._json(self._current(), _META) or {}
+            if not meta.get("fingerprint_key") and not create:
+                return None
             if not meta.get("fingerprint_key"):
 
                 def add_key(snap: _Snapshot) -> Changes:

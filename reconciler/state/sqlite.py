@@ -403,12 +403,17 @@ class SQLiteState:
 
     # -- keys ------------------------------------------------------------------------
 
-    def fingerprint_key(self) -> bytes:
+    def fingerprint_key(self, *, create: bool = True) -> bytes | None:
         """RECONCILER_FINGERPRINT_KEY when set (keeps the key out of the state), else a
         random key made once per state."""
         env_key = os.environ.get("RECONCILER_FINGERPRINT_KEY")
         if env_key:
             return env_key.encode()
+        rows = self._query("SELECT value FROM meta WHERE key = 'fingerprint_key'")
+        if rows:
+            return bytes.fromhex(rows[0][0])
+        if not create:
+            return None
         with self._tx() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint_key'").fetchone()
             if row is None:
