@@ -68,6 +68,7 @@ def _expressions(gh: FakeGitHub, extra: dict[str, str]) -> dict[str, str]:
         "vars.RECONCILER_STATE || 'git://refs/reconciler/state'": "git://refs/reconciler/state",
         "secrets.RECONCILER_TOKEN || secrets.GITHUB_TOKEN": gh.token,
         "vars.RECONCILER_PIP || 'reconciler'": "reconciler",
+        "secrets.RECONCILER_FINGERPRINT_KEY": "",
         "github.event.pull_request.number": "1",
         "github.run_id": "4242",
         **extra,
