@@ -320,7 +320,7 @@ def approvals(
         )  # fmt: skip
         source = _forge(settings)
         try:
-            source.set_status(sha, "success" if passed else "failure", text[:140])
+            source.set_status(sha, "success" if passed else "failure", text)
         finally:
             source.close()
         err.print(

@@ -10,9 +10,10 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
+from reconciler._strict import StrictModel
 from reconciler.errors import ConfigError
 from reconciler.manifests.diagnostics import from_validation_error
-from reconciler.manifests.models import Text, _Model
+from reconciler.manifests.models import Text
 from reconciler.manifests.yamlload import YamlProblem, YMap, load_documents
 from reconciler.state import DEFAULT_STATE_URL
 
@@ -20,13 +21,13 @@ CONFIG_FILE = "reconciler.yaml"
 DEFAULT_MANIFEST_PATHS = ("manifests",)
 
 
-class ApprovalsConfig(_Model):
+class ApprovalsConfig(StrictModel):
     source: Literal["github", "gitlab", "file", "none"] = "none"
     repository: Text | None = None
     file: Text | None = None
 
 
-class ConfigFile(_Model):
+class ConfigFile(StrictModel):
     """The schema of reconciler.yaml; every key is optional."""
 
     manifests: list[Text] = Field(default_factory=lambda: list(DEFAULT_MANIFEST_PATHS))

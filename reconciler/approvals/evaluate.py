@@ -17,13 +17,13 @@ from reconciler.approvals.facts import (
     OPINIONATED,
     PullRequestFacts,
     Review,
+    status_description,
 )
 from reconciler.approvals.policy import ApprovalPolicy, split_approver
 
 #: `is_member(org, team, user)`: True/"active" counts; "pending" is reported as such.
 IsMember = Callable[[str, str, str], bool | str]
 
-STATUS_DESCRIPTION_MAX = 140
 
 AUTHOR = "author of the pull request"
 COMMITTER = "committed to the pull request"
@@ -41,10 +41,6 @@ def _short(sha: str | None) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _clip(text: str, limit: int = STATUS_DESCRIPTION_MAX) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ class Verdict:
                 text += "; by " + ", ".join(self.approved_by)
             if self.not_counted:
                 text += "; not counted: " + ", ".join(f"{u} ({r})" for u, r in self.not_counted)
-        return _clip(text)
+        return status_description(text)
 
     def explain(self) -> list[str]:
         """Human lines: the pull request, what was required, who counted and who not."""

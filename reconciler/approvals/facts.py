@@ -24,6 +24,18 @@ _NOREPLY = re.compile(
 )
 _CO_AUTHOR = re.compile(r"^co-authored-by:[^<\n]*<([^<>\s]+@[^<>\s]+)>\s*$", re.I | re.M)
 
+#: The commit status / pipeline status the approval verdict is posted as.
+STATUS_CONTEXT = "reconciler/approvals"
+#: GitHub refuses longer status descriptions (422); GitLab shows no more.
+STATUS_DESCRIPTION_MAX = 140
+
+
+def status_description(text: str) -> str:
+    """`text` cut to what a commit status accepts, with an ellipsis when cut."""
+    if len(text) <= STATUS_DESCRIPTION_MAX:
+        return text
+    return text[: STATUS_DESCRIPTION_MAX - 1].rstrip() + "…"
+
 
 @dataclass(frozen=True)
 class Review:

@@ -10,9 +10,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError
 
+from reconciler._strict import StrictModel
 from reconciler.approvals.facts import CommitFacts, PullRequestFacts, Review
 from reconciler.errors import ApprovalSourceError
 
@@ -20,13 +20,7 @@ FORMAT_VERSION = 1
 _MIN_PREFIX = 7
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True, populate_by_name=True, alias_generator=to_camel
-    )
-
-
-class _Commit(_Model):
+class _Commit(StrictModel):
     sha: str
     author: str | None = None
     author_email: str | None = None
@@ -35,7 +29,7 @@ class _Commit(_Model):
     co_author_emails: list[str] = Field(default_factory=list)
 
 
-class _Review(_Model):
+class _Review(StrictModel):
     user: str
     state: Literal["APPROVED", "CHANGES_REQUESTED", "DISMISSED", "COMMENTED", "PENDING"]
     commit_id: str | None = None
@@ -43,7 +37,7 @@ class _Review(_Model):
     emails: list[str] = Field(default_factory=list)
 
 
-class _PullRequest(_Model):
+class _PullRequest(StrictModel):
     number: int
     state: Literal["open", "closed", "merged"]
     head_sha: str
@@ -58,12 +52,12 @@ class _PullRequest(_Model):
     reviews: list[_Review] = Field(default_factory=list)
 
 
-class _Team(_Model):
+class _Team(StrictModel):
     active: list[str] = Field(default_factory=list)
     pending: list[str] = Field(default_factory=list)
 
 
-class _Document(_Model):
+class _Document(StrictModel):
     version: Literal[1] = 1
     commits: dict[str, int | None] = Field(default_factory=dict)
     pull_requests: list[_PullRequest] = Field(default_factory=list)

@@ -22,12 +22,18 @@ from reconciler.approvals._http import (
     json_str,
     parse_time,
 )
-from reconciler.approvals.facts import CommitFacts, PullRequestFacts, Review, co_author_emails
+from reconciler.approvals.facts import (
+    STATUS_CONTEXT,
+    CommitFacts,
+    PullRequestFacts,
+    Review,
+    co_author_emails,
+    status_description,
+)
 from reconciler.errors import ApprovalSourceError, ConfigError
 
 API_VERSION = "2022-11-28"
 DEFAULT_API_URL = "https://api.github.com"
-STATUS_CONTEXT = "reconciler/approvals"
 STATUS_STATES = ("error", "failure", "pending", "success")
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
@@ -173,7 +179,7 @@ class GitHubSource:
             raise ValueError(f"commit status state must be one of {', '.join(STATUS_STATES)}")
         body: dict[str, Any] = {
             "state": state,
-            "description": _clip(description, 140),
+            "description": status_description(description),
             "context": context,
         }
         if target_url:
@@ -233,10 +239,6 @@ def _unprocessable(resp: Any) -> str | None:
         if isinstance(err, dict) and err.get("message"):
             parts.append(str(err["message"]))
     return "; ".join(p for p in parts if p) or None
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _commit(c: dict[str, Any]) -> CommitFacts:

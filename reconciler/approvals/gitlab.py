@@ -34,15 +34,16 @@ from reconciler.approvals._http import (
 from reconciler.approvals.facts import (
     APPROVED,
     CHANGES_REQUESTED,
+    STATUS_CONTEXT,
     CommitFacts,
     PullRequestFacts,
     Review,
     co_author_emails,
+    status_description,
 )
 from reconciler.errors import ApprovalSourceError
 
 DEFAULT_API_URL = "https://gitlab.com/api/v4"
-STATUS_NAME = "reconciler/approvals"
 #: The common (GitHub) vocabulary and GitLab's own, mapped to GitLab's.
 STATUS_STATES = {
     "success": "success",
@@ -258,7 +259,7 @@ class GitLabSource:
         sha: str,
         state: str,
         description: str,
-        context: str = STATUS_NAME,
+        context: str = STATUS_CONTEXT,
         target_url: str | None = None,
     ) -> None:
         """Accepts GitHub's states (success, failure, error, pending) or GitLab's own."""
@@ -267,7 +268,7 @@ class GitLabSource:
         body: dict[str, Any] = {
             "state": STATUS_STATES[state],
             "name": context,
-            "description": description if len(description) <= 140 else description[:139] + "…",
+            "description": status_description(description),
         }
         if target_url:
             body["target_url"] = target_url

@@ -7,10 +7,11 @@ without importing the manifest models.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
-from pydantic.alias_generators import to_camel
+from pydantic import BeforeValidator, Field, StringConstraints
+
+from reconciler._strict import StrictModel, typed_text
 
 Risk = Literal["low", "medium", "high", "critical"]
 RISKS: tuple[Risk, ...] = ("low", "medium", "high", "critical")
@@ -24,29 +25,11 @@ APPROVER_PATTERN = (
 _TEAM = re.compile(r"^@([^/]+)/(.+)$")
 
 
-def _typed_text(value: Any) -> Any:
-    """A YAML number in a string field becomes the text the user typed (`007`)."""
-    text = getattr(value, "text", None)
-    if isinstance(value, int | float) and not isinstance(value, bool) and isinstance(text, str):
-        return text
-    return value
-
-
-Approver = Annotated[str, BeforeValidator(_typed_text), StringConstraints(pattern=APPROVER_PATTERN)]
+Approver = Annotated[str, BeforeValidator(typed_text), StringConstraints(pattern=APPROVER_PATTERN)]
 Count = Annotated[int, Field(ge=0)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        populate_by_name=True,
-        alias_generator=to_camel,
-    )
-
-
-class RollbackPolicy(_Model):
+class RollbackPolicy(StrictModel):
     """What a pull request that reverts (a rollback) needs instead of the normal policy."""
 
     required: Count
@@ -54,7 +37,7 @@ class RollbackPolicy(_Model):
     approvers: list[Approver] | None = None
 
 
-class ApprovalPolicy(_Model):
+class ApprovalPolicy(StrictModel):
     """How many approvals a change to an environment needs, and from whom."""
 
     required: Count = 0

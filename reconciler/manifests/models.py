@@ -24,8 +24,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from reconciler.approvals.policy import ApprovalPolicy
-from reconciler.manifests.yamlload import YFloat, YInt
+from reconciler._strict import StrictModel
+from reconciler._strict import typed_text
+from reconciler.approvals.policy import ApprovalPolicy, Risk
 
 API_VERSION = "reconciler/v1"
 SLUG_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
@@ -40,37 +41,22 @@ PROMPT_REF_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?@[0-9A-Za-z.+-]+$"
 INTERVAL_PATTERN = r"^[0-9]+(\.[0-9]+)?[smhd]$"
 
 
-def _typed_text(value: Any) -> Any:
-    """A number in a string field becomes the text the user typed (`1.10`, `012`)."""
-    if isinstance(value, YInt | YFloat):
-        return value.text
-    return value
-
-
-Text = Annotated[str, BeforeValidator(_typed_text)]
+Text = Annotated[str, BeforeValidator(typed_text)]
 
 
 # Pattern-checked text: the constraint sits on `str` (not on Text) so pydantic-core
 # checks it natively; on Text it would fall back to a slow Python check per value.
-Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN), BeforeValidator(_typed_text)]
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN), BeforeValidator(typed_text)]
 EnvVarName = Annotated[
-    str, StringConstraints(pattern=ENV_VAR_PATTERN), BeforeValidator(_typed_text)
+    str, StringConstraints(pattern=ENV_VAR_PATTERN), BeforeValidator(typed_text)
 ]
-Semver = Annotated[str, StringConstraints(pattern=SEMVER_PATTERN), BeforeValidator(_typed_text)]
-Risk = Literal["low", "medium", "high", "critical"]
+Semver = Annotated[str, StringConstraints(pattern=SEMVER_PATTERN), BeforeValidator(typed_text)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        populate_by_name=True,
-        alias_generator=to_camel,
-    )
 
 
-class Metadata(_Model):
+
+class Metadata(StrictModel):
     name: Slug
     labels: dict[Text, Text] = Field(default_factory=dict)
     annotations: dict[Text, Text] = Field(default_factory=dict)
@@ -79,7 +65,7 @@ class Metadata(_Model):
 # --- Environment -------------------------------------------------------------------
 
 
-class Window(_Model):
+class Window(StrictModel):
     """A deploy window: from each `allow`/`deny` cron start, for `duration`."""
 
     allow: Text | None = None
@@ -94,7 +80,7 @@ class Window(_Model):
         return self
 
 
-class EnvironmentSpec(_Model):
+class EnvironmentSpec(StrictModel):
     description: Text | None = None
     protected: bool = False
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
@@ -102,7 +88,7 @@ class EnvironmentSpec(_Model):
     allow_override: bool = False
 
 
-class Environment(_Model):
+class Environment(StrictModel):
     api_version: Literal["reconciler/v1"]
     kind: Literal["Environment"]
     metadata: Metadata
@@ -112,13 +98,13 @@ class Environment(_Model):
 # --- Provider ----------------------------------------------------------------------
 
 
-class ProviderOverride(_Model):
+class ProviderOverride(StrictModel):
     config: dict[Text, JsonValue] | None = None
     credentials: dict[Text, EnvVarName] | None = None
     models: list[Text] | None = None
 
 
-class ProviderSpec(_Model):
+class ProviderSpec(StrictModel):
     type: Slug
     environments: list[Slug] = Field(min_length=1)
     config: dict[Text, JsonValue] = Field(default_factory=dict)
@@ -127,7 +113,7 @@ class ProviderSpec(_Model):
     overrides: dict[Slug, ProviderOverride] = Field(default_factory=dict)
 
 
-class Provider(_Model):
+class Provider(StrictModel):
     api_version: Literal["reconciler/v1"]
     kind: Literal["Provider"]
     metadata: Metadata
@@ -137,7 +123,7 @@ class Provider(_Model):
 # --- Prompt ------------------------------------------------------------------------
 
 
-class PromptVersion(_Model):
+class PromptVersion(StrictModel):
     version: Semver
     template: Text | None = None
     template_file: Text | None = None
@@ -150,12 +136,12 @@ class PromptVersion(_Model):
         return self
 
 
-class PromptSpec(_Model):
+class PromptSpec(StrictModel):
     description: Text | None = None
     versions: list[PromptVersion] = Field(min_length=1)
 
 
-class Prompt(_Model):
+class Prompt(StrictModel):
     api_version: Literal["reconciler/v1"]
     kind: Literal["Prompt"]
     metadata: Metadata
@@ -165,7 +151,7 @@ class Prompt(_Model):
 # --- Deployment --------------------------------------------------------------------
 
 
-class Options(_Model):
+class Options(StrictModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -175,14 +161,14 @@ class Options(_Model):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
 
 
-class Scaling(_Model):
+class Scaling(StrictModel):
     min_replicas: Annotated[int, Field(ge=0)] = 1
     max_replicas: Annotated[int, Field(ge=1)] = 1
     hardware: Text | None = None
     # minReplicas <= maxReplicas is checked after overrides are merged (expand.py).
 
 
-class SecretRef(_Model):
+class SecretRef(StrictModel):
     secret_env: EnvVarName
 
 
@@ -196,15 +182,15 @@ EnvValue = Annotated[
     Discriminator(_env_value_kind),
 ]
 UNION_TAGS = frozenset({"text", "secretRef"})
-Endpoint = Annotated[str, StringConstraints(pattern=ENDPOINT_PATTERN), BeforeValidator(_typed_text)]
+Endpoint = Annotated[str, StringConstraints(pattern=ENDPOINT_PATTERN), BeforeValidator(typed_text)]
 PromptRef = Annotated[
-    str, StringConstraints(pattern=PROMPT_REF_PATTERN), BeforeValidator(_typed_text)
+    str, StringConstraints(pattern=PROMPT_REF_PATTERN), BeforeValidator(typed_text)
 ]
-Interval = Annotated[str, StringConstraints(pattern=INTERVAL_PATTERN), BeforeValidator(_typed_text)]
+Interval = Annotated[str, StringConstraints(pattern=INTERVAL_PATTERN), BeforeValidator(typed_text)]
 Timeout = Annotated[float, Field(gt=0)]
 
 
-class DeploymentFields(_Model):
+class DeploymentFields(StrictModel):
     """Fields a deployment override may set (all optional)."""
 
     provider: Slug | None = None
@@ -219,7 +205,7 @@ class DeploymentFields(_Model):
     risk: Risk | None = None
 
 
-class DeploymentSpec(_Model):
+class DeploymentSpec(StrictModel):
     environments: list[Slug] = Field(min_length=1)
     provider: Slug
     model: Text
@@ -234,7 +220,7 @@ class DeploymentSpec(_Model):
     overrides: dict[Slug, DeploymentFields] = Field(default_factory=dict)
 
 
-class Deployment(_Model):
+class Deployment(StrictModel):
     api_version: Literal["reconciler/v1"]
     kind: Literal["Deployment"]
     metadata: Metadata
@@ -244,7 +230,7 @@ class Deployment(_Model):
 # --- Schedule ----------------------------------------------------------------------
 
 
-class ScheduleFields(_Model):
+class ScheduleFields(StrictModel):
     cron: Text | None = None
     interval: Interval | None = None
     timezone: Text | None = None
@@ -255,7 +241,7 @@ class ScheduleFields(_Model):
     concurrency: Literal["allow", "forbid", "replace"] | None = None
 
 
-class ScheduleSpec(_Model):
+class ScheduleSpec(StrictModel):
     environments: list[Slug] = Field(min_length=1)
     deployment: Slug
     cron: Text | None = None
@@ -269,7 +255,7 @@ class ScheduleSpec(_Model):
     overrides: dict[Slug, ScheduleFields] = Field(default_factory=dict)
 
 
-class Schedule(_Model):
+class Schedule(StrictModel):
     api_version: Literal["reconciler/v1"]
     kind: Literal["Schedule"]
     metadata: Metadata
@@ -280,7 +266,7 @@ Manifest = Annotated[
     Environment | Provider | Prompt | Deployment | Schedule,
     Field(discriminator="kind"),
 ]
-KINDS: dict[str, type[_Model]] = {
+KINDS: dict[str, type[StrictModel]] = {
     "Environment": Environment,
     "Provider": Provider,
     "Prompt": Prompt,
@@ -288,12 +274,12 @@ KINDS: dict[str, type[_Model]] = {
     "Schedule": Schedule,
 }
 #: Per kind, the model an environment override is validated with.
-OVERRIDE_MODELS: dict[str, type[_Model]] = {
+OVERRIDE_MODELS: dict[str, type[StrictModel]] = {
     "Provider": ProviderOverride,
     "Deployment": DeploymentFields,
     "Schedule": ScheduleFields,
 }
-FULL_SPECS: dict[str, type[_Model]] = {
+FULL_SPECS: dict[str, type[StrictModel]] = {
     "Provider": ProviderSpec,
     "Deployment": DeploymentSpec,
     "Schedule": ScheduleSpec,
