@@ -58,10 +58,6 @@ class ManifestRepo:
     # -- plumbing --------------------------------------------------------------------
 
     @property
-    def is_git(self) -> bool:
-        return self._repo is not None
-
-    @property
     def repo(self) -> git.Repo:
         if self._repo is None:
             raise GitError(f"{self.root} is not inside a git repository")
@@ -179,24 +175,6 @@ class ManifestRepo:
     def message(self, sha: str) -> str:
         msg = self._commit(sha).message
         return msg if isinstance(msg, str) else msg.decode(errors="replace")
-
-    def changed_paths(self, sha: str) -> list[str]:
-        """Manifests-root-relative paths a commit changed (against its first parent)."""
-        c = self._commit(sha)
-        diffs = c.parents[0].diff(c) if c.parents else c.diff(git.NULL_TREE)
-        out = set()
-        for d in diffs:
-            for p in (d.a_path, d.b_path):
-                if p and (rel := self._rel(p)) is not None:
-                    out.add(rel)
-        return sorted(out)
-
-    def commits_touching(self, after: str | None, paths: Sequence[str]) -> list[str]:
-        """Commits after `after` (exclusive) up to HEAD that changed `paths`, oldest first."""
-        rev = f"{after}..HEAD" if after else "HEAD"
-        specs = [str(self.root / p) for p in paths]
-        out = self._git("rev-list", "--reverse", rev, "--", *specs)
-        return out.split()
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         try:

@@ -70,9 +70,12 @@ def test_manifests_root_in_a_subdirectory(repo: Path) -> None:
     assert set(m.files_at("HEAD", ["."])) == {"a.yaml", "sub/b.yml"}
     assert set(m.files_at(None, ["."])) == {"a.yaml", "sub/b.yml"}
     assert m.read_file_at("HEAD", "prompt.md") == b"hello"
+    base = git(repo, "rev-parse", "HEAD")
     write_files(repo, {"manifests/a.yaml": "a: 3\n", "other/c.yaml": "c: 3\n"})
     sha = commit_all(repo, "change both")
-    assert m.changed_paths(sha) == ["a.yaml"]
+    write_files(repo, {"other/c.yaml": "c: 4\n"})
+    commit_all(repo, "outside the manifests root")
+    assert m.commits_since(base, ["."]) == [sha]
     assert m.subject(sha) == "change both"
 
 
@@ -92,15 +95,17 @@ def test_repo_without_commits(tmp_path: Path) -> None:
     assert ManifestRepo(r).head() is None
 
 
-def test_commits_touching(repo: Path) -> None:
+def test_commits_since(repo: Path) -> None:
     base = git(repo, "rev-parse", "HEAD")
     write_files(repo, {"other/c.yaml": "c: 9\n"})
     commit_all(repo, "unrelated")
     write_files(repo, {"manifests/a.yaml": "a: 9\n"})
     touching = commit_all(repo, "related")
     m = ManifestRepo(repo)
-    assert m.commits_touching(base, ["manifests"]) == [touching]
+    assert m.commits_since(base, ["manifests"]) == [touching]
     assert m.is_ancestor(base, touching) and not m.is_ancestor(touching, base)
+    with pytest.raises(GitError, match="not an ancestor of HEAD"):
+        m.commits_since(git(repo, "commit-tree", "-m", "x", "HEAD^{tree}"), ["manifests"])
 
 
 def _change(repo: Path, text: str, msg: str, rel: str = "manifests/a.yaml") -> str:
