@@ -38,13 +38,10 @@ def detect(env: Mapping[str, str]) -> CiContext:
     if env.get("GITHUB_ACTIONS") == "true":
         pr = _event(env).get("pull_request")
         if isinstance(pr, dict) and isinstance(pr.get("number"), int):
-            head = pr.get("head") if isinstance(pr.get("head"), dict) else {}
+            head = pr.get("head")
             sha = head.get("sha") if isinstance(head, dict) else None
-            return CiContext(
-                commit=sha if isinstance(sha, str) else None,
-                pull_request=pr["number"],
-                head_sha=sha if isinstance(sha, str) else None,
-            )
+            sha = sha if isinstance(sha, str) else None
+            return CiContext(commit=sha, pull_request=pr["number"], head_sha=sha)
         return CiContext(commit=env.get("GITHUB_SHA") or None)
     if env.get("GITLAB_CI") == "true":
         iid = env.get("CI_MERGE_REQUEST_IID")
