@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from reconciler.errors import ProviderError, ReconcilerError, StateMovedError
 from reconciler.instances import Instance, InstanceKey, ProviderConfig, spec_hash
@@ -27,10 +27,9 @@ from reconciler.plan import Change, EnvironmentPlan
 from reconciler.providers import make_provider
 from reconciler.providers.base import Provider
 from reconciler.state.base import AppliedRecord, ChangeRecord, RunRecord, StateStore
+from reconciler.vocabulary import ChangeOutcome, EnvironmentOutcome, Trigger
 
 log = get_logger("reconciler.apply")
-Trigger = Literal["apply", "rollback", "heal"]
-EnvOutcome = Literal["applied", "failed", "blocked", "noop"]
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -56,7 +55,7 @@ class RunContext:
 @dataclass
 class ChangeResult:
     change: Change
-    outcome: Literal["applied", "failed", "skipped"]
+    outcome: ChangeOutcome
     error: str | None = None
     provider_id: str | None = None
 
@@ -64,7 +63,7 @@ class ChangeResult:
 @dataclass
 class EnvironmentResult:
     environment: str
-    outcome: EnvOutcome
+    outcome: EnvironmentOutcome
     run_id: str | None = None
     results: list[ChangeResult] = field(default_factory=list)
     message: str | None = None
@@ -85,9 +84,9 @@ def _instance_from_body(
 ) -> Instance:
     spec = {k: v for k, v in body.items() if k not in ("name", "environment", "labels")}
     return Instance(
-        environment=key[0],
-        kind=key[1],
-        name=key[2],
+        environment=key.environment,
+        kind=key.kind,
+        name=key.name,
         provider=provider,
         spec=spec,
         labels=dict(body.get("labels") or {}),
@@ -203,9 +202,9 @@ class Executor:
         inst = self.desired[ch.key]
         body = inst.body()
         applied = AppliedRecord(
-            environment=ch.key[0],
-            kind=ch.key[1],
-            name=ch.key[2],
+            environment=ch.key.environment,
+            kind=ch.key.kind,
+            name=ch.key.name,
             provider=inst.provider,
             provider_id=provider_id,
             spec=body,
@@ -367,7 +366,7 @@ class Executor:
 
 
 def _addr(key: InstanceKey) -> str:
-    return f"{key[1].lower()}.{key[2]}"
+    return key.address
 
 
 def host_id() -> str:
@@ -444,7 +443,7 @@ def execute_environment(
                 details["rolled_back"] = [_addr(r.change.key) for r in restored]
         finally:
             ex.close()
-        outcome: EnvOutcome = "failed" if failed else "applied"
+        outcome: EnvironmentOutcome = "failed" if failed else "applied"
         store.finish_run(run_id, outcome, details)
         message = None
         if failed:

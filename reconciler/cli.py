@@ -527,8 +527,8 @@ def drift(
         doc = {
             e: [
                 {
-                    "kind": i.key[1],
-                    "name": i.key[2],
+                    "kind": i.key.kind,
+                    "name": i.key.name,
                     "provider": i.provider,
                     "status": i.status,
                     "error": i.error,

@@ -38,7 +38,7 @@ class DriftItem:
 
     @property
     def address(self) -> str:
-        return f"{self.key[1].lower()}.{self.key[2]}"
+        return self.key.address
 
 
 @dataclass
@@ -91,7 +91,9 @@ def detect_drift(
         try:
             for k, rec in sorted(store.applied(envname).items()):
                 try:
-                    live = clients.get(rec.provider).read(k[1], k[2], k[0], rec.provider_id)
+                    live = clients.get(rec.provider).read(
+                        k.kind, k.name, k.environment, rec.provider_id
+                    )
                 except ReconcilerError as e:
                     items.append(DriftItem(k, rec.provider, "unreadable", error=e.message))
                     continue

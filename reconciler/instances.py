@@ -11,10 +11,23 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
-#: (environment, kind, name)
-InstanceKey = tuple[str, str, str]
+from reconciler.vocabulary import Risk, as_risk
+
+
+class InstanceKey(NamedTuple):
+    """Which instance: one Deployment or Schedule in one environment."""
+
+    environment: str
+    kind: str
+    name: str
+
+    @property
+    def address(self) -> str:
+        """How plans and messages name it: `deployment.support-chat`."""
+        return f"{self.kind.lower()}.{self.name}"
+
 
 APPLIED_KINDS = ("Deployment", "Schedule")
 
@@ -74,11 +87,11 @@ class Instance:
 
     @property
     def key(self) -> InstanceKey:
-        return (self.environment, self.kind, self.name)
+        return InstanceKey(self.environment, self.kind, self.name)
 
     @property
-    def risk(self) -> str:
-        return str(self.spec.get("risk", "low"))
+    def risk(self) -> Risk:
+        return as_risk(self.spec.get("risk", "low"))
 
     def body(self) -> dict[str, Any]:
         """What a provider is sent: name, environment, labels and the resolved spec."""

@@ -11,17 +11,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 from deepdiff import DeepDiff
 
 from reconciler.instances import Instance, InstanceKey
 from reconciler.manifests import Desired
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
+from reconciler.vocabulary import Action, Risk, as_risk, highest_risk
 
 FORMAT_VERSION = 1
 SENSITIVE = "(sensitive)"
-Action = Literal["create", "update", "replace", "delete"]
 #: Order of kinds when creating/updating; deletes run in the reverse order.
 KIND_ORDER = ("Deployment", "Schedule")
 
@@ -44,7 +44,7 @@ class Change:
     after: dict[str, Any] | None
     diff: list[FieldDiff] = field(default_factory=list)
     reason: str | None = None
-    risk: str = "low"
+    risk: Risk = "low"
     depends_on: list[InstanceKey] = field(default_factory=list)
     #: Set when this change may not be applied (e.g. a delete in a protected environment).
     refused: str | None = None
@@ -55,19 +55,19 @@ class Change:
 
     @property
     def environment(self) -> str:
-        return self.key[0]
+        return self.key.environment
 
     @property
     def kind(self) -> str:
-        return self.key[1]
+        return self.key.kind
 
     @property
     def name(self) -> str:
-        return self.key[2]
+        return self.key.name
 
     @property
     def address(self) -> str:
-        return f"{self.kind.lower()}.{self.name}"
+        return self.key.address
 
 
 @dataclass
@@ -85,10 +85,8 @@ class EnvironmentPlan:
         return c
 
     @property
-    def max_risk(self) -> str:
-        order = ["low", "medium", "high", "critical"]
-        risks = [ch.risk for ch in self.changes] or ["low"]
-        return max(risks, key=order.index)
+    def max_risk(self) -> Risk:
+        return highest_risk(ch.risk for ch in self.changes)
 
 
 @dataclass
@@ -139,14 +137,14 @@ class Plan:
             changes = [
                 Change(
                     action=c["action"],
-                    key=(e["name"], c["kind"], c["name"]),
+                    key=InstanceKey(e["name"], c["kind"], c["name"]),
                     provider=c["provider"],
                     before=c["before"],
                     after=c["after"],
                     diff=[FieldDiff(d["path"], d["before"], d["after"]) for d in c["diff"]],
                     reason=c.get("reason"),
-                    risk=c.get("risk", "low"),
-                    depends_on=[(e["name"], k, n) for k, n in c.get("depends_on", [])],
+                    risk=as_risk(c.get("risk", "low")),
+                    depends_on=[InstanceKey(e["name"], k, n) for k, n in c.get("depends_on", [])],
                     refused=c.get("refused"),
                     secret_fingerprints=dict(c.get("secret_fingerprints", {})),
                     next_runs=list(c.get("next_runs", [])),
@@ -338,7 +336,7 @@ def plan_environment(
             rec.provider,
             _mask(rec.spec),
             None,
-            risk=str(rec.spec.get("risk", "low")),
+            risk=as_risk(rec.spec.get("risk", "low")),
         )
         if protected and not allow_delete:
             ch.refused = f"{env} is protected: deleting {ch.address} needs --allow-delete"

@@ -7,14 +7,12 @@ without importing the manifest models.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BeforeValidator, Field, StringConstraints
 
 from reconciler._strict import StrictModel, typed_text
-
-Risk = Literal["low", "medium", "high", "critical"]
-RISKS: tuple[Risk, ...] = ("low", "medium", "high", "critical")
+from reconciler.vocabulary import Risk
 
 #: A user (`alice`, `@alice`, `dependabot[bot]`) or a team (`@org/team`; on GitLab
 #: `@group/subgroup[/…]`). A team always starts with `@` and has a `/`.

@@ -223,7 +223,7 @@ class _Expander:
             if "interval" in over:
                 resolved.pop("cron", None)
             resolved = deep_merge(resolved, over)
-        dep_key = (env, "Deployment", spec.deployment)
+        dep_key = InstanceKey(env, "Deployment", spec.deployment)
         dep = instances.get(dep_key)
         if dep is None:  # unknown, not in this environment, or invalid: reported already
             return None

@@ -26,7 +26,8 @@ from pydantic.alias_generators import to_camel
 
 from reconciler._strict import StrictModel
 from reconciler._strict import typed_text
-from reconciler.approvals.policy import ApprovalPolicy, Risk
+from reconciler.approvals.policy import ApprovalPolicy
+from reconciler.vocabulary import Risk
 
 API_VERSION = "reconciler/v1"
 SLUG_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from reconciler.instances import InstanceKey
+from reconciler.vocabulary import Action, ChangeOutcome, RunOutcome, Trigger
 
 #: Bumped whenever a backend's on-disk layout changes; each backend migrates forward.
 SCHEMA_VERSION = 1
@@ -45,7 +46,7 @@ class AppliedRecord:
 
     @property
     def key(self) -> InstanceKey:
-        return (self.environment, self.kind, self.name)
+        return InstanceKey(self.environment, self.kind, self.name)
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,17 @@ class ChangeRecord:
     """One change of a run, recorded the moment it finished."""
 
     key: InstanceKey
-    action: str
-    #: applied | failed | skipped | restored
-    outcome: str
+    action: Action
+    outcome: ChangeOutcome
     error: str | None
     provider_id: str | None
     before_hash: str | None
     after_hash: str | None
     at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, InstanceKey):  # callers may pass a plain tuple
+            object.__setattr__(self, "key", InstanceKey(*self.key))
 
 
 @dataclass
@@ -79,12 +83,10 @@ class RunRecord:
     id: str
     environment: str
     commit: str | None
-    #: apply | heal | rollback | watch | ...
-    trigger: str
+    trigger: Trigger
     started_at: datetime
     finished_at: datetime | None
-    #: running | applied | failed | noop (a crashed run stays `running`)
-    outcome: str
+    outcome: RunOutcome
     pull_request: int | None = None
     author: str | None = None
     approvers: list[str] = field(default_factory=list)

@@ -220,7 +220,7 @@ def _change_json(c: ChangeRecord) -> dict[str, Any]:
 def _change_record(d: dict[str, Any]) -> ChangeRecord:
     env, kind, name = d["key"]
     return ChangeRecord(
-        (env, kind, name), d["action"], d["outcome"], d["error"], d["provider_id"],
+        InstanceKey(env, kind, name), d["action"], d["outcome"], d["error"], d["provider_id"],
         d["before_hash"], d["after_hash"], _dt(d["at"]),
     )  # fmt: skip
 
@@ -635,7 +635,7 @@ class GitState:
         if keys is None:
             paths = self._buckets(snap, environment)
         else:
-            keys = {k for k in keys if k[0] == environment}
+            keys = {k for k in map(InstanceKey._make, keys) if k.environment == environment}
             paths = sorted({_bucket_path(k) for k in keys})
         out: dict[InstanceKey, AppliedRecord] = {}
         for path in paths:
@@ -649,7 +649,7 @@ class GitState:
         cached = self._summary_cache.get(sha)
         if cached is None:
             cached = [
-                ((d["environment"], d["kind"], d["name"]), d["provider"], d["spec_hash"],
+                (InstanceKey(d["environment"], d["kind"], d["name"]), d["provider"], d["spec_hash"],
                  d["secret_fingerprints"])
                 for d in json.loads(self._blob(sha))
             ]  # fmt: skip
@@ -769,7 +769,7 @@ class GitState:
         applied: AppliedRecord | None,
         removed: InstanceKey | None,
     ) -> None:
-        env = change.key[0]
+        env = change.key.environment
         rp = self._find_run(run_id)
         watch = {_lock_path(env), _serial_path(env), rp.header}
         keys = [k for k in (removed, applied.key if applied else None) if k is not None]
@@ -805,7 +805,7 @@ class GitState:
             return out
 
         self._write(
-            f"{change.action} {change.key[1]}/{change.key[2]} in {env}: {change.outcome} "
+            f"{change.action} {change.key.kind}/{change.key.name} in {env}: {change.outcome} "
             f"(run {run_id})",
             mutate,
             watch=sorted(watch),

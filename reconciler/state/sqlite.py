@@ -200,7 +200,7 @@ class SQLiteState:
         for env, kind, name, prov, pid, spec, h, fps, commit, run_id, at in self._query(sql, args):
             if wanted is not None and (env, kind, name) not in wanted:
                 continue
-            out[(env, kind, name)] = AppliedRecord(
+            out[InstanceKey(env, kind, name)] = AppliedRecord(
                 env, kind, name, prov, pid, json.loads(spec), h, json.loads(fps), commit,
                 run_id, datetime.fromisoformat(at),
             )  # fmt: skip
@@ -217,7 +217,7 @@ class SQLiteState:
         for kind, name, prov, h, fps in rows:
             if fps not in decoded:
                 decoded[fps] = json.loads(fps)
-            out[(environment, kind, name)] = AppliedSummary(prov, h, dict(decoded[fps]))
+            out[InstanceKey(environment, kind, name)] = AppliedSummary(prov, h, dict(decoded[fps]))
         return out
 
     def runs(self, environment: str | None = None, limit: int | None = None) -> list[RunRecord]:
@@ -255,7 +255,9 @@ class SQLiteState:
         ):
             run_id, env, kind, name, action, outcome, error, pid, bh, ah, at = row
             changes[run_id].append(
-                ChangeRecord((env, kind, name), action, outcome, error, pid, bh, ah, _ts(at))
+                ChangeRecord(
+                    InstanceKey(env, kind, name), action, outcome, error, pid, bh, ah, _ts(at)
+                )
             )
         out = []
         for r in rows:
