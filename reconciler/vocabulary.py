@@ -51,3 +51,15 @@ EnvironmentOutcome = Literal["applied", "failed", "blocked", "noop"]
 
 #: Why a run happened.
 Trigger = Literal["apply", "rollback", "heal"]
+
+#: How a live object is doing, in Argo CD's words. `Healthy` is the only state a
+#: change waits for; `Degraded` is a failure; `Suspended` (paused, scaled to zero) is
+#: intended, not a failure; `Missing` means the provider has no such object.
+Health = Literal["Healthy", "Progressing", "Degraded", "Suspended", "Missing"]
+HEALTHS: tuple[Health, ...] = ("Healthy", "Suspended", "Progressing", "Missing", "Degraded")
+_HEALTH_RANK: dict[str, int] = {h: i for i, h in enumerate(HEALTHS)}
+
+
+def health_is_worse(a: Health, b: Health) -> bool:
+    """True when `a` is a worse state than `b` (for summarising many instances)."""
+    return _HEALTH_RANK[a] > _HEALTH_RANK[b]

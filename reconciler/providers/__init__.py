@@ -9,9 +9,16 @@ from pathlib import Path
 
 from reconciler.errors import ConfigError
 from reconciler.instances import ProviderConfig
-from reconciler.providers.base import LiveObject, Provider, resolve_secrets
+from reconciler.providers.base import HealthStatus, LiveObject, Provider, resolve_secrets
 
-__all__ = ["LiveObject", "Provider", "make_provider", "provider_class", "resolve_secrets"]
+__all__ = [
+    "HealthStatus",
+    "LiveObject",
+    "Provider",
+    "make_provider",
+    "provider_class",
+    "resolve_secrets",
+]
 
 GROUP = "reconciler.providers"
 

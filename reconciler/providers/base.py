@@ -15,6 +15,15 @@ from typing import Any, ClassVar
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig
 from reconciler.log import register_secret
+from reconciler.vocabulary import Health
+
+
+@dataclass(frozen=True)
+class HealthStatus:
+    """A live object's health and, when not Healthy, why (the vendor's own words)."""
+
+    health: Health
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,20 @@ class Provider(abc.ABC):
         return (
             f"{type(self).__name__}({self.config.name!r}, environment={self.config.environment!r})"
         )
+
+    #: How long apply waits for a created or updated object to become Healthy, unless
+    #: a deployment sets its own; 0 means the provider is ready when its write returns.
+    readiness_timeout: ClassVar[float] = 0.0
+    #: Seconds between health polls while waiting (a provider's Retry-After wins).
+    poll_interval: ClassVar[float] = 5.0
+
+    def status(
+        self, kind: str, name: str, environment: str, provider_id: str | None
+    ) -> HealthStatus:
+        """The live object's health. The default suits providers whose writes take
+        effect at once: present is Healthy, absent is Missing."""
+        live = self.read(kind, name, environment, provider_id)
+        return HealthStatus("Missing" if live is None else "Healthy")
 
     def validate(self, inst: Instance) -> list[str]:
         """Plan-time problems with `inst` on this provider (no network); empty if fine."""
