@@ -20,7 +20,7 @@ from reconciler.apply import (
     _Providers,
     execute_environment,
 )
-from reconciler.errors import ReconcilerError
+from reconciler.errors import EXIT_CHANGES, EXIT_OK, ReconcilerError
 from reconciler.instances import Instance, InstanceKey, ProviderConfig, secret_refs
 from reconciler.plan import SENSITIVE, Change, EnvironmentPlan, FieldDiff, field_diff
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
@@ -48,6 +48,10 @@ class DriftReport:
     @property
     def drifted(self) -> list[DriftItem]:
         return [i for items in self.environments.values() for i in items if i.status != "in-sync"]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CHANGES if self.drifted else EXIT_OK
 
 
 def _normalise_live(live: Mapping[str, Any], rec: AppliedRecord, key: bytes) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from deepdiff import DeepDiff
 
 from reconciler.instances import Instance, InstanceKey
 from reconciler.manifests import Desired
+from reconciler.schedules import spec_next_runs
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
 from reconciler.vocabulary import Action, Risk, as_risk, highest_risk
 
@@ -439,27 +440,5 @@ def make_plan(
     for ep in plans:
         for ch in ep.changes:
             if ch.kind == "Schedule" and ch.after is not None:
-                ch.next_runs = _next_runs(ch.after, created)
+                ch.next_runs = [t.isoformat() for t in spec_next_runs(ch.after, created, 3)]
     return Plan(commit=commit, dirty=dirty, ref=ref, created_at=created, environments=plans)
-
-
-def _next_runs(spec: Mapping[str, Any], now: datetime) -> list[str]:
-    """What a reviewer of a schedule change wants to see: when it will actually run."""
-    from reconciler import schedules
-
-    def ts(value: Any) -> datetime | None:
-        return datetime.fromisoformat(value) if isinstance(value, str) else None
-
-    try:
-        times = schedules.next_fire_times(
-            cron=spec.get("cron"),
-            interval=spec.get("interval"),
-            timezone=spec.get("timezone") or "UTC",
-            now=now,
-            count=3,
-            start_at=ts(spec.get("startAt")),
-            end_at=ts(spec.get("endAt")),
-        )
-    except ValueError:
-        return []
-    return [t.isoformat() for t in times]

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadDateError, CroniterError, croniter
@@ -48,6 +48,7 @@ __all__ = [
     "next_fire_times",
     "parse_duration",
     "parse_interval",
+    "spec_next_runs",
     "validate_cron",
     "validate_timezone",
 ]
@@ -516,3 +517,27 @@ def _format_span(value: timedelta) -> str:
         if n:
             parts.append(f"{n}{unit}")
     return " ".join(parts) or f"{value.total_seconds()}s"
+
+
+# --- a recorded or planned schedule spec ---------------------------------------------
+
+
+def spec_next_runs(spec: Mapping[str, Any], now: datetime, count: int) -> list[datetime]:
+    """When a Schedule instance's spec (camelCase body) runs next; none when it cannot
+    be read (a plan or status shows no times rather than failing)."""
+
+    def ts(value: Any) -> datetime | None:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+    try:
+        return next_fire_times(
+            cron=spec.get("cron"),
+            interval=spec.get("interval"),
+            timezone=spec.get("timezone") or "UTC",
+            now=now,
+            count=count,
+            start_at=ts(spec.get("startAt")),
+            end_at=ts(spec.get("endAt")),
+        )
+    except ValueError:
+        return []

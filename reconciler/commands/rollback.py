@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from reconciler.commands.context import open_store
+from reconciler.commands.forge import forge
 from reconciler.config import Settings
 from reconciler.errors import ConfigError, GitError
 from reconciler.gitrepo import ManifestRepo
@@ -21,6 +23,8 @@ class RollbackResult:
     subject: str
     reverted: list[str]
     branch: str | None
+    #: The branch checked out when the revert was made (the pull request's base).
+    base: str | None = None
     pushed: bool = False
     pull_request: int | None = None
     pull_request_url: str | None = None
@@ -42,7 +46,6 @@ def pull_request_body(repo: ManifestRepo, store: StateStore, reverted: Sequence[
 
 def rollback(
     settings: Settings,
-    store: StateStore,
     commits: Sequence[str],
     *,
     to: str | None = None,
@@ -55,16 +58,32 @@ def rollback(
         raise ConfigError("name the commits to roll back, or --to COMMIT (not both)")
     if open_pr and not branch:
         raise ConfigError("--open-pr needs --branch: the pull request's head")
-    source = None
-    if open_pr:  # fail before writing anything when the forge is not configured
-        from reconciler.approvals import ForgeSource
-        from reconciler.session import approval_source
+    # fail before writing anything when the forge is not configured
+    source = forge(settings, "--open-pr") if open_pr else None
+    try:
+        result = _revert(settings, repo, commits, to=to, branch=branch, push=push or open_pr)
+        if source is not None and branch is not None:
+            if result.base is None:
+                raise GitError("HEAD is detached: cannot tell which branch the PR targets")
+            with open_store(settings) as store:
+                body = pull_request_body(repo, store, result.reverted)
+            number, url = source.open_pull_request(branch, result.base, result.subject, body)
+            result.pull_request, result.pull_request_url = number, url
+    finally:
+        if source is not None:
+            source.close()
+    return result
 
-        source = approval_source(settings)
-        if not isinstance(source, ForgeSource):
-            raise ConfigError(
-                "--open-pr needs approvals.source github or gitlab in reconciler.yaml"
-            )
+
+def _revert(
+    settings: Settings,
+    repo: ManifestRepo,
+    commits: Sequence[str],
+    *,
+    to: str | None,
+    branch: str | None,
+    push: bool,
+) -> RollbackResult:
     if to is not None:
         target = repo.resolve(to)
         reverted = repo.commits_since(target, settings.manifest_paths)
@@ -74,21 +93,11 @@ def rollback(
         reverted = [repo.resolve(c) for c in commits]
     base = repo.repo.active_branch.name if not repo.repo.head.is_detached else None
     sha = repo.revert(reverted, branch=branch)
-    result = RollbackResult(sha, repo.subject(sha), repo.reverted_commits(sha), branch)
-    if push or open_pr:
+    result = RollbackResult(sha, repo.subject(sha), repo.reverted_commits(sha), branch, base)
+    if push:
         pushed_branch = branch or base
         if pushed_branch is None:
             raise GitError("HEAD is detached: use --branch to push the rollback")
         repo.push(pushed_branch)
         result.pushed = True
-    if source is not None and branch is not None:
-        if base is None:
-            raise GitError("HEAD is detached: cannot tell which branch the pull request targets")
-        try:
-            number, url = source.open_pull_request(
-                branch, base, result.subject, pull_request_body(repo, store, result.reverted)
-            )
-        finally:
-            source.close()
-        result.pull_request, result.pull_request_url = number, url
     return result

@@ -1,4 +1,4 @@
-"""What the renderers share: symbols, flattening and value formatting."""
+"""What the views share: change symbols, flattening and value formatting."""
 
 from __future__ import annotations
 
@@ -93,3 +93,8 @@ def change_lines(ch: Change) -> list[str]:
             f"# next run: {format_both(datetime.fromisoformat(t), zone)}" for t in ch.next_runs
         )
     return lines
+
+
+def join_lines(lines: list[str]) -> str:
+    """Lines as printed text, each ending in a newline."""
+    return "".join(line + "\n" for line in lines)

@@ -1,0 +1,73 @@
+"""The command line's arguments and options, declared once (the CLI's signatures use
+these names; help texts live here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# --- global options -------------------------------------------------------------------
+Repo = Annotated[Path, typer.Option("--repo", help="The manifests repo (default: .).")]
+State = Annotated[str | None, typer.Option("--state", help="State URL (env RECONCILER_STATE).")]
+LogFormat = Annotated[
+    str | None, typer.Option("--log-format", help="console or json (json when CI is set).")
+]
+Verbose = Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")]
+Quiet = Annotated[int, typer.Option("-q", "--quiet", count=True, help="Fewer logs.")]
+
+# --- shared ---------------------------------------------------------------------------
+Env = Annotated[
+    list[str] | None,
+    typer.Option("--env", "-e", help="Only this environment (repeatable; default: all)."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+Ref = Annotated[str | None, typer.Option("--ref", help="Read the manifests at a git ref.")]
+Pr = Annotated[int | None, typer.Option("--pr", help="The pull request (default: CI's).")]
+BreakLock = Annotated[
+    bool, typer.Option("--break-lock", help="Take the lock from another run (recorded).")
+]
+Parallelism = Annotated[
+    int | None, typer.Option("--parallelism", min=1, max=256, help="Concurrent changes.")
+]
+AllowDelete = Annotated[
+    bool, typer.Option("--allow-delete", help="Allow deletes in protected environments.")
+]
+
+# --- validate, schema, init -----------------------------------------------------------
+Paths = Annotated[list[str] | None, typer.Argument(help="Folders or files to check.")]
+SchemaDir = Annotated[Path, typer.Option("--out", help="Folder for the schemas.")]
+Directory = Annotated[Path, typer.Argument(help="Where to create the repo.")]
+Ci = Annotated[str, typer.Option("--ci", help="Pipelines: github, gitlab or none.")]
+
+# --- plan, approvals ------------------------------------------------------------------
+Markdown = Annotated[bool, typer.Option("--markdown", help="Print as a PR comment.")]
+PlanOut = Annotated[Path | None, typer.Option("--out", help="Save for apply --plan.")]
+DetailedExitcode = Annotated[
+    bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
+]
+Comment = Annotated[bool, typer.Option("--comment", help="Post the plan to the PR.")]
+Commit = Annotated[str | None, typer.Option("--commit", help="The commit (default: CI's).")]
+Status = Annotated[bool, typer.Option("--status", help="Set the commit status.")]
+
+# --- apply ----------------------------------------------------------------------------
+PlanFile = Annotated[Path | None, typer.Option("--plan", help="Apply this saved plan.")]
+RollbackOnFailure = Annotated[
+    bool, typer.Option("--rollback-on-failure", help="Restore what a failed run changed.")
+]
+OverrideWindow = Annotated[
+    bool, typer.Option("--override-window", help="Apply outside a deploy window (recorded).")
+]
+Heal = Annotated[bool, typer.Option("--heal", help="Re-apply drifted instances.")]
+
+# --- rollback, watch, history ---------------------------------------------------------
+Commits = Annotated[list[str] | None, typer.Argument(help="Commits to revert.")]
+To = Annotated[str | None, typer.Option("--to", help="Revert every manifest change after it.")]
+Branch = Annotated[str | None, typer.Option("--branch", help="Commit on this new branch.")]
+Push = Annotated[bool, typer.Option("--push", help="Push the branch to origin.")]
+OpenPr = Annotated[bool, typer.Option("--open-pr", help="Open a pull request.")]
+WatchApply = Annotated[
+    bool, typer.Option("--apply", help="Also apply environments that need no approvals.")
+]
+Limit = Annotated[int, typer.Option("--limit", min=1, help="At most this many runs.")]

@@ -1,0 +1,68 @@
+"""`reconciler drift` and `apply --heal`: live provider state versus what was recorded,
+and putting the recorded spec back where they differ."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from reconciler import drift as detection
+from reconciler.apply import EnvironmentResult, ProgressFn
+from reconciler.commands.context import open_store
+from reconciler.config import Settings
+from reconciler.drift import DriftReport
+from reconciler.errors import EXIT_ERROR, EXIT_OK
+from reconciler.load import load
+
+
+def drift(settings: Settings, environments: Sequence[str] = ()) -> DriftReport:
+    loaded = load(settings)
+    with open_store(settings) as store:
+        return detection.detect_drift(
+            store,
+            loaded.desired.providers,
+            repo_root=settings.repo,
+            env=settings.env,
+            environments=environments,
+        )
+
+
+@dataclass
+class HealReport:
+    results: list[EnvironmentResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_ERROR if any(r.outcome == "failed" for r in self.results) else EXIT_OK
+
+
+def heal(
+    settings: Settings,
+    environments: Sequence[str] = (),
+    *,
+    break_lock: bool = False,
+    parallelism: int | None = None,
+    progress: ProgressFn | None = None,
+) -> HealReport:
+    """Re-apply the recorded spec of every drifted or missing instance (trigger `heal`)."""
+    loaded = load(settings)
+    with open_store(settings) as store:
+        found = detection.detect_drift(
+            store,
+            loaded.desired.providers,
+            repo_root=settings.repo,
+            env=settings.env,
+            environments=environments,
+        )
+        results = detection.heal(
+            store,
+            found,
+            loaded.desired.providers,
+            repo_root=settings.repo,
+            env=settings.env,
+            commit=loaded.commit,
+            break_lock=break_lock,
+            parallelism=parallelism or settings.parallelism,
+            progress=progress,
+        )
+    return HealReport(results)

@@ -1,0 +1,91 @@
+"""`reconciler history`: runs newest first, with approvers and rollback links."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.commands.context import manifest_repo, open_store
+from reconciler.config import Settings
+from reconciler.errors import ReconcilerError
+from reconciler.gitrepo import ManifestRepo
+from reconciler.state.base import RunRecord, StateStore
+
+#: What `counts` tallies: applied changes by action, and failures.
+COUNTED = ("create", "update", "replace", "delete", "failed")
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    run: RunRecord
+    #: The commit's subject line, when this clone has the commit.
+    subject: str | None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(COUNTED, 0)
+        for ch in self.run.changes:
+            if ch.outcome == "applied" and ch.action in counts:
+                counts[ch.action] += 1
+            elif ch.outcome == "failed":
+                counts["failed"] += 1
+        return counts
+
+    def document(self) -> dict[str, Any]:
+        """The documented `history --json` row (docs/history-format.md)."""
+        run = self.run
+        return {
+            "id": run.id,
+            "environment": run.environment,
+            "started_at": run.started_at.isoformat(),
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+            "commit": run.commit,
+            "subject": self.subject,
+            "trigger": run.trigger,
+            "outcome": run.outcome,
+            "pull_request": run.pull_request,
+            "author": run.author,
+            "approvers": list(run.approvers),
+            "counts": self.counts,
+            "reverted_commits": list(run.reverted_commits),
+            "reverted_runs": list(run.reverted_runs),
+            "details": run.details,
+        }
+
+
+@dataclass
+class HistoryReport:
+    rows: list[HistoryRow] = field(default_factory=list)
+
+
+def history(
+    settings: Settings, environments: Sequence[str] = (), *, limit: int = 50
+) -> HistoryReport:
+    with open_store(settings) as store:
+        return collect_history(store, manifest_repo(settings), environments, limit=limit)
+
+
+def collect_history(
+    store: StateStore,
+    repo: ManifestRepo | None,
+    environments: Sequence[str] = (),
+    *,
+    limit: int = 50,
+) -> HistoryReport:
+    if environments:
+        runs = [r for env in environments for r in store.runs(env, limit=limit)]
+        runs.sort(key=lambda r: r.started_at, reverse=True)
+        runs = runs[:limit]
+    else:
+        runs = store.runs(None, limit=limit)
+    return HistoryReport([HistoryRow(run, _subject(repo, run.commit)) for run in runs])
+
+
+def _subject(repo: ManifestRepo | None, commit: str | None) -> str | None:
+    if repo is None or not commit:
+        return None
+    try:
+        return repo.subject(commit)
+    except ReconcilerError:  # a commit from another clone or a pruned branch
+        return None

@@ -1,0 +1,104 @@
+"""`reconciler status`: what the state records as deployed, per environment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler import schedules
+from reconciler.commands.context import open_store
+from reconciler.config import Settings
+from reconciler.instances import InstanceKey
+from reconciler.state.base import AppliedRecord, StateStore
+
+
+@dataclass(frozen=True)
+class ScheduleStatus:
+    deployment: str | None
+    enabled: bool
+    next_run: datetime | None
+    timezone: str
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One recorded instance."""
+
+    key: InstanceKey
+    provider: str
+    provider_id: str | None
+    model: str | None
+    commit: str | None
+    run_id: str
+    applied_at: datetime
+    schedule: ScheduleStatus | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The documented `status --json` row."""
+        doc: dict[str, Any] = {
+            "environment": self.key.environment,
+            "kind": self.key.kind,
+            "name": self.key.name,
+            "provider": self.provider,
+            "provider_id": self.provider_id,
+            "model": self.model,
+            "commit": self.commit,
+            "run_id": self.run_id,
+            "applied_at": self.applied_at.isoformat(),
+        }
+        if self.schedule is not None:
+            nxt = self.schedule.next_run
+            doc["deployment"] = self.schedule.deployment
+            doc["next_run"] = nxt.isoformat() if nxt else None
+            doc["next_run_local"] = (
+                schedules.format_both(nxt, self.schedule.timezone) if nxt else None
+            )
+            doc["enabled"] = self.schedule.enabled
+        return doc
+
+
+@dataclass
+class StatusReport:
+    rows: list[StatusRow] = field(default_factory=list)
+
+
+def status(settings: Settings, environments: Sequence[str] = ()) -> StatusReport:
+    with open_store(settings) as store:
+        return collect_status(store, environments)
+
+
+def collect_status(
+    store: StateStore, environments: Sequence[str] = (), *, now: datetime | None = None
+) -> StatusReport:
+    """One row per recorded instance; schedules carry their next run time."""
+    now = now or datetime.now(UTC)
+    report = StatusReport()
+    for env in environments or store.environments():
+        for key, rec in sorted(store.applied(env).items()):
+            report.rows.append(_row(key, rec, now))
+    return report
+
+
+def _row(key: InstanceKey, rec: AppliedRecord, now: datetime) -> StatusRow:
+    spec = rec.spec
+    sched = None
+    if key.kind == "Schedule":
+        nxt = schedules.spec_next_runs(spec, now, 1)
+        sched = ScheduleStatus(
+            deployment=spec.get("deployment"),
+            enabled=bool(spec.get("enabled", True)),
+            next_run=nxt[0] if nxt else None,
+            timezone=str(spec.get("timezone", "UTC")),
+        )
+    return StatusRow(
+        key=key,
+        provider=rec.provider,
+        provider_id=rec.provider_id,
+        model=spec.get("model"),
+        commit=rec.commit,
+        run_id=rec.run_id,
+        applied_at=rec.applied_at,
+        schedule=sched,
+    )

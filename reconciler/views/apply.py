@@ -1,0 +1,92 @@
+"""`apply` (and `apply --heal`) reports: a line per environment, the job summary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+from reconciler.apply import ChangeResult, EnvironmentResult, ProgressFn
+from reconciler.commands.apply import ApplyReport
+from reconciler.commands.drift import HealReport
+from reconciler.views.text import join_lines
+
+
+def human(report: ApplyReport) -> str:
+    lines: list[str] = []
+    for r in report.results:
+        g = report.gates.get(r.environment)
+        if r.outcome == "noop":
+            lines.append(f"{r.environment}: no changes")
+        elif r.outcome == "blocked":
+            lines.append(f"{r.environment}: BLOCKED: {r.message}")
+            if g is not None and g.verdict is not None:
+                lines.extend(f"    {line}" for line in g.verdict.explain())
+        else:
+            c = r.counts()
+            line = f"{r.environment}: {r.outcome} (run {r.run_id}): {c['applied']} applied"
+            if c["failed"] or c["skipped"]:
+                line += f", {c['failed']} failed, {c['skipped']} skipped"
+            lines.append(line)
+            lines.extend(
+                f"    {res.change.address}: {res.outcome}: {res.error}"
+                for res in r.results
+                if res.outcome != "applied"
+            )
+            if r.restored:
+                lines.append(f"    restored {len(r.restored)} change(s) (--rollback-on-failure)")
+    return join_lines(lines)
+
+
+def summary_markdown(results: Iterable[EnvironmentResult]) -> str:
+    """The GitHub Actions job summary of an apply."""
+    rows = [
+        "### reconciler apply",
+        "",
+        "| environment | outcome | run | changes |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        c = r.counts()
+        rows.append(
+            f"| {r.environment} | {r.outcome} | {r.run_id or ''} | "
+            f"{c['applied']} applied, {c['failed']} failed |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def heal_human(report: HealReport) -> str:
+    if not report.results:
+        return "nothing drifted: nothing to heal\n"
+    lines = []
+    for r in report.results:
+        c = r.counts()
+        lines.append(
+            f"{r.environment}: healed {c['applied']}, failed {c['failed']} (run {r.run_id})"
+        )
+    return join_lines(lines)
+
+
+@contextmanager
+def progress(stream: TextIO) -> Iterator[ProgressFn | None]:
+    """A live counter on a terminal; elsewhere the executor's log line per change."""
+    if not stream.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    console = Console(file=stream, soft_wrap=True, highlight=False)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console) as bar:
+        task = bar.add_task("applying", total=None)
+        counts = {"applied": 0, "failed": 0, "skipped": 0}
+
+        def update(res: ChangeResult) -> None:
+            counts[res.outcome] += 1
+            bar.update(
+                task,
+                description=f"{res.change.environment}: {counts['applied']} applied, "
+                f"{counts['failed']} failed — last {res.change.address}",
+            )
+
+        yield update
