@@ -45,10 +45,6 @@ class Settings:
     parallelism: int
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
-    @property
-    def in_ci(self) -> bool:
-        return bool(self.env.get("CI"))
-
 
 def _read_config_file(repo: Path) -> ConfigFile:
     path = repo / CONFIG_FILE

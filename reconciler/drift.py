@@ -21,7 +21,7 @@ from reconciler.apply import (
     execute_environment,
 )
 from reconciler.errors import EXIT_CHANGES, EXIT_OK, ReconcilerError
-from reconciler.instances import Instance, InstanceKey, ProviderConfig, secret_refs
+from reconciler.instances import Instance, InstanceKey, ProviderConfig, secret_ref, secret_refs
 from reconciler.plan import SENSITIVE, Change, EnvironmentPlan, FieldDiff, field_diff
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
 
@@ -63,10 +63,10 @@ def _normalise_live(live: Mapping[str, Any], rec: AppliedRecord, key: bytes) -> 
     if refs and isinstance(env_live, dict) and isinstance(env_rec, dict):
         fixed = dict(env_live)
         for var, recorded in env_rec.items():
-            if not (isinstance(recorded, dict) and "secretEnv" in recorded):
+            name = secret_ref(recorded)
+            if name is None:
                 continue
             value = env_live.get(var)
-            name = recorded["secretEnv"]
             if value == recorded:  # the provider keeps references (local)
                 continue
             expected = rec.secret_fingerprints.get(name)

@@ -30,12 +30,6 @@ class GateResult:
     #: True when a closed window was overridden (recorded in the run).
     window_overridden: bool = False
 
-    def explain(self) -> list[str]:
-        lines = list(self.reasons)
-        if self.verdict is not None:
-            lines.extend(self.verdict.explain())
-        return lines
-
 
 def windows_of(spec: EnvironmentSpec) -> list[schedules.Window]:
     out = []

@@ -115,17 +115,25 @@ class Instance:
         return secret_refs(self.spec)
 
 
+def secret_ref(value: Any) -> str | None:
+    """The variable name when `value` is a secret reference `{"secretEnv": NAME}`."""
+    if isinstance(value, dict) and len(value) == 1:
+        name = value.get("secretEnv")
+        if isinstance(name, str):
+            return name
+    return None
+
+
 def secret_refs(spec: Any) -> list[str]:
     """Names of the environment variables a spec refers to as secrets."""
     found: list[str] = []
     stack = [spec]
     while stack:
         v = stack.pop()
-        if isinstance(v, dict):
-            if set(v) == {"secretEnv"} and isinstance(v["secretEnv"], str):
-                found.append(v["secretEnv"])
-            else:
-                stack.extend(v.values())
+        if (name := secret_ref(v)) is not None:
+            found.append(name)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
         elif isinstance(v, list):
             stack.extend(v)
     return sorted(set(found))

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from reconciler.config import Settings
 from reconciler.gitrepo import ManifestRepo
-from reconciler.manifests import Desired, load_desired
+from reconciler.manifests import Desired, ManifestError, load_desired
+from reconciler.providers import plan_time_problems
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ def load(settings: Settings, ref: str | None = None) -> Loaded:
     paths = settings.manifest_paths
     files = repo.files_at(ref, paths)
     desired = load_desired(files, lambda p: repo.read_file_at(ref, p))
+    if problems := plan_time_problems(desired, repo_root=settings.repo, env=settings.env):
+        raise ManifestError(problems)
     if ref is not None:
         return Loaded(desired, repo.resolve(ref), False, ref)
     commit = repo.head()

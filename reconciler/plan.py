@@ -15,7 +15,7 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from reconciler.instances import Instance, InstanceKey
+from reconciler.instances import Instance, InstanceKey, secret_ref
 from reconciler.manifests import Desired
 from reconciler.schedules import spec_next_runs
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
@@ -102,9 +102,6 @@ class Plan:
     @property
     def has_changes(self) -> bool:
         return any(e.changes for e in self.environments)
-
-    def environment(self, name: str) -> EnvironmentPlan | None:
-        return next((e for e in self.environments if e.environment == name), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,9 +194,9 @@ def _path_str(parts: Sequence[Any]) -> str:
 
 def _mask(value: Any) -> Any:
     """Secret references are shown as `(sensitive)`; values are never present anyway."""
+    if secret_ref(value) is not None:
+        return SENSITIVE
     if isinstance(value, dict):
-        if set(value) == {"secretEnv"}:
-            return SENSITIVE
         return {k: _mask(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(v) for v in value]

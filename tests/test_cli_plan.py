@@ -234,3 +234,14 @@ def test_usage_errors_and_bad_config_are_one_line_not_tracebacks(example_repo: P
     (example_repo / "reconciler.yaml").unlink()
     r = cli(example_repo, "--state", "redis://x", "status")
     assert r.code == 1 and r.err.startswith("error: unknown state backend")
+
+
+def test_validate_and_plan_ask_each_provider_to_check_its_instances(example_repo: Path) -> None:
+    """Provider.validate runs at plan time (no network): a misconfigured http provider
+    is a located manifest error, not a failure halfway through apply."""
+    edit(example_repo, "manifests/providers.yaml", "timeoutSeconds: 10", "timeoutSecs: 10")
+    for command in ("validate", "plan"):
+        r = cli(example_repo, command)
+        assert r.code == 1, r.out + r.err
+        assert "manifests/deployments/support-chat.yaml:" in r.err
+        assert "unknown config key 'timeoutSecs'" in r.err and "Traceback" not in r.err

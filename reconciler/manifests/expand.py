@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.instances import Instance, InstanceKey, ProviderConfig, Source
+from reconciler.instances import Instance, InstanceKey, ProviderConfig, Source, secret_ref
 from reconciler.manifests import models as m
 from reconciler.manifests.diagnostics import Diagnostic, did_you_mean, locate
 from reconciler.manifests.validate import Entry, Manifests
@@ -44,7 +44,12 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     out = dict(base)
     for k, v in over.items():
         cur = out.get(k)
-        if isinstance(v, Mapping) and isinstance(cur, Mapping) and "secretEnv" not in v:
+        if (
+            isinstance(v, Mapping)
+            and isinstance(cur, Mapping)
+            and secret_ref(v) is None
+            and secret_ref(cur) is None
+        ):
             out[k] = deep_merge(cur, v)
         else:
             out[k] = v

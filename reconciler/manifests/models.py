@@ -7,13 +7,10 @@ typed, even when YAML would read it as a number (`version: 1.10` stays "1.10").
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     JsonValue,
@@ -22,10 +19,8 @@ from pydantic import (
     TypeAdapter,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
-from reconciler._strict import StrictModel
-from reconciler._strict import typed_text
+from reconciler._strict import StrictModel, typed_text
 from reconciler.approvals.policy import ApprovalPolicy
 from reconciler.vocabulary import Risk
 
@@ -48,13 +43,8 @@ Text = Annotated[str, BeforeValidator(typed_text)]
 # Pattern-checked text: the constraint sits on `str` (not on Text) so pydantic-core
 # checks it natively; on Text it would fall back to a slow Python check per value.
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN), BeforeValidator(typed_text)]
-EnvVarName = Annotated[
-    str, StringConstraints(pattern=ENV_VAR_PATTERN), BeforeValidator(typed_text)
-]
+EnvVarName = Annotated[str, StringConstraints(pattern=ENV_VAR_PATTERN), BeforeValidator(typed_text)]
 Semver = Annotated[str, StringConstraints(pattern=SEMVER_PATTERN), BeforeValidator(typed_text)]
-
-
-
 
 
 class Metadata(StrictModel):
@@ -286,9 +276,3 @@ FULL_SPECS: dict[str, type[StrictModel]] = {
     "Schedule": ScheduleSpec,
 }
 manifest_adapter: TypeAdapter[Any] = TypeAdapter(Manifest)
-
-_SLUG_RX = re.compile(SLUG_PATTERN)
-
-
-def is_slug(value: str) -> bool:
-    return bool(_SLUG_RX.match(value))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from reconciler.errors import ConfigError
 from reconciler.instances import ProviderConfig
+from reconciler.manifests import Desired, Diagnostic
 from reconciler.providers.base import HealthStatus, LiveObject, Provider, resolve_secrets
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "LiveObject",
     "Provider",
     "make_provider",
+    "plan_time_problems",
     "provider_class",
     "resolve_secrets",
 ]
@@ -52,3 +54,28 @@ def provider_class(type_name: str) -> type[Provider]:
 def make_provider(config: ProviderConfig, *, repo_root: Path, env: Mapping[str, str]) -> Provider:
     """A client for one configured provider; the caller closes it."""
     return provider_class(config.type)(config, repo_root=repo_root, env=env)
+
+
+def plan_time_problems(
+    desired: Desired, *, repo_root: Path, env: Mapping[str, str]
+) -> list[Diagnostic]:
+    """What each provider finds wrong with its instances before anything is sent
+    (`Provider.validate`: no network), located at the instance's document."""
+    problems: list[Diagnostic] = []
+    for envname, configs in desired.providers.items():
+        made = {
+            name: make_provider(pc, repo_root=repo_root, env=env) for name, pc in configs.items()
+        }
+        try:
+            for inst in desired.instances.get(envname, {}).values():
+                provider = made.get(inst.provider)
+                if provider is None or inst.source is None:
+                    continue
+                problems.extend(
+                    Diagnostic(inst.source.path, inst.source.line, 1, f"{envname}: {message}")
+                    for message in provider.validate(inst)
+                )
+        finally:
+            for provider in made.values():
+                provider.close()
+    return problems

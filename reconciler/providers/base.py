@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from reconciler.errors import ProviderError
-from reconciler.instances import Instance, ProviderConfig
+from reconciler.instances import Instance, ProviderConfig, secret_ref
 from reconciler.log import register_secret
 from reconciler.vocabulary import Health
 
@@ -96,14 +96,6 @@ class Provider(abc.ABC):
         """Release connections; the provider is not used afterwards."""
 
 
-def _is_ref(value: Any) -> bool:
-    return (
-        isinstance(value, dict)
-        and set(value) == {"secretEnv"}
-        and isinstance(value["secretEnv"], str)
-    )
-
-
 def resolve_secrets(body: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """A copy of `body` with every `{"secretEnv": NAME}` replaced by `env[NAME]`.
 
@@ -112,8 +104,8 @@ def resolve_secrets(body: dict[str, Any], env: Mapping[str, str]) -> dict[str, A
     """
 
     def walk(value: Any) -> Any:
-        if _is_ref(value):
-            var = value["secretEnv"]
+        var = secret_ref(value)
+        if var is not None:
             if var not in env:
                 raise ProviderError(
                     f"environment variable {var} is not set (a secretEnv reference needs it)"
