@@ -1,6 +1,6 @@
 """Errors that reach the user: one clear line, optional details, a documented exit code.
 
-Exit codes (DESIGN.md): 0 ok, 1 error/failed/invalid, 2 changes or drift (when asked),
+Exit codes (docs/design.md): 0 ok, 1 error/failed/invalid, 2 changes or drift (when asked),
 3 blocked (approvals or deploy window), 4 locked or state moved.
 """
 
