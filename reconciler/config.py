@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
 from reconciler._strict import StrictModel
 from reconciler.errors import ConfigError
@@ -27,10 +29,23 @@ class ApprovalsConfig(StrictModel):
     file: Text | None = None
 
 
+def _inside_repo(path: str) -> str:
+    """A manifests path must stay inside the repo: relative, never climbing out."""
+    norm = posixpath.normpath(path.replace("\\", "/"))
+    if path.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", path):
+        raise ValueError(f"{path!r} is an absolute path: manifest paths are relative to the repo")
+    if norm == ".." or norm.startswith("../"):
+        raise ValueError(f"{path!r} leads outside the repo")
+    return path
+
+
+RepoPath = Annotated[Text, AfterValidator(_inside_repo)]
+
+
 class ConfigFile(StrictModel):
     """The schema of reconciler.yaml; every key is optional."""
 
-    manifests: list[Text] = Field(default_factory=lambda: list(DEFAULT_MANIFEST_PATHS))
+    manifests: list[RepoPath] = Field(default_factory=lambda: list(DEFAULT_MANIFEST_PATHS))
     state: Text | None = None
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     parallelism: int = Field(default=8, ge=1, le=256)

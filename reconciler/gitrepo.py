@@ -8,6 +8,7 @@ not in git at all still works for the working tree (no commit is recorded then).
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,41 @@ from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchP
 from reconciler.errors import GitError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+_SYMLINK_MODE = 0o120000
+_MAX_LINKS = 8
+
+
+class OutsideRepoError(GitError):
+    """A path, or a symlink on the way to it, leads outside the manifests root."""
+
+
+class Files(dict[str, bytes]):
+    """Manifest files read at a commit (or from disk), path → bytes, sorted by path;
+    `refused` names the ones not read (a symlink leading outside the root) and why."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: dict[str, str] = {}
+
+    def sorted(self) -> Files:
+        out = Files()
+        out.update(sorted(self.items()))
+        out.refused = dict(sorted(self.refused.items()))
+        return out
+
+
+def _inside(path: str) -> str | None:
+    """`path` normalised, or None when it leaves the root (absolute, or `..` past it)."""
+    if path.startswith("/"):
+        return None
+    norm = posixpath.normpath(path)
+    if norm == ".." or norm.startswith("../"):
+        return None
+    return norm
+
+
+def _relative(f: Path, root: Path) -> str:
+    return f.relative_to(root).as_posix()
 
 
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -44,6 +80,7 @@ def _is_manifest(name: str) -> bool:
 class ManifestRepo:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
+        self._real_root = Path(os.path.realpath(self.root))
         self._repo: git.Repo | None
         try:
             self._repo = git.Repo(self.root, search_parent_directories=True)
@@ -101,12 +138,16 @@ class ManifestRepo:
     def resolve(self, ref: str) -> str:
         return self._commit(ref).hexsha
 
-    def files_at(self, ref: str | None, paths: Sequence[str]) -> dict[str, bytes]:
-        """Every manifest file under `paths`: from git objects at `ref`, or from disk."""
+    def files_at(self, ref: str | None, paths: Sequence[str]) -> Files:
+        """Every manifest file under `paths`: from git objects at `ref`, or from disk.
+
+        A symlink is followed only while it stays inside the manifests root; one that
+        leads outside is refused (named in `Files.refused`), never read.
+        """
         if ref is None:
             return self._files_on_disk(paths)
         tree = self._commit(ref).tree
-        out: dict[str, bytes] = {}
+        found = Files()
         for p in paths:
             sub = PurePosixPath(p).as_posix().strip("/")
             full = (self._prefix + sub if sub not in ("", ".") else self._prefix).rstrip("/")
@@ -114,20 +155,43 @@ class ManifestRepo:
                 node = tree / full if full else tree
             except KeyError:
                 continue
-            if isinstance(node, git.Blob):
-                rel = self._rel(str(node.path))
-                if rel is not None and _is_manifest(node.name):
-                    out[rel] = node.data_stream.read()
-                continue
-            for item in node.traverse():
-                if isinstance(item, git.Blob) and _is_manifest(item.name):
-                    rel = self._rel(str(item.path))
-                    if rel is not None:
-                        out[rel] = item.data_stream.read()
-        return dict(sorted(out.items()))
+            items = [node] if isinstance(node, git.Blob) else node.traverse()
+            for item in items:
+                if not (isinstance(item, git.Blob) and _is_manifest(item.name)):
+                    continue
+                rel = self._rel(str(item.path))
+                if rel is None:
+                    continue
+                try:
+                    data = self._blob_data(tree, item)
+                except OutsideRepoError as e:
+                    found.refused[rel] = e.message
+                    continue
+                if data is not None:
+                    found[rel] = data
+        return found.sorted()
 
-    def _files_on_disk(self, paths: Sequence[str]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
+    def _blob_data(self, tree: git.Tree, blob: git.Blob) -> bytes | None:
+        """A blob's bytes, following symlinks (mode 120000) inside the manifests root."""
+        for _ in range(_MAX_LINKS):
+            if blob.mode != _SYMLINK_MODE:
+                return bytes(blob.data_stream.read())
+            rel = self._rel(str(blob.path)) or str(blob.path)
+            link = blob.data_stream.read().decode("utf-8", "surrogateescape")
+            target = _inside(posixpath.join(posixpath.dirname(rel), link))
+            if target is None:
+                raise OutsideRepoError(f"{rel} is a symlink to {link!r}, outside the repo")
+            try:
+                node = tree / (self._prefix + target)
+            except KeyError:
+                return None
+            if not isinstance(node, git.Blob):
+                return None
+            blob = node
+        raise OutsideRepoError(f"{blob.path}: too many levels of symlinks")
+
+    def _files_on_disk(self, paths: Sequence[str]) -> Files:
+        found = Files()
         for p in paths:
             base = self.root / p
             if base.is_file():
@@ -137,29 +201,44 @@ class ManifestRepo:
             else:
                 continue
             for f in candidates:
-                rel = f.relative_to(self.root).as_posix()
+                rel = _relative(f, self.root)
                 try:
-                    out[rel] = f.read_bytes()
+                    self._check_on_disk(f, rel)
+                    found[rel] = f.read_bytes()
+                except OutsideRepoError as e:
+                    found.refused[rel] = e.message
                 except OSError as e:
                     raise GitError(f"cannot read {rel}: {e.strerror}") from None
-        return dict(sorted(out.items()))
+        return found.sorted()
+
+    def _check_on_disk(self, f: Path, rel: str) -> None:
+        real = Path(os.path.realpath(f))
+        if not real.is_relative_to(self._real_root):
+            raise OutsideRepoError(f"{rel} leads outside the repo (to {real})")
 
     def read_file_at(self, ref: str | None, path: str) -> bytes | None:
-        """One file (a templateFile, say) at `ref` or on disk; None when it is missing."""
-        rel = PurePosixPath(path).as_posix()
-        if rel.startswith("../") or rel.startswith("/"):
-            return None
+        """One file (a templateFile, say) at `ref` or on disk; None when it is missing.
+
+        Raises OutsideRepoError when the path, or a symlink on the way, leaves the root.
+        """
+        rel = _inside(PurePosixPath(path).as_posix())
+        if rel is None:
+            raise OutsideRepoError(f"{path} is outside the repo")
         if ref is None:
             f = self.root / rel
+            if not f.is_file():
+                return None
+            self._check_on_disk(f, rel)
             try:
-                return f.read_bytes() if f.is_file() else None
+                return f.read_bytes()
             except OSError:
                 return None
+        tree = self._commit(ref).tree
         try:
-            node = self._commit(ref).tree / (self._prefix + rel)
+            node = tree / (self._prefix + rel)
         except KeyError:
             return None
-        return node.data_stream.read() if isinstance(node, git.Blob) else None
+        return self._blob_data(tree, node) if isinstance(node, git.Blob) else None
 
     def is_dirty(self, paths: Sequence[str]) -> bool:
         """Uncommitted or untracked changes under `paths`."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from reconciler.config import Settings
 from reconciler.gitrepo import ManifestRepo
-from reconciler.manifests import Desired, ManifestError, load_desired
+from reconciler.manifests import Desired, Diagnostic, ManifestError, load_desired
 from reconciler.providers import plan_time_problems
 
 
@@ -25,7 +25,13 @@ def load(settings: Settings, ref: str | None = None) -> Loaded:
     repo = ManifestRepo(settings.repo)
     paths = settings.manifest_paths
     files = repo.files_at(ref, paths)
-    desired = load_desired(files, lambda p: repo.read_file_at(ref, p))
+    refused = [Diagnostic(path, 1, 1, why) for path, why in files.refused.items()]
+    try:
+        desired = load_desired(files, lambda p: repo.read_file_at(ref, p))
+    except ManifestError as e:
+        raise ManifestError([*e.diagnostics, *refused]) from None
+    if refused:
+        raise ManifestError(refused)
     if problems := plan_time_problems(desired, repo_root=settings.repo, env=settings.env):
         raise ManifestError(problems)
     if ref is not None:

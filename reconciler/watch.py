@@ -7,6 +7,7 @@ Template files are read fresh on every pass (expansion asks for them).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 import watchfiles
 
 from reconciler.config import Settings
-from reconciler.gitrepo import MANIFEST_SUFFIXES, ManifestRepo
+from reconciler.gitrepo import MANIFEST_SUFFIXES, ManifestRepo, OutsideRepoError
 from reconciler.manifests import (
     Desired,
     Diagnostic,
@@ -52,6 +53,7 @@ class ManifestCache:
             if changed is None:
                 current = self.repo.files_at(None, self.settings.manifest_paths)
                 self._files = {p: self._parse(p, data) for p, data in current.items()}
+                self._files.update((p, _refused(p, why)) for p, why in current.refused.items())
             else:
                 for path in changed:
                     self._reread(path)
@@ -66,15 +68,18 @@ class ManifestCache:
         return desired
 
     def _reread(self, path: Path) -> None:
-        try:
-            rel = path.resolve().relative_to(self.settings.repo).as_posix()
+        try:  # not resolve(): a symlink must be judged by where it is, not where it leads
+            rel = Path(os.path.abspath(path)).relative_to(self.settings.repo).as_posix()
         except ValueError:
             return
         if not rel.endswith(MANIFEST_SUFFIXES) or not self._in_paths(rel):
             return
         try:
-            data = path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+            data = self.repo.read_file_at(None, rel)
+        except OutsideRepoError as e:
+            self._files[rel] = _refused(rel, e.message)
+            return
+        if data is None:
             self._files.pop(rel, None)
             return
         old = self._files.get(rel)
@@ -96,6 +101,10 @@ class ManifestCache:
         alive = {id(raw) for f in self._files.values() for _, raw in f.docs}
         for key in [k for k in self._memo if k not in alive]:
             del self._memo[key]
+
+
+def _refused(rel: str, why: str) -> _Parsed:
+    return _Parsed(b"", [], [Diagnostic(rel, 1, 1, why)])
 
 
 def watch_paths(settings: Settings) -> list[Path]:

@@ -8,7 +8,7 @@ import pytest
 from conftest import commit_all, git, init_repo, write_files
 
 from reconciler.errors import GitError
-from reconciler.gitrepo import ManifestRepo
+from reconciler.gitrepo import ManifestRepo, OutsideRepoError
 
 
 @pytest.fixture
@@ -43,7 +43,8 @@ def test_files_at_ref_reads_git_objects_without_touching_the_tree(repo: Path) ->
     assert (repo / "manifests" / "a.yaml").read_text() == "a: dirty\n"
     assert m.read_file_at(first, "manifests/prompt.md") == b"hello"
     assert m.read_file_at(first, "manifests/missing.md") is None
-    assert m.read_file_at(None, "../outside") is None
+    with pytest.raises(OutsideRepoError):  # issue 13: leaving the repo is an error, not "missing"
+        m.read_file_at(None, "../outside")
 
 
 def test_head_dirty_and_resolve(repo: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.errors import ReconcilerError
 from reconciler.instances import Instance, InstanceKey, ProviderConfig, Source, secret_ref
 from reconciler.manifests import models as m
 from reconciler.manifests.diagnostics import Diagnostic, did_you_mean, locate
@@ -141,7 +142,13 @@ class _Expander:
                 )
             )
             return None
-        data = self.read_file(target)
+        try:
+            data = self.read_file(target)
+        except ReconcilerError as e:  # e.g. a symlink that leads outside the repo
+            self.out.append(
+                Diagnostic(prompt.path, where.line, where.col, f"templateFile {rel!r}: {e.message}")
+            )
+            return None
         if data is None:
             self.out.append(
                 Diagnostic(
