@@ -65,21 +65,33 @@ def _read_config_file(repo: Path) -> ConfigFile:
     path = repo / CONFIG_FILE
     if not path.is_file():
         return ConfigFile()
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(Path(os.path.realpath(repo))):
+        raise ConfigError(f"{CONFIG_FILE} is a symlink leading outside the repo (to {real})")
     try:
-        docs = [d.data for d in load_documents(path.read_bytes()) if d.data is not None]
-    except YamlProblem as p:
-        raise ConfigError(f"{CONFIG_FILE}:{p.line}:{p.col}: {p.message}") from None
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    return parse_config(data)
+
+
+def parse_config(data: bytes | None) -> ConfigFile:
+    """reconciler.yaml's content (from disk or a git blob); None is the defaults."""
+    if data is None:
+        return ConfigFile()
+    try:
+        docs = [d.data for d in load_documents(data) if d.data is not None]
+    except YamlProblem as p:
+        raise ConfigError(f"{CONFIG_FILE}:{p.line}:{p.col}: {p.message}") from None
     if not docs:
         return ConfigFile()
-    data = docs[0]
-    if not isinstance(data, YMap):
+    doc = docs[0]
+    if not isinstance(doc, YMap):
         raise ConfigError(f"{CONFIG_FILE}:1:1: expected a mapping of settings")
     try:
-        return ConfigFile.model_validate(data)
+        return ConfigFile.model_validate(doc)
     except ValidationError as e:
-        diags = from_validation_error(e, data, CONFIG_FILE, root=ConfigFile)
+        diags = from_validation_error(e, doc, CONFIG_FILE, root=ConfigFile)
         raise ConfigError(
             f"{CONFIG_FILE} is invalid ({len(diags)} problem{'s' if len(diags) != 1 else ''})",
             details="\n".join(str(d) for d in diags),

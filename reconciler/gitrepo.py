@@ -57,6 +57,13 @@ def _relative(f: Path, root: Path) -> str:
     return f.relative_to(root).as_posix()
 
 
+def _relative_or_none(f: Path, root: Path) -> str | None:
+    try:
+        return _relative(f, root)
+    except ValueError:
+        return None
+
+
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _REVERTS = re.compile(r"^This reverts commit ([0-9a-f]{7,40})", re.MULTILINE)
 _TRAILER = re.compile(r"^Rollback-Of:\s*([0-9a-f]{7,40})\s*$", re.MULTILINE)
@@ -242,10 +249,28 @@ class ManifestRepo:
 
     def is_dirty(self, paths: Sequence[str]) -> bool:
         """Uncommitted or untracked changes under `paths`."""
-        if self._repo is None:
-            return False
-        out = self._git("status", "--porcelain", "--", *[str(self.root / p) for p in paths])
-        return bool(out.strip())
+        return bool(self.dirty_paths(paths))
+
+    def dirty_paths(self, paths: Sequence[str]) -> list[str]:
+        """Root-relative paths under `paths` with uncommitted or untracked changes."""
+        if self._repo is None or not paths:
+            return []
+        out = self._git(
+            "status", "--porcelain", "-z", "--untracked-files=all", "--",
+            *[str(self.root / p) for p in paths],
+        )  # fmt: skip
+        top = Path(self.repo.working_tree_dir or self.root)
+        found = []
+        entries = iter(out.split("\0"))
+        for entry in entries:
+            if len(entry) < 4:
+                continue
+            if entry[0] in "RC":  # a rename's source path follows; skip it
+                next(entries, None)
+            rel = _relative_or_none(top / entry[3:], self.root)
+            if rel is not None:
+                found.append(rel)
+        return sorted(set(found))
 
     def subject(self, sha: str) -> str:
         summary = self._commit(sha).summary

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from reconciler.config import Settings
+from reconciler.config import CONFIG_FILE, Settings, parse_config
 from reconciler.gitrepo import ManifestRepo
 from reconciler.manifests import Desired, Diagnostic, ManifestError, load_desired
 from reconciler.providers import plan_time_problems
@@ -18,24 +19,43 @@ class Loaded:
     #: True when read from a working tree that differs from `commit`.
     dirty: bool
     ref: str | None
+    #: Every repo path read: reconciler.yaml, the manifest paths, the templates.
+    paths_read: tuple[str, ...] = ()
 
 
-def load(settings: Settings, ref: str | None = None) -> Loaded:
-    """Read the manifests at `ref` (git objects, no checkout) or in the working tree."""
+def load(settings: Settings, ref: str | None = None, *, paths: Sequence[str] = ()) -> Loaded:
+    """Read the manifests at `ref` (git objects, no checkout) or in the working tree.
+
+    At a ref, the manifest paths are the ones that commit's reconciler.yaml names
+    (unless `paths` are given): a commit is read as a whole, never mixed with the tree.
+    """
     repo = ManifestRepo(settings.repo)
-    paths = settings.manifest_paths
+    if not paths:
+        at_ref = ref is not None
+        paths = (
+            tuple(parse_config(repo.read_file_at(ref, CONFIG_FILE)).manifests)
+            if at_ref
+            else settings.manifest_paths
+        )
     files = repo.files_at(ref, paths)
     refused = [Diagnostic(path, 1, 1, why) for path, why in files.refused.items()]
+    templates: list[str] = []
+
+    def read(path: str) -> bytes | None:
+        templates.append(path)
+        return repo.read_file_at(ref, path)
+
     try:
-        desired = load_desired(files, lambda p: repo.read_file_at(ref, p))
+        desired = load_desired(files, read)
     except ManifestError as e:
         raise ManifestError([*e.diagnostics, *refused]) from None
     if refused:
         raise ManifestError(refused)
     if problems := plan_time_problems(desired, repo_root=settings.repo, env=settings.env):
         raise ManifestError(problems)
+    read_paths = (CONFIG_FILE, *paths, *sorted(set(templates)))
     if ref is not None:
-        return Loaded(desired, repo.resolve(ref), False, ref)
+        return Loaded(desired, repo.resolve(ref), False, ref, read_paths)
     commit = repo.head()
     dirty = commit is not None and repo.is_dirty(paths)
-    return Loaded(desired, commit, dirty, None)
+    return Loaded(desired, commit, dirty, None, read_paths)

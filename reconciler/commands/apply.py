@@ -14,7 +14,7 @@ from reconciler.commands.plan import build_plan, load_plan_file
 from reconciler.config import Settings
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ReconcilerError, StateMovedError
 from reconciler.gate import Gate, GateResult
-from reconciler.load import Loaded, load
+from reconciler.load import Loaded
 from reconciler.plan import EnvironmentPlan, Plan, make_plan
 from reconciler.state.base import StateStore
 
@@ -31,6 +31,8 @@ class ApplyOptions:
     override_window: bool = False
     pull_request: int | None = None
     now: datetime | None = None
+    #: `watch --apply`: the working tree, for environments that need no approval only.
+    working_tree: bool = False
 
 
 @dataclass
@@ -63,27 +65,11 @@ def run_apply(
     progress: ProgressFn | None = None,
     trigger_context: Callable[[Loaded], RunContext] | None = None,
 ) -> ApplyReport:
-    """Plan (or load the saved plan), gate each environment, apply those that pass."""
+    """Plan (or re-derive the saved plan), gate each environment, apply those that pass."""
     if opts.plan_file is not None:
-        plan = load_plan_file(opts.plan_file)
-        if plan.dirty:
-            raise ReconcilerError(
-                "this plan was made from a working tree with uncommitted changes; "
-                "commit them and plan again"
-            )
-        loaded = load(settings, plan.commit) if plan.commit else load(settings, None)
-        if plan.commit and loaded.commit != plan.commit:
-            raise StateMovedError(f"plan was made at {plan.commit[:7]}, manifests are elsewhere")
-        if opts.environments:
-            plan.environments = [e for e in plan.environments if e.environment in opts.environments]
+        loaded, plan = _rederive(settings, store, opts.plan_file, opts)
     else:
-        loaded, plan = build_plan(
-            settings,
-            store,
-            ref=opts.commit,
-            environments=opts.environments,
-            allow_delete=opts.allow_delete,
-        )
+        loaded, plan = _committed_plan(settings, store, opts)
     env_secrets = secret_env(settings, loaded.desired)
     context = trigger_context(loaded) if trigger_context else run_context(settings, loaded)
     gate = Gate(
@@ -133,6 +119,95 @@ def run_apply(
             )
         )
     return report
+
+
+def _committed_plan(
+    settings: Settings, store: StateStore, opts: ApplyOptions
+) -> tuple[Loaded, Plan]:
+    """The plan of a commit, read as git blobs; never the working tree in a git repo.
+
+    Applying HEAD with uncommitted changes to anything apply reads is refused: the
+    edits would not be deployed, and the run must record exactly what it applied.
+    Outside git (no commit at all) the working tree is planned and recorded with no
+    commit; the gate then refuses anything that needs approvals.
+    """
+    repo = manifest_repo(settings)
+    head = repo.head()
+    if head is None or opts.working_tree:
+        ref = None
+    else:
+        ref = repo.resolve(opts.commit) if opts.commit else head
+    loaded, plan = build_plan(
+        settings,
+        store,
+        ref=ref,
+        environments=opts.environments,
+        allow_delete=opts.allow_delete,
+    )
+    if ref is not None and ref == head and (dirty := repo.dirty_paths(loaded.paths_read)):
+        raise ReconcilerError(
+            f"uncommitted changes in files apply reads: {', '.join(dirty)}",
+            details="apply deploys commits, never the working tree: commit (or stash) them "
+            "and apply again",
+        )
+    return loaded, plan
+
+
+def _rederive(
+    settings: Settings, store: StateStore, path: Path, opts: ApplyOptions
+) -> tuple[Loaded, Plan]:
+    """A saved plan is a claim, not an instruction: recompute it at its commit against
+    the state at its serials and refuse any difference (action, key, after, risk,
+    refusal). Protection and --allow-delete come from the manifests and the command
+    line, never from the file."""
+    saved = load_plan_file(path)
+    if saved.commit is None or saved.dirty:
+        raise ReconcilerError(
+            f"plan file {path} names no commit (made from a working tree): only a plan of a "
+            "commit can be applied; commit, plan again with --out, and apply that"
+        )
+    envs = [
+        e for e in saved.environments if e.environment in (opts.environments or [e.environment])
+    ]
+    for e in envs:
+        current = store.serial(e.environment)
+        if current != e.serial:
+            raise StateMovedError(
+                f"state of {e.environment!r} moved since the plan was made (serial {e.serial} → "
+                f"{current}): run `reconciler plan` again"
+            )
+    loaded, fresh = build_plan(
+        settings,
+        store,
+        ref=saved.commit,
+        environments=[e.environment for e in envs],
+        allow_delete=opts.allow_delete,
+    )
+    saved.environments = envs
+    if (problem := plan_difference(saved, fresh)) is not None:
+        raise ReconcilerError(
+            f"plan file {path} does not match the plan of {saved.commit[:12]}: {problem}",
+            details="a saved plan is re-derived at its commit and applied only when identical; "
+            "run `reconciler plan --out` again",
+        )
+    return loaded, fresh
+
+
+def plan_difference(saved: Plan, fresh: Plan) -> str | None:
+    """The first way `saved` differs from `fresh` in what it would do, or None."""
+    if [e.environment for e in saved.environments] != [e.environment for e in fresh.environments]:
+        return "the environments differ"
+    for a, b in zip(saved.environments, fresh.environments, strict=True):
+        theirs = {c.key: c for c in a.changes}
+        ours = {c.key: c for c in b.changes}
+        for key in sorted(theirs.keys() | ours.keys()):
+            x, y = theirs.get(key), ours.get(key)
+            if x is None or y is None:
+                return f"{key.environment}: {key.address} is {'missing' if x is None else 'extra'}"
+            for what in ("action", "after", "risk", "refused"):
+                if getattr(x, what) != getattr(y, what):
+                    return f"{key.environment}: {key.address}: {what} differs"
+    return None
 
 
 def needs_source(loaded: Loaded, plan: Plan) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from reconciler.config import Settings
 from reconciler.load import load
@@ -20,7 +20,5 @@ def validate(
     settings: Settings, paths: Sequence[str] = (), ref: str | None = None
 ) -> ValidateReport:
     """Raises ManifestError (every problem as `path:line:col: message`) when invalid."""
-    if paths:
-        settings = replace(settings, manifest_paths=tuple(paths))
-    d = load(settings, ref).desired
+    d = load(settings, ref, paths=paths).desired
     return ValidateReport(d.manifests.documents, d.count(), list(d.environments))

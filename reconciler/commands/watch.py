@@ -67,7 +67,7 @@ class WatchSession:
             self.write(f"-- not applying {', '.join(skipped)}: approvals required")
         if not free:
             return
-        report = apply(self.settings, ApplyOptions(environments=free))
+        report = apply(self.settings, ApplyOptions(environments=free, working_tree=True))
         for r in report.results:
             c = r.counts()
             self.write(f"-- {r.environment}: {r.outcome} ({c['applied']} applied)")
