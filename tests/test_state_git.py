@@ -1,4 +1,5 @@
-"""The git:// state backend: clones, a bare origin, racing processes, the user's checkout."""
+"""The git:// state backend: the StateStore contract, plus clones, a bare origin, racing
+processes and the user's checkout."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import hashlib
 import multiprocessing
 import os
 import subprocess
-import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from functools import partial
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from conftest import commit_all, git, init_repo, write_files
 
 from reconciler.errors import ConfigError, LockedError, StateError, StateMovedError
-from reconciler.state import open_state
+from reconciler.state import open_state, testing
 from reconciler.state.base import AppliedRecord, ChangeRecord, RunRecord, StateStore
 from reconciler.state.git import GitState
 
@@ -67,8 +68,24 @@ def _clone(origin: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.fixture
+def factory(tmp_path: Path) -> testing.StoreFactory:
+    """A manifests repo with one commit and a bare `origin`: every write is pushed."""
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], check=True)
+    root = init_repo(tmp_path / "work")
+    write_files(root, {"reconciler.yaml": f"state: {URL}\n"})
+    commit_all(root, "init")
+    git(root, "remote", "add", "origin", str(tmp_path / "origin.git"))
+    return partial(open_state, URL, repo_root=root)
+
+
+@pytest.mark.parametrize("check", testing.CHECKS, ids=testing.check_name)
+def test_contract(check: testing.Check, factory: testing.StoreFactory) -> None:
+    check(factory)
+
+
 def _open(repo: Path) -> GitState:
-    store = open_state(URL, repo_root=repo / "manifests")
+    store = open_state(URL, repo_root=repo / "manifests", env={})
     assert isinstance(store, GitState)
     return store
 
@@ -169,70 +186,35 @@ def test_unlocked_write_after_a_concurrent_one_is_state_moved(origin: Path, tmp_
         s.close()
 
 
-def test_broken_lock_stops_the_old_holder(origin: Path, tmp_path: Path) -> None:
-    s1 = _open(_clone(origin, tmp_path / "a"))
-    s2 = _open(_clone(origin, tmp_path / "b"))
-    with s1.lock("dev", "r1"):
-        s1.begin_run(_run("r1"))
-        s1.record_change("r1", _change("a"), _applied("a", "r1"), None)
-        with s2.lock("dev", "r2", break_lock=True):
-            with pytest.raises(StateMovedError, match="lock of 'dev' held by run r1 was broken"):
-                s1.record_change("r1", _change("b"), _applied("b", "r1"), None)
-            with pytest.raises(StateMovedError):
-                s1.finish_run("r1", "applied")
-        run = s2.run("r1")
-        assert run is not None and run.outcome == "interrupted"
-        with s2.lock("dev", "r3"):  # r1 leaving its block must not release r3's lock
-            pass
-    assert set(s2.applied("dev")) == {("dev", "Deployment", "a")}
-    s1.close()
-    s2.close()
-
-
-def test_applied_by_keys_and_index(origin: Path, tmp_path: Path) -> None:
-    s = _open(_clone(origin, tmp_path / "a"))
-    names = [f"d{i:02d}" for i in range(12)]
-    _apply(s, "r1", names)
-    with s.lock("dev", "r2"):
-        s.begin_run(_run("r2", at=T0 + timedelta(minutes=1)))
-        gone = ("dev", "Deployment", "d03")
-        s.record_change("r2", _change("d03", action="delete"), None, gone)
-    index = s.applied_index("dev")
-    assert len(index) == 11 and gone not in index
-    assert index[("dev", "Deployment", "d07")].spec_hash == "h-d07"
-    wanted = [("dev", "Deployment", "d07"), gone, ("prod", "Deployment", "d07")]
-    assert list(s.applied("dev", keys=wanted)) == [("dev", "Deployment", "d07")]
-    assert s.applied("dev", keys=[]) == {}
-    assert list(s.applied("dev")) == sorted(index)
-    s.close()
-
-
-def test_parallel_threads_record_under_one_lock(tmp_path: Path, origin: Path) -> None:
-    s = _open(_clone(origin, tmp_path / "a"))
-    with s.lock("dev", "r1"):
-        s.begin_run(_run("r1"))
-
-        def worker(i: int) -> None:
-            for j in range(3):
-                n = f"t{i}-{j}"
-                s.record_change("r1", _change(n), _applied(n, "r1"), None)
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-    assert len(s.applied("dev")) == 18 and s.serial("dev") == 18
-    run = s.run("r1")
-    assert run is not None and len(run.changes) == 18
-    s.close()
+def test_read_only_store_never_commits_or_pushes(origin: Path, tmp_path: Path) -> None:
+    repo = _clone(origin, tmp_path / "a")
+    ro = open_state(URL, repo_root=repo / "manifests", env={}, read_only=True)
+    assert ro.serials() == {} and ro.fingerprint_key(create=False) is None
+    with pytest.raises(StateError, match="read-only"):
+        ro.fingerprint_key()
+    with pytest.raises(StateError, match="read-only"), ro.lock("dev", "r1"):
+        pass
+    ro.close()
+    for where in (repo, origin):
+        assert git(where, "for-each-ref", "refs/reconciler") == ""
+    rw = _open(repo)
+    _apply(rw, "r1", ["x"])
+    rw.close()
+    pushed = git(origin, "rev-parse", REF)
+    ro = open_state(URL, repo_root=_clone(origin, tmp_path / "b") / "manifests", env={},
+                    read_only=True)  # fmt: skip
+    assert ro.serial("dev") == 1 and ro.run("r1") is not None
+    with pytest.raises(StateError, match="read-only"):
+        ro.begin_run(_run("r2"))
+    ro.close()
+    assert git(origin, "rev-parse", REF) == pushed
 
 
 # -- processes -------------------------------------------------------------------------
 
 
 def _worker(repo: str, env: str, run_id: str, names: list[str], barrier: Barrier, q: Any) -> None:
-    store = open_state(URL, repo_root=Path(repo))
+    store = open_state(URL, repo_root=Path(repo), env={})
     done: list[str] = []
     try:
         store.serial(env)  # warm up (imports, git processes) so the two really race
@@ -299,32 +281,6 @@ def test_two_processes_write_different_environments_at_once(origin: Path, tmp_pa
     s.close()
 
 
-def _lock_and_die(repo: str) -> None:
-    store = open_state(URL, repo_root=Path(repo))
-    store.begin_run(_run("dead"))
-    held = store.lock("dev", "dead")
-    held.__enter__()
-    os._exit(0)  # like kill -9: the lock stays in the pushed state
-
-
-def test_lock_of_a_dead_process_on_this_host_is_taken_over(origin: Path, tmp_path: Path) -> None:
-    repo = _clone(origin, tmp_path / "a")
-    p = multiprocessing.get_context("spawn").Process(
-        target=_lock_and_die, args=(str(repo / "manifests"),)
-    )
-    p.start()
-    p.join(30)
-    assert p.exitcode == 0
-    s = _open(_clone(origin, tmp_path / "b"))
-    holder = s.lock_holder("dev")
-    assert holder is not None and holder.run_id == "dead"
-    with s.lock("dev", "alive"):
-        pass
-    run = s.run("dead")
-    assert run is not None and run.outcome == "interrupted"
-    s.close()
-
-
 # -- errors ----------------------------------------------------------------------------
 
 
@@ -332,11 +288,11 @@ def test_bad_urls_and_repos(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "w")
     for url in ("git://", "git://github.com/acme/repo", "git://refs/../x", "git://refs/a/"):
         with pytest.raises(ConfigError, match="needs a ref"):
-            open_state(url, repo_root=repo)
+            open_state(url, repo_root=repo, env={})
     with pytest.raises(ConfigError, match="to be a git repository"):
-        open_state(URL, repo_root=tmp_path / "not-a-repo")
+        open_state(URL, repo_root=tmp_path / "not-a-repo", env={})
     with pytest.raises(ConfigError, match="checked-out branch"):
-        open_state("git://refs/heads/main", repo_root=repo)
+        open_state("git://refs/heads/main", repo_root=repo, env={})
 
 
 def test_rejected_push_is_one_clear_error_not_a_race(origin: Path, tmp_path: Path) -> None:
@@ -353,7 +309,7 @@ def test_rejected_push_is_one_clear_error_not_a_race(origin: Path, tmp_path: Pat
 def test_unreachable_remote_hides_credentials(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "w")
     git(repo, "remote", "add", "origin", "http://bot:s3cret-token@127.0.0.1:1/x.git")
-    s = open_state(URL, repo_root=repo)
+    s = open_state(URL, repo_root=repo, env={})
     with pytest.raises(StateError, match="cannot fetch") as e:
         s.serial("dev")
     assert "s3cret" not in e.value.message
@@ -362,7 +318,7 @@ def test_unreachable_remote_hides_credentials(tmp_path: Path) -> None:
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "w")
-    s = open_state(URL, repo_root=repo)
+    s = open_state(URL, repo_root=repo, env={})
     s.fingerprint_key()
     s.close()
     env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "idx")}
@@ -379,4 +335,4 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     commit = g("commit-tree", g("write-tree"), "-p", REF, "-m", "from the future")
     g("update-ref", REF, commit)
     with pytest.raises(StateError, match="newer than this reconciler"):
-        open_state(URL, repo_root=repo).serial("dev")
+        open_state(URL, repo_root=repo, env={}).serial("dev")

@@ -57,7 +57,7 @@ def judge(
     """Judge approvals (not windows: those apply when it is applied) per environment."""
     ctx = ci.detect(settings.env)
     pull_request = pull_request or ctx.pull_request
-    with open_store(settings) as store:
+    with open_store(settings, read_only=True) as store:
         loaded, plan = build_plan(settings, store, ref=commit or ctx.commit)
     gate = Gate(
         approval_source(settings) if needs_source(loaded, plan) else None,

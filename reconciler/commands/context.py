@@ -16,9 +16,13 @@ from reconciler.state.base import StateStore
 
 
 @contextmanager
-def open_store(settings: Settings) -> Iterator[StateStore]:
-    """The configured state, closed when the command is done."""
-    store = open_state(settings.state_url, repo_root=settings.repo)
+def open_store(settings: Settings, *, read_only: bool = False) -> Iterator[StateStore]:
+    """The configured state, closed when the command is done. `read_only` for commands
+    that only look (plan, drift, status, history, approvals, watch): such a store never
+    creates, migrates or writes the state."""
+    store = open_state(
+        settings.state_url, repo_root=settings.repo, env=settings.env, read_only=read_only
+    )
     try:
         yield store
     finally:

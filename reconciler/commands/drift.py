@@ -17,7 +17,7 @@ from reconciler.load import load
 
 def drift(settings: Settings, environments: Sequence[str] = ()) -> DriftReport:
     loaded = load(settings)
-    with open_store(settings) as store:
+    with open_store(settings, read_only=True) as store:
         return detection.detect_drift(
             store,
             loaded.desired.providers,

@@ -62,7 +62,7 @@ class HistoryReport:
 def history(
     settings: Settings, environments: Sequence[str] = (), *, limit: int = 50
 ) -> HistoryReport:
-    with open_store(settings) as store:
+    with open_store(settings, read_only=True) as store:
         return collect_history(store, manifest_repo(settings), environments, limit=limit)
 
 

@@ -46,7 +46,7 @@ def build_plan(
 
 
 def plan(settings: Settings, opts: PlanOptions) -> Plan:
-    with open_store(settings) as store:
+    with open_store(settings, read_only=True) as store:
         _, p = build_plan(
             settings,
             store,

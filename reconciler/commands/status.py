@@ -65,7 +65,7 @@ class StatusReport:
 
 
 def status(settings: Settings, environments: Sequence[str] = ()) -> StatusReport:
-    with open_store(settings) as store:
+    with open_store(settings, read_only=True) as store:
         return collect_status(store, environments)
 
 

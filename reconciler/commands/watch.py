@@ -38,7 +38,7 @@ class WatchSession:
             self.write("\n".join(str(d) for d in e.diagnostics))
             self.write(f"-- {len(e.diagnostics)} problem(s); watching for the next save")
             return
-        with open_store(self.settings) as store:
+        with open_store(self.settings, read_only=True) as store:
             plan = make_plan(
                 desired,
                 store,

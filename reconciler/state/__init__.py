@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from reconciler.errors import ConfigError
@@ -29,14 +30,20 @@ __all__ = [
 ]
 
 
-def open_state(url: str, *, repo_root: Path) -> StateStore:
+def open_state(
+    url: str, *, repo_root: Path, env: Mapping[str, str], read_only: bool = False
+) -> StateStore:
     """`sqlite:///rel/path.db` (relative to the manifests repo), `sqlite:////abs.db`, or
     `git://refs/...` (commits on that ref of the repo holding `repo_root`, pushed to its
-    `origin` when it has one)."""
+    `origin` when it has one).
+
+    `env` is the command's environment (`Settings.env`), where the store reads
+    RECONCILER_FINGERPRINT_KEY. `read_only` stores never create, migrate or write: plan,
+    drift, status, history and approvals use them."""
     if url.startswith("git://"):
         from reconciler.state.git import GitState, parse_git_url
 
-        return GitState(repo_root, parse_git_url(url), url=url)
+        return GitState(repo_root, parse_git_url(url), url=url, env=env, read_only=read_only)
     if url.startswith("sqlite://"):
         from reconciler.state.sqlite import SQLiteState
 
@@ -47,7 +54,7 @@ def open_state(url: str, *, repo_root: Path) -> StateStore:
             )
         raw = rest[1:]
         path = Path(raw) if raw.startswith("/") else repo_root / raw
-        return SQLiteState(path, url=url)
+        return SQLiteState(path, url=url, env=env, read_only=read_only)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
         f"unknown state backend {scheme!r} in {url!r}: "

@@ -1,25 +1,36 @@
-"""What the state records, and the protocol every backend implements.
+"""What the state records, the protocol every backend implements, and the policy they share.
 
 State answers "what did we apply, where, from which commit, in which run". Specs are
 stored as applied, with secrets as references only; a keyed fingerprint of each
 secret's value lets the plan notice a rotated secret without ever storing it.
+
+Lock policy lives here once, so backends cannot drift apart: who a holder is
+(`LockInfo`, with the machine identity), when a holder is gone (`is_stale`), when a lock
+may be taken (`check_takeover`), and that every write of a run happens under the lock it
+took (`HeldLocks.check`). Backends only store and compare.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
-from collections.abc import Collection
-from contextlib import AbstractContextManager
+import os
+import socket
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.errors import LockedError, ReconcilerError, StateError, StateMovedError
 from reconciler.instances import InstanceKey
 from reconciler.vocabulary import Action, ChangeOutcome, RunOutcome, Trigger
 
-#: Bumped whenever a backend's on-disk layout changes; each backend migrates forward.
-SCHEMA_VERSION = 1
+#: Keeps the fingerprint key out of the state (read from the injected environment).
+FINGERPRINT_KEY_VAR = "RECONCILER_FINGERPRINT_KEY"
 
 
 def fingerprint(key: bytes, value: str) -> str:
@@ -106,6 +117,8 @@ class LockInfo:
     host: str
     pid: int
     acquired_at: datetime
+    #: `machine_identity()` of the holder: a pid means something only inside it.
+    machine: str = ""
 
     def describe(self) -> str:
         return (
@@ -113,11 +126,169 @@ class LockInfo:
             f"since {self.acquired_at.isoformat(timespec='seconds')}"
         )
 
+    def same_holder(self, other: LockInfo | None) -> bool:
+        """The same acquisition (not merely the same run id): a broken and re-taken lock
+        never passes for the original."""
+        return other is not None and (
+            self.environment, self.run_id, self.host, self.pid, self.machine, self.acquired_at
+        ) == (
+            other.environment, other.run_id, other.host, other.pid, other.machine,
+            other.acquired_at,
+        )  # fmt: skip
+
+
+# -- lock policy -----------------------------------------------------------------------
+
+
+def machine_identity() -> str:
+    """Boot id and pid namespace: a pid is only comparable inside the same one. Containers
+    sharing a hostname (and a volume) would otherwise take over each other's live locks.
+    Empty where /proc has neither (then the hostname alone has to do)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "unknown"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` exists in this process's pid namespace."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except (OverflowError, ValueError):  # not a pid at all
+        return False
+    return True
+
+
+def this_process(environment: str, run_id: str, at: datetime | None = None) -> LockInfo:
+    """The lock this process would hold for `run_id`."""
+    return LockInfo(
+        environment=environment,
+        run_id=run_id,
+        user=current_user(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        acquired_at=at or datetime.now(UTC),
+        machine=machine_identity(),
+    )
+
+
+def is_stale(holder: LockInfo, me: LockInfo) -> bool:
+    """A holder is known gone only when it ran where `me` runs (same host and same
+    machine identity) and its pid is dead. Anything else may be alive: fail closed."""
+    return holder.host == me.host and holder.machine == me.machine and not pid_alive(holder.pid)
+
+
+def check_takeover(holder: LockInfo | None, me: LockInfo, *, break_lock: bool = False) -> bool:
+    """Whether `me` may take the lock from `holder` (True: the holder's run must be marked
+    `interrupted`); raises LockedError naming a holder that may still be alive."""
+    if holder is None:
+        return False
+    if break_lock or is_stale(holder, me):
+        return True
+    raise LockedError(
+        f"environment {holder.environment!r} is locked by {holder.describe()}; if that run "
+        "is gone (crashed on another machine or in another container), re-run with --break-lock"
+    )
+
+
+class HeldLocks:
+    """The locks one store holds. Every write of a run checks, in the write's own
+    transaction, that the environment's recorded lock is still the one taken: after a
+    `--break-lock` the old holder stops at its next write instead of recording on."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, LockInfo] = {}
+        self._mu = threading.Lock()
+
+    def add(self, info: LockInfo) -> None:
+        with self._mu:
+            self._held[info.environment] = info
+
+    def discard(self, info: LockInfo) -> None:
+        with self._mu:
+            if info.same_holder(self._held.get(info.environment)):
+                del self._held[info.environment]
+
+    def get(self, environment: str) -> LockInfo | None:
+        with self._mu:
+            return self._held.get(environment)
+
+    def __contains__(self, environment: object) -> bool:
+        with self._mu:
+            return environment in self._held
+
+    def check(self, environment: str, recorded: LockInfo | None) -> None:
+        """Raise StateMovedError (exit 4) unless this store does not hold `environment`,
+        or `recorded` (the lock as stored right now) is still its own."""
+        mine = self.get(environment)
+        if mine is None or mine.same_holder(recorded):
+            return
+        now = "it was released" if recorded is None else f"now held by {recorded.describe()}"
+        raise StateMovedError(
+            f"state moved: the lock of {environment!r} held by run {mine.run_id} was broken "
+            f"({now}); re-plan and apply again"
+        )
+
+
+@contextmanager
+def holding(
+    held: HeldLocks, me: LockInfo, release: Callable[[LockInfo], None]
+) -> Iterator[LockInfo]:
+    """The body of every backend's `lock()` once the lock is stored: writes are checked
+    against `me` until the block ends, then `release` removes the lock if still `me`'s.
+    When the block fails, its error matters more than a failed release (a lock left
+    behind goes stale by itself)."""
+    held.add(me)
+    try:
+        yield me
+    except BaseException:
+        held.discard(me)
+        with suppress(ReconcilerError):
+            release(me)
+        raise
+    held.discard(me)
+    release(me)
+
+
+# -- fingerprint key and read-only -----------------------------------------------------
+
+
+def fingerprint_key_from_env(env: Mapping[str, str]) -> bytes | None:
+    """RECONCILER_FINGERPRINT_KEY from the injected environment (never `os.environ`:
+    the caller decides which environment a command runs with)."""
+    value = env.get(FINGERPRINT_KEY_VAR)
+    return value.encode() if value else None
+
+
+def read_only_error(url: str, what: str) -> StateError:
+    """What a read-only store says when asked to write."""
+    return StateError(
+        f"state {url} is open read-only: cannot {what} (only apply and heal write state)"
+    )
+
 
 class StateStore(Protocol):
-    """A state backend. Every write is atomic; `record_change` is one transaction."""
+    """A state backend. Every write is atomic; `record_change` is one transaction.
+
+    Opened with `read_only`, a store never creates, migrates or writes anything; its
+    writes (and `fingerprint_key(create=True)`, `lock`) raise StateError. Writes of a run
+    whose environment this store locked raise StateMovedError once the lock was broken
+    (`HeldLocks.check`). `reconciler.state.testing` is the contract, run per backend."""
 
     url: str
+    read_only: bool
 
     def serial(self, environment: str) -> int:
         """Bumped by every recorded change: a saved plan made at another serial is stale."""
@@ -166,13 +337,16 @@ class StateStore(Protocol):
     def lock(
         self, environment: str, run_id: str, *, break_lock: bool = False
     ) -> AbstractContextManager[LockInfo]:
-        """Hold the environment for one run; raises LockedError naming the holder."""
+        """Hold the environment for one run; raises LockedError naming the holder. A stale
+        holder (`is_stale`) or, with `break_lock`, any holder is taken over and its run
+        marked `interrupted`."""
         ...
 
     def lock_holder(self, environment: str) -> LockInfo | None: ...
 
     def fingerprint_key(self, *, create: bool = True) -> bytes | None:
-        """The key for secret fingerprints; None when the state has none yet and
+        """The key for secret fingerprints: RECONCILER_FINGERPRINT_KEY from the injected
+        environment when set, else the state's own; None when the state has none yet and
         `create` is False (read-only commands like plan must not write state)."""
         ...
 
