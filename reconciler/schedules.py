@@ -608,19 +608,31 @@ def evaluate_windows(windows: Sequence[Window], now: datetime) -> WindowVerdict:
 def _active(w: Window, at: datetime) -> tuple[datetime, datetime] | None:
     """(start, end) of the latest occurrence of `w` covering `at`, if one does.
 
-    Ends almost always grow with starts, but a wildcard start in a repeated hour's
-    second pass can end before the first pass's later starts do: so earlier starts
-    are looked at until their wall-clock end is hours before `at`.
+    Ends grow with starts, except that a wildcard start in a repeated hour's second
+    pass can end before an earlier start from the first pass does: only then are
+    earlier starts looked at, until their wall-clock end is hours before `at`.
     """
     zone = _zone(w.timezone)
+    cron = _compile(w.cron)
+    since = at - w.duration - 2 * _SLACK
+    look_back = cron.wildcard and _clock_went_back(zone, since, at)
     horizon = _local(at, zone) - 2 * _SLACK
-    for wall, start in _starts_until(_compile(w.cron), zone, at):
+    for wall, start in _starts_until(cron, zone, at):
         end = _end(wall + w.duration, zone, start)
         if end > at:
             return start, end
-        if wall + w.duration < horizon:
+        if not look_back or wall + w.duration < horizon:
             return None
     return None
+
+
+def _clock_went_back(zone: ZoneInfo, since: datetime, until: datetime) -> bool:
+    """Whether the zone's clocks may have been set back between the two instants."""
+    if until - since > timedelta(days=28):
+        return True  # long enough to hold more than one change: assume so
+    offset = since.astimezone(zone).utcoffset()
+    later = until.astimezone(zone).utcoffset()
+    return offset is None or later is None or later < offset
 
 
 def _end(wall: datetime, zone: ZoneInfo, start: datetime) -> datetime:
