@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,38 @@ def test_distribution_name_and_version_are_one() -> None:
     assert VERSION == project["version"] == reconciler.__version__
     readme = (ROOT / "README.md").read_text()
     assert f"pip install {DISTRIBUTION}" in readme and "RECONCILER_PIP" in readme
+
+
+@pytest.mark.slow
+def test_the_wheel_is_ai_reconciler_with_its_templates(tmp_path: Path) -> None:
+    """What `pip install ai-reconciler` gets: the name, the command, the CI templates."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT / "reconciler", src / "reconciler", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    assert wheel.name == f"ai_reconciler-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        info = f"ai_reconciler-{VERSION}.dist-info"
+        assert f"Name: {DISTRIBUTION}\n" in zf.read(f"{info}/METADATA").decode()
+        assert "\nreconciler = " in zf.read(f"{info}/entry_points.txt").decode()
+    templates = {
+        "reconciler/py.typed",
+        "reconciler/scaffold/gitignore",
+        "reconciler/scaffold/_ci/gitlab/gitlab-ci.yml",
+        *(f"reconciler/scaffold/_ci/github/{p.name}" for p in (TEMPLATES / "github").glob("*")),
+    }
+    assert templates <= names
 
 
 def test_actions_are_current_node24_majors() -> None:
