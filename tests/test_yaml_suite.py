@@ -21,7 +21,7 @@ from reconciler.manifests.yamlload import YamlProblem, load_documents
 SUITE = Path(__file__).resolve().parents[2] / "shared" / "yaml-test-suite" / "cases"
 
 #: Invalid inputs libyaml accepts (the suite README lists the first 12 for ruamel and
-#: PyYAML alike; S98Z, X4QW and MUS6/00 are scanner leniencies of libyaml's C scanner).
+#: PyYAML alike; S98Z and X4QW are scanner leniencies of libyaml's C scanner).
 ACCEPTED_INVALID = {
     "9C9N",
     "9JBA",
@@ -37,7 +37,6 @@ ACCEPTED_INVALID = {
     "YJV2",
     "S98Z",
     "X4QW",
-    "MUS6/00",
 }
 #: Valid inputs libyaml reads differently from the spec (its scanner, not our resolver).
 MISREAD_VALID = {"652Z", "HM87/01", "JEF9/02", "L24T/01", "Y2GN"}
@@ -117,3 +116,12 @@ def test_known_exceptions_are_still_exceptions(cid: str) -> None:
     docs = _load((case / "in.yaml").read_bytes())
     if cid in MISREAD_VALID:
         assert json.loads(json.dumps(docs)) != _json_docs((case / "in.json").read_text())
+
+
+def test_glued_comment_after_yaml_directive_is_refused_with_a_position() -> None:
+    """MUS6/00: libyaml takes `#` right after the version for a comment; YAML does not."""
+    with pytest.raises(YamlProblem) as e:
+        _load((SUITE / "MUS6" / "00" / "in.yaml").read_bytes())
+    assert (e.value.line, e.value.col) == (1, 10)
+    assert "space before '#'" in e.value.message
+    assert _load(b"%YAML 1.2 # spaced\n---\na: 1\n") == [{"a": 1}]

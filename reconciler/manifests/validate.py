@@ -318,6 +318,30 @@ def _check_timing(
         value = getattr(spec, fld)
         if value is not None and (msg := _timestamp_problem(value)):
             c.at(s.path, s.pos(*loc, "startAt" if fld == "start_at" else "endAt"), msg)
+    _check_bounds(c, s, spec, loc, base)
+
+
+def _check_bounds(
+    c: _Collector, s: Entry[m.Schedule], spec: Any, loc: tuple[str, ...], base: Any
+) -> None:
+    """`endAt` after `startAt`, in the spec and in each environment's effective values;
+    else the schedule would silently never run."""
+    if spec.start_at is None and spec.end_at is None:
+        return
+    start_text = spec.start_at if spec.start_at is not None else getattr(base, "start_at", None)
+    end_text = spec.end_at if spec.end_at is not None else getattr(base, "end_at", None)
+    if start_text is None or end_text is None:
+        return
+    if _timestamp_problem(start_text) or _timestamp_problem(end_text):
+        return  # already reported
+    if datetime.fromisoformat(end_text) > datetime.fromisoformat(start_text):
+        return
+    key = "endAt" if spec.end_at is not None else "startAt"
+    c.at(
+        s.path,
+        s.pos(*loc, key),
+        f"endAt {end_text} must be after startAt {start_text}; the schedule would never run",
+    )
 
 
 def _timestamp_problem(text: str) -> str | None:

@@ -205,7 +205,21 @@ class _Frame:
         self.anchor = anchor
 
 
-def _events_to_documents(parser: Any) -> Iterator[Document]:
+#: A `%YAML` directive whose version runs straight into `#`: libyaml takes the `#` for
+#: a comment, but a comment must follow whitespace (YAML 1.2.2 rule [77] s-b-comment;
+#: the test suite's case MUS6/00).
+_GLUED_COMMENT = re.compile(r"^%YAML[ \t]+[^ \t#]*#")
+
+
+def _check_directives(lines: list[str], start: Any, end: Any) -> None:
+    """Refuse what libyaml's scanner lets through in a document's directive lines."""
+    for number in range(start.line, end.line + 1):
+        line = lines[number] if number < len(lines) else ""
+        if m := _GLUED_COMMENT.match(line):
+            raise YamlProblem(number + 1, m.end(), "a comment needs a space before '#'")
+
+
+def _events_to_documents(parser: Any, text: str) -> Iterator[Document]:
     """Build documents from C parser events in one iterative pass.
 
     Aliases share the anchored object (no copy), but count the anchored subtree's
@@ -311,6 +325,8 @@ def _events_to_documents(parser: Any) -> Iterator[Document]:
                 )
             add(value, size, _mark_pos(mark), mark)
         elif cls is DocumentStartEvent:
+            if ev.version is not None:
+                _check_directives(text.split("\n"), ev.start_mark, ev.end_mark)
             anchors = {}
             open_anchors = set()
             total = 0
@@ -344,7 +360,7 @@ def load_documents(data: bytes) -> Iterator[Document]:
         raise YamlProblem(line, col, "file is not valid UTF-8") from None
     parser = CParser(text)
     try:
-        yield from _events_to_documents(parser)
+        yield from _events_to_documents(parser, text)
     except YamlProblem:
         raise
     except MarkedYAMLError as e:
