@@ -65,7 +65,7 @@ def rollback(
         if source is not None and branch is not None:
             if result.base is None:
                 raise GitError("HEAD is detached: cannot tell which branch the PR targets")
-            with open_store(settings) as store:
+            with open_store(settings, read_only=True) as store:
                 body = pull_request_body(repo, store, result.reverted)
             number, url = source.open_pull_request(branch, result.base, result.subject, body)
             result.pull_request, result.pull_request_url = number, url
