@@ -82,6 +82,9 @@ def _schema_1(db: Path) -> None:
     store.close()
     con = sqlite3.connect(db, isolation_level=None)
     con.execute("ALTER TABLE locks DROP COLUMN machine")
+    con.execute("DROP INDEX runs_applied")  # and what schema 3 added
+    con.execute("ALTER TABLE runs DROP COLUMN policy")
+    con.execute("ALTER TABLE changes DROP COLUMN diff")
     con.execute("PRAGMA user_version = 1")
     con.execute("INSERT INTO locks VALUES ('dev', 'old', 'u', 'h', 1, ?)", (T0.isoformat(),))
     con.close()

@@ -81,6 +81,9 @@ class ChangeRecord:
     before_hash: str | None
     after_hash: str | None
     at: datetime | None = None
+    #: What changed, field by field, as the plan showed it (secrets as references):
+    #: `[{"path", "before", "after"}]`. History shows it without the manifests.
+    diff: list[dict[str, Any]] = field(default_factory=list, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, InstanceKey):  # callers may pass a plain tuple
@@ -105,6 +108,9 @@ class RunRecord:
     reverted_runs: list[str] = field(default_factory=list)
     changes: list[ChangeRecord] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: The environment's policy the run was applied under (its Environment spec and the
+    #: approval settings): the next run is judged by it (the policy of record).
+    policy: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -333,6 +339,12 @@ class StateStore(Protocol):
     def run(self, run_id: str) -> RunRecord | None: ...
 
     def runs_for_commit(self, commit: str) -> list[RunRecord]: ...
+
+    def last_applied_run(self, environment: str) -> RunRecord | None:
+        """The newest run of `environment` whose outcome is `applied` (without its
+        changes): its commit is where the environment's state was whole, its policy the
+        policy of record."""
+        ...
 
     def lock(
         self, environment: str, run_id: str, *, break_lock: bool = False

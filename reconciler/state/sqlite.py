@@ -51,7 +51,7 @@ from reconciler.state.base import (
 )
 
 #: `PRAGMA user_version` of the layout below; older files are migrated by apply.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The oldest schema a read-only store reads without migrating.
 READABLE_FROM = 1
 
@@ -88,6 +88,12 @@ CREATE TABLE locks (
 
 #: A pid is only meaningful with the machine identity it was recorded in.
 _SCHEMA_V2 = "ALTER TABLE locks ADD COLUMN machine TEXT NOT NULL DEFAULT ''"
+#: The policy each run was judged and applied under; each change's field diff.
+_SCHEMA_V3 = """
+ALTER TABLE runs ADD COLUMN policy TEXT;
+ALTER TABLE changes ADD COLUMN diff TEXT NOT NULL DEFAULT '[]';
+CREATE INDEX runs_applied ON runs (environment, outcome, started_at)
+"""
 
 
 def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
@@ -104,6 +110,7 @@ def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_script(_SCHEMA_V1),
     _run_script(_SCHEMA_V2),
+    _run_script(_SCHEMA_V3),
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -165,6 +172,17 @@ class SQLiteState:
         self._lock_sql = (
             f"SELECT environment, run_id, user, host, pid, acquired_at, {machine} "
             "FROM locks WHERE environment = ?"
+        )
+        #: Schemas before 3 recorded no policies or diffs: read them as none.
+        policy, diff = ("policy", "diff") if self._version >= 3 else ("NULL", "'[]'")
+        self._run_sql = (
+            "SELECT id, environment, commit_sha, trigger, started_at, finished_at, outcome, "
+            "pull_request, author, approvers, reverted_commits, reverted_runs, details, "
+            f"{policy} FROM runs"
+        )
+        self._change_sql = (
+            "SELECT run_id, environment, kind, name, action, outcome, error, provider_id, "
+            f"before_hash, after_hash, at, {diff} FROM changes"
         )
 
     # -- plumbing --------------------------------------------------------------------
@@ -335,7 +353,7 @@ class SQLiteState:
         return out
 
     def runs(self, environment: str | None = None, limit: int | None = None) -> list[RunRecord]:
-        sql = "SELECT * FROM runs"
+        sql = self._run_sql
         args: tuple[Any, ...] = ()
         if environment is not None:
             sql += " WHERE environment = ?"
@@ -346,37 +364,55 @@ class SQLiteState:
         return self._load_runs(self._query(sql, args))
 
     def run(self, run_id: str) -> RunRecord | None:
-        runs = self._load_runs(self._query("SELECT * FROM runs WHERE id = ?", (run_id,)))
+        runs = self._load_runs(self._query(f"{self._run_sql} WHERE id = ?", (run_id,)))
         return runs[0] if runs else None
 
     def runs_for_commit(self, commit: str) -> list[RunRecord]:
         rows = self._query(
-            "SELECT * FROM runs WHERE commit_sha = ? ORDER BY started_at DESC", (commit,)
+            f"{self._run_sql} WHERE commit_sha = ? ORDER BY started_at DESC", (commit,)
         )
         return self._load_runs(rows)
 
-    def _load_runs(self, rows: list[Any]) -> list[RunRecord]:
+    def last_applied_run(self, environment: str) -> RunRecord | None:
+        rows = self._query(
+            f"{self._run_sql} WHERE environment = ? AND outcome = 'applied' "
+            "ORDER BY started_at DESC, rowid DESC LIMIT 1",
+            (environment,),
+        )
+        return self._load_runs(rows, with_changes=False)[0] if rows else None
+
+    def _load_runs(self, rows: list[Any], *, with_changes: bool = True) -> list[RunRecord]:
         if not rows:
             return []
         ids = [r[0] for r in rows]
         changes: dict[str, list[ChangeRecord]] = {i: [] for i in ids}
         marks = ",".join("?" * len(ids))
-        for row in self._query(
-            "SELECT run_id, environment, kind, name, action, outcome, error, provider_id, "
-            f"before_hash, after_hash, at FROM changes WHERE run_id IN ({marks}) "
-            "ORDER BY run_id, seq",
-            tuple(ids),
-        ):
-            run_id, env, kind, name, action, outcome, error, pid, bh, ah, at = row
+        found = (
+            self._query(
+                f"{self._change_sql} WHERE run_id IN ({marks}) ORDER BY run_id, seq", tuple(ids)
+            )
+            if with_changes
+            else []
+        )
+        for row in found:
+            run_id, env, kind, name, action, outcome, error, pid, bh, ah, at, diff = row
             changes[run_id].append(
                 ChangeRecord(
-                    InstanceKey(env, kind, name), action, outcome, error, pid, bh, ah, _ts(at)
+                    InstanceKey(env, kind, name),
+                    action,
+                    outcome,
+                    error,
+                    pid,
+                    bh,
+                    ah,
+                    _ts(at),
+                    json.loads(diff),
                 )
             )
         out = []
         for r in rows:
             (rid, env, commit, trigger, started, finished, outcome, pr, author, approvers,
-             rcommits, rruns, details) = r  # fmt: skip
+             rcommits, rruns, details, policy) = r  # fmt: skip
             out.append(
                 RunRecord(
                     id=rid,
@@ -393,6 +429,7 @@ class SQLiteState:
                     reverted_runs=json.loads(rruns),
                     changes=changes[rid],
                     details=json.loads(details),
+                    policy=json.loads(policy) if policy else None,
                 )
             )
         return out
@@ -403,7 +440,9 @@ class SQLiteState:
         with self._tx(f"begin run {run.id}") as db:
             self._check_held(db, run.environment)
             db.execute(
-                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO runs (id, environment, commit_sha, trigger, started_at, "
+                "finished_at, outcome, pull_request, author, approvers, reverted_commits, "
+                "reverted_runs, details, policy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run.id,
                     run.environment,
@@ -418,6 +457,7 @@ class SQLiteState:
                     json.dumps(run.reverted_commits),
                     json.dumps(run.reverted_runs),
                     json.dumps(run.details, sort_keys=True),
+                    None if run.policy is None else json.dumps(run.policy, sort_keys=True),
                 ),
             )
 
@@ -441,9 +481,12 @@ class SQLiteState:
             ):
                 raise StateError(f"state {self.url}: no run {run_id} (begin_run first)")
             db.execute(
-                "INSERT INTO changes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO changes (run_id, seq, environment, kind, name, action, outcome, "
+                "error, provider_id, before_hash, after_hash, at, diff) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, seq, env, kind, name, change.action, change.outcome, change.error,
-                 change.provider_id, change.before_hash, change.after_hash, at),
+                 change.provider_id, change.before_hash, change.after_hash, at,
+                 json.dumps(change.diff, sort_keys=True)),
             )  # fmt: skip
             if removed is not None:
                 db.execute(

@@ -253,6 +253,35 @@ def check_runs_newest_first_filtered_and_limited(make_store: Stores) -> None:
 
 
 @_contract
+def check_policy_and_diffs_are_kept_and_the_last_applied_run_found(make_store: Stores) -> None:
+    """The gate judges by the policy the last applied run recorded; history shows each
+    change's diff without the manifests."""
+    s = make_store()
+    assert s.last_applied_run("dev") is None
+    policy = {"environment": {"approvals": {"required": 2}}, "approvals": {"source": "github"}}
+    diff = [{"path": "model", "before": "gpt-4o-mini", "after": "gpt-4o"}]
+    for i, outcome in enumerate(("applied", "applied", "failed")):
+        run = _run(f"r{i}", at=T0 + timedelta(minutes=i), commit=f"c{i}")
+        run.policy = {**policy, "n": i}
+        s.begin_run(run)
+        change = ChangeRecord(
+            InstanceKey("dev", "Deployment", "a"), "update", "applied", None, "id-a", "h0",
+            "h1", diff=diff,
+        )  # fmt: skip
+        s.record_change(run.id, change, _applied("a", run.id), None)
+        s.finish_run(run.id, outcome)
+    s.begin_run(_run("other", "prod", at=T0 + timedelta(minutes=9)))
+    s.finish_run("other", "applied")
+    last = s.last_applied_run("dev")
+    assert last is not None and last.id == "r1" and last.commit == "c1"
+    assert last.policy == {**policy, "n": 1}
+    first = s.run("r0")
+    assert first is not None and first.changes[0].diff == diff
+    unpoliced = s.run("other")
+    assert unpoliced is not None and unpoliced.policy is None
+
+
+@_contract
 def check_environments_are_independent(make_store: Stores) -> None:
     s = make_store()
     s.begin_run(_run("r1", "prod"))

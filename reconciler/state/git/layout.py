@@ -173,6 +173,7 @@ def change_json(c: ChangeRecord) -> dict[str, Any]:
         "before_hash": c.before_hash,
         "after_hash": c.after_hash,
         "at": _iso(c.at),
+        "diff": c.diff,
     }
 
 
@@ -180,7 +181,7 @@ def change_record(d: dict[str, Any]) -> ChangeRecord:
     env, kind, name = d["key"]
     return ChangeRecord(
         InstanceKey(env, kind, name), d["action"], d["outcome"], d["error"], d["provider_id"],
-        d["before_hash"], d["after_hash"], _dt(d["at"]),
+        d["before_hash"], d["after_hash"], _dt(d["at"]), list(d.get("diff") or []),
     )  # fmt: skip
 
 
@@ -199,6 +200,7 @@ def run_json(r: RunRecord) -> dict[str, Any]:
         "reverted_commits": list(r.reverted_commits),
         "reverted_runs": list(r.reverted_runs),
         "details": r.details,
+        "policy": r.policy,
     }
 
 
@@ -218,6 +220,7 @@ def run_record(d: dict[str, Any], changes: list[dict[str, Any]]) -> RunRecord:
         reverted_runs=list(d["reverted_runs"]),
         changes=[change_record(c) for c in changes],
         details=d["details"],
+        policy=d.get("policy"),
     )
 
 

@@ -294,6 +294,16 @@ class GitState:
                 if self._json(snap, rp.header)["commit"] == commit
             ]
 
+    def last_applied_run(self, environment: str) -> RunRecord | None:
+        with self._refs.mu:
+            snap = self._current()
+            mine = (rp for rp in self._runs(snap).values() if rp.environment == environment)
+            for rp in sorted(mine, reverse=True):
+                header = self._json(snap, rp.header)
+                if header["outcome"] == "applied":
+                    return lay.run_record(header, [])
+            return None
+
     def lock_holder(self, environment: str) -> LockInfo | None:
         with self._refs.mu:
             return self._lock_of(self._current(), environment)
