@@ -10,9 +10,10 @@ import pytest
 # tests/ is not a package: pytest puts tests/ itself on sys.path.
 from fakes.forge import FakeGitHub, sha_of
 
-from reconciler.approvals import ApprovalPolicy, ApprovalSource, ForgeSource, Verdict, evaluate
-from reconciler.approvals.github import GitHubSource
+from reconciler.approvals import ApprovalPolicy, ApprovalSource, Verdict, evaluate
 from reconciler.errors import ApprovalSourceError, ConfigError
+from reconciler.forge import ForgeSource
+from reconciler.forge.github import GitHubSource
 
 HEAD = sha_of("head")
 OLD = sha_of("old")
@@ -47,14 +48,16 @@ def waits() -> Waits:
 
 
 def source(gh: FakeGitHub, waits: Waits, **kw: float) -> GitHubSource:
-    opts: dict[str, float] = {"max_retries": 3, "max_wait": 120.0, "timeout": 5.0, **kw}
+    """Jitter fixed at its ceiling (rng 1.0), so waits are the backoff's exact bounds."""
+    opts: dict[str, float] = {"max_retries": 3, "max_wait": 120.0, "deadline": 5.0, **kw}
     return GitHubSource(
         gh.url,
         gh.token,
         gh.repository,
         sleep=waits.sleep,
         clock=waits.clock,
-        timeout=opts["timeout"],
+        rng=lambda: 1.0,
+        deadline=opts["deadline"],
         max_retries=int(opts["max_retries"]),
         max_wait=opts["max_wait"],
     )

@@ -11,9 +11,10 @@ import pytest
 from fakes.forge import T0, sha_of
 from fakes.gitlab import FakeGitLab
 
-from reconciler.approvals import ApprovalPolicy, ForgeSource, Verdict, evaluate
-from reconciler.approvals.gitlab import GitLabSource
+from reconciler.approvals import ApprovalPolicy, Verdict, evaluate
 from reconciler.errors import ApprovalSourceError
+from reconciler.forge import ForgeSource
+from reconciler.forge.gitlab import GitLabSource
 
 HEAD = sha_of("head")
 OLD = sha_of("old")
@@ -40,6 +41,7 @@ def source(gl: FakeGitLab, waits: Waits | None = None, project: str | None = Non
         gl.token,
         project or gl.project_path,
         sleep=(waits or Waits()).sleep,
+        rng=lambda: 1.0,  # jitter at its ceiling: waits are the backoff's exact bounds
         max_retries=2,
         max_wait=60,
     )

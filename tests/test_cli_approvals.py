@@ -10,7 +10,7 @@ import pytest
 from conftest import commit_all, git, run_cli
 from fakes.forge import FakeGitHub
 
-from reconciler.approvals import PLAN_COMMENT_MARKER
+from reconciler.forge import PLAN_COMMENT_MARKER
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.apply import EnvironmentResult, ProgressFn, RunContext, execute_environment
-from reconciler.commands.context import approval_source, manifest_repo, open_store, secret_env
+from reconciler.commands.context import manifest_repo, open_store, secret_env
 from reconciler.commands.plan import build_plan, load_plan_file
 from reconciler.config import Settings
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ReconcilerError, StateMovedError
+from reconciler.forge import make_source
 from reconciler.gate import Gate, GateResult
 from reconciler.load import Loaded
 from reconciler.plan import EnvironmentPlan, Plan, make_plan
@@ -73,7 +74,7 @@ def run_apply(
     env_secrets = secret_env(settings, loaded.desired)
     context = trigger_context(loaded) if trigger_context else run_context(settings, loaded)
     gate = Gate(
-        approval_source(settings) if needs_source(loaded, plan) else None,
+        make_source(settings) if needs_source(loaded, plan) else None,
         commit=loaded.commit,
         pull_request=opts.pull_request,
         is_rollback=context.trigger == "rollback",

@@ -9,11 +9,12 @@ from typing import Literal
 
 from reconciler import ci
 from reconciler.commands.apply import needs_source, run_context
-from reconciler.commands.context import approval_source, open_store
+from reconciler.commands.context import open_store
 from reconciler.commands.forge import forge
 from reconciler.commands.plan import build_plan
 from reconciler.config import Settings
 from reconciler.errors import EXIT_BLOCKED, EXIT_OK, ConfigError
+from reconciler.forge import make_source
 from reconciler.gate import Gate, GateResult
 
 StatusState = Literal["success", "failure"]
@@ -60,7 +61,7 @@ def judge(
     with open_store(settings, read_only=True) as store:
         loaded, plan = build_plan(settings, store, ref=commit or ctx.commit)
     gate = Gate(
-        approval_source(settings) if needs_source(loaded, plan) else None,
+        make_source(settings) if needs_source(loaded, plan) else None,
         commit=loaded.commit,
         pull_request=pull_request,
         is_rollback=run_context(settings, loaded).trigger == "rollback",

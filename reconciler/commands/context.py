@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from reconciler.approvals import ApprovalSource, make_source
 from reconciler.config import Settings
 from reconciler.gitrepo import ManifestRepo
 from reconciler.log import register_secrets
@@ -49,14 +48,3 @@ def secret_env(
     values = {n: settings.env[n] for n in names if n in settings.env}
     register_secrets(values.values())
     return values
-
-
-def approval_source(settings: Settings) -> ApprovalSource | None:
-    """The configured approval source, or None when approvals.source is `none`."""
-    kind = settings.approvals.source
-    if kind == "none":
-        return None
-    env = dict(settings.env)
-    if settings.approvals.file and "RECONCILER_APPROVALS_FILE" not in env:
-        env["RECONCILER_APPROVALS_FILE"] = str(settings.repo / settings.approvals.file)
-    return make_source(kind, repository=settings.approvals.repository, env=env)

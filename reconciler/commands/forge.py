@@ -6,15 +6,14 @@ before anything is sent."""
 from __future__ import annotations
 
 from reconciler import ci
-from reconciler.approvals import ForgeSource
-from reconciler.commands.context import approval_source
 from reconciler.config import Settings
 from reconciler.errors import ConfigError
+from reconciler.forge import ForgeSource, make_source
 
 
 def forge(settings: Settings, what: str) -> ForgeSource:
     """The configured forge, or a ConfigError saying `what` needs one."""
-    source = approval_source(settings)
+    source = make_source(settings)
     if not isinstance(source, ForgeSource):
         if source is not None:
             source.close()

@@ -3,21 +3,20 @@
 Objects are addressed by name for lookups and by server id for writes. Creating is
 safe to retry: a POST whose answer was lost comes back as 409 on the retry, and a 409
 means "look it up and adopt it", so nothing is ever created twice. Transient failures
-(connection errors, timeouts, 408/429/5xx) are retried with exponential backoff and
-full jitter, honouring `Retry-After`. Errors name the provider, the request and the
+(connection errors, a passed deadline, 408/429/5xx) are retried with exponential
+backoff and full jitter, honouring `Retry-After` (see `reconciler.httpclient`).
+`timeoutSeconds` is each request's total deadline: connect, send and the whole answer,
+however slowly a server sends it. Errors name the provider, the request and the
 status; they never carry the token or a secret value.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -25,11 +24,9 @@ from urllib.parse import quote
 import httpx
 
 from reconciler.errors import ProviderError
+from reconciler.httpclient import HttpClient, Retry
 from reconciler.instances import Instance, ProviderConfig
-from reconciler.log import get_logger, redact, register_secret
 from reconciler.providers.base import LiveObject, Provider, resolve_secrets
-
-_log = get_logger("reconciler.providers.http")
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
@@ -47,8 +44,9 @@ _BACKOFF_CAP = 30.0
 _MAX_RETRIES = 20
 _KNOWN_CONFIG = frozenset({"baseUrl", "timeoutSeconds", "retries", "paths"})
 _KNOWN_CREDENTIALS = frozenset({"tokenEnv"})
-#: 501 and 505 will not get better by asking again.
-_NOT_RETRIED_5XX = frozenset({501, 505})
+#: Writes only: their outcomes with a 2xx status the provider accepts.
+_CREATED = (200, 201)
+_REPLACED = (200, 201, 204)
 
 
 @dataclass(frozen=True)
@@ -118,53 +116,6 @@ def _parse(config: ProviderConfig) -> tuple[_Settings, list[str]]:
     return _Settings(base_url, float(timeout), int(retries), paths), problems
 
 
-def _retryable(status: int) -> bool:
-    return status in (408, 429) or (500 <= status <= 599 and status not in _NOT_RETRIED_5XX)
-
-
-def _describe(e: httpx.TransportError, timeout: float) -> str:
-    """A short, value-free account of what went wrong on the wire."""
-    if isinstance(e, httpx.ConnectTimeout):
-        return f"connect timed out after {timeout:g}s"
-    if isinstance(e, httpx.TimeoutException):
-        return f"no answer within {timeout:g}s"
-    text = str(e).lower()
-    if isinstance(e, httpx.ConnectError):
-        if "refused" in text:
-            return "connection refused"
-        if "name or service" in text or "nodename" in text or "getaddrinfo" in text:
-            return "host not found"
-        return "cannot connect"
-    if isinstance(e, httpx.RemoteProtocolError):
-        return "connection closed without an answer"
-    if "reset" in text:
-        return "connection reset"
-    return f"transport error ({type(e).__name__})"
-
-
-def _server_message(resp: httpx.Response) -> str:
-    """The server's own explanation, if any, cut to one short line."""
-    msg: str | None = None
-    try:
-        data = resp.json()
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        for key in ("error", "message", "detail", "title"):
-            v = data.get(key)
-            if isinstance(v, dict):
-                v = v.get("message")
-            if isinstance(v, str) and v.strip():
-                msg = v
-                break
-    elif data is None and resp.headers.get("content-type", "").startswith("text/"):
-        msg = resp.text
-    if msg is None:
-        return ""
-    msg = " ".join(msg.split())
-    return msg if len(msg) <= 200 else msg[:199] + "…"
-
-
 def _same(live: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
     return all(live.get(k) == v for k, v in sent.items())
 
@@ -192,19 +143,15 @@ class HttpProvider(Provider):
         self._random = rng or random.Random()
         self._settings, self._problems = _parse(config)
         self._lock = threading.Lock()
-        self._client: httpx.Client | None = None
-        self._token: str | None = None
+        self._client: HttpClient | None = None
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        text = redact(text)
-        return text.replace(self._token, "(sensitive)") if self._token else text
-
     def _error(self, where: str, problem: str) -> ProviderError:
-        return ProviderError(self._scrub(f"provider {self.name!r} ({where}): {problem}"))
+        text = f"provider {self.name!r} ({where}): {problem}"
+        return ProviderError(self._client.scrub(text) if self._client else text)
 
-    def _http(self) -> httpx.Client:
+    def _http(self) -> HttpClient:
         """The client, made on first use so plan-time validate needs no token."""
         with self._lock:
             if self._client is not None:
@@ -215,6 +162,7 @@ class HttpProvider(Provider):
                 )
             headers = {"Accept": "application/json", "User-Agent": "reconciler"}
             var = self.config.credentials.get("tokenEnv")
+            token = ""
             if var:
                 token = (self._env.get(var) or "").strip()
                 if not token:
@@ -227,14 +175,26 @@ class HttpProvider(Provider):
                         f"provider {self.name!r}: the token in {var} has characters an HTTP "
                         "header cannot carry"
                     )
-                register_secret(token)
-                self._token = token
                 headers["Authorization"] = f"Bearer {token}"
-            self._client = httpx.Client(
+            self._client = HttpClient(
+                label=f"provider {self.name!r}",
                 headers=headers,
-                timeout=httpx.Timeout(self._settings.timeout),
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                secrets=[token],
+                deadline=self._settings.timeout,
+                deadline_source="config.timeoutSeconds",
+                retry=Retry(
+                    retries=self._settings.retries,
+                    backoff=_BACKOFF_BASE,
+                    backoff_cap=_BACKOFF_CAP,
+                    retry_after_cap=RETRY_AFTER_CAP,
+                ),
+                error=ProviderError,
+                auth_hint=f"check the token in {var}" if var else "no credentials.tokenEnv set",
+                env=self._env,
+                max_connections=64,
+                sleep=self.sleep,
+                clock=self.clock,
+                rng=self._random.random,
             )
             return self._client
 
@@ -246,93 +206,12 @@ class HttpProvider(Provider):
             )
         return f"{self._settings.base_url}{path}{suffix}"
 
-    def _backoff(self, attempt: int) -> float:
-        return self._random.uniform(0.0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**attempt))
-
-    def _retry_after(self, resp: httpx.Response) -> float | None:
-        raw = resp.headers.get("Retry-After")
-        if raw is None:
-            return None
-        raw = raw.strip()
-        try:
-            seconds = float(raw)
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(raw)
-            except (TypeError, ValueError, IndexError):
-                return None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            seconds = when.timestamp() - self.clock()
-        if not math.isfinite(seconds):
-            return None
-        return min(max(seconds, 0.0), RETRY_AFTER_CAP)
-
-    def _request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        json: Any = None,
-    ) -> httpx.Response:
-        """Send, retrying transient failures; any final answer is returned to the caller."""
-        client = self._http()
-        where = f"{method} {httpx.URL(url, params=params) if params else url}"
-        attempts = self._settings.retries + 1
-        for attempt in range(attempts):
-            try:
-                resp = client.request(method, url, params=params, json=json)
-            except httpx.TransportError as e:
-                problem = _describe(e, self._settings.timeout)
-                delay = self._backoff(attempt)
-            except httpx.HTTPError as e:
-                raise self._error(where, f"request failed ({type(e).__name__})") from None
-            else:
-                if not _retryable(resp.status_code):
-                    return resp
-                problem = f"{resp.status_code} {resp.reason_phrase}".strip()
-                wait = self._retry_after(resp)
-                delay = self._backoff(attempt) if wait is None else wait
-            if attempt + 1 >= attempts:
-                tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-                raise self._error(where, f"{problem} after {tries}")
-            _log.warning(
-                "provider.retry",
-                provider=self.name,
-                request=where,
-                problem=problem,
-                attempt=attempt + 1,
-                wait=round(delay, 3),
-            )
-            self.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _unexpected(self, resp: httpx.Response) -> ProviderError:
-        where = f"{resp.request.method} {resp.request.url}"
-        problem = f"{resp.status_code} {resp.reason_phrase}".strip()
-        if resp.status_code in (401, 403):
-            var = self.config.credentials.get("tokenEnv")
-            problem += f" (check the token in {var})" if var else " (no credentials.tokenEnv set)"
-        msg = _server_message(resp)
-        return self._error(where, f"{problem}: {msg}" if msg else problem)
-
-    def _json_object(self, resp: httpx.Response) -> dict[str, Any]:
-        where = f"{resp.request.method} {resp.request.url}"
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise self._error(where, f"{resp.status_code} answer is not a JSON object")
-        return data
-
     def _id(self, resp: httpx.Response) -> tuple[str, dict[str, Any]]:
-        data = self._json_object(resp)
+        client = self._http()
+        data = client.json_object(resp)
         ident = data.get("id")
         if isinstance(ident, bool) or not isinstance(ident, str | int) or ident == "":
-            where = f"{resp.request.method} {resp.request.url}"
-            raise self._error(where, f"{resp.status_code} answer has no `id`")
+            raise client.invalid(resp, f"{resp.status_code} answer has no `id`")
         return str(ident), data
 
     def _body(self, inst: Instance) -> dict[str, Any]:
@@ -343,8 +222,11 @@ class HttpProvider(Provider):
                 f"provider {self.name!r}: {inst.kind.lower()}.{inst.name}: {e.message}"
             ) from None
 
-    def _put(self, kind: str, provider_id: str, body: dict[str, Any]) -> httpx.Response:
-        return self._request("PUT", self._url(kind, "/" + quote(provider_id, safe="")), json=body)
+    def _put(
+        self, kind: str, provider_id: str, body: dict[str, Any], *, ok: tuple[int, ...]
+    ) -> httpx.Response:
+        url = self._url(kind, "/" + quote(provider_id, safe=""))
+        return self._http().request("PUT", url, json=body, ok=ok)
 
     # -- the contract ------------------------------------------------------------------
 
@@ -361,21 +243,20 @@ class HttpProvider(Provider):
         self, kind: str, name: str, environment: str, provider_id: str | None
     ) -> LiveObject | None:
         url = self._url(kind, "/name/" + quote(name, safe=""))
-        resp = self._request("GET", url, params={"environment": environment})
+        resp = self._http().request("GET", url, params={"environment": environment}, ok=(200, 404))
         if resp.status_code == 404:
             return None
-        if resp.status_code != 200:
-            raise self._unexpected(resp)
         ident, data = self._id(resp)
         return LiveObject(provider_id=ident, body=data)
 
     def create(self, inst: Instance) -> str:
         body = self._body(inst)
-        resp = self._request("POST", self._url(inst.kind), json=body)
-        if resp.status_code in (200, 201):
-            return self._id(resp)[0]
+        # A repeated POST answers 409 and is adopted below: safe to retry.
+        resp = self._http().request(
+            "POST", self._url(inst.kind), json=body, ok=(*_CREATED, 409), idempotent=True
+        )
         if resp.status_code != 409:
-            raise self._unexpected(resp)
+            return self._id(resp)[0]
         # It exists (maybe from our own earlier attempt whose answer was lost): adopt it.
         live = self.read(inst.kind, inst.name, inst.environment, None)
         if live is None:
@@ -385,14 +266,12 @@ class HttpProvider(Provider):
                 f"{inst.environment!r} can be found",
             )
         if not _same(live.body, body):
-            put = self._put(inst.kind, live.provider_id, body)
-            if put.status_code not in (200, 201, 204):
-                raise self._unexpected(put)
+            self._put(inst.kind, live.provider_id, body, ok=_REPLACED)
         return live.provider_id
 
     def update(self, inst: Instance, provider_id: str) -> None:
         body = self._body(inst)
-        resp = self._put(inst.kind, provider_id, body)
+        resp = self._put(inst.kind, provider_id, body, ok=(*_REPLACED, 404))
         if resp.status_code == 404:  # our id is stale; the name may live on under another
             live = self.read(inst.kind, inst.name, inst.environment, None)
             if live is None:
@@ -401,9 +280,7 @@ class HttpProvider(Provider):
                     f"{inst.kind.lower()}.{inst.name} in {inst.environment!r} no longer exists "
                     "(removed outside reconciler); `reconciler drift --heal` recreates it",
                 )
-            resp = self._put(inst.kind, live.provider_id, body)
-        if resp.status_code not in (200, 201, 204):
-            raise self._unexpected(resp)
+            self._put(inst.kind, live.provider_id, body, ok=_REPLACED)
 
     def delete(self, kind: str, name: str, environment: str, provider_id: str | None) -> None:
         if provider_id is None:
@@ -411,9 +288,8 @@ class HttpProvider(Provider):
             if live is None:
                 return
             provider_id = live.provider_id
-        resp = self._request("DELETE", self._url(kind, "/" + quote(provider_id, safe="")))
-        if resp.status_code not in (200, 202, 204, 404):
-            raise self._unexpected(resp)
+        url = self._url(kind, "/" + quote(provider_id, safe=""))
+        self._http().request("DELETE", url, ok=(200, 202, 204, 404))
 
     def close(self) -> None:
         with self._lock:

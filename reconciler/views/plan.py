@@ -12,11 +12,10 @@ import json as _json
 from rich.console import Console
 from rich.text import Text
 
+from reconciler.forge import PLAN_COMMENT_MARKER as PLAN_COMMENT_MARKER
 from reconciler.plan import Plan
 from reconciler.views.text import STYLES, SYMBOLS, change_lines, short, summary_line
 
-#: Finds our comment among a pull request's comments (the forge edits it in place).
-PLAN_COMMENT_MARKER = "<!-- reconciler:plan -->"
 MAX_COMMENT_CHARS = 65_536
 _RESERVE = 600  # room for the truncation note and closing tags
 

@@ -15,22 +15,13 @@ or every email to an admin token).
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from reconciler.approvals._http import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_MAX_WAIT,
-    DEFAULT_TIMEOUT,
-    ApiClient,
-    Clock,
-    Secret,
-    Sleep,
-    json_str,
-    parse_time,
-)
 from reconciler.approvals.facts import (
     APPROVED,
     CHANGES_REQUESTED,
@@ -42,6 +33,15 @@ from reconciler.approvals.facts import (
     status_description,
 )
 from reconciler.errors import ApprovalSourceError
+from reconciler.forge import DEFAULT_DEADLINE, PLAN_COMMENT_MARKER
+from reconciler.forge.api import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_WAIT,
+    forge_api,
+    json_str,
+    parse_time,
+)
+from reconciler.httpclient import Clock, Rng, Sleep
 
 DEFAULT_API_URL = "https://gitlab.com/api/v4"
 #: The common (GitHub) vocabulary and GitLab's own, mapped to GitLab's.
@@ -67,26 +67,29 @@ class GitLabSource:
         token: str,
         project: str | int,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_wait: float = DEFAULT_MAX_WAIT,
         backoff: float = 1.0,
         sleep: Sleep = time.sleep,
         clock: Clock = time.time,
+        rng: Rng = random.random,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.project = str(project)
-        secret = Secret(token)
-        self._api = ApiClient(
-            name="GitLab",
-            base_url=api_url or DEFAULT_API_URL,
-            headers={"PRIVATE-TOKEN": secret.reveal(), "User-Agent": "reconciler"},
-            secret=secret,
-            timeout=timeout,
+        self._api = forge_api(
+            "GitLab",
+            api_url or DEFAULT_API_URL,
+            headers={"PRIVATE-TOKEN": token, "User-Agent": "reconciler"},
+            token=token,
+            deadline=deadline,
             max_retries=max_retries,
             max_wait=max_wait,
             backoff=backoff,
             sleep=sleep,
             clock=clock,
+            rng=rng,
+            env=env,
         )
         self._p = f"/projects/{quote(self.project, safe='')}"
         self._user_ids: dict[str, int] = {}
@@ -274,7 +277,7 @@ class GitLabSource:
             body["target_url"] = target_url
         self._api.send("POST", f"{self._p}/statuses/{quote(sha)}", body, ok=(200, 201))
 
-    def upsert_comment(self, pr_number: int, body: str, marker: str) -> int:
+    def upsert_comment(self, pr_number: int, body: str, marker: str = PLAN_COMMENT_MARKER) -> int:
         """Edit our note (the one holding `marker`) or create it; returns its id."""
         if marker not in body:
             body = f"{marker}\n{body}"

@@ -6,22 +6,13 @@ Pinned to API version 2022-11-28: it still carries `merge_commit_sha`, which the
 
 from __future__ import annotations
 
+import random
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from reconciler.approvals._http import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_MAX_WAIT,
-    DEFAULT_TIMEOUT,
-    ApiClient,
-    Clock,
-    Secret,
-    Sleep,
-    json_str,
-    parse_time,
-)
 from reconciler.approvals.facts import (
     STATUS_CONTEXT,
     CommitFacts,
@@ -31,6 +22,15 @@ from reconciler.approvals.facts import (
     status_description,
 )
 from reconciler.errors import ApprovalSourceError, ConfigError
+from reconciler.forge import DEFAULT_DEADLINE, PLAN_COMMENT_MARKER
+from reconciler.forge.api import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_WAIT,
+    forge_api,
+    json_str,
+    parse_time,
+)
+from reconciler.httpclient import Clock, Rng, Sleep
 
 API_VERSION = "2022-11-28"
 DEFAULT_API_URL = "https://api.github.com"
@@ -57,33 +57,36 @@ class GitHubSource:
         token: str,
         repository: str,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_wait: float = DEFAULT_MAX_WAIT,
         backoff: float = 1.0,
         sleep: Sleep = time.sleep,
         clock: Clock = time.time,
+        rng: Rng = random.random,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if not _REPOSITORY.match(repository):
             raise ConfigError(f"GitHub repository {repository!r} is not of the form owner/name")
         self.repository = repository
-        secret = Secret(token)
-        self._api = ApiClient(
-            name="GitHub",
-            base_url=api_url or DEFAULT_API_URL,
+        self._api = forge_api(
+            "GitHub",
+            api_url or DEFAULT_API_URL,
             headers={
                 "Accept": "application/vnd.github+json",
                 "X-GitHub-Api-Version": API_VERSION,
-                "Authorization": f"Bearer {secret.reveal()}",
+                "Authorization": f"Bearer {token}",
                 "User-Agent": "reconciler",
             },
-            secret=secret,
-            timeout=timeout,
+            token=token,
+            deadline=deadline,
             max_retries=max_retries,
             max_wait=max_wait,
             backoff=backoff,
             sleep=sleep,
             clock=clock,
+            rng=rng,
+            env=env,
         )
         self._repo = f"/repos/{repository}"
         self._teams: dict[tuple[str, str, str], str] = {}
@@ -186,7 +189,7 @@ class GitHubSource:
             body["target_url"] = target_url
         self._api.send("POST", f"{self._repo}/statuses/{quote(sha)}", body, ok=(201,))
 
-    def upsert_comment(self, pr_number: int, body: str, marker: str) -> int:
+    def upsert_comment(self, pr_number: int, body: str, marker: str = PLAN_COMMENT_MARKER) -> int:
         """Edit our comment (the one holding `marker`) or create it; returns its id."""
         if marker not in body:
             body = f"{marker}\n{body}"
