@@ -226,13 +226,15 @@ def proxies_from(env: Mapping[str, str]) -> dict[str, str]:
 def bypassed(url: httpx.URL, no_proxy: str) -> bool:
     """Whether `NO_PROXY` (`*`, hosts, `.domain` suffixes, `host:port`) covers `url`."""
     host = url.host.lower()
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    here = str(url.port or default or "")
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
         if not entry:
             continue
         if entry == "*":
             return True
         name, _, port = entry.partition(":") if entry.count(":") == 1 else (entry, "", "")
-        if port and port != str(url.port or ""):
+        if port and port != here:
             continue
         name = name.lstrip(".")
         if host == name or host.endswith("." + name):

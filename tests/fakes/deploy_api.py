@@ -9,7 +9,8 @@ the `http` provider expects (DESIGN.md, "Providers"), with in-memory state.
 Faults (`fail_next`) are consumed one per request, in order: an HTTP status (with an
 optional `Retry-After` and JSON body), "reset" (close the connection unanswered,
 before handling), "lost" (handle the request, then close unanswered: the answer is
-lost), "hang" (hold the request for `hang_seconds`, then close unanswered).
+lost), "hang" (hold the request for `hang_seconds`, then close unanswered),
+"drip-headers" / "drip-body" (answer one byte every 0.8 s, for ever: `fakes.slow`).
 
 Standalone (for benchmarks): `python -m tests.fakes.deploy_api --port 0 --latency 0.05`
 prints the URL on its first line and serves until interrupted.
@@ -33,11 +34,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .slow import MODES, drip
+
 DEFAULT_PATHS: Mapping[str, str] = {
     "deployments": "/api/v1/deployments",
     "schedules": "/api/v1/schedules",
 }
-Fault = int | Literal["reset", "lost", "hang"]
+Fault = int | Literal["reset", "lost", "hang", "drip-headers", "drip-body"]
 _SERVER_FIELDS = ("id", "createdAt", "updatedAt")
 
 
@@ -237,6 +240,9 @@ class FakeDeployApi:
         if fault is not None:
             if fault.fault == "reset":
                 self._drop(h, reset=True)
+                return
+            if fault.fault in MODES:
+                drip(h, in_body=fault.fault == "drip-body", stop=self._stopping)
                 return
             if fault.fault == "hang":
                 self._stopping.wait(self.hang_seconds)

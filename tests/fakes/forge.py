@@ -9,7 +9,8 @@ Use as a context manager (no shared pytest fixture, so nothing collides):
         source = GitHubSource(gh.url, gh.token, gh.repository, sleep=...)
 
 Failure modes: `fail_next(n, status=...)`, `rate_limit_next(...)`,
-`quota_exhausted_next(...)`, `down = 503` (or "drop" to close connections unanswered).
+`quota_exhausted_next(...)`, `down = 503` (or "drop" to close connections unanswered,
+"drip-headers" / "drip-body" to answer one byte every 0.8 s for ever: `fakes.slow`).
 Every request is recorded in `requests` (method, path, query, headers, JSON body).
 """
 
@@ -27,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, Self
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+from .slow import drip
 
 JSON = Any
 Response = tuple[int, JSON, dict[str, str]]
@@ -55,9 +58,12 @@ class Request:
     raw_path: str
 
 
+Scripted = int | Literal["drop", "drip-headers", "drip-body"]
+
+
 @dataclass
 class _Scripted:
-    status: int | Literal["drop"]
+    status: Scripted
     headers: dict[str, str] = field(default_factory=dict)
     body: JSON = None
     method: str | None = None
@@ -77,7 +83,8 @@ class FakeForge:
 
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
-        self.down: int | Literal["drop"] | None = None
+        self.down: Scripted | None = None
+        self._stopping = threading.Event()
         self._scripted: deque[_Scripted] = deque()
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -89,6 +96,7 @@ class FakeForge:
 
     def start(self) -> Self:
         forge = self
+        self._stopping.clear()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -111,6 +119,7 @@ class FakeForge:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -139,7 +148,7 @@ class FakeForge:
         self,
         count: int = 1,
         *,
-        status: int | Literal["drop"] = 500,
+        status: Scripted = 500,
         headers: Mapping[str, str] | None = None,
         body: JSON = None,
         method: str | None = None,
@@ -227,6 +236,9 @@ class FakeForge:
         if scripted is not None:
             if scripted.status == "drop":
                 h.close_connection = True
+                return
+            if isinstance(scripted.status, str):  # one of the drip MODES
+                drip(h, in_body=scripted.status == "drip-body", stop=self._stopping)
                 return
             self._write(h, scripted.status, scripted.body, scripted.headers)
             return
