@@ -408,3 +408,90 @@ def test_validate_reports_a_kind_without_a_path(make: Made) -> None:
     assert p.validate(odd) == [
         "provider 'registry' has no API path for kind 'Evaluation'; set config.paths.Evaluation"
     ]
+
+
+# --- the total deadline (timeoutSeconds), in-process and through the CLI ----------------------
+
+
+@pytest.mark.parametrize("mode", ["drip-headers", "drip-body"])
+def test_timeout_seconds_is_a_total_deadline_a_dripping_server_cannot_stretch(
+    api: FakeDeployApi, make: Made, mode: str
+) -> None:
+    """One byte every 0.8 s: each read beats a 1 s read timeout, the request never ends."""
+    api.fail_next(mode)  # type: ignore[arg-type]
+    p = make(api.url, timeoutSeconds=1, retries=0)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            p.read("Deployment", "chat", "production", None)
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(30)
+    assert outcome, "the request outlived its deadline"
+    err = outcome[0]
+    assert isinstance(err, ProviderError)
+    url = f"{api.url}/api/v1/deployments/name/chat?environment=production"
+    assert err.message == (
+        f"provider 'registry' (GET {url}): the answer did not complete within 1s after "
+        "1 attempt (1s is the total deadline per request, set by config.timeoutSeconds)"
+    )
+
+
+CLI_REPO = {
+    "manifests/env.yaml": """apiVersion: reconciler/v1
+kind: Environment
+metadata: {name: dev}
+spec: {description: test}
+""",
+    "manifests/provider.yaml": """apiVersion: reconciler/v1
+kind: Provider
+metadata: {name: api}
+spec:
+  type: http
+  environments: [dev]
+  config: {baseUrl: "%(url)s", timeoutSeconds: 1, retries: 0}
+  credentials: {tokenEnv: REGISTRY_TOKEN}
+""",
+    "manifests/chat.yaml": """apiVersion: reconciler/v1
+kind: Deployment
+metadata: {name: chat}
+spec:
+  environments: [dev]
+  provider: api
+  model: gpt-4o-mini
+  env: {API_KEY: {secretEnv: CHAT_API_KEY}}
+""",
+    ".gitignore": ".reconciler/\n",
+}
+
+
+@pytest.mark.parametrize("mode", ["drip-headers", "drip-body"])
+def test_apply_fails_the_change_at_the_deadline_and_releases_the_lock(
+    tmp_path: Path, mode: str
+) -> None:
+    from conftest import commit_all, init_repo, run_cli, write_files
+
+    with FakeDeployApi(token=TOKEN) as server:
+        repo = init_repo(tmp_path / "r")
+        write_files(repo, {k: v % {"url": server.url} for k, v in CLI_REPO.items()})
+        commit_all(repo, "a provider that drips")
+        server.fail_next(mode, method="POST")  # type: ignore[arg-type]
+        # Without a total deadline this apply never ends (run_cli's timeout fails it).
+        first = run_cli(["--repo", str(repo), "apply"], env=ENV, timeout=60)
+        out = first.out + first.err
+        assert first.code == 1, out
+        assert (
+            f"deployment.chat: failed: provider 'api' (POST {server.url}/api/v1/deployments): "
+            "the answer did not complete within 1s after 1 attempt (1s is the total deadline "
+            "per request, set by config.timeoutSeconds)"
+        ) in first.out
+        assert "Traceback" not in out and TOKEN not in out and SECRET not in out
+        # The lock went with the failed run: the next apply runs (and now succeeds).
+        second = run_cli(["--repo", str(repo), "apply"], env=ENV, timeout=60)
+        assert second.code == 0, second.out + second.err
+        assert server.get("deployments", "dev", "chat") is not None
