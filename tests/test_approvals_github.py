@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -379,3 +382,82 @@ def test_open_pull_request_is_idempotent(gh: FakeGitHub, waits: Waits) -> None:
     assert gh.pulls[number]["head"]["ref"] == "rollback-abc" and url.endswith(f"/pull/{number}")
     again = src.open_pull_request("rollback-abc", "main", "Roll back abc", "…")
     assert again == (number, url) and len(gh.pulls) == 1
+
+
+# --- the total deadline (RECONCILER_FORGE_TIMEOUT) ----------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["drip-headers", "drip-body"])
+def test_a_dripping_forge_hits_the_deadline(gh: FakeGitHub, waits: Waits, mode: str) -> None:
+    """One byte every 0.8 s beats a 1 s read timeout for ever; the deadline ends it."""
+    merged_pr(gh)
+    gh.down = mode  # type: ignore[assignment]
+    src = source(gh, waits, deadline=1.0, max_retries=1)
+    outcome: list[BaseException | None] = []
+
+    def ask() -> None:
+        try:
+            src.pull_request_for_commit(MERGE)
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(30)
+    assert outcome, "the request outlived its deadline"
+    err = outcome[0]
+    assert isinstance(err, ApprovalSourceError)
+    assert err.message == (
+        f"GitHub API: GET /repos/acme/manifests/commits/{MERGE}/pulls: the answer did not "
+        "complete within 1s (1s is the total deadline per request, set by "
+        "RECONCILER_FORGE_TIMEOUT); gave up after 2 attempts"
+    )
+    assert waits.slept == [1.0]
+
+
+GATED_REPO = {
+    "reconciler.yaml": "approvals: {source: github, repository: acme/manifests}\n",
+    "manifests/env.yaml": """apiVersion: reconciler/v1
+kind: Environment
+metadata: {name: production}
+spec:
+  description: gated
+  approvals: {required: 1}
+""",
+    "manifests/provider.yaml": """apiVersion: reconciler/v1
+kind: Provider
+metadata: {name: local}
+spec: {type: local, environments: [production]}
+""",
+    "manifests/chat.yaml": """apiVersion: reconciler/v1
+kind: Deployment
+metadata: {name: chat}
+spec: {environments: [production], provider: local, model: gpt-4o-mini}
+""",
+    ".gitignore": ".reconciler/\n",
+}
+
+
+def test_apply_is_blocked_when_the_forge_drips_past_its_deadline(
+    gh: FakeGitHub, tmp_path: Path
+) -> None:
+    from conftest import commit_all, init_repo, run_cli, write_files
+
+    repo = init_repo(tmp_path / "r")
+    write_files(repo, GATED_REPO)
+    sha = commit_all(repo, "a change that needs an approval")
+    gh.down = "drip-body"
+    env = {"GITHUB_TOKEN": gh.token, "GITHUB_API_URL": gh.url, "RECONCILER_FORGE_TIMEOUT": "1"}
+    # Without a total deadline the gate waits for ever (run_cli's timeout fails it).
+    r = run_cli(["--repo", str(repo), "apply"], env=env, timeout=120)
+    out = r.out + r.err
+    assert r.code == 3, out
+    assert (
+        f"cannot read approvals, refusing: GitHub API: GET /repos/acme/manifests/commits/"
+        f"{sha}/pulls: the answer did not complete within 1s (1s is the total deadline per "
+        "request, set by RECONCILER_FORGE_TIMEOUT); gave up after 5 attempts"
+    ) in out
+    assert gh.token not in out and "Traceback" not in out
+    status = run_cli(["--repo", str(repo), "status", "--json"])
+    assert json.loads(status.out) == []
