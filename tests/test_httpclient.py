@@ -189,6 +189,16 @@ def test_a_post_is_retried_when_nothing_was_sent(make: Made) -> None:
     assert len(make.sleeps) == 2
 
 
+def test_an_apis_own_try_again_status_is_retried(api: FakeDeployApi, make: Made) -> None:
+    api.fail_next(409, retry_after=3, body={"error": {"code": "RequestConflict"}})
+    c = make(retry={"statuses": frozenset({409})})
+    assert c.request("POST", deployments(api), json=body(), ok=(201,)).status_code == 201
+    assert make.sleeps == [3.0]
+    api.fail_next(409)
+    with pytest.raises(ProviderError, match="409 Conflict"):  # not for other clients
+        make().request("POST", deployments(api), json=body("other"), ok=(201,))
+
+
 def test_idempotent_post_is_retried_after_a_lost_answer(api: FakeDeployApi, make: Made) -> None:
     api.fail_next("lost", method="POST")
     resp = make().request("POST", deployments(api), json=body(), ok=(201, 409), idempotent=True)

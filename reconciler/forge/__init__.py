@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DEADLINE",
+    "FILE_ENV",
     "PLAN_COMMENT_MARKER",
     "TIMEOUT_ENV",
     "ForgeSource",

@@ -37,7 +37,7 @@ returns the answer once its status is in `ok`, and raises `error(message)` other
 - Retried whatever the method: a request that never left (connection refused, a
   deadline passed while connecting: nothing was sent), 408, 429, and a 403 that is a
   rate limit (`Retry-After`, a spent `x-ratelimit-remaining`, or "rate limit" in its
-  message).
+  message), and any status in `Retry.statuses` (an API's own "busy, try again").
 - Retried only when idempotent (GET, HEAD, OPTIONS, PUT, DELETE, or
   `idempotent=True` for a POST the API makes safe, e.g. one that answers 409 on a
   repeat): other transport failures (reset, closed unanswered, a deadline passed

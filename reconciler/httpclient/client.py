@@ -52,6 +52,9 @@ class Retry:
     #: A rate limit with no hint of how long waits this × 2ⁿ (GitHub asks for at
     #: least a minute); None: the usual backoff.
     rate_limit_wait: float | None = None
+    #: More statuses that mean "refused, not applied: try again" for this API, retried
+    #: whatever the method (e.g. 409 for Azure's RequestConflict on a busy account).
+    statuses: frozenset[int] = frozenset()
 
 
 FailureKind = Literal["status", "exhausted", "unsafe", "wait", "invalid"]
@@ -453,7 +456,8 @@ class HttpClient:
             if self.retry.rate_limit_wait is not None:
                 return self._hinted(self.retry.rate_limit_wait * 2.0**attempt)
             return self._backoff(attempt)
-        if status == 408 or (safe and 500 <= status <= 599 and status not in _NOT_RETRIED_5XX):
+        refused = status == 408 or status in self.retry.statuses
+        if refused or (safe and 500 <= status <= 599 and status not in _NOT_RETRIED_5XX):
             return self._backoff(attempt) if hinted is None else self._hinted(hinted)
         return None
 
