@@ -50,6 +50,8 @@ class RunContext:
     reverted_commits: list[str] = field(default_factory=list)
     reverted_runs: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: The policy the run leaves in force: the next run is judged by it.
+    policy: dict[str, Any] | None = None
 
 
 @dataclass
@@ -423,6 +425,7 @@ def execute_environment(
                 reverted_runs=list(context.reverted_runs),
                 changes=[],
                 details=details,
+                policy=context.policy,
             )
         )
         ex = Executor(

@@ -287,6 +287,41 @@ class ManifestRepo:
             return False
         return True
 
+    # -- history the gate walks --------------------------------------------------------
+
+    def first_parent(self, sha: str) -> str | None:
+        parents = self._commit(sha).parents
+        return parents[0].hexsha if parents else None
+
+    def commits_between(self, base: str, target: str) -> list[str]:
+        """Every commit reachable from `target` but not from `base` (all parents: a
+        merged branch's own commits too), oldest first."""
+        out = self._git("rev-list", "--topo-order", "--reverse", f"{base}..{target}")
+        return out.split()
+
+    def first_parent_chain(self, tip: str, count: int) -> list[str]:
+        """`tip` and its first-parent ancestors, `count` commits in all (a rebase merge
+        puts a pull request's commits on the base branch as such a chain)."""
+        if count <= 0:
+            return []
+        return self._git("rev-list", "--first-parent", f"--max-count={count}", tip).split()
+
+    def changed_paths(self, sha: str) -> list[str]:
+        """Root-relative paths `sha` changes against its first parent (all of its files
+        for a root commit); paths outside the manifests root are left out."""
+        parent = self.first_parent(sha) or _EMPTY_TREE
+        out = self._git("diff-tree", "-r", "--name-only", "--no-commit-id", "-z", parent, sha)
+        return [rel for p in out.split("\0") if p and (rel := self._rel(p)) is not None]
+
+    def tree(self, sha: str) -> str:
+        return str(self._commit(sha).tree.hexsha)
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        try:
+            return self._git("merge-base", a, b).strip() or None
+        except GitError:
+            return None
+
     # -- rollback: reverts made and recognised ------------------------------------------
 
     def reverted_commits(self, sha: str) -> list[str]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from reconciler.config import CONFIG_FILE, Settings, parse_config
+from reconciler.config import CONFIG_FILE, ApprovalsConfig, Settings, parse_config
 from reconciler.gitrepo import ManifestRepo
 from reconciler.manifests import Desired, Diagnostic, ManifestError, load_desired
 from reconciler.providers import plan_time_problems
@@ -21,6 +21,8 @@ class Loaded:
     ref: str | None
     #: Every repo path read: reconciler.yaml, the manifest paths, the templates.
     paths_read: tuple[str, ...] = ()
+    #: The approval settings of the reconciler.yaml read with the manifests.
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
 
 
 def load(settings: Settings, ref: str | None = None, *, paths: Sequence[str] = ()) -> Loaded:
@@ -30,13 +32,10 @@ def load(settings: Settings, ref: str | None = None, *, paths: Sequence[str] = (
     (unless `paths` are given): a commit is read as a whole, never mixed with the tree.
     """
     repo = ManifestRepo(settings.repo)
+    config = parse_config(repo.read_file_at(ref, CONFIG_FILE)) if ref is not None else None
+    approvals = config.approvals if config is not None else settings.approvals
     if not paths:
-        at_ref = ref is not None
-        paths = (
-            tuple(parse_config(repo.read_file_at(ref, CONFIG_FILE)).manifests)
-            if at_ref
-            else settings.manifest_paths
-        )
+        paths = tuple(config.manifests) if config is not None else settings.manifest_paths
     files = repo.files_at(ref, paths)
     refused = [Diagnostic(path, 1, 1, why) for path, why in files.refused.items()]
     templates: list[str] = []
@@ -55,7 +54,7 @@ def load(settings: Settings, ref: str | None = None, *, paths: Sequence[str] = (
         raise ManifestError(problems)
     read_paths = (CONFIG_FILE, *paths, *sorted(set(templates)))
     if ref is not None:
-        return Loaded(desired, repo.resolve(ref), False, ref, read_paths)
+        return Loaded(desired, repo.resolve(ref), False, ref, read_paths, approvals)
     commit = repo.head()
     dirty = commit is not None and repo.is_dirty(paths)
-    return Loaded(desired, commit, dirty, None, read_paths)
+    return Loaded(desired, commit, dirty, None, read_paths, approvals)

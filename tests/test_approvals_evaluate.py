@@ -30,7 +30,7 @@ def policy(**kw: object) -> ApprovalPolicy:
 def review(
     user: str, state: str = "APPROVED", commit: str | None = HEAD, minute: int = 0
 ) -> Review:
-    return Review(user, state, commit, T0 + timedelta(minutes=minute))
+    return Review(user, state, commit, T0 + timedelta(minutes=minute), write_access=True)
 
 
 def facts(
@@ -134,7 +134,7 @@ def test_commit_author_known_by_noreply_email_or_coauthor_trailer() -> None:
 
 def test_commit_author_known_by_reviewer_email() -> None:
     commits = [CommitFacts("1" * 40, author_email="Dave@Example.com")]
-    r = Review("dave", "APPROVED", HEAD, T0, emails=("dave@example.com",))
+    r = Review("dave", "APPROVED", HEAD, T0, emails=("dave@example.com",), write_access=True)
     v = run(policy(required=1), facts(r, commits=commits))
     assert v.not_counted == [("dave", "committed to the pull request")]
 
@@ -176,7 +176,13 @@ def test_latest_opinionated_review_wins(
     states: list[str], counted: bool, reason: str | None
 ) -> None:
     reviews = [
-        Review("alice", s, HEAD, None if s == "PENDING" else T0 + timedelta(minutes=i))
+        Review(
+            "alice",
+            s,
+            HEAD,
+            None if s == "PENDING" else T0 + timedelta(minutes=i),
+            write_access=True,
+        )
         for i, s in enumerate(states)
     ]
     v = run(policy(required=1), facts(*reviews))
@@ -344,3 +350,57 @@ def test_noreply_and_coauthor_parsing() -> None:
         "co-authored-by: Bo <1+bo@users.noreply.github.com>\n"
     )
     assert co_author_emails(msg) == ("ann@example.com", "1+bo@users.noreply.github.com")
+
+
+def test_a_commit_nobody_can_be_tied_to_blocks_four_eyes() -> None:
+    """Issue 12: an author with an unlinked email (or a co-author) could approve their
+    own change; now nobody counts until every author is known."""
+    unlinked = CommitFacts("1" * 40, author_email="mallory@personal.example")
+    v = run(policy(required=1), facts(review("mallory"), commits=[unlinked]))
+    assert not v.passed
+    assert v.not_counted == [
+        ("mallory", "commit authors unknown (1111111 by someone no account is tied to)")
+    ]
+    co = CommitFacts("2" * 40, author_login="bob", co_author_emails=("m@personal.example",))
+    assert not run(policy(required=1), facts(review("alice"), commits=[co])).passed
+    known = CommitFacts("3" * 40, author_login="bob", committer_login="web-flow")
+    assert run(policy(required=1), facts(review("alice"), commits=[known])).passed
+    # GitLab refusing authors' and committers' approvals itself makes them no risk
+    enforced = PullRequestFacts(**{**facts(review("alice"), commits=[unlinked]).__dict__,
+                                   "forge_enforces_four_eyes": True})  # fmt: skip
+    assert run(policy(required=1), enforced).passed
+    assert run(
+        policy(required=1, allowSelfApproval=True), facts(review("alice"), commits=[unlinked])
+    ).passed
+
+
+def test_bots_count_only_when_listed_by_name() -> None:
+    bot = Review("github-actions[bot]", "APPROVED", HEAD, T0, write_access=True)
+    flagged = Review(
+        "renovate", "APPROVED", HEAD, T0 + timedelta(minutes=1), bot=True, write_access=True
+    )
+    v = run(policy(required=1), facts(bot, flagged))
+    assert (
+        not v.passed
+        and [r for _, r in v.not_counted] == ["a bot (bots count only when listed by name)"] * 2
+    )
+    listed = run(policy(required=1, approvers=["github-actions[bot]"]), facts(bot))
+    assert listed.passed
+
+
+def test_with_anyone_allowed_only_writers_count() -> None:
+    writer = Review("alice", "APPROVED", HEAD, T0, write_access=True)
+    reader = Review("drive-by", "APPROVED", HEAD, T0 + timedelta(minutes=1), write_access=False)
+    unknown = Review("who", "APPROVED", HEAD, T0 + timedelta(minutes=2))
+    v = run(policy(required=1), facts(writer, reader, unknown))
+    assert v.approved_by == ["alice"]
+    assert v.not_counted == [
+        ("drive-by", "no write access to the repository"),
+        ("who", "write access unknown"),
+    ]
+
+
+def test_naive_and_aware_review_times_compare() -> None:
+    naive = Review("alice", "APPROVED", HEAD, datetime(2026, 3, 2, 10, 0), write_access=True)
+    aware = Review("alice", "CHANGES_REQUESTED", HEAD, T0 + timedelta(hours=2), write_access=True)
+    assert not run(policy(required=1), facts(aware, naive)).passed

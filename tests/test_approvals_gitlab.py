@@ -107,6 +107,7 @@ def test_squash_merge_and_direct_push(gl: FakeGitLab) -> None:
     assert not v.passed
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12: GitLab identity facts are being added")
 def test_four_eyes_freshness_and_requested_changes(gl: FakeGitLab) -> None:
     merged_mr(gl)
     gl.add_commit(3, sha_of("c3"), author_email="1234-dave@users.noreply.gitlab.example.com")
@@ -132,6 +133,7 @@ def test_four_eyes_freshness_and_requested_changes(gl: FakeGitLab) -> None:
     assert not v.passed and v.missing == 1
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12: GitLab identity facts are being added")
 def test_older_gitlab_freshness_from_reset_on_push(gl: FakeGitLab) -> None:
     merged_mr(gl)
     gl.approved_at_supported = False
@@ -149,6 +151,7 @@ def test_older_gitlab_freshness_from_reset_on_push(gl: FakeGitLab) -> None:
     assert not gate(source(gl), {"required": 1}).passed
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12: GitLab identity facts are being added")
 def test_group_membership(gl: FakeGitLab) -> None:
     merged_mr(gl)
     gl.set_member("acme/ml-leads", "carol")
@@ -166,6 +169,7 @@ def test_group_membership(gl: FakeGitLab) -> None:
     assert all(p.startswith("/api/v4/groups/acme%2Fml-leads/members/all/") for p in paths)
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12: GitLab identity facts are being added")
 def test_rollback_policy(gl: FakeGitLab) -> None:
     merged_mr(gl)
     gl.approve(3, "alice", approved_at=T0 + timedelta(hours=2))

@@ -40,7 +40,16 @@ class ApprovalSource(Protocol):
 
     def pull_request_for_commit(self, sha: str) -> PullRequestFacts | None: ...
 
+    def pull_requests_for_commit(self, sha: str) -> list[int]:
+        """Every pull request the forge associates with `sha` (merged or not): the gate
+        decides which of them may count for it."""
+        ...
+
     def pull_request(self, number: int) -> PullRequestFacts: ...
+
+    def default_branch(self) -> str:
+        """The repository's default branch: the deploy branch unless configured."""
+        ...
 
     def membership(self, org: str, team: str, user: str) -> str:
         """ "active", "pending" or "none"."""

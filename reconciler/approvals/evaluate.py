@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.approvals.facts import (
@@ -28,7 +29,11 @@ IsMember = Callable[[str, str, str], bool | str]
 AUTHOR = "author of the pull request"
 COMMITTER = "committed to the pull request"
 AUTHORS_UNKNOWN = "commit authors unknown (the API lists only part of the commits)"
+AUTHORS_UNTIED = "commit authors unknown ({commits} by someone no account is tied to)"
 NOT_APPROVER = "not an approver"
+BOT = "a bot (bots count only when listed by name)"
+NO_WRITE_ACCESS = "no write access to the repository"
+WRITE_ACCESS_UNKNOWN = "write access unknown"
 MEMBERSHIP_PENDING = "team membership pending"
 CHANGES_LATER = "changes requested later"
 CHANGES = "requested changes"
@@ -134,7 +139,7 @@ def _latest_opinions(reviews: Iterable[Review]) -> list[tuple[Review, bool]]:
     """
     opinionated = [r for r in reviews if r.state.upper() in OPINIONATED and r.user]
     if all(r.submitted_at is not None for r in opinionated):
-        opinionated.sort(key=lambda r: r.submitted_at)  # type: ignore[arg-type,return-value]
+        opinionated.sort(key=_submitted)
     latest: dict[str, tuple[Review, bool]] = {}
     for r in opinionated:
         key = r.user.casefold()
@@ -142,6 +147,23 @@ def _latest_opinions(reviews: Iterable[Review]) -> list[tuple[Review, bool]]:
         approved_before = prev is not None and (prev[1] or prev[0].state.upper() == APPROVED)
         latest[key] = (r, approved_before)  # re-inserted: ordered by latest review
     return list(latest.values())
+
+
+def _submitted(r: Review) -> datetime:
+    """A review's time, comparable: a time without a zone is read as UTC."""
+    at = r.submitted_at or datetime.min
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _who_may_not_count(review: Review, approvers: list[str]) -> str | None:
+    """Bots never count unless listed by name; with anyone allowed (`approvers: []`),
+    only people who can write to the repository count."""
+    listed = {login.casefold() for login, team in map(split_approver, approvers) if team is None}
+    if review.is_bot and review.user.casefold() not in listed:
+        return BOT
+    if not approvers and review.write_access is not True:
+        return NO_WRITE_ACCESS if review.write_access is False else WRITE_ACCESS_UNKNOWN
+    return None
 
 
 def _not_an_approver(user: str, approvers: list[str], is_member: IsMember) -> str | None:
@@ -193,6 +215,8 @@ def evaluate(
     author = (facts.author or "").casefold()
     logins, emails = facts.contributors()
     head = facts.head_sha.casefold()
+    reviewer_emails = frozenset(e.casefold() for r in facts.reviews for e in r.emails)
+    untied = [] if facts.forge_enforces_four_eyes else facts.untied_commits(reviewer_emails)
     approved_by: list[str] = []
     not_counted: list[tuple[str, str]] = []
     for review, approved_before in _latest_opinions(facts.reviews):
@@ -212,11 +236,15 @@ def evaluate(
                 reason = COMMITTER
             elif not facts.commits_complete:
                 reason = AUTHORS_UNKNOWN
+            elif untied:
+                reason = AUTHORS_UNTIED.format(commits=", ".join(_short(s) for s in untied))
         if reason is None and policy.fresh_only and (review.commit_id or "").casefold() != head:
             reason = (
                 f"approval is stale (approved {_short(review.commit_id)}, "
                 f"head is {_short(facts.head_sha)})"
             )
+        if reason is None:
+            reason = _who_may_not_count(review, approvers)
         if reason is None and approvers:
             reason = _not_an_approver(user, approvers, is_member)
         if reason is None:

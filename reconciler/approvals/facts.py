@@ -17,6 +17,8 @@ COMMENTED = "COMMENTED"
 PENDING = "PENDING"
 #: States that express (or withdraw) an opinion; COMMENTED and PENDING don't.
 OPINIONATED = frozenset({APPROVED, CHANGES_REQUESTED, DISMISSED})
+#: GitHub's `author_association` values of people who can push to the repository.
+WRITERS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 
 _NOREPLY = re.compile(
     r"^(?:\d+[+-])?(?P<login>[A-Za-z0-9][A-Za-z0-9._-]*)@users\.noreply\.[A-Za-z0-9.-]+$",
@@ -48,6 +50,15 @@ class Review:
     #: Emails the forge says belong to the reviewer (GitLab public emails); used to
     #: match commits whose author has no forge login.
     emails: tuple[str, ...] = ()
+    #: The forge says the reviewer is a bot (GitHub `type: Bot`, GitLab `bot: true`).
+    bot: bool = False
+    #: Whether the reviewer can write to the repository (GitHub `author_association`
+    #: OWNER/MEMBER/COLLABORATOR, GitLab access level ≥ Developer); None: not known.
+    write_access: bool | None = None
+
+    @property
+    def is_bot(self) -> bool:
+        return self.bot or self.user.casefold().endswith("[bot]")
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,23 @@ class PullRequestFacts:
     #: False when the API could not list every commit (GitHub stops at 250): the
     #: authors are then unknown, and the four-eyes rule cannot be checked.
     commits_complete: bool = True
+    #: The forge itself refuses approvals by the MR's author and committers (GitLab's
+    #: project settings): authors it cannot name for us are then no risk.
+    forge_enforces_four_eyes: bool = False
+
+    def untied_commits(self, reviewer_emails: frozenset[str] = frozenset()) -> list[str]:
+        """Commits with an author, committer or co-author no forge account can be tied
+        to: no login, and an email that is neither a noreply address nor one of the
+        reviewers' known emails. Who wrote them is unknown, so four eyes cannot be told."""
+        untied = []
+        for c in self.commits:
+            people = [(c.author_login, c.author_email)]
+            if c.committer_login or c.committer_email:  # absent: the author committed
+                people.append((c.committer_login, c.committer_email))
+            people += [(None, e) for e in c.co_author_emails]
+            if not all(_tied(login, email, reviewer_emails) for login, email in people):
+                untied.append(c.sha)
+        return untied
 
     def contributors(self) -> tuple[frozenset[str], frozenset[str]]:
         """(logins, emails) of everyone who authored, co-authored or committed a commit.
@@ -102,6 +130,14 @@ class PullRequestFacts:
                     if noreply:
                         logins.add(noreply.casefold())
         return frozenset(logins), frozenset(emails)
+
+
+def _tied(login: str | None, email: str | None, known: frozenset[str]) -> bool:
+    if login:
+        return True
+    if not email:
+        return False
+    return noreply_login(email) is not None or email.casefold() in known
 
 
 def noreply_login(email: str) -> str | None:

@@ -4,7 +4,7 @@ that pass, one run per environment."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,16 +74,41 @@ def run_apply(
     env_secrets = secret_env(settings, loaded.desired)
     context = trigger_context(loaded) if trigger_context else run_context(settings, loaded)
     gate = Gate(
-        make_source(settings) if needs_source(loaded, plan) else None,
-        commit=loaded.commit,
-        pull_request=opts.pull_request,
-        is_rollback=context.trigger == "rollback",
+        settings=settings,
+        store=store,
+        target=loaded,
+        source_for=lambda approvals: make_source(replace(settings, approvals=approvals)),
         now=opts.now or datetime.now(UTC),
+        mode="working_tree" if opts.working_tree else "apply",
+        pull_request=opts.pull_request,
+        reverts_exactly=context.trigger == "rollback",
         override_window=opts.override_window,
+        secret_env=env_secrets,
     )
     report = ApplyReport(plan)
+    try:
+        _gate_and_apply(
+            settings, store, opts, loaded, plan, gate, context, report, progress, env_secrets
+        )
+    finally:
+        gate.close()
+    return report
+
+
+def _gate_and_apply(
+    settings: Settings,
+    store: StateStore,
+    opts: ApplyOptions,
+    loaded: Loaded,
+    plan: Plan,
+    gate: Gate,
+    context: RunContext,
+    report: ApplyReport,
+    progress: ProgressFn | None,
+    env_secrets: dict[str, str],
+) -> None:
+    """Each environment on its own: a blocked one never stops the others."""
     for ep in plan.environments:
-        spec = loaded.desired.policy(ep.environment)
         if not ep.changes:
             report.results.append(EnvironmentResult(ep.environment, "noop", message="no changes"))
             continue
@@ -93,7 +118,7 @@ def run_apply(
                 EnvironmentResult(ep.environment, "blocked", message=refused[0].refused)
             )
             continue
-        g = gate.check(ep, spec)
+        g = gate.check(ep)
         report.gates[ep.environment] = g
         if not g.passed:
             report.results.append(
@@ -119,7 +144,6 @@ def run_apply(
                 progress=progress,
             )
         )
-    return report
 
 
 def _committed_plan(
@@ -211,17 +235,6 @@ def plan_difference(saved: Plan, fresh: Plan) -> str | None:
     return None
 
 
-def needs_source(loaded: Loaded, plan: Plan) -> bool:
-    """Whether any changed environment's policy could ask the forge at all."""
-    for ep in plan.environments:
-        if not ep.changes:
-            continue
-        policy = loaded.desired.policy(ep.environment).approvals
-        if policy.required_for(ep.max_risk) or policy.rollback is not None:
-            return True
-    return False
-
-
 def run_context(settings: Settings, loaded: Loaded) -> RunContext:
     """`rollback` when the commit exactly reverts earlier ones (see is_exact_revert).
 
@@ -242,13 +255,17 @@ def run_context(settings: Settings, loaded: Loaded) -> RunContext:
 
 
 def _context_for(base: RunContext, g: GateResult, store: StateStore, env: str) -> RunContext:
-    """The environment's own run context: gate facts and the runs a rollback undoes."""
+    """The environment's own run context: gate facts and the runs a rollback undoes. A
+    revert commit is recorded as a rollback only where the gate judged it one (the whole
+    plan undoes the reverted commits)."""
     details = dict(base.details)
     if g.window_overridden:
         details["override_window"] = True
+    if g.policy_changed:
+        details["policy_changed"] = True
     ctx = RunContext(
         commit=base.commit,
-        trigger=base.trigger,
+        trigger="rollback" if base.trigger == "rollback" and g.rollback else "apply",
         pull_request=base.pull_request,
         author=base.author,
         approvers=list(base.approvers),
@@ -265,7 +282,8 @@ def _context_for(base: RunContext, g: GateResult, store: StateStore, env: str) -
     if g.verdict is not None:
         ctx.pull_request = g.verdict.pull_request
         ctx.author = g.verdict.author
-        ctx.approvers = list(g.verdict.approved_by)
+    ctx.approvers = g.approvers
+    ctx.policy = g.new_policy
     return ctx
 
 

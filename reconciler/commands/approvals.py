@@ -3,13 +3,13 @@ optionally posted as the `reconciler/approvals` commit status."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
 from reconciler import ci
-from reconciler.commands.apply import needs_source, run_context
-from reconciler.commands.context import open_store
+from reconciler.commands.apply import run_context
+from reconciler.commands.context import open_store, secret_env
 from reconciler.commands.forge import forge
 from reconciler.commands.plan import build_plan
 from reconciler.config import Settings
@@ -60,19 +60,24 @@ def judge(
     pull_request = pull_request or ctx.pull_request
     with open_store(settings, read_only=True) as store:
         loaded, plan = build_plan(settings, store, ref=commit or ctx.commit)
-    gate = Gate(
-        make_source(settings) if needs_source(loaded, plan) else None,
-        commit=loaded.commit,
-        pull_request=pull_request,
-        is_rollback=run_context(settings, loaded).trigger == "rollback",
-        now=now or datetime.now(UTC),
-    )
-    report = ApprovalsReport(plan.commit, pull_request)
-    for ep in plan.environments:
-        if ep.changes:
-            report.verdicts[ep.environment] = gate.check_approvals(
-                ep, loaded.desired.policy(ep.environment)
-            )
+        gate = Gate(
+            settings=settings,
+            store=store,
+            target=loaded,
+            source_for=lambda approvals: make_source(replace(settings, approvals=approvals)),
+            now=now or datetime.now(UTC),
+            mode="preview",
+            pull_request=pull_request,
+            reverts_exactly=run_context(settings, loaded).trigger == "rollback",
+            secret_env=secret_env(settings, loaded.desired),
+        )
+        report = ApprovalsReport(plan.commit, pull_request)
+        try:
+            for ep in plan.environments:
+                if ep.changes:
+                    report.verdicts[ep.environment] = gate.check_approvals(ep)
+        finally:
+            gate.close()
     return report
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
 from reconciler._strict import StrictModel
 from reconciler.approvals.facts import CommitFacts, PullRequestFacts, Review
@@ -29,12 +29,21 @@ class _Commit(StrictModel):
     co_author_emails: list[str] = Field(default_factory=list)
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("a time needs its UTC offset (e.g. 2026-03-02T10:00:00Z)")
+    return value
+
+
 class _Review(StrictModel):
     user: str
     state: Literal["APPROVED", "CHANGES_REQUESTED", "DISMISSED", "COMMENTED", "PENDING"]
     commit_id: str | None = None
-    submitted_at: datetime | None = None
+    submitted_at: Annotated[datetime | None, AfterValidator(_aware)] = None
     emails: list[str] = Field(default_factory=list)
+    #: The reviewer can push to the repository (what `approvers: []` requires).
+    write_access: bool | None = None
+    bot: bool = False
 
 
 class _PullRequest(StrictModel):
@@ -59,9 +68,38 @@ class _Team(StrictModel):
 
 class _Document(StrictModel):
     version: Literal[1] = 1
+    #: The deploy branch (what a forge calls the default branch).
+    deploy_branch: str = "main"
     commits: dict[str, int | None] = Field(default_factory=dict)
     pull_requests: list[_PullRequest] = Field(default_factory=list)
     teams: dict[str, list[str] | _Team] = Field(default_factory=dict)
+
+    def contradictions(self) -> list[str]:
+        """Facts that cannot all be true: the gate refuses the file rather than pick."""
+        problems = []
+        numbers = [p.number for p in self.pull_requests]
+        problems += [f"pull request #{n} appears twice" for n in sorted(_twice(numbers))]
+        team_names = [name.removeprefix("@").casefold() for name in self.teams]
+        problems += [f"team {t!r} is listed twice" for t in sorted(_twice(team_names))]
+        for name, members in self.teams.items():
+            if isinstance(members, _Team):
+                both = {u.casefold() for u in members.active} & {
+                    u.casefold() for u in members.pending
+                }
+                problems += [
+                    f"{u!r} is both active and pending in team {name!r}" for u in sorted(both)
+                ]
+        keys = [k.casefold() for k in self.commits]
+        problems += [f"commit {k} is mapped twice" for k in sorted(_twice(keys))]
+        return problems
+
+
+def _twice(items: list[Any]) -> set[Any]:
+    seen: set[Any] = set()
+    twice: set[Any] = set()
+    for x in items:
+        (twice if x in seen else seen).add(x)
+    return twice
 
 
 class FileSource:
@@ -99,10 +137,11 @@ class FileSource:
                     f"({len(problems)} problem{'s' if len(problems) != 1 else ''})",
                     details="\n".join(problems),
                 ) from None
-            numbers = [p.number for p in self._doc.pull_requests]
-            if len(numbers) != len(set(numbers)):
+            problems = self._doc.contradictions()
+            if problems:
                 raise ApprovalSourceError(
-                    f"approvals file {self.path}: a pull request number appears twice"
+                    f"approvals file {self.path} contradicts itself: {problems[0]}",
+                    details="\n".join(problems),
                 )
         return self._doc
 
@@ -137,6 +176,28 @@ class FileSource:
             if pr.state == "merged" and want in {s.casefold() for s in shas if s}:
                 return _facts(pr)
         return None
+
+    def pull_requests_for_commit(self, sha: str) -> list[int]:
+        """Pull requests the file maps `sha` to, or whose commits, head or merge it is."""
+        doc = self._load()
+        want = sha.casefold()
+        found = [
+            n
+            for key, n in doc.commits.items()
+            if n is not None
+            and (
+                key.casefold() == want
+                or (min(len(key), len(want)) >= _MIN_PREFIX and _prefix(key.casefold(), want))
+            )
+        ]
+        for pr in doc.pull_requests:
+            shas = {pr.merge_commit_sha, pr.head_sha, *(c.sha for c in pr.commits)}
+            if want in {s.casefold() for s in shas if s}:
+                found.append(pr.number)
+        return list(dict.fromkeys(found))
+
+    def default_branch(self) -> str:
+        return self._load().deploy_branch
 
     def pull_request(self, number: int) -> PullRequestFacts:
         pr = self._find(number)
@@ -193,6 +254,8 @@ def _facts(pr: _PullRequest) -> PullRequestFacts:
                 commit_id=r.commit_id,
                 submitted_at=r.submitted_at,
                 emails=tuple(r.emails),
+                bot=r.bot,
+                write_access=r.write_access,
             )
             for r in pr.reviews
         ),

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from reconciler.approvals.facts import (
     STATUS_CONTEXT,
+    WRITERS,
     CommitFacts,
     PullRequestFacts,
     Review,
@@ -90,6 +91,8 @@ class GitHubSource:
         )
         self._repo = f"/repos/{repository}"
         self._teams: dict[tuple[str, str, str], str] = {}
+        self._env = dict(env or {})
+        self._identity: str | None = None
 
     def __repr__(self) -> str:
         return f"GitHubSource({self.repository!r})"
@@ -115,6 +118,19 @@ class GitHubSource:
         if not isinstance(number, int):
             raise ApprovalSourceError("GitHub API: a pull request without a number")
         return self.pull_request(number)
+
+    def pull_requests_for_commit(self, sha: str) -> list[int]:
+        pulls = self._api.paginate(f"{self._repo}/commits/{quote(sha)}/pulls")
+        return [
+            p["number"] for p in pulls if isinstance(p, dict) and isinstance(p.get("number"), int)
+        ]
+
+    def default_branch(self) -> str:
+        repo = self._api.get(self._repo)
+        branch = json_str(repo, "default_branch")
+        if branch is None:
+            raise ApprovalSourceError(f"GitHub API: {self.repository} names no default branch")
+        return branch
 
     def pull_request(self, number: int) -> PullRequestFacts:
         pr = self._api.get(f"{self._repo}/pulls/{int(number)}")
@@ -190,12 +206,20 @@ class GitHubSource:
         self._api.send("POST", f"{self._repo}/statuses/{quote(sha)}", body, ok=(201,))
 
     def upsert_comment(self, pr_number: int, body: str, marker: str = PLAN_COMMENT_MARKER) -> int:
-        """Edit our comment (the one holding `marker`) or create it; returns its id."""
+        """Edit our comment (the one holding `marker`, written by the token's own user:
+        anyone can paste the marker) or create it; returns its id."""
         if marker not in body:
             body = f"{marker}\n{body}"
+        me = self._me()
         comments = self._api.paginate(f"{self._repo}/issues/{int(pr_number)}/comments")
         for c in comments:
-            if isinstance(c, dict) and marker in str(c.get("body") or "") and "id" in c:
+            if (
+                isinstance(c, dict)
+                and marker in str(c.get("body") or "")
+                and "id" in c
+                and me is not None
+                and (_login(c.get("user")) or "").casefold() == me.casefold()
+            ):
                 self._api.send(
                     "PATCH", f"{self._repo}/issues/comments/{int(c['id'])}", {"body": body}
                 )
@@ -205,6 +229,22 @@ class GitHubSource:
         )
         created = resp.json()
         return int(created["id"])
+
+    def _me(self) -> str | None:
+        """The token's own login: `GET /user`; an installation token cannot ask, so in
+        Actions it is the default token's `github-actions[bot]` unless
+        RECONCILER_COMMENT_AUTHOR says otherwise. None: never edit, always create."""
+        if self._identity is None:
+            named = self._env.get("RECONCILER_COMMENT_AUTHOR")
+            if named:
+                self._identity = named
+            else:
+                user = self._api.get_or_none("/user", missing=(401, 403, 404))
+                login = json_str(user, "login")
+                if login is None and self._env.get("GITHUB_ACTIONS") == "true":
+                    login = "github-actions[bot]"
+                self._identity = login or ""
+        return self._identity or None
 
     def open_pull_request(self, head: str, base: str, title: str, body: str) -> tuple[int, str]:
         """Open a pull request (or return the open one for the same branches)."""
@@ -263,9 +303,12 @@ def _review(r: Any) -> Review | None:
     state = json_str(r, "state")
     if user is None or state is None:  # a deleted account ("ghost") or a malformed entry
         return None
+    association = json_str(r, "author_association")
     return Review(
         user=user,
         state=state.upper(),
         commit_id=json_str(r, "commit_id"),
         submitted_at=parse_time(r.get("submitted_at")),
+        bot=json_str(r, "user", "type") == "Bot",
+        write_access=None if association is None else association.upper() in WRITERS,
     )

@@ -123,6 +123,17 @@ class GitLabSource:
             raise ApprovalSourceError("GitLab API: a merge request without an iid")
         return self.pull_request(iid)
 
+    def pull_requests_for_commit(self, sha: str) -> list[int]:
+        mrs = self._api.paginate(f"{self._p}/repository/commits/{quote(sha)}/merge_requests")
+        return [m["iid"] for m in mrs if isinstance(m, dict) and isinstance(m.get("iid"), int)]
+
+    def default_branch(self) -> str:
+        project = self._api.get(self._p)
+        branch = json_str(project, "default_branch")
+        if branch is None:
+            raise ApprovalSourceError(f"GitLab API: project {self.project} names no default branch")
+        return branch
+
     def pull_request(self, number: int) -> PullRequestFacts:
         """Merge request `number` (its iid) with commits, approvals and reviewer states."""
         mr_path = f"{self._p}/merge_requests/{int(number)}"

@@ -365,7 +365,13 @@ class FakeGitHub(FakeForge):
         self.comments: dict[int, list[dict[str, Any]]] = {}
         self._uids: dict[str, int] = {}
         self._clock = itertools.count(1)
+        #: The token's own account (`GET /user`); None answers 403 like an
+        #: installation token ("Resource not accessible by integration").
+        self.me: str | None = self.BOT
+        self.default_branch = "main"
         repo = "repos/{owner}/{repo}"
+        self.route("GET", repo, self._get_repo)
+        self.route("GET", "user", self._get_me)
         self.route("GET", f"{repo}/commits/{{sha}}/pulls", self._commit_pulls)
         self.route("GET", f"{repo}/pulls", self._list_pulls)
         self.route("POST", f"{repo}/pulls", self._create_pull)
@@ -503,8 +509,10 @@ class FakeGitHub(FakeForge):
         *,
         commit_id: str | None = None,
         submitted_at: datetime | None = None,
+        association: str = "MEMBER",
     ) -> dict[str, Any]:
-        """A review, appended in chronological order (times increase by default)."""
+        """A review, appended in chronological order (times increase by default);
+        `association` is the reviewer's `author_association` (MEMBER: can write)."""
         rid = self.next_id()
         review: dict[str, Any] = {
             "id": rid,
@@ -516,7 +524,7 @@ class FakeGitHub(FakeForge):
             "pull_request_url": f"{self.origin}/repos/{self.repository}/pulls/{number}",
             "_links": {},
             "commit_id": commit_id if commit_id is not None else self.pulls[number]["head"]["sha"],
-            "author_association": "MEMBER",
+            "author_association": association,
         }
         if state != "PENDING":
             when = submitted_at or (T0 + timedelta(minutes=next(self._clock)))
@@ -663,11 +671,24 @@ class FakeGitHub(FakeForge):
         page, headers = self.paginate(req, self.comments.get(int(number), []))
         return 200, page, headers
 
+    def _get_repo(self, req: Request, owner: str, repo: str) -> Response:
+        if not self._repo_ok(owner, repo):
+            return self.not_found()
+        return 200, {
+            "id": 1, "name": repo, "full_name": f"{owner}/{repo}", "private": True,
+            "default_branch": self.default_branch,
+        }, {}  # fmt: skip
+
+    def _get_me(self, req: Request) -> Response:
+        if self.me is None:
+            return 403, {"message": "Resource not accessible by integration"}, {}
+        return 200, _user(self.me, self.uid(self.me)), {}
+
     def _create_comment(self, req: Request, owner: str, repo: str, number: str) -> Response:
         body = req.body if isinstance(req.body, dict) else {}
         if not self._repo_ok(owner, repo) or not body.get("body"):
             return 422, {"message": "Validation Failed"}, {}
-        c = self.add_comment(int(number), body["body"], user=self.BOT)
+        c = self.add_comment(int(number), body["body"], user=self.me or self.BOT)
         return 201, c, {"location": c["url"]}
 
     def _update_comment(self, req: Request, owner: str, repo: str, cid: str) -> Response:

@@ -44,8 +44,10 @@ class FakeGitLab(FakeForge):
         self.reviewers_supported = True
         #: None = `GET /projects/:id/approvals` answers 403 (a Free-tier project).
         self.reset_approvals_on_push: bool | None = False
+        self.default_branch = "main"
         p = "projects/{project}"
         mr = f"{p}/merge_requests/{{iid}}"
+        self.route("GET", p, self._get_project)
         self.route("GET", f"{p}/repository/commits/{{sha}}/merge_requests", self._commit_mrs)
         self.route("GET", mr, self._get_mr)
         self.route("GET", f"{mr}/commits", self._list_commits)
@@ -304,6 +306,12 @@ class FakeGitLab(FakeForge):
         if self._mr(project, iid) is None or not self.reviewers_supported:
             return self.not_found()
         return 200, self.reviewers[int(iid)], {}
+
+    def _get_project(self, req: Request, project: str) -> Response:
+        if not self._project_ok(project):
+            return self.not_found()
+        return 200, {"id": 42, "path_with_namespace": "acme/manifests",
+                     "default_branch": self.default_branch}, {}  # fmt: skip
 
     def _project_approvals(self, req: Request, project: str) -> Response:
         if not self._project_ok(project):

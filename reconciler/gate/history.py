@@ -1,0 +1,102 @@
+"""The manifests as they were at past commits, for the gate: which commits change an
+environment's desired state, and each environment's policy at a commit.
+
+Loading a commit is a whole load (blobs at that commit, its own reconciler.yaml); each is
+loaded at most once per command, and only when one of the files it read changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.config import Settings
+from reconciler.errors import ReconcilerError
+from reconciler.gate.policy import Policy, policy_document
+from reconciler.gitrepo import ManifestRepo
+from reconciler.instances import canonical_json
+from reconciler.load import Loaded, load
+from reconciler.manifests.models import EnvironmentSpec
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the gate needs of one commit: per environment a signature of its desired
+    state (instances and policy) and its policy; None when the commit does not load."""
+
+    loaded: Loaded | None
+    signatures: dict[str, str]
+    error: str | None = None
+
+
+class History:
+    """Snapshots of commits, loaded lazily and cached."""
+
+    def __init__(self, settings: Settings, repo: ManifestRepo) -> None:
+        self._settings = settings
+        self._repo = repo
+        self._snapshots: dict[str, Snapshot] = {}
+
+    def remember(self, loaded: Loaded) -> None:
+        """The target, loaded already by the command: no need to load it twice."""
+        if loaded.commit is not None and not loaded.dirty:
+            self._snapshots[loaded.commit] = _snapshot(loaded)
+
+    def snapshot(self, sha: str) -> Snapshot:
+        if sha not in self._snapshots:
+            try:
+                self._snapshots[sha] = _snapshot(load(self._settings, sha))
+            except ReconcilerError as e:  # a broken commit in the range: judged as a change
+                self._snapshots[sha] = Snapshot(None, {}, e.message)
+        return self._snapshots[sha]
+
+    def changes(self, sha: str, environment: str) -> bool:
+        """Whether `sha` changes `environment`'s desired state against its first parent
+        (a commit that does not load counts as changing it: fail closed)."""
+        parent = self._repo.first_parent(sha)
+        if parent is not None and parent in self._snapshots and sha not in self._snapshots:
+            read = self._snapshots[parent].loaded
+            if read is not None and not _touches(self._repo.changed_paths(sha), read.paths_read):
+                self._snapshots[sha] = self._snapshots[parent]
+                return False
+        now = self.snapshot(sha)
+        before = self.snapshot(parent) if parent is not None else Snapshot(None, {})
+        if now.loaded is None or (parent is not None and before.loaded is None):
+            return True
+        return now.signatures.get(environment) != before.signatures.get(environment)
+
+    def policy(self, sha: str, environment: str) -> Policy | None:
+        """`environment`'s policy at `sha`; None when it is not declared there."""
+        snap = self.snapshot(sha)
+        if snap.loaded is None:
+            raise ReconcilerError(f"the manifests at {sha[:12]} do not load: {snap.error}")
+        entry = snap.loaded.desired.manifests.environments.get(environment)
+        if entry is None:
+            return None
+        return Policy(entry.model.spec, snap.loaded.approvals, f"commit {sha[:12]}")
+
+
+def _snapshot(loaded: Loaded) -> Snapshot:
+    desired = loaded.desired
+    signatures = {}
+    for env in desired.environments:
+        spec: EnvironmentSpec = desired.policy(env)
+        parts: dict[str, Any] = {
+            "policy": policy_document(spec, loaded.approvals),
+            "instances": {
+                f"{k.kind}/{k.name}": (inst.provider, inst.hash())
+                for k, inst in sorted(desired.instances.get(env, {}).items())
+            },
+        }
+        signatures[env] = hashlib.sha256(canonical_json(parts).encode()).hexdigest()
+    return Snapshot(loaded, signatures)
+
+
+def _touches(changed: list[str], read: tuple[str, ...]) -> bool:
+    for path in changed:
+        for r in read:
+            r = r.strip("/")
+            if r in ("", ".") or path == r or path.startswith(r + "/"):
+                return True
+    return False
