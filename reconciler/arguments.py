@@ -14,6 +14,14 @@ State = Annotated[str | None, typer.Option("--state", help="State URL (env RECON
 LogFormat = Annotated[
     str | None, typer.Option("--log-format", help="console or json (json when CI is set).")
 ]
+ApprovalsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--approvals-file",
+        help="The approvals document (source: file), outside the repo "
+        "(env RECONCILER_APPROVALS_FILE).",
+    ),
+]
 Verbose = Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")]
 Quiet = Annotated[int, typer.Option("-q", "--quiet", count=True, help="Fewer logs.")]
 

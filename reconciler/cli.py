@@ -32,7 +32,9 @@ _globals: dict[str, Any] = {}
 
 def settings() -> Settings:
     if "settings" not in _globals:
-        _globals["settings"] = load_settings(_globals["repo"], state_url=_globals["state"])
+        _globals["settings"] = load_settings(
+            _globals["repo"], state_url=_globals["state"], approvals_file=_globals["approvals"]
+        )
     return _globals["settings"]  # type: ignore[no-any-return]
 
 
@@ -52,12 +54,13 @@ def _main(
     repo: a.Repo = Path("."),
     state: a.State = None,
     log_format: a.LogFormat = None,
+    approvals_file: a.ApprovalsFile = None,
     verbose: a.Verbose = 0,
     quiet: a.Quiet = 0,
 ) -> None:
     if log_format not in (None, "console", "json"):
         raise ReconcilerError(f"--log-format must be console or json, not {log_format!r}")
-    _globals.update(repo=repo, state=state, verbosity=verbose - quiet)
+    _globals.update(repo=repo, state=state, approvals=approvals_file, verbosity=verbose - quiet)
     in_ci = bool(os.environ.get("CI"))
     log.configure(fmt=log_format, verbosity=verbose - quiet, in_ci=in_ci)  # type: ignore[arg-type]
 

@@ -20,13 +20,24 @@ from reconciler.manifests.yamlload import YamlProblem, YMap, load_documents
 from reconciler.state import DEFAULT_STATE_URL
 
 CONFIG_FILE = "reconciler.yaml"
+APPROVALS_FILE_ENV = "RECONCILER_APPROVALS_FILE"
 DEFAULT_MANIFEST_PATHS = ("manifests",)
+
+
+def _not_from_the_repo(path: str | None) -> str | None:
+    if path is not None:
+        raise ValueError(
+            "the approvals file is never named in the repo (a change could point it at "
+            "approvals it wrote): set RECONCILER_APPROVALS_FILE to a path outside the repo"
+        )
+    return path
 
 
 class ApprovalsConfig(StrictModel):
     source: Literal["github", "gitlab", "file", "none"] = "none"
     repository: Text | None = None
-    file: Text | None = None
+    #: Refused when set (kept so the message can say where the path goes instead).
+    file: Annotated[Text | None, AfterValidator(_not_from_the_repo)] = None
 
 
 def _inside_repo(path: str) -> str:
@@ -59,6 +70,9 @@ class Settings:
     approvals: ApprovalsConfig
     parallelism: int
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: The `file` approval source's document: `--approvals-file` or
+    #: RECONCILER_APPROVALS_FILE, never the repo (the change being judged writes it).
+    approvals_file: Path | None = None
 
 
 def _read_config_file(repo: Path) -> ConfigFile:
@@ -103,6 +117,7 @@ def load_settings(
     *,
     state_url: str | None = None,
     env: Mapping[str, str] | None = None,
+    approvals_file: Path | str | None = None,
 ) -> Settings:
     env = dict(os.environ if env is None else env)
     root = Path(repo).resolve()
@@ -117,4 +132,9 @@ def load_settings(
         approvals=cfg.approvals,
         parallelism=cfg.parallelism,
         env=env,
+        approvals_file=_approvals_file(approvals_file or env.get(APPROVALS_FILE_ENV)),
     )
+
+
+def _approvals_file(path: Path | str | None) -> Path | None:
+    return Path(path).absolute() if path else None

@@ -55,7 +55,10 @@ def test_gitlab_from_ci_variables(tmp_path: Path) -> None:
     [
         ("{source: github}", "GITHUB_TOKEN (a token that can read pull requests); GITHUB_REPO"),
         ("{source: gitlab}", "GITLAB_TOKEN (a project access token"),
-        ("{source: file}", "RECONCILER_APPROVALS_FILE or approvals.file in reconciler.yaml"),
+        (
+            "{source: file}",
+            "--approvals-file or RECONCILER_APPROVALS_FILE (outside the manifests repo)",
+        ),
     ],
 )
 def test_missing_configuration_is_named(tmp_path: Path, approvals: str, missing: str) -> None:
@@ -76,14 +79,17 @@ def test_a_bad_forge_timeout_is_a_config_error(tmp_path: Path, value: str) -> No
     )
 
 
-def test_the_approvals_file_is_found_relative_to_the_repo_not_through_the_env(
-    tmp_path: Path,
-) -> None:
-    repo = repo_with(tmp_path, "{source: file, file: approvals.json}")
-    settings = load_settings(repo, env={})
-    src = make_source(settings)
-    assert isinstance(src, FileSource) and src.path == repo / "approvals.json"
-    assert "RECONCILER_APPROVALS_FILE" not in settings.env
+def test_the_approvals_file_comes_only_from_outside_the_repo(tmp_path: Path) -> None:
+    """Issue 12: a file named in the repo (or lying in it) could be written by the very
+    change it judges; only --approvals-file / RECONCILER_APPROVALS_FILE name it, outside."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(repo_with(tmp_path, "{source: file, file: approvals.json}"), env={})
+    assert "RECONCILER_APPROVALS_FILE" in (refused.value.details or "")
+    repo = repo_with(tmp_path / "second", "{source: file}")
     named = tmp_path / "elsewhere.json"
     src = make_source(load_settings(repo, env={"RECONCILER_APPROVALS_FILE": str(named)}))
     assert isinstance(src, FileSource) and src.path == named
+    src = make_source(load_settings(repo, env={}, approvals_file=named))
+    assert isinstance(src, FileSource) and src.path == named
+    with pytest.raises(ConfigError, match="inside the manifests repo"):
+        make_source(load_settings(repo, env={"RECONCILER_APPROVALS_FILE": str(repo / "a.json")}))

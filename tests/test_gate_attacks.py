@@ -367,3 +367,46 @@ def test_contradictory_team_facts_in_the_approvals_file_are_refused(tmp_path: Pa
         }
         w.save_approvals()
         blocked(w)
+
+
+# --- the plan comment, the approvals file, the JSON verdict ------------------------------
+
+
+def test_the_plan_comment_upsert_never_edits_someone_elses_comment(w: World) -> None:
+    w.pr(2, [chat_tokens(401, 402)])
+    forged = w.gh.add_comment(2, "<!-- reconciler:plan -->\nLooks fine, merge it!", user="mallory")
+    for _ in range(2):
+        assert w.cli("plan", "--comment", "--pr", "2").code == 0
+    assert forged["body"] == "<!-- reconciler:plan -->\nLooks fine, merge it!"
+    ours = [c for c in w.gh.comments[2] if c["user"]["login"] == w.gh.me]
+    assert len(ours) == 1 and "support-chat" in ours[0]["body"]
+
+
+def test_the_approvals_file_is_never_named_in_the_repo(tmp_path: Path) -> None:
+    with world(tmp_path, source="file") as w:
+        (w.repo / "reconciler.yaml").write_text("approvals: {source: file, file: approvals.json}\n")
+        r = w.cli("validate")
+        assert r.code == 1 and "RECONCILER_APPROVALS_FILE" in r.err
+        (w.repo / "reconciler.yaml").write_text("approvals: {source: file}\n")
+        inside = w.repo / "approvals.json"
+        inside.write_text(w.approvals_file.read_text() if w.approvals_file else "{}")
+        w.pr(2, [chat_tokens(401, 402)])
+        out = blocked(w, env={"RECONCILER_APPROVALS_FILE": str(inside)})
+        assert "inside the manifests repo" in out
+        assert (
+            w.cli("--approvals-file", str(w.approvals_file), "apply", "--env", "production").code
+            == 0
+        )
+
+
+def test_approvals_json_names_the_policy_of_record_and_the_coverage(w: World) -> None:
+    sneaky = w.push("tweak", production_model("llama-3.1-8b-instruct"))
+    pr = w.pr(8, notes("a typo\n"))
+    r = w.cli("approvals", "--json", "--commit", pr.merged)
+    assert r.code == 3
+    doc = json.loads(r.out)["environments"]["production"]
+    assert doc["policy"]["origin"].startswith("run ") and doc["policy"]["changed"] is False
+    assert doc["policy"]["document"]["environment"]["approvals"]["required"] == 2
+    covered = {c["commit"]: c for c in doc["coverage"]}
+    assert covered[sneaky]["covered"] is False
+    assert "direct push" in " ".join(covered[sneaky]["problems"])

@@ -9,11 +9,13 @@ clients, and httpx with them, load only when a source is made.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from reconciler.approvals import ApprovalSource
+from reconciler.config import APPROVALS_FILE_ENV
 from reconciler.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,8 +37,9 @@ PLAN_COMMENT_MARKER = "<!-- reconciler:plan -->"
 DEFAULT_DEADLINE = 30.0
 #: The environment variable that overrides DEFAULT_DEADLINE.
 TIMEOUT_ENV = "RECONCILER_FORGE_TIMEOUT"
-#: The environment variable that names the approvals file (wins over approvals.file).
-FILE_ENV = "RECONCILER_APPROVALS_FILE"
+#: The environment variable that names the approvals file: the only way to name it, so
+#: that the change being judged (the repo) can never choose or write it.
+FILE_ENV = APPROVALS_FILE_ENV
 
 
 @runtime_checkable
@@ -80,8 +83,9 @@ def deadline_from(env: Mapping[str, str]) -> float:
 def make_source(settings: Settings) -> ApprovalSource | None:
     """The source `approvals.source` names, configured from CI variables; None for `none`.
 
-    CI variables win over `approvals.repository`/`approvals.file` in reconciler.yaml,
-    as everywhere in the settings; the file's path is relative to the manifests repo.
+    CI variables win over `approvals.repository` in reconciler.yaml, as everywhere in
+    the settings. The approvals file's path comes only from RECONCILER_APPROVALS_FILE
+    and must lie outside the manifests repo.
     """
     a = settings.approvals
     env = dict(settings.env)
@@ -124,11 +128,16 @@ def make_source(settings: Settings) -> ApprovalSource | None:
         return GitLabSource(api, token, project, deadline=deadline_from(env), env=env)
     from reconciler.forge.file import FileSource
 
-    named = env.get(FILE_ENV)
-    path = Path(named) if named else settings.repo / a.file if a.file else None
-    _require("file", [(f"{FILE_ENV} or approvals.file in reconciler.yaml", path)])
+    path = settings.approvals_file
+    _require("file", [(f"--approvals-file or {FILE_ENV} (outside the manifests repo)", path)])
     assert path is not None
-    return FileSource(path)
+    real = Path(os.path.realpath(path))
+    if real.is_relative_to(Path(os.path.realpath(settings.repo))):
+        raise ConfigError(
+            f"the approvals file {path} is inside the manifests repo: a change could write "
+            "its own approvals there; keep it outside the repo"
+        )
+    return FileSource(real)
 
 
 def _require(kind: str, needs: list[tuple[str, object]]) -> None:

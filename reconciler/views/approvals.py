@@ -31,14 +31,7 @@ def document(report: ApprovalsReport) -> dict[str, Any]:
         "commit": report.commit,
         "pull_request": report.pull_request,
         "passed": report.passed,
-        "environments": {
-            e: {
-                "passed": g.passed,
-                "reasons": g.reasons,
-                "verdict": g.verdict.as_dict() if g.verdict else None,
-            }
-            for e, g in report.verdicts.items()
-        },
+        "environments": {e: g.document() for e, g in report.verdicts.items()},
     }
 
 
