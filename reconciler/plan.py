@@ -363,6 +363,16 @@ def plan_environment(
     return ep
 
 
+def _protected(desired: Desired, store: StateStore, env: str) -> bool:
+    """Protected when the manifests say so *or* the policy of record did: a change
+    cannot drop `protected` to delete freely in the same breath."""
+    if desired.policy(env).protected:
+        return True
+    last = store.last_applied_run(env)
+    recorded = (last.policy or {}).get("environment") if last is not None else None
+    return isinstance(recorded, dict) and recorded.get("protected") is True
+
+
 def make_plan(
     desired: Desired,
     store: StateStore,
@@ -425,7 +435,7 @@ def make_plan(
                 {k: v for k, v in wanted.items() if k not in same},
                 recorded,
                 serial=store.serial(env),
-                protected=desired.policy(env).protected,
+                protected=_protected(desired, store, env),
                 allow_delete=allow_delete,
                 immutable=immutable,
                 secret_env=env_vars,

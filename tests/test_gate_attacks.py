@@ -410,3 +410,16 @@ def test_approvals_json_names_the_policy_of_record_and_the_coverage(w: World) ->
     covered = {c["commit"]: c for c in doc["coverage"]}
     assert covered[sneaky]["covered"] is False
     assert "direct push" in " ".join(covered[sneaky]["problems"])
+
+
+def test_dropping_protection_does_not_let_a_change_delete_freely(w: World) -> None:
+    """The delete is refused by the policy of record's `protected`, however many
+    approvals the change that drops it gathers."""
+
+    def drop(world: World) -> None:
+        world.edit((ENVS, "  protected: true\n", ""))
+        (world.repo / "manifests/deployments/reranker.yaml").unlink()
+
+    w.pr(2, drop, approve=("alice", "bob", "carol"))
+    out = blocked(w)
+    assert "--allow-delete" in out
