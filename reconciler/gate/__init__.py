@@ -12,7 +12,6 @@ while judging an environment blocks that environment with the reason.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +22,7 @@ from reconciler.approvals import ApprovalSource
 from reconciler.approvals.evaluate import Verdict, evaluate
 from reconciler.approvals.facts import PullRequestFacts
 from reconciler.config import ApprovalsConfig, Settings
-from reconciler.errors import ReconcilerError
+from reconciler.errors import GitError, ReconcilerError
 from reconciler.gate.history import History
 from reconciler.gate.policy import Policy
 from reconciler.gitrepo import ManifestRepo
@@ -223,7 +222,7 @@ class Gate:
         if commit is None:
             return None
         if self.mode == "preview":
-            branch = os.environ.get(DEPLOY_BRANCH_VAR) or self.settings.env.get(DEPLOY_BRANCH_VAR)
+            branch = self.settings.env.get(DEPLOY_BRANCH_VAR)
             for ref in filter(None, (branch, "origin/HEAD", "main", "master")):
                 base = self.repo.merge_base(commit, ref)
                 if base is not None and base != commit:
@@ -399,10 +398,7 @@ class Gate:
                 return None  # the pull request under review, judged as if merged now
             return "is not merged"
         result = pr.merge_commit_sha or pr.head_sha
-        target = self.commit or ""
-        if not self.repo.is_ancestor(result, target) and self.repo.tree(result) != self.repo.tree(
-            target
-        ):
+        if not self._applies(result):
             return f"was merged as {result[:12]}, which is not part of what is applied"
         part = (
             sha in commits
@@ -412,6 +408,17 @@ class Gate:
         if not part:
             return f"does not contain {sha[:12]}"
         return None
+
+    def _applies(self, result: str) -> bool:
+        """Whether a pull request's merge result is part of what is applied: an ancestor
+        of (or) the target, or a commit with exactly the target's tree."""
+        target = self.commit or ""
+        if self.repo.is_ancestor(result, target):
+            return True
+        try:
+            return self.repo.tree(result) == self.repo.tree(target)
+        except GitError:  # a commit this clone does not have: not what is applied
+            return False
 
     # -- the forge -------------------------------------------------------------------
 
