@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pgserver import postgres_server, postgres_url  # noqa: F401 (PostgreSQL fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "manifests"

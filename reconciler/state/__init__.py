@@ -14,6 +14,7 @@ from reconciler.state.base import (
     StateStore,
     fingerprint,
 )
+from reconciler.state.urls import mask_url
 
 #: The embedded default: a SQLite file inside the manifests repo (git-ignored).
 DEFAULT_STATE_URL = "sqlite:///.reconciler/state.db"
@@ -26,6 +27,7 @@ __all__ = [
     "RunRecord",
     "StateStore",
     "fingerprint",
+    "mask_url",
     "open_state",
 ]
 
@@ -35,7 +37,8 @@ def open_state(
 ) -> StateStore:
     """`sqlite:///rel/path.db` (relative to the manifests repo), `sqlite:////abs.db`, or
     `git://refs/...` (commits on that ref of the repo holding `repo_root`, pushed to its
-    `origin` when it has one).
+    `origin` when it has one), or `postgresql://user:password@host:port/dbname` (libpq's
+    URL; `postgres://` too).
 
     `env` is the command's environment (`Settings.env`), where the store reads
     RECONCILER_FINGERPRINT_KEY. `read_only` stores never create, migrate or write: plan,
@@ -55,8 +58,12 @@ def open_state(
         raw = rest[1:]
         path = Path(raw) if raw.startswith("/") else repo_root / raw
         return SQLiteState(path, url=url, env=env, read_only=read_only)
+    if url.startswith(("postgresql://", "postgres://")):
+        from reconciler.state.postgres import PostgresState  # psycopg only when asked for
+
+        return PostgresState(url, env=env, read_only=read_only)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
-        f"unknown state backend {scheme!r} in {url!r}: "
-        "use sqlite:///path/to/state.db or git://refs/reconciler/state"
+        f"unknown state backend {scheme!r} in {mask_url(url)!r}: use sqlite:///path/to/state.db, "
+        "git://refs/reconciler/state or postgresql://user@host/dbname"
     )

@@ -113,6 +113,18 @@ class RunRecord:
     policy: dict[str, Any] | None = None
 
 
+@dataclass
+class EnvironmentState:
+    """One environment's whole recorded state, as `reconciler state migrate` copies it
+    from one backend to another."""
+
+    environment: str
+    serial: int
+    applied: list[AppliedRecord]
+    #: Oldest first, each with its changes.
+    runs: list[RunRecord]
+
+
 @dataclass(frozen=True)
 class LockInfo:
     """Who holds an environment's lock, for the message a second apply prints."""
@@ -278,6 +290,23 @@ def fingerprint_key_from_env(env: Mapping[str, str]) -> bytes | None:
     return value.encode() if value else None
 
 
+def already_has_state(url: str, environment: str) -> StateError:
+    """What `import_environment` says when the target already knows the environment."""
+    return StateError(
+        f"state {url} already has state for environment {environment!r}: "
+        "refusing to merge two histories"
+    )
+
+
+def other_key_error(url: str) -> StateError:
+    """What `import_fingerprint_key` says when the target's own key is in use."""
+    return StateError(
+        f"state {url} has another fingerprint key, and applied records fingerprinted with "
+        f"it: the copied fingerprints would not match them (set {FINGERPRINT_KEY_VAR} to "
+        "share one key instead)"
+    )
+
+
 def read_only_error(url: str, what: str) -> StateError:
     """What a read-only store says when asked to write."""
     return StateError(
@@ -360,6 +389,18 @@ class StateStore(Protocol):
         """The key for secret fingerprints: RECONCILER_FINGERPRINT_KEY from the injected
         environment when set, else the state's own; None when the state has none yet and
         `create` is False (read-only commands like plan must not write state)."""
+        ...
+
+    def import_environment(self, state: EnvironmentState) -> None:
+        """Write an environment's whole state at once, as another backend recorded it (its
+        serial, applied records, runs with their changes): all or nothing, and StateError
+        (`already_has_state`) when this state has any of the environment already."""
+        ...
+
+    def import_fingerprint_key(self, key: bytes) -> None:
+        """Make `key` the state's own fingerprint key, replacing one that nothing was
+        fingerprinted with yet; StateError (`other_key_error`) when the state has another
+        key and applied records (their fingerprints were made with it)."""
         ...
 
     def close(self) -> None: ...

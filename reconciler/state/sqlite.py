@@ -40,12 +40,15 @@ from reconciler.state.base import (
     AppliedRecord,
     AppliedSummary,
     ChangeRecord,
+    EnvironmentState,
     HeldLocks,
     LockInfo,
     RunRecord,
+    already_has_state,
     check_takeover,
     fingerprint_key_from_env,
     holding,
+    other_key_error,
     read_only_error,
     this_process,
 )
@@ -141,6 +144,54 @@ def _applied_record(row: tuple[Any, ...]) -> AppliedRecord:
 def _lock_info(row: tuple[Any, ...]) -> LockInfo:
     env, run_id, user, host, pid, at, machine = row
     return LockInfo(env, run_id, user, host, int(pid), datetime.fromisoformat(at), machine)
+
+
+def _insert_run(db: sqlite3.Connection, run: RunRecord) -> None:
+    db.execute(
+        "INSERT INTO runs (id, environment, commit_sha, trigger, started_at, finished_at, "
+        "outcome, pull_request, author, approvers, reverted_commits, reverted_runs, details, "
+        "policy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            run.id,
+            run.environment,
+            run.commit,
+            run.trigger,
+            run.started_at.isoformat(),
+            run.finished_at.isoformat() if run.finished_at else None,
+            run.outcome,
+            run.pull_request,
+            run.author,
+            json.dumps(run.approvers),
+            json.dumps(run.reverted_commits),
+            json.dumps(run.reverted_runs),
+            json.dumps(run.details, sort_keys=True),
+            None if run.policy is None else json.dumps(run.policy, sort_keys=True),
+        ),
+    )
+
+
+def _insert_change(
+    db: sqlite3.Connection, run_id: str, seq: int, change: ChangeRecord, at: str
+) -> None:
+    env, kind, name = change.key
+    db.execute(
+        "INSERT INTO changes (run_id, seq, environment, kind, name, action, outcome, "
+        "error, provider_id, before_hash, after_hash, at, diff) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (run_id, seq, env, kind, name, change.action, change.outcome, change.error,
+         change.provider_id, change.before_hash, change.after_hash, at,
+         json.dumps(change.diff, sort_keys=True)),
+    )  # fmt: skip
+
+
+def _insert_applied(db: sqlite3.Connection, r: AppliedRecord) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO applied VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (r.environment, r.kind, r.name, r.provider, r.provider_id,
+         json.dumps(r.spec, sort_keys=True), r.spec_hash,
+         json.dumps(r.secret_fingerprints, sort_keys=True), r.commit, r.run_id,
+         r.applied_at.isoformat()),
+    )  # fmt: skip
 
 
 class SQLiteState:
@@ -439,27 +490,7 @@ class SQLiteState:
     def begin_run(self, run: RunRecord) -> None:
         with self._tx(f"begin run {run.id}") as db:
             self._check_held(db, run.environment)
-            db.execute(
-                "INSERT INTO runs (id, environment, commit_sha, trigger, started_at, "
-                "finished_at, outcome, pull_request, author, approvers, reverted_commits, "
-                "reverted_runs, details, policy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    run.id,
-                    run.environment,
-                    run.commit,
-                    run.trigger,
-                    run.started_at.isoformat(),
-                    run.finished_at.isoformat() if run.finished_at else None,
-                    run.outcome,
-                    run.pull_request,
-                    run.author,
-                    json.dumps(run.approvers),
-                    json.dumps(run.reverted_commits),
-                    json.dumps(run.reverted_runs),
-                    json.dumps(run.details, sort_keys=True),
-                    None if run.policy is None else json.dumps(run.policy, sort_keys=True),
-                ),
-            )
+            _insert_run(db, run)
 
     def record_change(
         self,
@@ -468,7 +499,7 @@ class SQLiteState:
         applied: AppliedRecord | None,
         removed: InstanceKey | None,
     ) -> None:
-        env, kind, name = change.key
+        env = change.key.environment
         at = (change.at or _now()).isoformat()
         with self._tx(f"record a change of run {run_id}") as db:
             self._check_held(db, env)
@@ -480,27 +511,14 @@ class SQLiteState:
                 and db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None
             ):
                 raise StateError(f"state {self.url}: no run {run_id} (begin_run first)")
-            db.execute(
-                "INSERT INTO changes (run_id, seq, environment, kind, name, action, outcome, "
-                "error, provider_id, before_hash, after_hash, at, diff) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, seq, env, kind, name, change.action, change.outcome, change.error,
-                 change.provider_id, change.before_hash, change.after_hash, at,
-                 json.dumps(change.diff, sort_keys=True)),
-            )  # fmt: skip
+            _insert_change(db, run_id, seq, change, at)
             if removed is not None:
                 db.execute(
                     "DELETE FROM applied WHERE environment = ? AND kind = ? AND name = ?",
                     tuple(removed),
                 )
             if applied is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO applied VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (applied.environment, applied.kind, applied.name, applied.provider,
-                     applied.provider_id, json.dumps(applied.spec, sort_keys=True),
-                     applied.spec_hash, json.dumps(applied.secret_fingerprints, sort_keys=True),
-                     applied.commit, applied.run_id, applied.applied_at.isoformat()),
-                )  # fmt: skip
+                _insert_applied(db, applied)
             if applied is not None or removed is not None:
                 db.execute(
                     "INSERT INTO serials VALUES (?, 1) "
@@ -524,6 +542,28 @@ class SQLiteState:
                     "UPDATE runs SET outcome = ?, finished_at = ?, details = ? WHERE id = ?",
                     (outcome, _now().isoformat(), json.dumps(details, sort_keys=True), run_id),
                 )
+
+    def import_environment(self, state: EnvironmentState) -> None:
+        env = state.environment
+        with self._tx(f"import environment {env!r}") as db:
+            taken = db.execute(
+                "SELECT 1 FROM runs WHERE environment = :e UNION ALL "
+                "SELECT 1 FROM applied WHERE environment = :e UNION ALL "
+                "SELECT 1 FROM serials WHERE environment = :e LIMIT 1",
+                {"e": env},
+            ).fetchone()
+            if taken is not None:
+                raise already_has_state(self.url, env)
+            for run in state.runs:
+                _insert_run(db, run)
+                for seq, change in enumerate(run.changes, 1):
+                    _insert_change(
+                        db, run.id, seq, change, (change.at or run.started_at).isoformat()
+                    )
+            for record in state.applied:
+                _insert_applied(db, record)
+            if state.serial:
+                db.execute("INSERT INTO serials VALUES (?, ?)", (env, state.serial))
 
     # -- locks -----------------------------------------------------------------------
 
@@ -585,6 +625,14 @@ class SQLiteState:
             else:
                 value = row[0]
         return bytes.fromhex(value)
+
+    def import_fingerprint_key(self, key: bytes) -> None:
+        with self._tx("import the fingerprint key") as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint_key'").fetchone()
+            used = db.execute("SELECT 1 FROM applied LIMIT 1").fetchone()
+            if row is not None and row[0] != key.hex() and used:
+                raise other_key_error(self.url)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('fingerprint_key', ?)", (key.hex(),))
 
     def close(self) -> None:
         with self._mu:

@@ -40,6 +40,7 @@ import threading
 import unittest
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -50,6 +51,7 @@ from reconciler.state.base import (
     FINGERPRINT_KEY_VAR,
     AppliedRecord,
     ChangeRecord,
+    EnvironmentState,
     RunRecord,
     StateStore,
     fingerprint,
@@ -378,6 +380,99 @@ def check_refused_writes_leave_nothing(make_store: Stores) -> None:
         after.applied("dev"),
         [(r.id, len(r.changes)) for r in after.runs()],
     ) == before
+
+
+# -- import (state migrate) ------------------------------------------------------------
+
+
+def _export(store: StateStore, env: str) -> EnvironmentState:
+    return EnvironmentState(
+        env, store.serial(env), list(store.applied(env).values()), store.runs(env)[::-1]
+    )
+
+
+def _renamed(state: EnvironmentState, env: str) -> EnvironmentState:
+    """`state` as another environment's (run ids prefixed: they are unique per state)."""
+
+    def key(k: InstanceKey) -> InstanceKey:
+        return InstanceKey(env, k.kind, k.name)
+
+    return EnvironmentState(
+        env,
+        state.serial,
+        [replace(r, environment=env, run_id=f"{env}-{r.run_id}") for r in state.applied],
+        [
+            replace(
+                run,
+                id=f"{env}-{run.id}",
+                environment=env,
+                changes=[replace(c, key=key(c.key)) for c in run.changes],
+            )
+            for run in state.runs
+        ],
+    )
+
+
+@_contract
+def check_import_environment_copies_it_whole_and_only_once(make_store: Stores) -> None:
+    """`state migrate` writes an environment as another backend recorded it: serial,
+    applied records, runs with their changes, policies and diffs, timestamps as they were."""
+    s = make_store()
+    _apply(s, "r1", ["a", "b", "c"])
+    with s.lock("dev", "r2"):
+        run = _run("r2", at=T0 + timedelta(minutes=1), commit="c2")
+        run.policy = {"environment": {"approvals": {"required": 1}}}
+        s.begin_run(run)
+        diff = [{"path": "model", "before": "gpt-4o", "after": "gpt-4o-mini"}]
+        change = replace(_change("a", "update"), diff=diff, at=T0 + timedelta(minutes=2))
+        s.record_change("r2", change, _applied("a", "r2", model="gpt-4o-mini"), None)
+        s.record_change("r2", _change("b", "delete"), None, InstanceKey("dev", "Deployment", "b"))
+        s.record_change("r2", _change("c", "update", "failed"), None, None)
+        s.finish_run("r2", "failed", {"why": "c"})
+    source = _export(s, "dev")
+    copy = _renamed(source, "qa")
+    with s.lock("qa", "migrate"):  # migrate holds the target's lock while it writes
+        s.import_environment(copy)
+    for store in (s, make_store(read_only=True)):
+        assert store.serial("qa") == source.serial == 5
+        assert list(store.applied("qa").values()) == copy.applied
+        assert store.runs("qa") == copy.runs[::-1]
+        r2 = store.run("qa-r2")
+        assert r2 is not None and r2.changes[0].diff == diff and r2.details == {"why": "c"}
+        assert r2.policy == run.policy and r2.finished_at == source.runs[1].finished_at
+        last = store.last_applied_run("qa")
+        assert last is not None and last.id == "qa-r1"
+        assert "qa" in store.environments() and store.lock_holder("qa") is None
+    before = (s.serials(), [(r.id, len(r.changes)) for r in s.runs()])
+    for env in ("qa", "dev"):
+        e = _refused(
+            lambda env=env: s.import_environment(_renamed(source, env)),  # type: ignore[misc]
+            StateError,
+            f"an import into {env!r}, which has state, was accepted",
+        )
+        assert f"already has state for environment {env!r}" in e.message
+    assert (s.serials(), [(r.id, len(r.changes)) for r in s.runs()]) == before
+    ro = make_store(read_only=True)
+    e = _refused(lambda: ro.import_environment(copy), StateError, "a read-only store wrote")
+    assert "read-only" in e.message
+
+
+@_contract
+def check_import_fingerprint_key_adopts_a_key_nothing_used_yet(make_store: Stores) -> None:
+    s = make_store()
+    key, other = b"k" * 32, b"o" * 32
+    s.import_fingerprint_key(key)
+    assert s.fingerprint_key(create=False) == key and s.fingerprint_key() == key
+    s.import_fingerprint_key(other)  # no record was fingerprinted with `key`: replaced
+    assert make_store().fingerprint_key(create=False) == other
+    _apply(s, "r1", ["a"])
+    s.import_fingerprint_key(other)
+    e = _refused(lambda: s.import_fingerprint_key(key), StateError, "a used key was replaced")
+    assert "another fingerprint key" in e.message
+    assert make_store().fingerprint_key(create=False) == other
+    ro = make_store(read_only=True)
+    e = _refused(lambda: ro.import_fingerprint_key(other), StateError, "a read-only store wrote")
+    assert "read-only" in e.message
 
 
 # -- locks -----------------------------------------------------------------------------

@@ -25,12 +25,15 @@ from reconciler.state.base import (
     AppliedRecord,
     AppliedSummary,
     ChangeRecord,
+    EnvironmentState,
     HeldLocks,
     LockInfo,
     RunRecord,
+    already_has_state,
     check_takeover,
     fingerprint_key_from_env,
     holding,
+    other_key_error,
     read_only_error,
     this_process,
 )
@@ -411,6 +414,38 @@ class GitState:
             reevaluate=env in self._held,
         )
 
+    def import_environment(self, state: EnvironmentState) -> None:
+        env = state.environment
+        prefix = lay.env_dir(env) + "/"
+
+        def mutate(snap: Snapshot) -> Changes:
+            if any(p.startswith(prefix) and p != lay.lock_path(env) for p in snap.files):
+                raise already_has_state(self.url, env)
+            out: Changes = {}
+            seq = max((rp.seq for rp in self._runs(snap).values()), default=0)
+            for run in state.runs:
+                seq += 1
+                run_dir = lay.run_dir(env, run.started_at, seq, run.id)
+                out[f"{run_dir}/run.json"] = lay.dump(lay.run_json(run))
+                changes = [
+                    {**lay.change_json(c), "at": (c.at or run.started_at).isoformat()}
+                    for c in run.changes
+                ]
+                for i in range(0, len(changes), lay.CHUNK):
+                    out[lay.chunk_path(run_dir, i // lay.CHUNK)] = lay.dump(
+                        changes[i : i + lay.CHUNK]
+                    )
+            buckets: dict[str, list[AppliedRecord]] = {}
+            for record in sorted(state.applied, key=lambda r: r.key):
+                buckets.setdefault(lay.bucket_path(record.key), []).append(record)
+            for path, records in buckets.items():
+                out[path] = lay.dump([lay.applied_json(r) for r in records])
+            if state.serial:
+                out[lay.serial_path(env)] = f"{state.serial}\n".encode()
+            return out
+
+        self._write(f"import environment {env}", mutate, reevaluate=True, fresh=True)
+
     # -- locks -----------------------------------------------------------------------
 
     @contextmanager
@@ -477,6 +512,17 @@ class GitState:
                 self._write("create fingerprint key", add_key, reevaluate=True)
                 meta = self._json(cast(Snapshot, self._refs.snap), lay.META)
             return bytes.fromhex(meta["fingerprint_key"])
+
+    def import_fingerprint_key(self, key: bytes) -> None:
+        def adopt(snap: Snapshot) -> Changes:
+            doc = self._json(snap, lay.META) or {"schema": lay.SCHEMA_VERSION}
+            if doc.get("fingerprint_key") not in (None, key.hex()) and any(
+                lay.applied_env(p) is not None for p in snap.files
+            ):
+                raise other_key_error(self.url)
+            return {lay.META: lay.dump({**doc, "fingerprint_key": key.hex()})}
+
+        self._write("import fingerprint key", adopt, reevaluate=True, fresh=True)
 
     def close(self) -> None:
         with self._refs.mu:
