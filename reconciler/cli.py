@@ -16,6 +16,7 @@ import typer
 
 from reconciler import arguments as a
 from reconciler import log
+from reconciler.cli_state import app as state_app
 from reconciler.config import Settings, load_settings
 from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
 
@@ -27,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app.add_typer(state_app, name="state")
 _globals: dict[str, Any] = {}
 
 
