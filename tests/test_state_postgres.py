@@ -4,6 +4,8 @@ contract, plus its schema, session-bound locks and what it never shows (the pass
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -147,3 +149,22 @@ def test_the_url_password_is_never_shown(tmp_path: Path, postgres_server: PgServ
 def test_mask_url(url: str, masked: str, found: list[str]) -> None:
     assert mask_url(url) == masked
     assert passwords(url) == found
+
+
+def test_processes_opening_a_new_database_at_once_migrate_it_once(
+    postgres_server: PgServer,
+) -> None:
+    """Applies starting on a new database at once: one creates the tables, the others wait
+    for it and find them (the catalog cache of a waiting session may not know yet)."""
+    for _ in range(3):
+        url = postgres_server.fresh_database()
+        code = (
+            "from reconciler.state import open_state\n"
+            f"open_state({url!r}, repo_root='.', env={{}}).close()"
+        )
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+            for _ in range(8)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 8, errors

@@ -320,8 +320,14 @@ class PostgresState:
 
     def _version(self, conn: psycopg.Connection[Any]) -> int:
         """The schema of the tables; 0 when there are none yet."""
-        row = conn.execute("SELECT to_regclass('reconciler_meta')").fetchone()
-        if row is None or row[0] is None:
+        # pg_class read through the statement's snapshot, not to_regclass(): the catalog
+        # cache may not have seen a migration another process committed a moment ago.
+        row = conn.execute(
+            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.relname = 'reconciler_meta' "
+            "AND n.nspname = current_schema()"
+        ).fetchone()
+        if not row or not row[0]:
             return 0
         found = conn.execute("SELECT value FROM reconciler_meta WHERE key = 'schema'").fetchone()
         version = int(found[0]) if found else 0
@@ -495,10 +501,14 @@ class PostgresState:
         applied: AppliedRecord | None,
         removed: InstanceKey | None,
     ) -> None:
-        """One transaction, sent as one pipeline: a round trip, not one per statement."""
+        """One transaction in one pipeline: two round trips (the checks, then COMMIT),
+        not one per statement."""
         env = change.key.environment
         at = change.at or datetime.now(UTC)
-        with self._tx(f"record a change of run {run_id}") as conn, conn.pipeline():
+        what = f"record a change of run {run_id}"
+        if self.read_only:
+            raise read_only_error(self.url, what)
+        with self._connection(what) as conn, conn.pipeline(), conn.transaction():
             held = None
             if env in self._held:
                 held = conn.execute(_LOCK_SQL + " FOR SHARE", (env,))
