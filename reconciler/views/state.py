@@ -13,13 +13,16 @@ _KEY = {
 
 def human(report: MigrationReport) -> str:
     lines = [
-        f"  {e.environment}: serial {e.serial}, {e.applied} applied, {e.runs} runs, "
-        f"{e.changes} changes"
+        f"  {e.environment}: serial {e.serial}, {e.applied} applied, {_n(e.runs, 'run')}, "
+        f"{_n(e.changes, 'change')}"
         for e in report.environments
     ]
-    n = len(report.environments)
     lines.append(
-        f"migrated {n} environment{'' if n == 1 else 's'} from {report.source} to "
+        f"migrated {_n(len(report.environments), 'environment')} from {report.source} to "
         f"{report.target}; {_KEY[report.fingerprint_key]}"
     )
     return "".join(line + "\n" for line in lines)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
