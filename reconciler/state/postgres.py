@@ -293,7 +293,8 @@ class PostgresState:
         """One line saying why (the server's words, never the URL's password)."""
         text = redact(str(e).strip()) or type(e).__name__
         first, _, rest = text.partition("\n")
-        return StateError(f"cannot {what} in state {self.url}: {first}", details=rest or None)
+        doing = f"{what} state" if what == "open" else f"{what} in state"
+        return StateError(f"cannot {doing} {self.url}: {first}", details=rest or None)
 
     @contextmanager
     def _direct(self, what: str) -> Iterator[psycopg.Connection[Any]]:
