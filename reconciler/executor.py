@@ -37,6 +37,12 @@ log = get_logger("reconciler.executor")
 ROLLBACK_REASON = "rollback-on-failure"
 
 
+def worker_count(parallelism: int, changes: int) -> int:
+    """Threads for a run: a few beyond the parallelism, which record finished changes
+    while `parallelism` provider calls go on, so recording never leaves a slot idle."""
+    return max(1, min(parallelism + max(2, parallelism // 4), changes))
+
+
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable and unique: UTC time plus randomness."""
     now = now or datetime.now(UTC)
@@ -141,17 +147,28 @@ class Executor:
         self.providers = providers
         self.parallelism = max(1, parallelism)
         self.progress = progress
+        #: Provider calls under way at once: the parallelism. A worker records its
+        #: change after giving its slot back, so the slots stay busy with calls.
+        self._slots = threading.BoundedSemaphore(self.parallelism)
 
     # -- one change ------------------------------------------------------------------
 
-    def do(self, ch: Change, run_id: str, commit: str | None) -> ChangeResult:
+    def do(
+        self, ch: Change, run_id: str, commit: str | None, stop: threading.Event | None = None
+    ) -> ChangeResult:
         """Apply and record one change. A provider failure is the change's outcome; a
-        state failure is raised (nothing can be recorded reliably any more)."""
+        state failure is raised (nothing can be recorded reliably any more). Once
+        `stop` is set, a change still waiting for a provider slot does not start."""
         recorded = None
         if ch.action != "create":
             recorded = self.store.applied(ch.environment, (ch.key,)).get(ch.key)
         try:
-            provider_id = self._call_provider(ch, recorded)
+            with self._slots:
+                if stop is not None and stop.is_set():
+                    raise _NotStarted
+                provider_id = self._call_provider(ch, recorded)
+        except _NotStarted:
+            raise
         except Exception as e:  # a provider plugin's bug must not lose the run record
             return self._record_failure(ch, run_id, _error_text(e))
         self._record_success(ch, run_id, commit, provider_id, recorded)
@@ -260,7 +277,7 @@ class Executor:
         schedule = _Schedule(self, plan, run_id, commit)
         workers = [
             threading.Thread(target=schedule.work, name=f"apply-{i}")
-            for i in range(max(1, min(self.parallelism, len(plan.changes))))
+            for i in range(worker_count(self.parallelism, len(plan.changes)))
         ]
         for w in workers:
             w.start()
@@ -362,6 +379,10 @@ class Executor:
         self.store.record_change(run_id, change, rec, None)
 
 
+class _NotStarted(BaseException):
+    """The run stopped while this change waited for a provider slot."""
+
+
 class _Schedule:
     """One run's ready queue, shared by the workers. A worker settles the change it
     finished and takes the next ready one itself, so a change costs no hand-off to a
@@ -379,6 +400,7 @@ class _Schedule:
         self.done: dict[InstanceKey, ChangeResult] = {}
         self.busy = 0  # taken, not yet settled
         self.failure: BaseException | None = None
+        self.stopping = threading.Event()
         self.cond = threading.Condition()
 
     def work(self) -> None:
@@ -386,9 +408,11 @@ class _Schedule:
             try:
                 blocker = _failed_dependency(ch, self.done)
                 if blocker is None:
-                    res = self.executor.do(ch, self.run_id, self.commit)
+                    res = self.executor.do(ch, self.run_id, self.commit, self.stopping)
                 else:
                     res = self.executor.skip(ch, self.run_id, blocker)
+            except _NotStarted:
+                return
             except BaseException as e:  # e.g. a state write failed: stop the run
                 self.stop(e)
                 return
@@ -428,6 +452,7 @@ class _Schedule:
     def _fail(self, e: BaseException) -> None:
         if self.failure is None:
             self.failure = e
+        self.stopping.set()
         self.cond.notify_all()
 
     def results(self) -> list[ChangeResult]:
