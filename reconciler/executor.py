@@ -10,6 +10,8 @@ is released.
 
 Scheduling is a ready queue (`graphlib.TopologicalSorter`): a change is queued when its
 last dependency finishes, so the work per change is constant however large the plan.
+Worker threads take ready changes themselves; `parallelism` bounds the provider calls
+under way, and a few spare workers write state records meanwhile (`worker_count`).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class RunContext:
     policy: dict[str, Any] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ChangeResult:
     change: Change
     outcome: ChangeOutcome
@@ -89,6 +91,7 @@ class EnvironmentResult:
         return c
 
 
+#: Told of every finished change; called from worker threads, one call at a time.
 ProgressFn = Callable[[ChangeResult], None]
 
 
