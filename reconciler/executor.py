@@ -549,7 +549,10 @@ class _Run:
             if first is None or e is first:
                 raise
             log.warning(
-                "cannot release the lock", environment=envname, run=self.run_id, error=str(e)
+                "cannot release the lock",
+                environment=envname,
+                run=self.run_id,
+                error=_error_text(e),
             )
             raise first from None
         raise AssertionError("unreachable: the lock swallowed an exception")  # pragma: no cover
@@ -578,7 +581,13 @@ class _Run:
             restored: list[ChangeResult] = []
             if failed and self.rollback_on_failure:
                 restored = self.executor.restore(results, before, self.run_id)
-                self.details["rolled_back"] = [r.change.address for r in restored]
+                self.details["rolled_back"] = [
+                    r.change.address for r in restored if r.outcome == "applied"
+                ]
+                if any(r.outcome != "applied" for r in restored):
+                    self.details["restore_failed"] = {
+                        r.change.address: r.error for r in restored if r.outcome != "applied"
+                    }
         except BaseException as e:
             self._finish_after(e)
             raise
@@ -588,7 +597,14 @@ class _Run:
         if failed:
             first = next((r for r in failed if r.outcome == "failed"), failed[0])
             message = f"{first.change.address}: {first.error}"
-        return EnvironmentResult(envname, outcome, self.run_id, results, message, restored)
+        return EnvironmentResult(
+            environment=envname,
+            outcome=outcome,
+            run_id=self.run_id,
+            results=results,
+            message=message,
+            restored=restored,
+        )
 
     def _record(self, envname: str) -> RunRecord:
         ctx = self.context

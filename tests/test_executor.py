@@ -301,6 +301,11 @@ def test_restore_goes_on_past_any_failure(store: SQLiteState) -> None:
     assert c.key in applied
     run = store.run(result.run_id or "")
     assert run is not None and run.outcome == "failed" and run.finished_at is not None
+    assert run.details["rolled_back"] == ["deployment.b"]
+    assert run.details["restore_failed"] == {
+        "deployment.c": "provider 'memory': cannot delete",
+        "deployment.a": "RuntimeError: bug while restoring",
+    }
     assert store.lock_holder(ENV) is None
 
 
