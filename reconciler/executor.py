@@ -216,6 +216,7 @@ class Executor:
                     provider_id=None,
                     before_hash=before_hash,
                     after_hash=None,
+                    diff=_diff_of(ch),
                 ),
                 None,
                 ch.key,
@@ -243,6 +244,7 @@ class Executor:
             provider_id=provider_id,
             before_hash=before_hash,
             after_hash=applied.spec_hash,
+            diff=_diff_of(ch),
         )
         self.store.record_change(run_id, change, applied, None)
 
@@ -266,6 +268,7 @@ class Executor:
             provider_id=None,
             before_hash=None,
             after_hash=None,
+            diff=_diff_of(ch),
         )
         self.store.record_change(run_id, change, None, None)
 
@@ -462,6 +465,11 @@ class _Schedule:
         if self.failure is not None:
             raise self.failure
         return [self.done[k] for k in self.changes]
+
+
+def _diff_of(ch: Change) -> list[dict[str, Any]]:
+    """The change's field diff as the plan showed it (secrets masked), for history."""
+    return [{"path": d.path, "before": d.before, "after": d.after} for d in ch.diff]
 
 
 def _failed_dependency(ch: Change, done: Mapping[InstanceKey, ChangeResult]) -> InstanceKey | None:

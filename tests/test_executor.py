@@ -91,7 +91,7 @@ def apply(
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteState]:
-    s = SQLiteState(tmp_path / "state.db")
+    s = SQLiteState(tmp_path / "state.db", env={})
     yield s
     s.close()
 
@@ -144,7 +144,7 @@ def test_a_change_reads_only_its_own_key_from_the_state(tmp_path: Path) -> None:
             reads.append(None if keys is None else tuple(keys))
             return super().applied(environment, keys)
 
-    store = Counting(tmp_path / "state.db")
+    store = Counting(tmp_path / "state.db", env={})
     mem = MemoryProvider()
     desired = desired_of(*(deployment(f"d{i}") for i in range(5)))
     apply(store, mem, desired)
@@ -155,6 +155,18 @@ def test_a_change_reads_only_its_own_key_from_the_state(tmp_path: Path) -> None:
     assert sorted(r for r in reads if r is not None) == sorted((k,) for k in desired)
     assert None not in reads  # nobody re-read the whole environment
     store.close()
+
+
+def test_each_recorded_change_carries_the_plans_field_diff(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat")
+    apply(store, mem, desired_of(chat))
+    result = apply(store, mem, desired_of(deployment("chat", model="gpt-4o-mini")))
+    run = store.run(result.run_id or "")
+    assert run is not None
+    assert [c.diff for c in run.changes] == [
+        [{"path": "model", "before": "gpt-4o", "after": "gpt-4o-mini"}]
+    ]
 
 
 # -- failures -------------------------------------------------------------------------
@@ -332,7 +344,7 @@ class FailingState(SQLiteState):
     def __init__(
         self, path: Path, *, fail_at: int, finish_fails: bool = False, release_fails: bool = False
     ) -> None:
-        super().__init__(path)
+        super().__init__(path, env={})
         self.fail_at = fail_at
         self.finish_fails = finish_fails
         self.release_fails = release_fails
@@ -573,8 +585,8 @@ def test_cli_rollback_on_failure_restores_the_registry_and_the_state(tmp_path: P
 def test_a_refusal_found_under_the_lock_names_the_refused_change(tmp_path: Path) -> None:
     """Between plan and lock another run recorded `ghost`; deleting it in a protected
     environment is refused, and the error says so (not the first change's verdict)."""
-    from reconciler.config import load_settings
     from reconciler.commands.apply import ApplyOptions, run_apply
+    from reconciler.config import load_settings
 
     repo = init_repo(tmp_path / "repo")
     protected = REPO_ENV.replace("{description: test}", "{description: test, protected: true}")
@@ -623,7 +635,7 @@ def test_a_refusal_found_under_the_lock_names_the_refused_change(tmp_path: Path)
                 yield info
 
     settings = load_settings(repo, env={})
-    store = Moving(repo / ".reconciler" / "state.db")
+    store = Moving(repo / ".reconciler" / "state.db", env={})
     with pytest.raises(ReconcilerError, match=r"deleting deployment\.ghost needs --allow-delete"):
         run_apply(settings, store, ApplyOptions())
     assert store.lock_holder(ENV) is None
