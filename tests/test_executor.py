@@ -640,3 +640,12 @@ def test_a_refusal_found_under_the_lock_names_the_refused_change(tmp_path: Path)
         run_apply(settings, store, ApplyOptions())
     assert store.lock_holder(ENV) is None
     store.close()
+
+
+def test_the_executor_and_its_users_import_no_private_names() -> None:
+    from test_approvals_imports import private_imports
+
+    root = Path(__file__).resolve().parent.parent / "reconciler"
+    files = [root / "executor.py", root / "drift.py", *sorted((root / "providers").glob("*.py"))]
+    files += sorted((root / "commands").glob("*.py"))
+    assert [v for f in files for v in private_imports(f)] == []
