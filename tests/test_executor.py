@@ -120,6 +120,30 @@ def test_applies_everything_records_it_and_closes_the_providers(store: SQLiteSta
     assert apply(store, mem, desired).outcome == "noop"  # converged
 
 
+def test_the_run_records_its_context_and_policy(store: SQLiteState) -> None:
+    ctx = RunContext(
+        commit="c0ffee",
+        trigger="rollback",
+        approvers=["alice"],
+        details={"override_window": True},
+        policy={"protected": True},
+    )
+    result = execute_environment(
+        store,
+        plan_of(store, desired_of(deployment("a"))),
+        desired=desired_of(deployment("a")),
+        providers=PROVIDERS,
+        repo_root=Path("."),
+        env={},
+        context=ctx,
+        provider_factory=MemoryProvider().factory(),
+    )
+    run = store.run(result.run_id or "")
+    assert run is not None
+    assert (run.commit, run.trigger, run.approvers) == ("c0ffee", "rollback", ["alice"])
+    assert run.details == {"override_window": True} and run.policy == {"protected": True}
+
+
 def test_a_dependant_starts_only_after_its_dependency_applied(store: SQLiteState) -> None:
     mem = MemoryProvider(latency=0.02)
     deps = [deployment(f"d{i}") for i in range(6)]
