@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from reconciler.apply import (
+from reconciler.errors import EXIT_CHANGES, EXIT_OK, ReconcilerError
+from reconciler.executor import (
     EnvironmentResult,
     ProgressFn,
     RunContext,
-    _instance_from_body,
-    _Providers,
     execute_environment,
+    instance_from_record,
 )
-from reconciler.errors import EXIT_CHANGES, EXIT_OK, ReconcilerError
 from reconciler.instances import Instance, InstanceKey, ProviderConfig, secret_ref, secret_refs
 from reconciler.plan import SENSITIVE, Change, EnvironmentPlan, FieldDiff, field_diff
+from reconciler.providers.pool import ProviderPool
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
 
 Status = Literal["in-sync", "drifted", "missing", "unreadable"]
@@ -90,7 +90,9 @@ def detect_drift(
     report = DriftReport()
     key = store.fingerprint_key(create=False) or b""  # none stored: nothing to match
     for envname in environments or store.environments():
-        clients = _Providers(providers.get(envname, {}), repo_root, env)
+        clients = ProviderPool.from_entry_points(
+            providers.get(envname, {}), repo_root=repo_root, env=env
+        )
         items: list[DriftItem] = []
         try:
             for k, rec in sorted(store.applied(envname).items()):
@@ -135,7 +137,7 @@ def heal(
         changes = []
         for item in todo:
             rec = recorded[item.key]
-            desired[item.key] = _instance_from_body(item.key, rec.provider, rec.spec)
+            desired[item.key] = instance_from_record(rec)
             changes.append(
                 Change(
                     "create" if item.status == "missing" else "update",

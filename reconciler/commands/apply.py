@@ -8,11 +8,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.apply import EnvironmentResult, ProgressFn, RunContext, execute_environment
 from reconciler.commands.context import manifest_repo, open_store, secret_env
 from reconciler.commands.plan import build_plan, load_plan_file
 from reconciler.config import Settings
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ReconcilerError, StateMovedError
+from reconciler.executor import EnvironmentResult, ProgressFn, RunContext, execute_environment
 from reconciler.forge import make_source
 from reconciler.gate import Gate, GateResult
 from reconciler.load import Loaded

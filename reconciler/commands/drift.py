@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from reconciler import drift as detection
-from reconciler.apply import EnvironmentResult, ProgressFn
 from reconciler.commands.context import open_store
 from reconciler.config import Settings
 from reconciler.drift import DriftReport
 from reconciler.errors import EXIT_ERROR, EXIT_OK
+from reconciler.executor import EnvironmentResult, ProgressFn
 from reconciler.load import load
 
 

@@ -3,7 +3,8 @@
 It needs no account and keeps secret *references* (`{"secretEnv": NAME}`), never
 values, so the file is safe to leave on disk. Objects are keyed by (environment,
 kind, name); concurrent threads share one connection behind a lock, and other
-processes are kept out by SQLite's own locking (WAL, IMMEDIATE writes, busy timeout).
+processes are kept out by SQLite's own locking (WAL, busy timeout). Every write is one
+statement, so it is its own transaction: atomic, with no BEGIN/COMMIT round trips.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +38,18 @@ CREATE TABLE IF NOT EXISTS objects (
     updated_at  TEXT NOT NULL,
     UNIQUE (environment, kind, name)
 )
+"""
+
+
+#: Create, or adopt the object of the same key (its id stays, its body becomes ours).
+#: `updated_at` moves only when the body changes; RETURNING gives the id either way.
+_UPSERT = """
+INSERT INTO objects (id, environment, kind, name, body, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (environment, kind, name) DO UPDATE SET
+    body = excluded.body,
+    updated_at = CASE WHEN body = excluded.body THEN updated_at ELSE excluded.updated_at END
+RETURNING id
 """
 
 
@@ -107,25 +119,15 @@ class LocalProvider(Provider):
         self._db = db
         return db
 
-    @contextmanager
-    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction; IMMEDIATE so a read-then-write is atomic across processes."""
+    def _write(self, what: str, sql: str, args: tuple[Any, ...]) -> tuple[list[Any], int]:
+        """(rows returned, rows changed) of one statement, which SQLite runs as its own
+        transaction: each write is a single statement, atomic without BEGIN/COMMIT.
+        The rows are fetched under the lock: the transaction ends with the statement."""
         with self._lock:
             db = self._connect()
             try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
-                raise self._fail(what, e) from None
-            try:
-                yield db
-            except sqlite3.Error as e:
-                db.execute("ROLLBACK")
-                raise self._fail(what, e) from None
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            try:
-                db.execute("COMMIT")
+                cur = db.execute(sql, args)
+                return cur.fetchall(), cur.rowcount
             except sqlite3.Error as e:
                 raise self._fail(what, e) from None
 
@@ -162,35 +164,23 @@ class LocalProvider(Provider):
         return LiveObject(provider_id=row[0], body=json.loads(row[1]))
 
     def create(self, inst: Instance) -> str:
-        body = _dump(inst.body())
-        with self._tx(f"create {inst.kind.lower()}.{inst.name}") as db:
-            row = self._find(db, inst.environment, inst.kind, inst.name)
-            if row is not None:
-                if row[1] != body:
-                    db.execute(
-                        "UPDATE objects SET body = ?, updated_at = ? WHERE id = ?",
-                        (body, _now(), row[0]),
-                    )
-                return str(row[0])
-            new_id = str(uuid.uuid4())
-            now = _now()
-            db.execute(
-                "INSERT INTO objects (id, environment, kind, name, body, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (new_id, inst.environment, inst.kind, inst.name, body, now, now),
-            )
-            return new_id
+        now = _now()
+        key = (inst.environment, inst.kind, inst.name)
+        rows, _ = self._write(
+            f"create {inst.kind.lower()}.{inst.name}",
+            _UPSERT,
+            (str(uuid.uuid4()), *key, _dump(inst.body()), now, now),
+        )
+        return str(rows[0][0])
 
     def update(self, inst: Instance, provider_id: str) -> None:
-        body = _dump(inst.body())
-        with self._tx(f"update {inst.kind.lower()}.{inst.name}") as db:
-            cur = db.execute(
-                "UPDATE objects SET body = ?, updated_at = ?"
-                " WHERE environment = ? AND kind = ? AND name = ?",
-                (body, _now(), inst.environment, inst.kind, inst.name),
-            )
-            missing = cur.rowcount == 0
-        if missing:
+        _, changed = self._write(
+            f"update {inst.kind.lower()}.{inst.name}",
+            "UPDATE objects SET body = ?, updated_at = ?"
+            " WHERE environment = ? AND kind = ? AND name = ?",
+            (_dump(inst.body()), _now(), inst.environment, inst.kind, inst.name),
+        )
+        if changed == 0:
             raise ProviderError(
                 f"provider {self.name!r} ({self.path}): {inst.kind.lower()}.{inst.name} in "
                 f"{inst.environment!r} no longer exists (removed outside reconciler); "
@@ -198,11 +188,11 @@ class LocalProvider(Provider):
             )
 
     def delete(self, kind: str, name: str, environment: str, provider_id: str | None) -> None:
-        with self._tx(f"delete {kind.lower()}.{name}") as db:
-            db.execute(
-                "DELETE FROM objects WHERE environment = ? AND kind = ? AND name = ?",
-                (environment, kind, name),
-            )
+        self._write(
+            f"delete {kind.lower()}.{name}",
+            "DELETE FROM objects WHERE environment = ? AND kind = ? AND name = ?",
+            (environment, kind, name),
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from reconciler.apply import ChangeResult, EnvironmentResult, ProgressFn
 from reconciler.commands.apply import ApplyReport
 from reconciler.commands.drift import HealReport
+from reconciler.executor import ChangeResult, EnvironmentResult, ProgressFn
 from reconciler.views.text import join_lines
 
 

@@ -1,0 +1,675 @@
+"""The executor in-process: an in-memory provider (`providers.testing`) against a real
+SQLite state file. Ordering and concurrency, dependants skipped after a failure,
+rollback-on-failure, state writes that fail mid-run, the cycle guard, and the run
+record that always ends with an outcome while the lock is always released."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import commit_all, init_repo, run_cli, write_files
+
+from reconciler.errors import ProviderError, ReconcilerError, StateError
+from reconciler.executor import (
+    ChangeResult,
+    EnvironmentResult,
+    RunContext,
+    execute_environment,
+    instance_from_record,
+    worker_count,
+)
+from reconciler.instances import Instance, InstanceKey, ProviderConfig
+from reconciler.plan import Change, EnvironmentPlan, plan_environment
+from reconciler.providers.testing import MemoryProvider
+from reconciler.state.base import AppliedRecord, ChangeRecord, LockInfo, RunRecord
+from reconciler.state.sqlite import SQLiteState
+
+ENV = "dev"
+PROVIDERS = {"mem": ProviderConfig(name="mem", type="memory", environment=ENV)}
+
+
+def deployment(name: str, model: str = "gpt-4o") -> Instance:
+    return Instance(ENV, "Deployment", name, "mem", {"model": model, "endpoint": f"/{name}"})
+
+
+def schedule(name: str, dep: Instance, cron: str = "0 * * * *") -> Instance:
+    return Instance(
+        ENV,
+        "Schedule",
+        name,
+        "mem",
+        {"deployment": dep.name, "cron": cron},
+        depends_on=(dep.key,),
+    )
+
+
+def desired_of(*insts: Instance) -> dict[InstanceKey, Instance]:
+    return {i.key: i for i in insts}
+
+
+def plan_of(store: SQLiteState, desired: dict[InstanceKey, Instance]) -> EnvironmentPlan:
+    """What the real planner makes of `desired` against what the state recorded."""
+    return plan_environment(
+        ENV,
+        desired,
+        store.applied(ENV),
+        serial=store.serial(ENV),
+        protected=False,
+        allow_delete=True,
+        immutable={},
+        secret_env={},
+        fingerprint_key=b"",
+    )
+
+
+def apply(
+    store: SQLiteState,
+    mem: MemoryProvider,
+    desired: dict[InstanceKey, Instance],
+    plan: EnvironmentPlan | None = None,
+    **kwargs: Any,
+) -> EnvironmentResult:
+    return execute_environment(
+        store,
+        plan or plan_of(store, desired),
+        desired=desired,
+        providers=PROVIDERS,
+        repo_root=Path("."),
+        env={},
+        context=RunContext(commit="c0ffee"),
+        provider_factory=mem.factory(),
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteState]:
+    s = SQLiteState(tmp_path / "state.db", env={})
+    yield s
+    s.close()
+
+
+def outcomes(result: EnvironmentResult) -> dict[str, str]:
+    return {r.change.address: r.outcome for r in result.results}
+
+
+# -- ordering and concurrency ---------------------------------------------------------
+
+
+def test_applies_everything_records_it_and_closes_the_providers(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat")
+    desired = desired_of(chat, deployment("search"), schedule("nightly", chat))
+    result = apply(store, mem, desired)
+    assert result.outcome == "applied"
+    assert set(outcomes(result).values()) == {"applied"}
+    assert set(mem.objects) == set(desired)
+    assert set(store.applied(ENV)) == set(desired)
+    run = store.run(result.run_id or "")
+    assert run is not None and run.outcome == "applied" and run.finished_at is not None
+    assert len(run.changes) == 3
+    assert store.lock_holder(ENV) is None
+    assert mem.closes == 1
+    assert apply(store, mem, desired).outcome == "noop"  # converged
+
+
+def test_the_run_records_its_context_and_policy(store: SQLiteState) -> None:
+    ctx = RunContext(
+        commit="c0ffee",
+        trigger="rollback",
+        approvers=["alice"],
+        details={"override_window": True},
+        policy={"protected": True},
+    )
+    result = execute_environment(
+        store,
+        plan_of(store, desired_of(deployment("a"))),
+        desired=desired_of(deployment("a")),
+        providers=PROVIDERS,
+        repo_root=Path("."),
+        env={},
+        context=ctx,
+        provider_factory=MemoryProvider().factory(),
+    )
+    run = store.run(result.run_id or "")
+    assert run is not None
+    assert (run.commit, run.trigger, run.approvers) == ("c0ffee", "rollback", ["alice"])
+    assert run.details == {"override_window": True} and run.policy == {"protected": True}
+
+
+def test_a_dependant_starts_only_after_its_dependency_applied(store: SQLiteState) -> None:
+    mem = MemoryProvider(latency=0.02)
+    deps = [deployment(f"d{i}") for i in range(6)]
+    scheds = [schedule(f"s{i}", d) for i, d in enumerate(deps)]
+    apply(store, mem, desired_of(*deps, *scheds), parallelism=4)
+    order = mem.calls_of("create")
+    for d, s in zip(deps, scheds, strict=True):
+        assert order.index(d.key) < order.index(s.key)
+
+
+def test_never_more_provider_calls_at_once_than_the_parallelism(store: SQLiteState) -> None:
+    mem = MemoryProvider(latency=0.05)
+    apply(store, mem, desired_of(*(deployment(f"d{i}") for i in range(12))), parallelism=3)
+    assert 1 < mem.peak_concurrency <= 3
+
+
+def test_a_change_reads_only_its_own_key_from_the_state(tmp_path: Path) -> None:
+    reads: list[tuple[InstanceKey, ...] | None] = []
+
+    class Counting(SQLiteState):
+        def applied(self, environment: str, keys: Any = None) -> dict[InstanceKey, AppliedRecord]:
+            reads.append(None if keys is None else tuple(keys))
+            return super().applied(environment, keys)
+
+    store = Counting(tmp_path / "state.db", env={})
+    mem = MemoryProvider()
+    desired = desired_of(*(deployment(f"d{i}") for i in range(5)))
+    apply(store, mem, desired)
+    changed = {k: deployment(k.name, model="gpt-4o-mini") for k in desired}
+    plan = plan_of(store, changed)
+    reads.clear()
+    assert apply(store, mem, changed, plan).outcome == "applied"
+    assert sorted(r for r in reads if r is not None) == sorted((k,) for k in desired)
+    assert None not in reads  # nobody re-read the whole environment
+    store.close()
+
+
+def test_each_recorded_change_carries_the_plans_field_diff(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat")
+    apply(store, mem, desired_of(chat))
+    result = apply(store, mem, desired_of(deployment("chat", model="gpt-4o-mini")))
+    run = store.run(result.run_id or "")
+    assert run is not None
+    assert [c.diff for c in run.changes] == [
+        [{"path": "model", "before": "gpt-4o", "after": "gpt-4o-mini"}]
+    ]
+
+
+# -- failures -------------------------------------------------------------------------
+
+
+def test_dependants_of_a_failed_change_are_skipped_and_the_rest_applies(
+    store: SQLiteState,
+) -> None:
+    mem = MemoryProvider()
+    chat, search = deployment("chat"), deployment("search")
+    nightly = schedule("nightly", chat)
+    mem.fail(chat.key, "create", "503 Service Unavailable")
+    result = apply(store, mem, desired_of(chat, search, nightly))
+    assert result.outcome == "failed"
+    assert outcomes(result) == {
+        "deployment.chat": "failed",
+        "deployment.search": "applied",
+        "schedule.nightly": "skipped",
+    }
+    by_address = {r.change.address: r for r in result.results}
+    assert by_address["schedule.nightly"].error == "deployment.chat did not apply"
+    assert result.message == "deployment.chat: provider 'memory': 503 Service Unavailable"
+    assert nightly.key not in mem.calls_of("create")  # never sent to the provider
+    run = store.run(result.run_id or "")
+    assert run is not None and run.outcome == "failed"
+    assert {(c.key.name, c.outcome) for c in run.changes} == {
+        ("chat", "failed"),
+        ("search", "applied"),
+        ("nightly", "skipped"),
+    }
+    assert set(store.applied(ENV)) == {search.key}
+    # the provider is back: a re-run applies exactly what is left
+    result = apply(store, mem, desired_of(chat, search, nightly))
+    assert outcomes(result) == {"deployment.chat": "applied", "schedule.nightly": "applied"}
+
+
+def test_a_skip_propagates_down_a_chain_of_dependencies(store: SQLiteState) -> None:
+    a = deployment("a")
+    b = Instance(ENV, "Deployment", "b", "mem", {"model": "m"}, depends_on=(a.key,))
+    c = Instance(ENV, "Deployment", "c", "mem", {"model": "m"}, depends_on=(b.key,))
+    mem = MemoryProvider()
+    mem.fail(a.key, "create")
+    result = apply(store, mem, desired_of(a, b, c))
+    by_address = {r.change.address: r for r in result.results}
+    assert [by_address[x].outcome for x in ("deployment.a", "deployment.b", "deployment.c")] == [
+        "failed",
+        "skipped",
+        "skipped",
+    ]
+    assert by_address["deployment.c"].error == "deployment.b did not apply"
+
+
+def test_a_provider_bug_fails_its_change_not_the_run(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat, search = deployment("chat"), deployment("search")
+    mem.fail(chat.key, "create", RuntimeError("plugin exploded"))
+    result = apply(store, mem, desired_of(chat, search))
+    assert outcomes(result) == {"deployment.chat": "failed", "deployment.search": "applied"}
+    assert result.results[0].error == "RuntimeError: plugin exploded"
+
+
+# -- rollback on failure --------------------------------------------------------------
+
+
+def test_rollback_on_failure_puts_back_what_this_run_changed(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    a, b, gone = deployment("a"), deployment("b"), deployment("gone")
+    apply(store, mem, desired_of(a, b, gone))
+    v1 = {k: mem.objects[k].body for k in (a.key, gone.key)}
+    v1_ids = {k: mem.objects[k].provider_id for k in (a.key, gone.key)}
+    # v2: update a, create new, delete gone; b's update fails
+    a2, b2, new = deployment("a", "gpt-4o-mini"), deployment("b", "gpt-4o-mini"), deployment("new")
+    mem.fail(b.key, "update", "500 Internal Server Error")
+    result = apply(store, mem, desired_of(a2, b2, new), rollback_on_failure=True)
+    assert result.outcome == "failed"
+    assert outcomes(result) == {
+        "deployment.a": "applied",
+        "deployment.new": "applied",
+        "deployment.b": "failed",
+        "deployment.gone": "applied",
+    }
+    assert {r.change.address: r.outcome for r in result.restored} == {
+        "deployment.a": "applied",
+        "deployment.new": "applied",
+        "deployment.gone": "applied",
+    }
+    # the provider holds v1 again, and the state says so
+    assert set(mem.objects) == {a.key, b.key, gone.key}
+    assert mem.objects[a.key].body == v1[a.key]
+    assert mem.objects[a.key].provider_id == v1_ids[a.key]  # updated in place
+    assert mem.objects[gone.key].body == v1[gone.key]
+    applied = store.applied(ENV)
+    assert set(applied) == {a.key, b.key, gone.key}
+    assert applied[a.key].spec == v1[a.key]
+    assert applied[gone.key].provider_id == mem.objects[gone.key].provider_id
+    run = store.run(result.run_id or "")
+    assert run is not None and run.outcome == "failed"
+    assert sorted(run.details["rolled_back"]) == [
+        "deployment.a",
+        "deployment.gone",
+        "deployment.new",
+    ]
+    assert [c.error for c in run.changes[-3:]] == ["rollback-on-failure"] * 3
+    # the next plan is the whole change again
+    assert [c.address for c in plan_of(store, desired_of(a2, b2, new)).changes] == [
+        "deployment.a",
+        "deployment.b",
+        "deployment.new",
+        "deployment.gone",
+    ]
+
+
+def test_restore_goes_on_past_any_failure(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    a, b = deployment("a"), deployment("b")
+    apply(store, mem, desired_of(a, b))
+    c, d = deployment("c"), deployment("d")
+    mem.fail(d.key, "create")  # the failure that triggers the restore
+
+    def break_restore(res: ChangeResult) -> None:
+        if res.change.key == d.key:  # the run is over (parallelism 1): restore comes next
+            mem.fail(a.key, "update", RuntimeError("bug while restoring"))
+            mem.fail(c.key, "delete", "cannot delete")
+
+    desired = desired_of(deployment("a", "v2"), deployment("b", "v2"), c, d)
+    result = apply(
+        store, mem, desired, rollback_on_failure=True, parallelism=1, progress=break_restore
+    )
+    assert outcomes(result) == {
+        "deployment.a": "applied",
+        "deployment.b": "applied",
+        "deployment.c": "applied",
+        "deployment.d": "failed",
+    }
+    assert [(r.change.address, r.outcome, r.error) for r in result.restored] == [
+        ("deployment.c", "failed", "provider 'memory': cannot delete"),
+        ("deployment.b", "applied", None),
+        ("deployment.a", "failed", "RuntimeError: bug while restoring"),
+    ]
+    assert mem.objects[b.key].body["model"] == "gpt-4o"
+    applied = store.applied(ENV)
+    assert applied[b.key].spec["model"] == "gpt-4o"  # restored
+    assert applied[a.key].spec["model"] == "v2"  # its restore failed: the state says so
+    assert c.key in applied
+    run = store.run(result.run_id or "")
+    assert run is not None and run.outcome == "failed" and run.finished_at is not None
+    assert run.details["rolled_back"] == ["deployment.b"]
+    assert run.details["restore_failed"] == {
+        "deployment.c": "provider 'memory': cannot delete",
+        "deployment.a": "RuntimeError: bug while restoring",
+    }
+    assert store.lock_holder(ENV) is None
+
+
+def test_restore_survives_a_plugin_bug(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    a, b = deployment("a"), deployment("b")
+    mem.fail(b.key, "create")
+    mem.fail(a.key, "delete", RuntimeError("bug while restoring"))
+    result = apply(store, mem, desired_of(a, b), rollback_on_failure=True)
+    assert [(r.change.address, r.outcome, r.error) for r in result.restored] == [
+        ("deployment.a", "failed", "RuntimeError: bug while restoring")
+    ]
+    run = store.run(result.run_id or "")
+    assert run is not None and run.outcome == "failed"
+
+
+# -- state writes that fail mid-run ---------------------------------------------------
+
+
+class FailingState(SQLiteState):
+    """A real SQLite state whose Nth `record_change` (and, if asked, `finish_run` and
+    the lock release) fails, as a full disk or a lost lock would."""
+
+    def __init__(
+        self, path: Path, *, fail_at: int, finish_fails: bool = False, release_fails: bool = False
+    ) -> None:
+        super().__init__(path, env={})
+        self.fail_at = fail_at
+        self.finish_fails = finish_fails
+        self.release_fails = release_fails
+        self.writes = 0
+        self._count = threading.Lock()
+
+    def record_change(
+        self,
+        run_id: str,
+        change: ChangeRecord,
+        applied: AppliedRecord | None,
+        removed: InstanceKey | None,
+    ) -> None:
+        with self._count:
+            self.writes += 1
+            fail = self.writes == self.fail_at
+        if fail:
+            raise StateError(f"cannot write state {self.url}: database or disk is full")
+        super().record_change(run_id, change, applied, removed)
+
+    def finish_run(self, run_id: str, outcome: str, details: dict[str, Any] | None = None) -> None:
+        if self.finish_fails:
+            raise StateError("cannot write state: the lock is no longer ours")
+        super().finish_run(run_id, outcome, details)
+
+    @contextmanager
+    def lock(
+        self, environment: str, run_id: str, *, break_lock: bool = False
+    ) -> Iterator[LockInfo]:
+        with super().lock(environment, run_id, break_lock=break_lock) as info:
+            try:
+                yield info
+            finally:
+                if self.release_fails:
+                    raise StateError("cannot release the lock: it was taken over")
+
+
+def test_a_state_write_failing_mid_run_ends_the_run_failed_and_frees_the_lock(
+    tmp_path: Path,
+) -> None:
+    store = FailingState(tmp_path / "state.db", fail_at=5)
+    mem = MemoryProvider()
+    chat = deployment("chat")
+    desired = desired_of(*(deployment(f"d{i:02d}") for i in range(20)), chat)
+    desired |= desired_of(schedule("nightly", chat))
+    with pytest.raises(StateError, match="database or disk is full"):
+        apply(store, mem, desired, parallelism=4)
+    assert store.lock_holder(ENV) is None
+    (run,) = store.runs(ENV)
+    assert run.outcome == "failed" and run.finished_at is not None
+    assert "database or disk is full" in run.details["error"]
+    recorded = len(store.applied(ENV))
+    assert 4 <= recorded < len(desired)  # what was under way finished; nothing new started
+    assert len(run.changes) == recorded
+    # a re-run converges: everything applied once, nothing duplicated
+    result = apply(store, mem, desired, parallelism=4)
+    assert result.outcome == "applied"
+    assert len(result.results) == len(desired) - recorded
+    assert set(store.applied(ENV)) == set(desired) == set(mem.objects)
+    ids = [o.provider_id for o in mem.objects.values()]
+    assert len(set(ids)) == len(ids)
+    assert {k: r.provider_id for k, r in store.applied(ENV).items()} == {
+        k: o.provider_id for k, o in mem.objects.items()
+    }
+    store.close()
+
+
+def test_when_finishing_the_run_fails_too_the_first_error_is_reported(tmp_path: Path) -> None:
+    store = FailingState(tmp_path / "state.db", fail_at=2, finish_fails=True)
+    desired = desired_of(*(deployment(f"d{i}") for i in range(4)))
+    with pytest.raises(StateError, match="database or disk is full"):
+        apply(store, MemoryProvider(), desired, parallelism=1)
+    assert store.lock_holder(ENV) is None
+
+
+def test_when_releasing_the_lock_fails_after_an_error_the_error_is_reported(
+    tmp_path: Path,
+) -> None:
+    store = FailingState(tmp_path / "state.db", fail_at=1, release_fails=True)
+    with pytest.raises(StateError, match="database or disk is full"):
+        apply(store, MemoryProvider(), desired_of(deployment("a")))
+    (run,) = store.runs(ENV)
+    assert run.outcome == "failed"
+
+
+def test_a_failing_progress_callback_ends_the_run_failed(store: SQLiteState) -> None:
+    def progress(res: ChangeResult) -> None:
+        raise RuntimeError("terminal went away")
+
+    with pytest.raises(RuntimeError, match="terminal went away"):
+        apply(store, MemoryProvider(), desired_of(deployment("a")), progress=progress)
+    (run,) = store.runs(ENV)
+    assert run.outcome == "failed"
+    assert run.details["error"] == "RuntimeError: terminal went away"
+    assert store.lock_holder(ENV) is None
+
+
+def test_ctrl_c_ends_the_run_interrupted_after_the_changes_under_way(store: SQLiteState) -> None:
+    def progress(res: ChangeResult) -> None:
+        raise KeyboardInterrupt
+
+    mem = MemoryProvider(latency=0.01)
+    desired = desired_of(*(deployment(f"d{i}") for i in range(10)))
+    with pytest.raises(KeyboardInterrupt):
+        apply(store, mem, desired, parallelism=2, progress=progress)
+    (run,) = store.runs(ENV)
+    assert run.outcome == "interrupted"
+    # what had started finished and was recorded; no worker took another change
+    started = mem.calls_of("create")
+    assert set(store.applied(ENV)) == set(started)
+    assert 1 <= len(started) <= worker_count(2, 10) < len(desired)
+    assert store.lock_holder(ENV) is None
+
+
+# -- the cycle guard ------------------------------------------------------------------
+
+
+def test_changes_that_wait_on_each_other_are_refused_before_anything_runs(
+    store: SQLiteState,
+) -> None:
+    a, b = deployment("a"), deployment("b")
+    plan = EnvironmentPlan(
+        ENV,
+        0,
+        False,
+        [
+            Change("create", a.key, "mem", None, a.body(), depends_on=[b.key]),
+            Change("create", b.key, "mem", None, b.body(), depends_on=[a.key]),
+        ],
+    )
+    mem = MemoryProvider()
+    with pytest.raises(ReconcilerError, match="wait on each other"):
+        apply(store, mem, desired_of(a, b), plan)
+    assert mem.calls == []
+    (run,) = store.runs(ENV)
+    assert run.outcome == "failed" and "wait on each other" in run.details["error"]
+    assert store.lock_holder(ENV) is None
+
+
+# -- public helpers -------------------------------------------------------------------
+
+
+def test_instance_from_record_round_trips_a_body() -> None:
+    inst = Instance(ENV, "Deployment", "chat", "mem", {"model": "m"}, labels={"team": "x"})
+    rec = AppliedRecord(
+        environment=ENV,
+        kind="Deployment",
+        name="chat",
+        provider="mem",
+        provider_id="id-1",
+        spec=inst.body(),
+        spec_hash=inst.hash(),
+        secret_fingerprints={},
+        commit=None,
+        run_id="r",
+        applied_at=datetime.now(UTC),
+    )
+    back = instance_from_record(rec)
+    assert back.body() == inst.body() and back.hash() == inst.hash()
+
+
+def test_memory_provider_health_sequence_and_faults() -> None:
+    mem = MemoryProvider()
+    d = deployment("chat")
+    assert mem.status("Deployment", "chat", ENV, None).health == "Missing"
+    mem.create(d)
+    mem.set_health(d.key, ["Progressing", "Healthy"])
+    got = [mem.status("Deployment", "chat", ENV, None).health for _ in range(3)]
+    assert got == ["Progressing", "Healthy", "Healthy"]
+    mem.fail(d.key, "read", times=2)
+    for _ in range(2):
+        with pytest.raises(ProviderError):
+            mem.read("Deployment", "chat", ENV, None)
+    assert mem.read("Deployment", "chat", ENV, None) is not None
+
+
+# -- through the CLI: --rollback-on-failure with the local provider --------------------
+
+REPO_ENV = """apiVersion: reconciler/v1
+kind: Environment
+metadata: {name: dev}
+spec: {description: test}
+---
+apiVersion: reconciler/v1
+kind: Provider
+metadata: {name: registry}
+spec:
+  type: local
+  environments: [dev]
+"""
+
+REPO_DEPLOYMENT = """apiVersion: reconciler/v1
+kind: Deployment
+metadata: {name: %(name)s}
+spec:
+  environments: [dev]
+  provider: registry
+  model: %(model)s
+  endpoint: /%(name)s
+"""
+
+
+def _write_models(repo: Path, model: str) -> None:
+    write_files(
+        repo,
+        {
+            f"manifests/{n}.yaml": REPO_DEPLOYMENT % {"name": n, "model": model}
+            for n in ("alpha", "beta")
+        },
+    )
+    commit_all(repo, f"models {model}")
+
+
+def test_cli_rollback_on_failure_restores_the_registry_and_the_state(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    write_files(repo, {"manifests/env.yaml": REPO_ENV, ".gitignore": ".reconciler/\n"})
+    _write_models(repo, "gpt-4o")
+    assert run_cli(["--repo", str(repo), "apply"]).code == 0
+    _write_models(repo, "gpt-4o-mini")
+    registry = repo / ".reconciler" / "local-registry.db"
+    with sqlite3.connect(registry) as db:  # beta vanishes behind reconciler's back
+        db.execute("DELETE FROM objects WHERE name = 'beta'")
+    r = run_cli(["--repo", str(repo), "apply", "--rollback-on-failure"])
+    assert r.code == 1, r.out + r.err
+    assert "deployment.beta: failed" in r.out and "no longer exists" in r.out
+    assert "restored 1 change(s)" in r.out
+    with sqlite3.connect(registry) as db:
+        rows = db.execute("SELECT name, body FROM objects").fetchall()
+    assert [name for name, _ in rows] == ["alpha"]
+    assert '"model": "gpt-4o"' in rows[0][1]
+    with sqlite3.connect(repo / ".reconciler" / "state.db") as db:
+        (spec,) = db.execute("SELECT spec FROM applied WHERE name = 'alpha'").fetchone()
+    assert '"model": "gpt-4o"' in spec
+    plan = run_cli(["--repo", str(repo), "plan"])
+    assert "deployment.alpha" in plan.out  # still to be changed: the run was undone
+
+
+def test_a_refusal_found_under_the_lock_names_the_refused_change(tmp_path: Path) -> None:
+    """Between plan and lock another run recorded `ghost`; deleting it in a protected
+    environment is refused, and the error says so (not the first change's verdict)."""
+    from reconciler.commands.apply import ApplyOptions, run_apply
+    from reconciler.config import load_settings
+
+    repo = init_repo(tmp_path / "repo")
+    protected = REPO_ENV.replace("{description: test}", "{description: test, protected: true}")
+    write_files(repo, {"manifests/env.yaml": protected, ".gitignore": ".reconciler/\n"})
+    _write_models(repo, "gpt-4o")
+    ghost = Instance(ENV, "Deployment", "ghost", "registry", {"model": "m"})
+
+    class Moving(SQLiteState):
+        @contextmanager
+        def lock(self, env: str, run_id: str, *, break_lock: bool = False) -> Iterator[LockInfo]:
+            other = RunRecord(
+                id="other",
+                environment=ENV,
+                commit=None,
+                trigger="apply",
+                started_at=datetime.now(UTC),
+                finished_at=None,
+                outcome="running",
+            )
+            self.begin_run(other)
+            rec = AppliedRecord(
+                environment=ENV,
+                kind="Deployment",
+                name="ghost",
+                provider="registry",
+                provider_id=None,
+                spec=ghost.body(),
+                spec_hash=ghost.hash(),
+                secret_fingerprints={},
+                commit=None,
+                run_id="other",
+                applied_at=datetime.now(UTC),
+            )
+            change = ChangeRecord(
+                key=ghost.key,
+                action="create",
+                outcome="applied",
+                error=None,
+                provider_id=None,
+                before_hash=None,
+                after_hash=ghost.hash(),
+            )
+            self.record_change("other", change, rec, None)
+            self.finish_run("other", "applied")
+            with super().lock(env, run_id, break_lock=break_lock) as info:
+                yield info
+
+    settings = load_settings(repo, env={})
+    store = Moving(repo / ".reconciler" / "state.db", env={})
+    with pytest.raises(ReconcilerError, match=r"deleting deployment\.ghost needs --allow-delete"):
+        run_apply(settings, store, ApplyOptions())
+    assert store.lock_holder(ENV) is None
+    store.close()
+
+
+def test_the_executor_and_its_users_import_no_private_names() -> None:
+    from test_approvals_imports import private_imports
+
+    root = Path(__file__).resolve().parent.parent / "reconciler"
+    files = [root / "executor.py", root / "drift.py", *sorted((root / "providers").glob("*.py"))]
+    files += sorted((root / "commands").glob("*.py"))
+    assert [v for f in files for v in private_imports(f)] == []
