@@ -71,6 +71,7 @@ _NAIVE_EPOCH = datetime(1970, 1, 1)
 #: How far apart a wall-clock time and its instant can drift (largest real DST shift
 #: is 2h); cron walks start this far away and filter, so no fire time is missed.
 _SLACK = timedelta(hours=3)
+_STEADY_SLACK = timedelta(minutes=1)
 #: Deploy-window searches look at most this far ahead.
 _HORIZON = timedelta(days=366)
 #: Upper bound on the steps of one window search (each step moves time forward).
@@ -413,6 +414,15 @@ def _instants(cron: _Cron, wall: datetime, zone: ZoneInfo) -> list[datetime]:
     return _readings(wall, zone) if cron.wildcard else [_to_utc(wall, zone)]
 
 
+def _slack(zone: ZoneInfo, around: datetime) -> timedelta:
+    """How far from a wall-clock time its instants can lie: a whole DST shift near a
+    clock change, a minute (the cron granularity) where the offset is steady — walking
+    three hours of minutes per step made an always-closed window take a minute to judge."""
+    before = (around - _SLACK).astimezone(zone).utcoffset()
+    after = (around + _SLACK).astimezone(zone).utcoffset()
+    return _STEADY_SLACK if before == after == around.astimezone(zone).utcoffset() else _SLACK
+
+
 def _starts_after(
     cron: _Cron, zone: ZoneInfo, after: datetime
 ) -> Iterator[tuple[datetime, datetime]]:
@@ -424,7 +434,7 @@ def _starts_after(
     """
     pending: list[tuple[datetime, datetime]] = []
     last = after
-    for wall in _walls(cron, _local(after, zone) - _SLACK, descending=False):
+    for wall in _walls(cron, _local(after, zone) - _slack(zone, after), descending=False):
         for instant in _instants(cron, wall, zone):
             if instant > after:
                 heapq.heappush(pending, (instant, wall))
@@ -456,7 +466,7 @@ def _starts_until(
         _, _, instant, at_wall = heapq.heappop(pending)
         return at_wall, instant
 
-    for wall in _walls(cron, _local(until, zone) + _SLACK, descending=True):
+    for wall in _walls(cron, _local(until, zone) + _slack(zone, until), descending=True):
         for instant in _instants(cron, wall, zone):
             if instant <= until:
                 heapq.heappush(
