@@ -79,3 +79,14 @@ WatchApply = Annotated[
     bool, typer.Option("--apply", help="Also apply environments that need no approvals.")
 ]
 Limit = Annotated[int, typer.Option("--limit", min=1, help="At most this many runs.")]
+
+# --- overview, show, serve ------------------------------------------------------------
+Live = Annotated[
+    bool, typer.Option("--live/--no-live", help="Read drift and health from the providers.")
+]
+RunId = Annotated[str, typer.Argument(help="The run's id (from `reconciler history`).")]
+Host = Annotated[str, typer.Option("--host", help="Address to listen on.")]
+Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")]
+Refresh = Annotated[
+    str, typer.Option("--refresh", help="How often live state is read again (30s, 5m).")
+]

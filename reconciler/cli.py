@@ -18,6 +18,7 @@ from reconciler import arguments as a
 from reconciler import log
 from reconciler.cli_state import app as state_app
 from reconciler.config import Settings, load_settings
+from reconciler.dashboard import cli as dashboard_cli
 from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
 
 app = typer.Typer(
@@ -254,6 +255,9 @@ def history(env: a.Env = None, as_json: a.Json = False, limit: a.Limit = 50) -> 
 
     report = run(settings(), env or (), limit=limit)
     emit(view.json(report) if as_json else view.human(report))
+
+
+dashboard_cli.register(app, settings, emit)
 
 
 def _error(e: ReconcilerError) -> None:

@@ -1,0 +1,363 @@
+"""The Starlette app: HTML pages and the JSON API over the refresher's last snapshot.
+
+Read-only: every route answers GET (and HEAD); the one POST is /login, which only sets
+a cookie. Everything rendered, HTML and JSON, passes `log.redact`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import math
+from collections.abc import AsyncIterator, Collection, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from reconciler import log
+from reconciler.commands import history as history_command
+from reconciler.commands import show as show_command
+from reconciler.commands.history import HistoryReport, HistoryRow
+from reconciler.commands.show import RunReport
+from reconciler.config import Settings
+from reconciler.dashboard.links import ForgeLinks, forge_links
+from reconciler.dashboard.refresh import HISTORY_DEFAULT, Refresher, Snapshot
+from reconciler.dashboard.security import COOKIE, Guard, login_page, session_value
+from reconciler.errors import ReconcilerError
+from reconciler.views import history as history_view
+from reconciler.views import show as show_view
+from reconciler.views.text import SYMBOLS, fmt, is_long, short, text_diff
+
+HERE = Path(__file__).parent
+MATRIX_PAGE = 100
+HISTORY_PAGE = 50
+NAV = (
+    ("/", "Environments"),
+    ("/matrix", "Promotion"),
+    ("/history", "History"),
+    ("/schedules", "Schedules"),
+    ("/drift", "Drift"),
+)
+
+
+def _finalize(value: Any) -> Any:
+    """Every `{{ }}` passes redaction before it is escaped."""
+    return log.redact(value) if isinstance(value, str) else value
+
+
+def templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        finalize=_finalize,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(when=when, short=short, fmt=fmt, is_long=is_long, text_diff=text_diff)
+    env.globals.update(symbols=SYMBOLS, nav=NAV)
+    return env
+
+
+def when(value: datetime | str | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class Dashboard:
+    """The routes, bound to one refresher."""
+
+    def __init__(
+        self, settings: Settings, refresher: Refresher, links: ForgeLinks | None, token: str | None
+    ) -> None:
+        self.settings = settings
+        self.refresher = refresher
+        self.links = links
+        self.token = token
+        self.jinja = templates()
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def render(
+        self, request: Request, name: str, snap: Snapshot, *, status: int = 200, **ctx: Any
+    ) -> HTMLResponse:
+        page = self.jinja.get_template(name).render(
+            snap=snap,
+            path=request.url.path,
+            links=self.links,
+            error=self.refresher.error,
+            error_at=self.refresher.error_at,
+            signed_in=bool(self.token),
+            **ctx,
+        )
+        return HTMLResponse(log.redact(page), status, headers=_as_of(snap))
+
+    def snapshot(self, request: Request) -> Snapshot | Response:
+        snap = self.refresher.snapshot
+        if snap is not None:
+            return snap
+        why = self.refresher.error or "the first refresh has not finished yet"
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": f"not ready: {why}"}, 503, {"Retry-After": "2"})
+        page = self.jinja.get_template("loading.html").render(error=why)
+        return HTMLResponse(log.redact(page), 503, {"Retry-After": "2"})
+
+    # -- pages -----------------------------------------------------------------------
+
+    def environments(self, request: Request) -> Response:
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        return self.render(request, "environments.html", snap, title="Environments")
+
+    def matrix(self, request: Request) -> Response:
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        q = request.query_params.get("q", "").strip()
+        only = request.query_params.get("only") == "changed"
+        rows = [
+            r
+            for r in snap.overview.rows
+            if (not q or q.lower() in r.name.lower()) and (not only or r.differs)
+        ]
+        pager = Pager(request, len(rows), MATRIX_PAGE)
+        return self.render(
+            request,
+            "matrix.html",
+            snap,
+            title="Promotion matrix",
+            rows=rows[pager.start : pager.end],
+            total=len(rows),
+            q=q,
+            only=only,
+            pager=pager,
+        )
+
+    def history(self, request: Request) -> Response:
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        env = request.query_params.get("env") or None
+        rows = [r for r in snap.history.rows if env is None or r.run.environment == env]
+        pager = Pager(request, len(rows), HISTORY_PAGE)
+        return self.render(
+            request,
+            "history.html",
+            snap,
+            title="History",
+            rows=rows[pager.start : pager.end],
+            env=env,
+            environments=snap.overview.chain,
+            pager=pager,
+        )
+
+    def run(self, request: Request) -> Response:
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        report = self.run_report(snap, request.path_params["run_id"])
+        if report is None:
+            return self.render(request, "missing.html", snap, title="No such run", status=404)
+        return self.render(
+            request,
+            "run.html",
+            snap,
+            title=f"Run {report.run.id}",
+            report=report,
+            rolled_back_by=snap.rolled_back_by(report.run.id),
+        )
+
+    def schedules(self, request: Request) -> Response:
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        return self.render(request, "schedules.html", snap, title="Schedules")
+
+    def drift(self, request: Request) -> Response:
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        return self.render(request, "drift.html", snap, title="Drift")
+
+    # -- API -------------------------------------------------------------------------
+
+    def document(self, request: Request) -> Response:
+        """A whole CLI document, rendered when the snapshot was built."""
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        name = request.url.path.removeprefix("/api/")
+        text = snap.documents.get(name)
+        if text is None:
+            why = "live state has not been read yet" if name == "drift" else "unknown document"
+            return JSONResponse({"error": why}, 503 if name == "drift" else 404)
+        return Response(text, media_type="application/json", headers=_as_of(snap))
+
+    def api_history(self, request: Request) -> Response:
+        """`reconciler history [--env E]… [--limit N] --json`."""
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        envs = request.query_params.getlist("env")
+        try:
+            limit = int(request.query_params.get("limit", HISTORY_DEFAULT))
+        except ValueError:
+            return JSONResponse({"error": "limit must be a whole number"}, 400)
+        if limit < 1:
+            return JSONResponse({"error": "limit must be 1 or more"}, 400)
+        if not envs and limit == HISTORY_DEFAULT:
+            return self.document(request)
+        rows = [r for r in snap.history.rows if not envs or r.run.environment in envs]
+        if len(rows) < limit and snap.history_truncated:  # older runs: ask the state
+            report = history_command.history(self.settings, envs, limit=limit)
+        else:
+            report = HistoryReport(rows[:limit])
+        return _json(history_view.json(report), snap)
+
+    def api_run(self, request: Request) -> Response:
+        """`reconciler show RUN --json`."""
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        report = self.run_report(snap, request.path_params["run_id"])
+        if report is None:
+            return JSONResponse({"error": "no such run"}, 404)
+        return _json(show_view.json(report), snap)
+
+    def run_report(self, snap: Snapshot, run_id: str) -> RunReport | None:
+        found = next((r for r in snap.history.rows if r.run.id == run_id), None)
+        if found is not None:
+            return RunReport(HistoryRow(found.run, found.subject))
+        if not snap.history_truncated:
+            return None
+        try:  # older than the snapshot holds: ask the state
+            return show_command.show(self.settings, run_id)
+        except ReconcilerError:
+            return None
+
+    def healthz(self, request: Request) -> Response:
+        snap = self.refresher.snapshot
+        return JSONResponse(
+            {
+                "status": "ok",
+                "ready": snap is not None,
+                "built_at": snap.built_at.isoformat() if snap else None,
+            }
+        )
+
+    async def login(self, request: Request) -> Response:
+        if request.method == "GET" or not self.token:
+            return HTMLResponse(login_page() if self.token else "no token is needed\n")
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        given = (form.get("token") or [""])[0]
+        nxt = (form.get("next") or ["/"])[0]
+        if not nxt.startswith("/") or nxt.startswith("//"):
+            nxt = "/"
+        if not hmac.compare_digest(given, self.token):
+            return HTMLResponse(login_page("That token is not right.", next_path=nxt), 401)
+        response = RedirectResponse(nxt, 303)
+        response.set_cookie(
+            COOKIE,
+            session_value(self.token),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+
+class Pager:
+    """Which slice of a long list a page shows, and links to its neighbours."""
+
+    def __init__(self, request: Request, total: int, size: int) -> None:
+        try:
+            page = int(request.query_params.get("page", "1"))
+        except ValueError:
+            page = 1
+        self.pages = max(1, math.ceil(total / size))
+        self.page = min(max(page, 1), self.pages)
+        self.start = (self.page - 1) * size
+        self.end = self.start + size
+        self.total = total
+        self._params = {k: v for k, v in request.query_params.items() if k != "page"}
+        self._path = request.url.path
+
+    def link(self, page: int) -> str:
+        return f"{self._path}?{urlencode({**self._params, 'page': page})}"
+
+
+def _as_of(snap: Snapshot) -> dict[str, str]:
+    return {"X-Reconciler-As-Of": snap.built_at.isoformat()}
+
+
+def _json(text: str, snap: Snapshot) -> Response:
+    return Response(log.redact(text), media_type="application/json", headers=_as_of(snap))
+
+
+def make_app(
+    settings: Settings,
+    *,
+    refresher: Refresher | None = None,
+    token: str | None = None,
+    allowed_hosts: Collection[str] | None = None,
+    links: ForgeLinks | None = None,
+) -> Starlette:
+    """The dashboard as an ASGI app. Without a `refresher` it makes one and runs it in a
+    thread while the app runs; with one, the caller drives it (an agent calls
+    `refresher.refresh()` in its own loop, or `start()`)."""
+    own = refresher is None
+    r = refresher or Refresher(settings)
+    if token:
+        log.register_secret(token)
+    d = Dashboard(settings, r, links or forge_links(settings), token)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if own:
+            r.start()
+        try:
+            yield
+        finally:
+            if own:
+                r.stop()
+
+    api = ("overview", "schedules", "status", "plan", "drift")
+    routes = [
+        Route("/", d.environments),
+        Route("/matrix", d.matrix),
+        Route("/history", d.history),
+        Route("/runs/{run_id}", d.run),
+        Route("/schedules", d.schedules),
+        Route("/drift", d.drift),
+        Route("/healthz", d.healthz),
+        Route("/login", d.login, methods=["GET", "POST"]),
+        *(Route(f"/api/{name}", d.document) for name in api),
+        Route("/api/history", d.api_history),
+        Route("/api/runs/{run_id}", d.api_run),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts)
+    return app
+
+
+def loopback_hosts(host: str, port: int) -> Sequence[str] | None:
+    """Host names a browser may use for a server bound to loopback (None: any)."""
+    from reconciler.dashboard.security import is_loopback
+
+    if not is_loopback(host):
+        return None
+    return ["localhost", "127.0.0.1", "[::1]", host]

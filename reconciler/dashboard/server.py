@@ -1,0 +1,72 @@
+"""`reconciler serve`: the first snapshot, then uvicorn on a socket bound here (so the
+address printed is the one listened on, `--port 0` included)."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+from reconciler.config import Settings
+from reconciler.errors import ConfigError
+from reconciler.schedules import parse_duration
+
+if TYPE_CHECKING:
+    from reconciler.dashboard.cli import Emit
+
+#: The dashboard's bearer token, read from the environment (never a flag: ps shows flags).
+TOKEN_VAR = "RECONCILER_DASHBOARD_TOKEN"
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    refresh: str,
+    ref: str | None,
+    emit: Emit,
+) -> None:
+    import uvicorn
+
+    from reconciler.dashboard.app import loopback_hosts, make_app
+    from reconciler.dashboard.refresh import Refresher
+
+    try:
+        interval = parse_duration(refresh).total_seconds()
+    except ValueError as e:
+        raise ConfigError(f"--refresh: {e}") from None
+    token = settings.env.get(TOKEN_VAR) or None
+    refresher = Refresher(settings, ref=ref, interval=interval)
+    refresher.refresh_safely()
+    sock = _bind(host, port)
+    bound = sock.getsockname()[1]
+    app = make_app(
+        settings, refresher=refresher, token=token, allowed_hosts=loopback_hosts(host, bound)
+    )
+    shown = f"[{host}]" if ":" in host else host
+    emit(f"dashboard on http://{shown}:{bound}/ (Ctrl-C stops)\n", err=True)
+    if refresher.error:
+        emit(f"warning: {refresher.error}\n", err=True)
+    refresher.start()
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, server_header=False, lifespan="on"
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        refresher.stop()
+        sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
