@@ -30,6 +30,8 @@ SECRET = "vendor-secret-value-7f3a"
 REGISTRY_TOKEN = "registry-token-5e1b"
 #: What someone typed into the registry by hand: must never be shown either.
 HAND_EDITED_SECRET = "hand-edited-secret-9c2d"
+#: The forge the served pages link to (GITHUB_SERVER_URL).
+FORGE = "https://github.example"
 CHAT = "manifests/deployments/support-chat.yaml"
 SUMMARIZER = "manifests/deployments/ticket-summarizer.yaml"
 
