@@ -247,7 +247,9 @@ class Refresher:
             built_at=now,
             plan=plan,
             overview=overview,
-            schedules=collect_schedules(applied, now=now),
+            schedules=collect_schedules(
+                {env: applied[env] for env in store.environments()}, now=now
+            ),
             status=collect_status(store, now=now),
             history=history,
             history_truncated=len(history.rows) >= self.history_limit,

@@ -1,0 +1,334 @@
+"""The dashboard's API and guard against the real server, and its parts in process:
+every /api/ document is the CLI's --json document; the token, Host check and headers;
+the refresher's caching and failure handling; the overview's matrix and verdicts."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import commit_all, run_cli, write_files
+from dashboard_fixture import HAND_EDITED_SECRET, REGISTRY_TOKEN, SECRET, DashboardRepo
+from dashboard_server import Server, start
+
+from reconciler.commands.live import LiveReport
+from reconciler.commands.overview import collect_overview
+from reconciler.commands.plan import build_plan
+from reconciler.config import ApprovalsConfig, load_settings
+from reconciler.dashboard.links import forge_links
+from reconciler.dashboard.refresh import Refresher
+from reconciler.drift import DriftReport
+from reconciler.instances import InstanceKey
+from reconciler.plan import Plan
+from reconciler.providers import HealthStatus
+from reconciler.state import open_state
+
+pytest_plugins = ["dashboard_site"]  # the served fixture repo (`site`)
+TOKEN = "dashboard-token-0a9f8e"
+
+
+def cli_json(d: DashboardRepo, *args: str, expect: int = 0) -> Any:
+    return json.loads(d.cli(*args, "--json", expect=expect))
+
+
+def without(doc: Any, *keys: str) -> Any:
+    """`doc` with `keys` removed at any depth (times that depend on when it was made)."""
+    if isinstance(doc, dict):
+        return {k: without(v, *keys) for k, v in doc.items() if k not in keys}
+    if isinstance(doc, list):
+        return [without(v, *keys) for v in doc]
+    return doc
+
+
+# -- the API is the CLI ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_api_document_is_the_cli_document(site: tuple[DashboardRepo, Server]) -> None:
+    d, server = site
+    times = ("generated_at", "live_as_of", "verdicts_as_of", "created_at")
+    runs = ("next_run", "next_run_local", "next_runs")
+    pairs: list[tuple[str, tuple[str, ...], int, tuple[str, ...]]] = [
+        ("/api/overview", ("overview",), 0, times),
+        ("/api/status", ("status",), 0, runs),
+        ("/api/schedules", ("schedules",), 0, runs),
+        ("/api/history", ("history",), 0, ()),
+        (
+            "/api/history?env=production&limit=1",
+            ("history", "--env", "production", "--limit", "1"),
+            0,
+            (),
+        ),
+        ("/api/drift", ("drift",), 2, ()),
+        ("/api/plan", ("plan", "--ref", "main"), 0, times + runs),
+    ]
+    rollback = next(r for r in d.history() if r["trigger"] == "rollback")
+    pairs.append((f"/api/runs/{rollback['id']}", ("show", rollback["id"]), 0, ()))
+    for path, args, code, volatile in pairs:
+        r = server.get(path)
+        assert r.status_code == 200, path
+        assert r.headers["content-type"] == "application/json"
+        for secret in (SECRET, HAND_EDITED_SECRET, REGISTRY_TOKEN):
+            assert secret not in r.text
+        served, printed = r.json(), cli_json(d, *args, expect=code)
+        assert without(served, *volatile) == without(printed, *volatile), path
+    overview = server.get("/api/overview").json()
+    prod = next(e for e in overview["environments"] if e["name"] == "production")
+    assert prod["blocked"] and prod["pending"]["update"] == 2
+    assert prod["last_run"]["approvers"] == ["alice", "carol"]
+
+
+def test_api_errors_are_json(site: tuple[DashboardRepo, Server]) -> None:
+    _, server = site
+    assert server.get("/api/runs/nope").status_code == 404
+    assert server.get("/api/runs/nope").json() == {"error": "no such run"}
+    assert server.get("/api/history?limit=zero").status_code == 400
+    assert server.get("/runs/nope").status_code == 404
+
+
+def test_read_only_and_headers(site: tuple[DashboardRepo, Server]) -> None:
+    _, server = site
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        assert httpx.request(method, server.url + "api/overview").status_code == 405
+    r = server.get("/")
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "script-src" not in csp  # no JavaScript at all
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert "server" not in r.headers
+    assert "<script" not in r.text
+
+
+def test_loopback_server_refuses_foreign_host_headers(site: tuple[DashboardRepo, Server]) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 gets nothing."""
+    _, server = site
+    assert server.get("/api/overview", headers={"Host": "evil.example"}).status_code == 400
+    assert server.get("/api/overview", headers={"Host": "localhost:1"}).status_code == 200
+
+
+# -- the token -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(site: tuple[DashboardRepo, Server]) -> Any:
+    d, _ = site
+    server = start(d.repo, {**d.env, "RECONCILER_DASHBOARD_TOKEN": TOKEN}, "--refresh", "1h")
+    yield server
+    assert TOKEN not in server.stop()
+
+
+def test_token_guards_everything_but_healthz(guarded: Server) -> None:
+    assert guarded.get("/healthz").status_code == 200
+    for path in ("/", "/matrix", "/api/overview", "/static/style.css", "/api/history"):
+        r = guarded.get(path)
+        assert r.status_code == 401, path
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    assert "Token" in guarded.get("/").text  # a person gets the sign-in form
+    assert (
+        guarded.get("/api/overview", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    )
+    ok = guarded.get("/api/overview", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["format_version"] == 1
+
+
+def test_login_sets_a_cookie_that_is_not_the_token(guarded: Server) -> None:
+    url = guarded.url + "login"
+    bad = httpx.post(url, data={"token": "wrong", "next": "/matrix"})
+    assert bad.status_code == 401 and "not right" in bad.text
+    r = httpx.post(url, data={"token": TOKEN, "next": "//evil.example/"})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert TOKEN not in cookie
+    jar = httpx.Cookies()
+    jar.extract_cookies(r)
+    page = httpx.get(guarded.url + "matrix", cookies=jar)
+    assert page.status_code == 200 and "Promotion matrix" in page.text
+    assert TOKEN not in page.text
+
+
+# -- the refresher, in process ---------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@pytest.fixture
+def applied_repo(example_repo: Path) -> Path:
+    assert run_cli(["--repo", str(example_repo), "apply", "--env", "dev"]).code == 0
+    return example_repo
+
+
+def test_refresher_rebuilds_only_when_something_moved(applied_repo: Path) -> None:
+    clock = Clock(datetime.now(UTC))
+    r = Refresher(load_settings(applied_repo), interval=60, verdicts=lambda p: {}, clock=clock)
+    first = r.refresh()
+    assert first.live is not None and first.live.at == clock.at
+    clock.at += timedelta(seconds=5)
+    assert r.refresh() is first  # nothing moved, live reads not due
+
+    p = applied_repo / "manifests/deployments/support-chat.yaml"
+    p.write_text(p.read_text().replace("maxTokens: 400", "maxTokens: 500"))
+    head = commit_all(applied_repo, "longer answers")
+    second = r.refresh()
+    assert second is not first and second.commit == head
+    assert second.plan.environments[0].counts()["update"] == 1
+    assert second.live is not None and second.live.at == clock.at  # state or head moved
+
+    assert run_cli(["--repo", str(applied_repo), "apply", "--env", "dev"]).code == 0
+    third = r.refresh()
+    assert third.history.rows[0].run.commit == head
+    assert third.plan.environments[0].counts()["update"] == 0
+
+    clock.at += timedelta(seconds=61)
+    fourth = r.refresh()
+    assert fourth is not third and fourth.live is not None and fourth.live.at == clock.at
+
+
+def test_refresher_redoes_schedules_when_a_fire_time_passed(applied_repo: Path) -> None:
+    clock = Clock(datetime.now(UTC))
+    r = Refresher(load_settings(applied_repo), interval=3600, verdicts=lambda p: {}, clock=clock)
+    first = r.refresh()
+    until = first.schedules.valid_until
+    assert until is not None  # dev's ticket-digest runs every 30 minutes
+    clock.at = until
+    second = r.refresh()
+    assert second is not first
+    assert second.schedules.rows[0].next_runs[0] > until
+
+
+def test_refresher_keeps_the_last_good_snapshot(applied_repo: Path) -> None:
+    r = Refresher(load_settings(applied_repo), verdicts=lambda p: {})
+    good = r.refresh()
+    write_files(applied_repo, {"manifests/broken.yaml": "kind: Deployment\nmetadata: {}\n"})
+    commit_all(applied_repo, "broken")
+    assert r.refresh_safely() is good
+    assert r.error is not None and "manifests/broken.yaml:" in r.error
+    r.settings = load_settings(applied_repo)
+    (applied_repo / "manifests/broken.yaml").unlink()
+    commit_all(applied_repo, "fixed")
+    assert r.refresh_safely() is not good and r.error is None
+
+
+def test_verdicts_are_a_parameter_and_fail_closed(applied_repo: Path) -> None:
+    settings = load_settings(applied_repo)
+
+    def frozen(plan: Plan) -> dict[str, list[str]]:
+        return {"production": ["frozen for the holidays"]}
+
+    snap = Refresher(settings, verdicts=frozen, live=False).refresh()
+    prod = next(e for e in snap.overview.environments if e.name == "production")
+    assert prod.blocked == ["frozen for the holidays"]
+    assert snap.overview.verdicts_as_of is not None
+
+    def broken(plan: Plan) -> dict[str, list[str]]:
+        from reconciler.errors import ApprovalSourceError
+
+        raise ApprovalSourceError("forge unreachable")
+
+    snap = Refresher(settings, verdicts=broken, live=False).refresh()
+    blocked = {e.name: e.blocked for e in snap.overview.environments}
+    assert blocked["production"] == ["cannot judge approvals, refusing: forge unreachable"]
+    assert blocked["staging"] == blocked["production"]  # staging has pending changes too
+    assert blocked["dev"] == []  # nothing pending: nothing to judge
+
+
+# -- the overview in process -----------------------------------------------------------
+
+
+def test_matrix_highlights_differences_and_counts_degraded(applied_repo: Path) -> None:
+    settings = load_settings(applied_repo)
+    assert run_cli(["--repo", str(applied_repo), "apply", "--env", "staging"]).code == 0
+    store = open_state(settings.state_url, repo_root=applied_repo, env={}, read_only=True)
+    try:
+        loaded, plan = build_plan(settings, store, ref="main")
+        chat = InstanceKey("staging", "Deployment", "support-chat")
+        live = LiveReport(
+            datetime.now(UTC),
+            DriftReport({"staging": []}),
+            health={chat: HealthStatus("Degraded", "CrashLoopBackOff")},
+        )
+        report = collect_overview(loaded.desired, plan, store, None, live=live)
+    finally:
+        store.close()
+    staging = next(e for e in report.environments if e.name == "staging")
+    assert staging.live is not None and staging.live.degraded == 1
+    row = next(r for r in report.rows if r.name == "support-chat")
+    dev, stg, prod = (row.cells[e] for e in ("dev", "staging", "production"))
+    assert dev is not None and not dev.differs  # the chain starts here
+    assert stg is not None and stg.differs and stg.prompt == "support@1.1.0"
+    assert stg.health == "Degraded" and stg.health_message == "CrashLoopBackOff"
+    assert prod is not None and not prod.deployed and prod.pending == "create"
+    assert prod.differs and prod.pending_model == "gpt-4o"
+    classifier = next(r for r in report.rows if r.name == "intent-classifier")
+    assert classifier.cells["production"] is None  # not declared there: nothing to promote
+
+
+# -- forge links, CLI ------------------------------------------------------------------
+
+
+def test_forge_links(tmp_path: Path) -> None:
+    def links(env: dict[str, str], source: str = "none", repository: str | None = None) -> Any:
+        s = load_settings(tmp_path, env=env)
+        approvals = ApprovalsConfig(source=source, repository=repository)  # type: ignore[arg-type]
+        return forge_links(type(s)(**{**s.__dict__, "approvals": approvals}))
+
+    gh = links({"GITHUB_REPOSITORY": "acme/m"})
+    assert gh.commit("ab12cd3") == "https://github.com/acme/m/commit/ab12cd3"
+    assert gh.pull_request(7) == "https://github.com/acme/m/pull/7" and gh.pr_label(7) == "#7"
+    ghe = links({"GITHUB_SERVER_URL": "https://ghe.example/"}, "github", "acme/m")
+    assert ghe.pull_request(1) == "https://ghe.example/acme/m/pull/1"
+    gl = links({"CI_SERVER_URL": "https://gitlab.example", "CI_PROJECT_PATH": "g/sub/p"})
+    assert gl.commit("ab12cd3") == "https://gitlab.example/g/sub/p/-/commit/ab12cd3"
+    assert gl.pull_request(3) == "https://gitlab.example/g/sub/p/-/merge_requests/3"
+    assert gl.pr_label(3) == "!3"
+    assert links({}) is None
+    assert links({"GITHUB_SERVER_URL": "javascript:alert(1)", "GITHUB_REPOSITORY": "a/b"}) is None
+    assert gh.commit("not a sha") is None
+
+
+def test_serve_refuses_bad_options_in_one_line(example_repo: Path) -> None:
+    r = run_cli(["--repo", str(example_repo), "serve", "--refresh", "soon"])
+    assert r.code == 1 and r.err.startswith("error: --refresh: ") and "Traceback" not in r.err
+    r = run_cli(["--repo", str(example_repo), "serve", "--host", "192.0.2.1", "--port", "1"])
+    assert r.code == 1 and "cannot listen on 192.0.2.1:1" in r.err and "Traceback" not in r.err
+
+
+def test_show_schedules_and_overview_commands(applied_repo: Path) -> None:
+    def cli(*args: str) -> Any:
+        r = run_cli(["--repo", str(applied_repo), *args])
+        return r
+
+    missing = cli("show", "nope")
+    assert missing.code == 1 and missing.err.startswith("error: no run 'nope' is recorded")
+    run_id = json.loads(cli("history", "--json").out)[0]["id"]
+    shown = json.loads(cli("show", run_id, "--json").out)
+    assert shown["id"] == run_id and len(shown["changes"]) == 6
+    assert {c["action"] for c in shown["changes"]} == {"create"}
+    assert "deployment.support-chat" in cli("show", run_id).out
+
+    sched = json.loads(cli("schedules", "--json").out)
+    assert [(s["environment"], s["name"], s["interval"]) for s in sched] == [
+        ("dev", "ticket-digest", "30m")
+    ]
+    assert len(sched[0]["next_runs"]) == 5 and sched[0]["next_runs"][0]["text"].endswith("UTC")
+
+    doc = json.loads(cli("overview", "--no-live", "--json").out)
+    assert doc["live_as_of"] is None and doc["matrix"]["environments"] == [
+        "dev",
+        "staging",
+        "production",
+    ]
+    text = cli("overview", "--no-live").out
+    assert "Promotion matrix" in text and "production (protected)" in text
