@@ -26,6 +26,7 @@ from reconciler.instances import InstanceKey
 from reconciler.plan import Plan
 from reconciler.providers import HealthStatus
 from reconciler.state import open_state
+from reconciler.state.base import RunRecord
 
 pytest_plugins = ["dashboard_site"]  # the served fixture repo (`site`)
 TOKEN = "dashboard-token-0a9f8e"
@@ -332,3 +333,22 @@ def test_show_schedules_and_overview_commands(applied_repo: Path) -> None:
     ]
     text = cli("overview", "--no-live").out
     assert "Promotion matrix" in text and "production (protected)" in text
+
+
+def test_history_of_a_commit_this_clone_does_not_have(applied_repo: Path) -> None:
+    """A run recorded with a commit this clone lacks (here git's null sha, which CI
+    systems use for "no commit"): history and the dashboard show it with no subject
+    instead of an internal error."""
+    settings = load_settings(applied_repo)
+    store = open_state(settings.state_url, repo_root=applied_repo, env={})
+    try:
+        at = datetime.now(UTC)
+        store.begin_run(RunRecord("elsewhere", "dev", "0" * 40, "apply", at, None, "running"))
+        store.finish_run("elsewhere", "applied")
+    finally:
+        store.close()
+    r = run_cli(["--repo", str(applied_repo), "history", "--env", "dev", "--json"])
+    assert r.code == 0, r.err
+    assert json.loads(r.out)[0]["subject"] is None
+    snap = Refresher(settings, verdicts=lambda p: {}, live=False).refresh()
+    assert snap.history.rows[0].run.id == "elsewhere"

@@ -87,5 +87,5 @@ def _subject(repo: ManifestRepo | None, commit: str | None) -> str | None:
         return None
     try:
         return repo.subject(commit)
-    except ReconcilerError:  # a commit from another clone or a pruned branch
-        return None
+    except (ReconcilerError, ValueError):  # a commit from another clone or a pruned branch
+        return None  # (GitPython raises ValueError for a full sha it does not have)
