@@ -3,18 +3,22 @@ runs, through the real server (`reconciler serve`, uvicorn on 127.0.0.1).
 
     python bench/dashboard.py [--files 2500] [--runs 1000] [--requests 40]
 
-A generated repo (`--files` deployments × 4 environments) is applied once through the
-CLI (the local provider); further runs, each changing a few instances with a field
-diff, are recorded through the StateStore API, as the executor records them. Then the
-server starts, and every page and API document is requested `--requests` times, one at
-a time. Prints the median and p95 per URL, and how long the background refresh takes
-(what a request never waits for). The target: every page under 300 ms.
+A generated repo (`--files` deployments and `--schedules` schedules, × 4 environments:
+10,000 instances by default) is applied once through the CLI (the local provider);
+further runs, each changing a few instances with a field diff, are recorded through
+the StateStore API, as the executor records them. A later commit changes 100
+deployments (pending in the plan) and 100 staging objects are edited in the registry
+(drift). Then the server starts, and every page and API document is requested
+`--requests` times, one at a time. Prints the median and p95 per URL, and how long the
+background refresh takes (what a request never waits for). The target: every page
+under 300 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -75,6 +79,30 @@ def record_runs(repo: Path, count: int) -> None:
         store.close()
 
 
+def write_schedules(repo: Path, count: int) -> None:
+    zones = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo")
+    docs = [
+        f"apiVersion: reconciler/v1\nkind: Schedule\nmetadata: {{name: job-{i:04d}}}\n"
+        f"spec:\n  environments: [{', '.join(ENVS)}]\n  deployment: svc-{i * 9}\n"
+        f'  cron: "{i % 60} */2 * * *"\n  timezone: {zones[i % len(zones)]}\n'
+        for i in range(count)
+    ]
+    (repo / "manifests").mkdir(parents=True, exist_ok=True)
+    (repo / "manifests" / "schedules.yaml").write_text("---\n".join(docs))
+
+
+def drift(repo: Path, count: int) -> None:
+    """Someone edits `count` staging deployments in the local registry."""
+    db = sqlite3.connect(repo / ".reconciler" / "local-registry.db")
+    with db:
+        db.execute(
+            "UPDATE objects SET body = json_set(body, '$.options.temperature', 0.9) "
+            "WHERE environment = 'staging' AND kind = 'Deployment' AND name IN "
+            f"(SELECT name FROM objects WHERE environment = 'staging' LIMIT {count})"
+        )
+    db.close()
+
+
 def start_server(repo: Path) -> tuple[subprocess.Popen[str], str, float]:
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -87,7 +115,10 @@ def start_server(repo: Path) -> tuple[subprocess.Popen[str], str, float]:
     line = proc.stderr.readline()
     if "dashboard on " not in line:
         raise SystemExit(f"serve failed: {line}{proc.stderr.read()}")
-    return proc, line.split("dashboard on ", 1)[1].split()[0], time.perf_counter() - started
+    base = line.split("dashboard on ", 1)[1].split()[0]
+    while not httpx.get(base + "healthz", timeout=30).json()["ready"]:
+        time.sleep(0.2)
+    return proc, base, time.perf_counter() - started
 
 
 def measure(client: httpx.Client, url: str, n: int) -> tuple[float, float, int]:
@@ -107,18 +138,24 @@ def measure(client: httpx.Client, url: str, n: int) -> tuple[float, float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--files", type=int, default=2500, help="deployments (× 4 environments)")
+    ap.add_argument("--files", type=int, default=2250, help="deployments (× 4 environments)")
+    ap.add_argument("--schedules", type=int, default=250, help="schedules (× 4 environments)")
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--requests", type=int, default=40)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        repo = generate(Path(tmp) / "repo", args.files)
+        repo = Path(tmp) / "repo"
+        write_schedules(repo, args.schedules)
+        generate(repo, args.files)
         t = time.perf_counter()
         cli(repo, "apply")
-        print(f"setup: apply of {args.files * len(ENVS)} instances {time.perf_counter() - t:.1f} s")
+        count = (args.files + args.schedules) * len(ENVS)
+        print(f"setup: apply of {count} instances {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
         record_runs(repo, args.runs - len(ENVS))
         print(f"setup: {args.runs - len(ENVS)} more runs recorded {time.perf_counter() - t:.1f} s")
+        generate(repo, args.files, changed=100)
+        drift(repo, 100)
         proc, base, ready = start_server(repo)
         try:
             report(base, ready, args.requests)
@@ -142,7 +179,9 @@ def report(base: str, ready: float, n: int) -> None:
             "/history?env=production&page=5",
             f"/runs/{newest}",
             f"/runs/{oldest}",
+            f"/runs/{runs[-4]['id']}?page=5",
             "/schedules",
+            "/schedules?env=qa&page=2",
             "/drift",
             "/healthz",
             "/api/overview",

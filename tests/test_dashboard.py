@@ -216,7 +216,6 @@ def test_refresher_keeps_the_last_good_snapshot(applied_repo: Path) -> None:
     commit_all(applied_repo, "broken")
     assert r.refresh_safely() is good
     assert r.error is not None and "manifests/broken.yaml:" in r.error
-    r.settings = load_settings(applied_repo)
     (applied_repo / "manifests/broken.yaml").unlink()
     commit_all(applied_repo, "fixed")
     assert r.refresh_safely() is not good and r.error is None
@@ -352,3 +351,35 @@ def test_history_of_a_commit_this_clone_does_not_have(applied_repo: Path) -> Non
     assert json.loads(r.out)[0]["subject"] is None
     snap = Refresher(settings, verdicts=lambda p: {}, live=False).refresh()
     assert snap.history.rows[0].run.id == "elsewhere"
+
+
+def test_an_agent_embeds_the_app_and_drives_the_refresher(applied_repo: Path) -> None:
+    """make_app + a Refresher the caller drives, served by uvicorn in this process."""
+    import threading
+
+    import uvicorn
+
+    from reconciler.dashboard.app import make_app
+
+    settings = load_settings(applied_repo)
+    refresher = Refresher(settings, verdicts=lambda p: {}, live=False)
+    app = make_app(settings, refresher=refresher)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            threading.Event().wait(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + "/healthz").json()["ready"] is False
+        waiting = httpx.get(base + "/")
+        assert waiting.status_code == 503 and "not ready" in waiting.text
+        assert httpx.get(base + "/api/overview").status_code == 503
+        refresher.refresh()
+        assert httpx.get(base + "/healthz").json()["ready"] is True
+        page = httpx.get(base + "/")
+        assert page.status_code == 200 and "production" in page.text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -39,6 +39,8 @@ from reconciler.views.text import SYMBOLS, fmt, is_long, short, text_diff
 HERE = Path(__file__).parent
 MATRIX_PAGE = 100
 HISTORY_PAGE = 50
+CHANGES_PAGE = 200
+SCHEDULES_PAGE = 200
 NAV = (
     ("/", "Environments"),
     ("/matrix", "Promotion"),
@@ -171,12 +173,15 @@ class Dashboard:
         report = self.run_report(snap, request.path_params["run_id"])
         if report is None:
             return self.render(request, "missing.html", snap, title="No such run", status=404)
+        pager = Pager(request, len(report.run.changes), CHANGES_PAGE)
         return self.render(
             request,
             "run.html",
             snap,
             title=f"Run {report.run.id}",
             report=report,
+            changes=report.run.changes[pager.start : pager.end],
+            pager=pager,
             rolled_back_by=snap.rolled_back_by(report.run.id),
         )
 
@@ -184,7 +189,19 @@ class Dashboard:
         snap = self.snapshot(request)
         if not isinstance(snap, Snapshot):
             return snap
-        return self.render(request, "schedules.html", snap, title="Schedules")
+        env = request.query_params.get("env") or None
+        rows = [r for r in snap.schedules.rows if env is None or r.record.environment == env]
+        pager = Pager(request, len(rows), SCHEDULES_PAGE)
+        return self.render(
+            request,
+            "schedules.html",
+            snap,
+            title="Schedules",
+            rows=rows[pager.start : pager.end],
+            env=env,
+            environments=sorted({r.record.environment for r in snap.schedules.rows}),
+            pager=pager,
+        )
 
     def drift(self, request: Request) -> Response:
         snap = self.snapshot(request)

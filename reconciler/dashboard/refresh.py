@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from reconciler import log
@@ -31,9 +31,10 @@ from reconciler.commands.schedules import SchedulesReport, collect_schedules
 from reconciler.commands.status import StatusReport, collect_status
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
+from reconciler.instances import InstanceKey
 from reconciler.load import Loaded, load
 from reconciler.plan import Plan, make_plan
-from reconciler.state.base import RunRecord, StateStore
+from reconciler.state.base import AppliedRecord, RunRecord, StateStore
 from reconciler.views import drift as drift_view
 from reconciler.views import history as history_view
 from reconciler.views import overview as overview_view
@@ -116,6 +117,8 @@ class Refresher:
         self._slow_at: datetime | None = None
         self._verdicts: tuple[datetime, dict[str, list[str]]] | None = None
         self._problems: list[str] = []
+        #: The recorded schedules of the last build (fire times are redone from them).
+        self._schedules: dict[str, dict[InstanceKey, AppliedRecord]] = {}
         self._mu = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -155,7 +158,10 @@ class Refresher:
         return self.snapshot
 
     def _failed(self, message: str) -> None:
-        self.error = log.redact(message)
+        message = log.redact(message)
+        if message != self.error:  # said once, not at every poll
+            log.get_logger("reconciler.dashboard").warning("refresh failed", error=message)
+        self.error = message
         self.error_at = self.clock()
 
     # -- one refresh -----------------------------------------------------------------
@@ -186,7 +192,9 @@ class Refresher:
             slow = force or self._slow_at is None or now - self._slow_at >= self.interval
             moved = fp != self._fingerprint
             stale = self._schedules_stale(now)
-            if self.snapshot is not None and not (slow or moved or stale):
+            if self.snapshot is not None and not (slow or moved):
+                if stale:  # only time passed: the fire times, not the whole snapshot
+                    self.snapshot = self._reschedule(self.snapshot, now)
                 return self.snapshot
             loaded = self._load(ref, commit)
             snap = self._build(store, loaded, ref, now, slow=slow or moved)
@@ -195,6 +203,11 @@ class Refresher:
             self._slow_at = now
         self.snapshot = snap
         return snap
+
+    def _reschedule(self, snap: Snapshot, now: datetime) -> Snapshot:
+        fresh = collect_schedules(self._schedules, now=now)
+        text = log.redact(schedules_view.json(fresh))
+        return replace(snap, schedules=fresh, documents={**snap.documents, "schedules": text})
 
     def _schedules_stale(self, now: datetime) -> bool:
         until = self.snapshot.schedules.valid_until if self.snapshot else None
@@ -223,6 +236,10 @@ class Refresher:
         )
         envs = list(dict.fromkeys([*loaded.desired.environments, *store.environments()]))
         applied = {env: store.applied(env) for env in envs}
+        self._schedules = {
+            env: {k: r for k, r in applied[env].items() if k.kind == "Schedule"}
+            for env in store.environments()
+        }
         live = self.snapshot.live if self.snapshot else None
         if slow:
             live = self._read_live(store, loaded, now) or live
@@ -247,9 +264,7 @@ class Refresher:
             built_at=now,
             plan=plan,
             overview=overview,
-            schedules=collect_schedules(
-                {env: applied[env] for env in store.environments()}, now=now
-            ),
+            schedules=collect_schedules(self._schedules, now=now),
             status=collect_status(store, now=now),
             history=history,
             history_truncated=len(history.rows) >= self.history_limit,

@@ -1,5 +1,5 @@
-"""`reconciler serve`: the first snapshot, then uvicorn on a socket bound here (so the
-address printed is the one listened on, `--port 0` included)."""
+"""`reconciler serve`: uvicorn on a socket bound here (so the address printed is the one
+listened on, `--port 0` included), the refresher in a thread beside it."""
 
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ def serve(
         raise ConfigError(f"--refresh: {e}") from None
     token = settings.env.get(TOKEN_VAR) or None
     refresher = Refresher(settings, ref=ref, interval=interval)
-    refresher.refresh_safely()
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
     app = make_app(
@@ -45,9 +44,7 @@ def serve(
     )
     shown = f"[{host}]" if ":" in host else host
     emit(f"dashboard on http://{shown}:{bound}/ (Ctrl-C stops)\n", err=True)
-    if refresher.error:
-        emit(f"warning: {refresher.error}\n", err=True)
-    refresher.start()
+    refresher.start()  # pages answer 503 "not ready" until the first snapshot is built
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, server_header=False, lifespan="on"
     )
