@@ -215,6 +215,8 @@ def test_the_wheel_is_ai_reconciler_with_its_templates(tmp_path: Path) -> None:
         "reconciler/scaffold/gitignore",
         "reconciler/scaffold/_ci/gitlab/gitlab-ci.yml",
         *(f"reconciler/scaffold/_ci/github/{p.name}" for p in (TEMPLATES / "github").glob("*")),
+        "reconciler/dashboard/templates/base.html",
+        "reconciler/dashboard/static/style.css",
     }
     assert templates <= names
 
