@@ -383,3 +383,40 @@ def test_an_agent_embeds_the_app_and_drives_the_refresher(applied_repo: Path) ->
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_run_page_shows_recorded_field_diffs_and_masks_secrets(applied_repo: Path) -> None:
+    """Field diffs as recorded with the run (written here through the StateStore API, as
+    the executor records them); a secret value that reached a record is still masked."""
+    from reconciler.state.base import ChangeRecord
+
+    secret = "vendor-key-value-31337"
+    settings = load_settings(applied_repo)
+    store = open_state(settings.state_url, repo_root=applied_repo, env={})
+    diff = [
+        {"path": "options.temperature", "before": 0.2, "after": 0.7},
+        {"path": "env.VENDOR_KEY", "before": {"secretEnv": "VENDOR_KEY"}, "after": secret},
+        {"path": "prompt.template", "before": "line one\nline two", "after": "line one\nline 2"},
+    ]
+    try:
+        at = datetime.now(UTC)
+        store.begin_run(RunRecord("with-diffs", "dev", None, "heal", at, None, "running"))
+        key = InstanceKey("dev", "Deployment", "support-chat")
+        change = ChangeRecord(key, "update", "applied", None, "id-1", "a", "b", at, diff)
+        with store.lock("dev", "with-diffs"):
+            store.record_change("with-diffs", change, None, None)
+        store.finish_run("with-diffs", "applied")
+    finally:
+        store.close()
+    server = start(applied_repo, {"VENDOR_KEY": secret}, "--refresh", "1h")
+    try:
+        page = server.get("/runs/with-diffs").text
+        api = server.get("/api/runs/with-diffs").text
+    finally:
+        server.stop()
+    assert '<td class="mono">options.temperature</td>' in page
+    assert '<td class="before mono">0.2</td><td class="after mono">0.7</td>' in page
+    assert "+line 2" in page and "-line two" in page  # long text as a unified diff
+    assert "{&#34;secretEnv&#34;: &#34;VENDOR_KEY&#34;}" in page
+    assert secret not in page and secret not in api
+    assert page.count("(sensitive)") >= 1 and "(sensitive)" in api

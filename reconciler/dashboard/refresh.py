@@ -136,7 +136,7 @@ class Refresher:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=5)  # a refresh mid-way is a daemon: it dies with us
             self._thread = None
 
     def _loop(self) -> None:
