@@ -15,10 +15,9 @@ from typing import Any, NoReturn
 import typer
 
 from reconciler import arguments as a
-from reconciler import log
+from reconciler import dashboard, log
 from reconciler.cli_state import app as state_app
 from reconciler.config import Settings, load_settings
-from reconciler.dashboard import cli as dashboard_cli
 from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
 
 app = typer.Typer(
@@ -30,6 +29,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(state_app, name="state")
+app.add_typer(dashboard.commands)  # overview, schedules, show, serve
 _globals: dict[str, Any] = {}
 
 
@@ -255,9 +255,6 @@ def history(env: a.Env = None, as_json: a.Json = False, limit: a.Limit = 50) -> 
 
     report = run(settings(), env or (), limit=limit)
     emit(view.json(report) if as_json else view.human(report))
-
-
-dashboard_cli.register(app, settings, emit)
 
 
 def _error(e: ReconcilerError) -> None:

@@ -3,7 +3,7 @@
 Three environments (dev → staging → production; production on a FakeDeployApi, the
 others on the local registry), approvals from a `file` source kept outside the repo:
 
-    C1  the example manifests          applied everywhere (production: PR #1, alice+bob)
+    C1  the example manifests (root)   applied everywhere (production: PR #1, alice+bob)
     C2  ticket-summarizer warmer        applied everywhere (production: PR #2, alice+carol)
     C3  rollback of C2                  applied to dev and staging (trigger rollback);
                                         production blocked: a direct push
@@ -17,10 +17,11 @@ in the local registry), so the dashboard has a drifted and a blocked environment
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import commit_all, copy_example, git, run_cli
+from conftest import EXAMPLE, commit_all, git, init_repo, run_cli
 from fakes.deploy_api import FakeDeployApi
 
 from reconciler.instances import Instance, ProviderConfig
@@ -75,7 +76,9 @@ def _replace(path: Path, old: str, new: str) -> None:
 
 
 def build(tmp: Path, api: FakeDeployApi) -> DashboardRepo:
-    repo = copy_example(tmp / "repo")
+    repo = init_repo(tmp / "repo")
+    shutil.copytree(EXAMPLE, repo / "manifests")
+    (repo / ".gitignore").write_text(".reconciler/\n")
     approvals = tmp / "approvals.json"  # outside the repo: a PR cannot change it
     d = DashboardRepo(
         repo,

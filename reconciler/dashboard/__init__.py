@@ -10,3 +10,7 @@ Pages and the JSON API under /api/ read only the refresher's last snapshot; ever
 document under /api/ is exactly what the matching CLI command prints with --json.
 Nothing here imports Starlette until the app is made, so the CLI stays fast.
 """
+
+from reconciler.dashboard.cli import commands
+
+__all__ = ["commands"]
