@@ -10,62 +10,19 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import typer
 
 from reconciler import arguments as a
 from reconciler import dashboard, log
+from reconciler.cli_base import app, done, emit, options, settings
 from reconciler.cli_state import app as state_app
-from reconciler.config import Settings, load_settings
 from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
 
-app = typer.Typer(
-    name="reconciler",
-    help="GitOps reconciler for AI deployments: validate, plan, approve, apply, roll back.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+__all__ = ["app", "emit", "main", "settings"]
 app.add_typer(state_app, name="state")
 app.add_typer(dashboard.commands)  # overview, schedules, show, serve
-_globals: dict[str, Any] = {}
-
-
-def settings() -> Settings:
-    if "settings" not in _globals:
-        _globals["settings"] = load_settings(
-            _globals["repo"], state_url=_globals["state"], approvals_file=_globals["approvals"]
-        )
-    return _globals["settings"]  # type: ignore[no-any-return]
-
-
-def emit(text: str, *, err: bool = False) -> None:
-    """The one way out for results and notes: every known secret value is masked."""
-    stream = sys.stderr if err else sys.stdout
-    stream.write(log.redact(text))
-    stream.flush()
-
-
-def done(code: int) -> NoReturn:
-    raise typer.Exit(code)
-
-
-@app.callback()
-def _main(
-    repo: a.Repo = Path("."),
-    state: a.State = None,
-    log_format: a.LogFormat = None,
-    approvals_file: a.ApprovalsFile = None,
-    verbose: a.Verbose = 0,
-    quiet: a.Quiet = 0,
-) -> None:
-    if log_format not in (None, "console", "json"):
-        raise ReconcilerError(f"--log-format must be console or json, not {log_format!r}")
-    _globals.update(repo=repo, state=state, approvals=approvals_file, verbosity=verbose - quiet)
-    in_ci = bool(os.environ.get("CI"))
-    log.configure(fmt=log_format, verbosity=verbose - quiet, in_ci=in_ci)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -293,7 +250,7 @@ def _unexpected(e: Exception) -> int:
         return e.exit_code  # type: ignore[attr-defined,no-any-return]
     emit(f"internal error: {type(e).__name__}: {e}\n", err=True)
     emit("this is a bug in reconciler; re-run with -v and report it\n", err=True)
-    if _globals.get("verbosity", 0) > 0:
+    if options.get("verbosity", 0) > 0:
         import traceback
 
         emit(traceback.format_exc(), err=True)

@@ -22,7 +22,7 @@ def overview(
     env: a.Env = None, ref: a.Ref = None, as_json: a.Json = False, live: a.Live = True
 ) -> None:
     """Per environment: last run, drift, pending, blocked, window; the promotion matrix."""
-    from reconciler.cli import emit, settings
+    from reconciler.cli_base import emit, settings
     from reconciler.commands.overview import overview as run
     from reconciler.views import overview as view
 
@@ -33,7 +33,7 @@ def overview(
 @commands.command()
 def schedules(env: a.Env = None, as_json: a.Json = False) -> None:
     """When each recorded schedule fires next, in its zone and in UTC."""
-    from reconciler.cli import emit, settings
+    from reconciler.cli_base import emit, settings
     from reconciler.commands.schedules import schedules as run
     from reconciler.views import schedules as view
 
@@ -44,7 +44,7 @@ def schedules(env: a.Env = None, as_json: a.Json = False) -> None:
 @commands.command()
 def show(run_id: a.RunId, as_json: a.Json = False) -> None:
     """One recorded run: its changes, field by field."""
-    from reconciler.cli import emit, settings
+    from reconciler.cli_base import emit, settings
     from reconciler.commands.show import show as run
     from reconciler.views import show as view
 
@@ -60,7 +60,7 @@ def serve(
     ref: a.Ref = None,
 ) -> None:
     """Read-only web dashboard and JSON API (token: RECONCILER_DASHBOARD_TOKEN)."""
-    from reconciler.cli import emit, settings
+    from reconciler.cli_base import emit, settings
     from reconciler.dashboard.server import serve as run
 
     run(settings(), host=host, port=port, refresh=refresh, ref=ref, emit=emit)
