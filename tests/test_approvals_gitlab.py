@@ -395,3 +395,17 @@ def test_ci_context_in_gitlab_pipelines(env: dict[str, str], expected: CiContext
     """In merged-results and merge-train pipelines CI_COMMIT_SHA is a temporary merge
     commit: the MR's head is CI_MERGE_REQUEST_SOURCE_BRANCH_SHA, or unknown."""
     assert detect({"GITLAB_CI": "true", **env}) == expected
+
+
+def test_merge_requests_for_a_commit_and_the_default_branch(gl: FakeGitLab) -> None:
+    """Every MR GitLab associates with a commit, merged or not (the gate decides which
+    may count), and the project's default branch (the deploy branch by default)."""
+    merged_mr(gl)
+    gl.add_merge_request(4, author="eve", sha=HEAD, merged=False, target_branch="other")
+    gl.default_branch = "production"
+    src = source(gl)
+    assert sorted(src.pull_requests_for_commit(HEAD)) == [3, 4]
+    assert src.pull_requests_for_commit(MERGE) == [3]
+    assert src.pull_requests_for_commit(sha_of("pushed")) == []
+    assert src.default_branch() == "production"
+    assert src.pull_request(4).base_ref == "other" and not src.pull_request(4).merged
