@@ -2,7 +2,10 @@
 
 On a GitHub `pull_request` event `GITHUB_SHA` is a temporary merge commit; the commit
 reviewers approved is `pull_request.head.sha` in the event payload. On `push` the
-commit is `GITHUB_SHA`. GitLab merge-request pipelines give `CI_MERGE_REQUEST_IID`.
+commit is `GITHUB_SHA`. GitLab merge-request pipelines give `CI_MERGE_REQUEST_IID`; in
+a merged-results (or merge-train) pipeline `CI_COMMIT_SHA` is likewise a temporary
+merge commit, and the MR's head is `CI_MERGE_REQUEST_SOURCE_BRANCH_SHA` (set only
+there).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+#: GitLab pipelines whose CI_COMMIT_SHA is a temporary merge commit, not the MR head.
+MERGED_RESULTS = frozenset({"merged_result", "merge_train"})
 
 
 @dataclass(frozen=True)
@@ -44,13 +50,24 @@ def detect(env: Mapping[str, str]) -> CiContext:
             return CiContext(commit=sha, pull_request=pr["number"], head_sha=sha)
         return CiContext(commit=env.get("GITHUB_SHA") or None)
     if env.get("GITLAB_CI") == "true":
-        iid = env.get("CI_MERGE_REQUEST_IID")
-        return CiContext(
-            commit=env.get("CI_COMMIT_SHA") or None,
-            pull_request=int(iid) if iid and iid.isdigit() else None,
-            head_sha=env.get("CI_COMMIT_SHA") if iid else None,
-        )
+        return _gitlab(env)
     return CiContext()
+
+
+def _gitlab(env: Mapping[str, str]) -> CiContext:
+    iid = env.get("CI_MERGE_REQUEST_IID")
+    number = int(iid) if iid and iid.isdigit() else None
+    source_head = env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_SHA") or None
+    if number is not None and source_head is not None:
+        # a merged-results pipeline: judge the MR's head, never the merge commit
+        return CiContext(commit=source_head, pull_request=number, head_sha=source_head)
+    if env.get("CI_MERGE_REQUEST_EVENT_TYPE") in MERGED_RESULTS:
+        # the head is not named, and CI_COMMIT_SHA is the merge commit: name neither
+        return CiContext(pull_request=number)
+    commit = env.get("CI_COMMIT_SHA") or None
+    return CiContext(
+        commit=commit, pull_request=number, head_sha=commit if number is not None else None
+    )
 
 
 def append_step_summary(env: Mapping[str, str], markdown: str) -> None:

@@ -8,16 +8,26 @@ GitLab approvals name no commit, so freshness is derived (see `_approved_commit`
 3. otherwise the approved commit is unknown, and `freshOnly` does not count it.
 
 A reviewer whose reviewer state is `requested_changes` counts as a later
-CHANGES_REQUESTED review. Commits carry emails, not usernames: a reviewer is matched
-to them through noreply addresses and the emails the users API shows (public email,
-or every email to an admin token).
+CHANGES_REQUESTED review.
+
+Identity (docs/design.md, "Identity fails closed"): commits carry emails, not
+usernames. A commit is tied to an account when its email is a noreply address or an
+email the users API shows for the merge request's author or an approver (the public
+email; every email to an admin token). GitLab's default is a private commit email, so
+commits are often untied, and an untied commit blocks four eyes — unless the project
+itself refuses approvals by the author and by committers (`_forge_enforces_four_eyes`).
+Approvers' write access is their effective access level on the project (Developer and
+up); bots are GitLab's bot users. A group approver means the group and its subgroups:
+direct members of each, never members inherited from ancestor groups.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +40,7 @@ from reconciler.approvals.facts import (
     PullRequestFacts,
     Review,
     co_author_emails,
+    noreply_login,
     status_description,
 )
 from reconciler.errors import ApprovalSourceError
@@ -54,6 +65,21 @@ STATUS_STATES = {
     "running": "running",
     "canceled": "canceled",
 }
+#: GitLab's access levels (members API): Developer and up can push to the project.
+DEVELOPER = 30
+#: Usernames GitLab gives its bot users: project and group access tokens
+#: (`project_123_bot_…`, `group_45_bot_…`) and service accounts. The users API's
+#: `bot: true` says so too; the name is a second sign when the user cannot be read.
+_BOT_USERNAME = re.compile(r"^(?:(?:project|group)_\d+_bot|service_account_)", re.I)
+
+
+@dataclass(frozen=True)
+class _User:
+    """What `GET /users/:id` says about a user: the emails it shows, and whether the
+    user is one of GitLab's bot users."""
+
+    emails: tuple[str, ...] = ()
+    bot: bool = False
 
 
 class GitLabSource:
@@ -93,9 +119,15 @@ class GitLabSource:
         )
         self._p = f"/projects/{quote(self.project, safe='')}"
         self._user_ids: dict[str, int] = {}
-        self._user_emails: dict[int, tuple[str, ...]] = {}
+        self._users: dict[int, _User] = {}
+        self._access: dict[int, bool] = {}
         self._members: dict[tuple[str, str], str] = {}
-        self._reset_on_push: bool | None = None
+        self._direct: dict[tuple[str, int], str] = {}
+        self._descendants: dict[str, list[str]] = {}
+        self._settings: dict[str, Any] | None = None
+        self._settings_read = False
+        self._me: int | None = None
+        self._me_read = False
 
     def __repr__(self) -> str:
         return f"GitLabSource({self.project!r})"
@@ -144,29 +176,13 @@ class GitLabSource:
         if head is None:
             raise ApprovalSourceError(f"GitLab API: merge request !{number} has no head commit")
         commits = self._api.paginate(f"{mr_path}/commits")
-        approvals = self._api.get(f"{mr_path}/approvals")
-        approved = approvals.get("approved_by") if isinstance(approvals, dict) else None
-        entries = [
-            a for a in approved or [] if isinstance(a, dict) and json_str(a, "user", "username")
-        ]
-        reviews: list[Review] = []
-        if entries:
-            versions = self._versions(mr_path)
-            for a in entries:
-                user = a["user"]
-                uid = user.get("id")
-                if isinstance(uid, int):
-                    self._user_ids[user["username"].casefold()] = uid
-                at = parse_time(a.get("approved_at"))
-                reviews.append(
-                    Review(
-                        user=user["username"],
-                        state=APPROVED,
-                        commit_id=self._approved_commit(at, head, versions),
-                        submitted_at=at,
-                        emails=self._emails(uid) if isinstance(uid, int) else (),
-                    )
-                )
+        author = json_str(mr, "author", "username")
+        #: email (case-folded) → the username it ties a commit to
+        known: dict[str, str] = {}
+        author_id = mr["author"].get("id") if author else None
+        if author and isinstance(author_id, int):
+            known.update(dict.fromkeys(self._remember(author, author_id).emails, author))
+        reviews = self._approvals(mr_path, head, known)
         # Reviewer states (GitLab 16.9+; 404 before): a standing "requested changes"
         # comes after any approval, so it cancels it. Untimed, so API order is kept.
         reviewers = self._api.get_or_none(f"{mr_path}/reviewers")
@@ -174,8 +190,7 @@ class GitLabSource:
             name = json_str(r, "user", "username")
             if name and isinstance(r, dict) and r.get("state") == "requested_changes":
                 reviews.append(Review(user=name, state=CHANGES_REQUESTED))
-        author = json_str(mr, "author", "username")
-        return PullRequestFacts(
+        facts = PullRequestFacts(
             number=int(mr.get("iid", number)),
             url=json_str(mr, "web_url") or "",
             title=json_str(mr, "title") or "",
@@ -185,10 +200,48 @@ class GitLabSource:
             head_sha=head,
             base_ref=json_str(mr, "target_branch") or "",
             labels=tuple(x for x in mr.get("labels") or [] if isinstance(x, str)),
-            commits=tuple(_commit(c) for c in commits if isinstance(c, dict)),
+            commits=tuple(_commit(c, known) for c in commits if isinstance(c, dict)),
             reviews=tuple(reviews),
             merge_commit_sha=json_str(mr, "merge_commit_sha") or json_str(mr, "squash_commit_sha"),
         )
+        tied = frozenset(known)
+        if (
+            facts.untied_commits(tied)
+            and self._forge_enforces_four_eyes()
+            and _committer_rule_covers(facts.commits, tied)
+        ):
+            facts = replace(facts, forge_enforces_four_eyes=True)
+        return facts
+
+    def _approvals(self, mr_path: str, head: str, known: dict[str, str]) -> list[Review]:
+        """The approvals, each with what the users and members APIs say of the approver
+        (whose emails also go into `known`)."""
+        approvals = self._api.get(f"{mr_path}/approvals")
+        approved = approvals.get("approved_by") if isinstance(approvals, dict) else None
+        entries = [
+            a for a in approved or [] if isinstance(a, dict) and json_str(a, "user", "username")
+        ]
+        reviews: list[Review] = []
+        versions = self._versions(mr_path) if entries else []
+        for a in entries:
+            name = a["user"]["username"]
+            uid = a["user"].get("id")
+            user = self._remember(name, uid) if isinstance(uid, int) else _User()
+            for email in user.emails:
+                known.setdefault(email, name)
+            at = parse_time(a.get("approved_at"))
+            reviews.append(
+                Review(
+                    user=name,
+                    state=APPROVED,
+                    commit_id=self._approved_commit(at, head, versions),
+                    submitted_at=at,
+                    emails=user.emails,
+                    bot=user.bot or bool(_BOT_USERNAME.match(name)),
+                    write_access=self._write_access(uid) if isinstance(uid, int) else None,
+                )
+            )
+        return reviews
 
     def _versions(self, mr_path: str) -> list[tuple[datetime, str]]:
         """(created_at, head sha) of every diff version, oldest first."""
@@ -212,23 +265,54 @@ class GitLabSource:
         return None
 
     def _resets_on_push(self) -> bool:
-        if self._reset_on_push is None:
-            body = self._api.get_or_none(f"{self._p}/approvals", missing=(403, 404))
-            self._reset_on_push = (
-                isinstance(body, dict) and body.get("reset_approvals_on_push") is True
-            )
-        return self._reset_on_push
+        return (self._project_approval_settings() or {}).get("reset_approvals_on_push") is True
 
-    def _emails(self, uid: int) -> tuple[str, ...]:
-        if uid not in self._user_emails:
-            user = self._api.get_or_none(f"/users/{uid}")
+    def _forge_enforces_four_eyes(self) -> bool:
+        """Whether GitLab itself refuses approvals by the MR's author and committers.
+
+        `GET /projects/:id/approvals` with `merge_requests_author_approval: false`
+        ("Prevent approval by author") and `merge_requests_disable_committers_approval:
+        true` ("Prevent approvals by users who add commits"): GitLab then matches commit
+        emails to accounts itself, private emails included, which this API cannot. That
+        rule names committers, not authors or co-authors (see `_committer_rule_covers`).
+        Unreadable settings (Free tier: 403) enforce nothing.
+        """
+        body = self._project_approval_settings()
+        return (
+            body is not None
+            and body.get("merge_requests_author_approval") is False
+            and body.get("merge_requests_disable_committers_approval") is True
+        )
+
+    def _project_approval_settings(self) -> dict[str, Any] | None:
+        if not self._settings_read:
+            body = self._api.get_or_none(f"{self._p}/approvals", missing=(403, 404))
+            self._settings = body if isinstance(body, dict) else None
+            self._settings_read = True
+        return self._settings
+
+    def _remember(self, username: str, uid: int) -> _User:
+        """`GET /users/:id` (cached): the emails it shows and whether it is a bot."""
+        self._user_ids[username.casefold()] = uid
+        if uid not in self._users:
+            body = self._api.get_or_none(f"/users/{uid}")
             found = []
             for key in ("public_email", "email", "commit_email"):
-                value = json_str(user, key)
+                value = json_str(body, key)
                 if value and "@" in value:
-                    found.append(value)
-            self._user_emails[uid] = tuple(dict.fromkeys(found))
-        return self._user_emails[uid]
+                    found.append(value.casefold())
+            bot = isinstance(body, dict) and body.get("bot") is True
+            self._users[uid] = _User(tuple(dict.fromkeys(found)), bot)
+        return self._users[uid]
+
+    def _write_access(self, uid: int) -> bool:
+        """Developer or more on the project (`members/all`: access through its groups is
+        real access here); not a member (404), pending or blocked: no."""
+        if uid not in self._access:
+            member = self._api.get_or_none(f"{self._p}/members/all/{uid}")
+            level = member.get("access_level") if isinstance(member, dict) else None
+            self._access[uid] = isinstance(level, int) and level >= DEVELOPER and _active(member)
+        return self._access[uid]
 
     def _user_id(self, username: str) -> int | None:
         key = username.casefold()
@@ -244,24 +328,55 @@ class GitLabSource:
         return self._user_ids.get(key)
 
     def membership(self, org: str, team: str, user: str) -> str:
-        """ "active", "pending" (awaiting) or "none" for group `org/team` (inherited too)."""
+        """ "active", "pending" (awaiting) or "none" for group `org/team`: a direct member of
+        the group or of one of its subgroups. Never `members/all`, which adds everyone
+        inherited from ancestor groups (a Guest of `acme` is no member of `acme/leads`)."""
         group = f"{org}/{team}" if team else org
         key = (group.casefold(), user.casefold())
         if key not in self._members:
             uid = self._user_id(user)
             state = "none"
             if uid is not None:
-                member = self._api.get_or_none(f"/groups/{quote(group, safe='')}/members/all/{uid}")
-                if isinstance(member, dict):
-                    if member.get("membership_state") == "awaiting":
-                        state = "pending"
-                    elif (
-                        member.get("state", "active") == "active"
-                        and member.get("membership_state", "active") == "active"
-                    ):
-                        state = "active"
+                state = self._direct_member(quote(group, safe=""), uid)
+                if state != "active":
+                    for sub in self._subgroups(group):
+                        found = self._direct_member(sub, uid)
+                        if found == "active":
+                            state = found
+                            break
+                        if found == "pending":
+                            state = found
             self._members[key] = state
         return self._members[key]
+
+    def _direct_member(self, group: str, uid: int) -> str:
+        """`GET /groups/:id/members/:user_id`: direct members only."""
+        key = (group, uid)
+        if key not in self._direct:
+            member = self._api.get_or_none(f"/groups/{group}/members/{uid}")
+            state = "none"
+            if isinstance(member, dict):
+                if member.get("membership_state") == "awaiting":
+                    state = "pending"
+                elif _active(member):
+                    state = "active"
+            self._direct[key] = state
+        return self._direct[key]
+
+    def _subgroups(self, group: str) -> list[str]:
+        """The ids of every group below `group` (`descendant_groups`, paginated); none
+        when the group does not exist or the token cannot see it (404)."""
+        key = group.casefold()
+        if key not in self._descendants:
+            path = f"/groups/{quote(group, safe='')}/descendant_groups"
+            first = self._api.get_or_none(path, {"per_page": 100})
+            found = first if isinstance(first, list) else []
+            if len(found) >= 100:  # more than a page: read them all
+                found = self._api.paginate(path)
+            self._descendants[key] = [
+                str(g["id"]) for g in found if isinstance(g, dict) and isinstance(g.get("id"), int)
+            ]
+        return self._descendants[key]
 
     def is_member(self, org: str, team: str, user: str) -> bool:
         return self.membership(org, team, user) == "active"
@@ -289,9 +404,11 @@ class GitLabSource:
         self._api.send("POST", f"{self._p}/statuses/{quote(sha)}", body, ok=(200, 201))
 
     def upsert_comment(self, pr_number: int, body: str, marker: str = PLAN_COMMENT_MARKER) -> int:
-        """Edit our note (the one holding `marker`) or create it; returns its id."""
+        """Edit our note (the one holding `marker`, written by the token's own user: anyone
+        can paste the marker) or create it; returns its id."""
         if marker not in body:
             body = f"{marker}\n{body}"
+        me = self._token_user()
         notes_path = f"{self._p}/merge_requests/{int(pr_number)}/notes"
         notes = self._api.paginate(notes_path, {"sort": "asc", "order_by": "created_at"})
         for n in notes:
@@ -300,11 +417,24 @@ class GitLabSource:
                 and not n.get("system")
                 and marker in str(n.get("body") or "")
                 and isinstance(n.get("id"), int)
+                and me is not None
+                and isinstance(n.get("author"), dict)
+                and n["author"].get("id") == me
             ):
                 self._api.send("PUT", f"{notes_path}/{n['id']}", {"body": body})
                 return int(n["id"])
         created = self._api.send("POST", notes_path, {"body": body}, ok=(201,)).json()
         return int(created["id"])
+
+    def _token_user(self) -> int | None:
+        """The token's own user id (`GET /user`; a project access token's bot user).
+        None when it cannot be read: then never edit, always create."""
+        if not self._me_read:
+            user = self._api.get_or_none("/user", missing=(401, 403, 404))
+            uid = user.get("id") if isinstance(user, dict) else None
+            self._me = uid if isinstance(uid, int) else None
+            self._me_read = True
+        return self._me
 
     def open_merge_request(
         self, source_branch: str, target_branch: str, title: str, description: str
@@ -339,10 +469,40 @@ class GitLabSource:
         return self.open_merge_request(head, base, title, body)
 
 
-def _commit(c: dict[str, Any]) -> CommitFacts:
+def _commit(c: dict[str, Any], known: Mapping[str, str]) -> CommitFacts:
+    """A commit, its author and committer tied to a username where `known` (email →
+    username, from the users API) has their email."""
+    author = json_str(c, "author_email")
+    committer = json_str(c, "committer_email")
     return CommitFacts(
         sha=json_str(c, "id") or "",
-        author_email=json_str(c, "author_email"),
-        committer_email=json_str(c, "committer_email"),
+        author_login=known.get(author.casefold()) if author else None,
+        author_email=author,
+        committer_login=known.get(committer.casefold()) if committer else None,
+        committer_email=committer,
         co_author_emails=co_author_emails(json_str(c, "message") or ""),
+    )
+
+
+def _committer_rule_covers(commits: Iterable[CommitFacts], known: frozenset[str]) -> bool:
+    """Whether GitLab's committer rule leaves nobody unknown: it names each commit's
+    committer (matched by email, private ones too), not an author who did not commit
+    it (a cherry-pick, a rebase) nor a `Co-authored-by:` co-author; those must be tied
+    here (a login, a noreply address, or an email in `known`)."""
+    for c in commits:
+        others: list[tuple[str | None, str | None]] = [(None, e) for e in c.co_author_emails]
+        committer = (c.committer_email or c.author_email or "").casefold()
+        if (c.author_email or "").casefold() != committer or not c.author_email:
+            others.append((c.author_login, c.author_email))
+        for login, email in others:
+            if not (login or (email and (noreply_login(email) or email.casefold() in known))):
+                return False
+    return True
+
+
+def _active(member: Mapping[str, Any]) -> bool:
+    """A member whose account is active and whose membership is not awaiting approval."""
+    return bool(
+        member.get("state", "active") == "active"
+        and member.get("membership_state", "active") == "active"
     )

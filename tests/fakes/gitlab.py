@@ -1,19 +1,30 @@
 """A fake GitLab REST API (v4) for one project: merge requests, commits, approvals, diff
-versions, reviewers, users, group members, commit statuses, notes, MR creation.
+versions, reviewers, users (bots too), project members, groups with subgroups and their
+members, the project's approval settings, commit statuses, notes, MR creation.
 
     with FakeGitLab() as gl:
         gl.add_merge_request(3, author="bob", sha=HEAD, merge_commit_sha=MERGE)
-        gl.approve(3, "alice", approved_at=...)
+        gl.approve(3, "alice", approved_at=...)         # alice: a Developer by default
+        gl.set_member("acme/ml-leads/infra", "carol")   # creates acme, acme/ml-leads too
         source = GitLabSource(gl.url, gl.token, gl.project_path)
+
+Shapes follow GitLab's REST docs: members (`/members/:user_id` direct only,
+`/members/all/:user_id` inherited from ancestor groups too), `descendant_groups`,
+`GET /user`, `GET /users/:id` (`public_email`, `bot`), `GET /projects/:id/approvals`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from .forge import T0, FakeForge, Request, Response, iso
+
+#: GitLab's access levels (members API).
+GUEST, REPORTER, DEVELOPER, MAINTAINER, OWNER = 10, 20, 30, 40, 50
+_BOT_NAME = re.compile(r"^(project|group)_\d+_bot")
 
 
 class FakeGitLab(FakeForge):
@@ -36,7 +47,13 @@ class FakeGitLab(FakeForge):
         self.reviewers: dict[int, list[dict[str, Any]]] = {}
         self.commit_mrs: dict[str, list[int]] = {}
         self.users: dict[str, dict[str, Any]] = {}
+        #: Groups by lower-cased full path; members are direct members of each.
+        self.groups: dict[str, dict[str, Any]] = {}
         self.group_members: dict[tuple[str, int], dict[str, Any]] = {}
+        #: Effective access to the project (direct or through its groups), by user id.
+        self.project_members: dict[int, dict[str, Any]] = {}
+        #: The token's own user (`GET /user`): a project access token's bot user.
+        self.me = f"project_{project_id}_bot_0a1b2c"
         self.statuses: list[dict[str, Any]] = []
         self.notes: dict[int, list[dict[str, Any]]] = {}
         #: Older GitLab: no `approved_at` in approvals, no reviewers endpoint.
@@ -44,6 +61,11 @@ class FakeGitLab(FakeForge):
         self.reviewers_supported = True
         #: None = `GET /projects/:id/approvals` answers 403 (a Free-tier project).
         self.reset_approvals_on_push: bool | None = False
+        #: `merge_requests_author_approval` False is "Prevent approval by author" (on by
+        #: default); `merge_requests_disable_committers_approval` True is "Prevent
+        #: approvals by users who add commits" (off by default).
+        self.merge_requests_author_approval = False
+        self.merge_requests_disable_committers_approval = False
         self.default_branch = "main"
         p = "projects/{project}"
         mr = f"{p}/merge_requests/{{iid}}"
@@ -61,13 +83,21 @@ class FakeGitLab(FakeForge):
         self.route("GET", f"{p}/merge_requests", self._list_mrs)
         self.route("POST", f"{p}/merge_requests", self._create_mr)
         self.route("POST", f"{p}/statuses/{{sha}}", self._create_status)
+        self.route("GET", f"{p}/members/all/{{uid}}", self._project_member)
+        self.route("GET", "user", self._get_me)
         self.route("GET", "users", self._find_users)
         self.route("GET", "users/{uid}", self._get_user)
-        self.route("GET", "groups/{group}/members/all/{uid}", self._group_member)
+        self.route("GET", "groups/{group}/members/{uid}", self._group_member)
+        self.route("GET", "groups/{group}/members/all/{uid}", self._group_member_all)
+        self.route("GET", "groups/{group}/descendant_groups", self._descendant_groups)
 
     # --- set-up helpers ------------------------------------------------------------
 
-    def user(self, username: str, *, public_email: str | None = None) -> dict[str, Any]:
+    def user(
+        self, username: str, *, public_email: str | None = None, bot: bool | None = None
+    ) -> dict[str, Any]:
+        """The user `GET /users/:id` shows: `public_email` is empty unless set (GitLab's
+        default: commit emails are private); `bot` for project/group token bots."""
         u = self.users.get(username)
         if u is None:
             uid = 200 + len(self.users)
@@ -76,14 +106,89 @@ class FakeGitLab(FakeForge):
                 "username": username,
                 "name": username.title(),
                 "state": "active",
+                "locked": False,
                 "avatar_url": None,
                 "web_url": f"https://gitlab.example.com/{username}",
+                "created_at": iso(T0 - timedelta(days=400)),
+                "bio": "",
+                "location": "",
                 "public_email": "",
+                "linkedin": "",
+                "twitter": "",
+                "website_url": "",
+                "organization": "",
+                "job_title": "",
+                "bot": bool(_BOT_NAME.match(username)),
+                "work_information": None,
             }
             self.users[username] = u
         if public_email is not None:
             u["public_email"] = public_email
+        if bot is not None:
+            u["bot"] = bot
         return u
+
+    def enforce_four_eyes(self, on: bool = True) -> None:
+        """The project's "Prevent approval by author" and "Prevent approvals by users
+        who add commits" settings."""
+        self.merge_requests_author_approval = not on
+        self.merge_requests_disable_committers_approval = on
+
+    def set_access(
+        self, username: str, access_level: int | None, *, membership_state: str = "active"
+    ) -> None:
+        """`username`'s effective access to the project (None: not a member)."""
+        uid = self.user(username)["id"]
+        if access_level is None:
+            self.project_members.pop(uid, None)
+            return
+        self.project_members[uid] = self._member(username, access_level, membership_state)
+
+    def _member(self, username: str, access_level: int, membership_state: str) -> dict[str, Any]:
+        return {
+            **self._brief(username),
+            "access_level": access_level,
+            "created_at": iso(T0 - timedelta(days=30)),
+            "expires_at": None,
+            "membership_state": membership_state,
+            "group_saml_identity": None,
+        }
+
+    def add_group(self, full_path: str) -> dict[str, Any]:
+        """A group and (first) its ancestors, by full path (`acme/ml-leads/infra`)."""
+        key = full_path.lower()
+        if key in self.groups:
+            return self.groups[key]
+        parent = self.add_group(full_path.rsplit("/", 1)[0]) if "/" in full_path else None
+        gid = 300 + len(self.groups)
+        name = full_path.rsplit("/", 1)[-1]
+        group = {
+            "id": gid,
+            "web_url": f"https://gitlab.example.com/groups/{full_path}",
+            "name": name,
+            "path": name,
+            "description": "",
+            "visibility": "private",
+            "share_with_group_lock": False,
+            "require_two_factor_authentication": False,
+            "two_factor_grace_period": 48,
+            "project_creation_level": "developer",
+            "auto_devops_enabled": None,
+            "subgroup_creation_level": "maintainer",
+            "emails_disabled": None,
+            "mentions_disabled": None,
+            "lfs_enabled": True,
+            "default_branch_protection": 2,
+            "avatar_url": None,
+            "request_access_enabled": False,
+            "full_name": " / ".join(p.title() for p in full_path.split("/")),
+            "full_path": full_path,
+            "file_template_project_id": None,
+            "parent_id": parent["id"] if parent else None,
+            "created_at": iso(T0 - timedelta(days=365)),
+        }
+        self.groups[key] = group
+        return group
 
     def _brief(self, username: str) -> dict[str, Any]:
         u = self.user(username)
@@ -191,7 +296,18 @@ class FakeGitLab(FakeForge):
         )
         self.link_commit(sha, iid)
 
-    def approve(self, iid: int, username: str, *, approved_at: datetime | None = None) -> None:
+    def approve(
+        self,
+        iid: int,
+        username: str,
+        *,
+        approved_at: datetime | None = None,
+        access_level: int | None = DEVELOPER,
+    ) -> None:
+        """An approval; `access_level` sets the approver's access to the project (a
+        Developer by default: who approves can usually push), None leaves it as it is."""
+        if access_level is not None:
+            self.set_access(username, access_level)
         self.approvals[iid].append(
             {
                 "user": self._brief(username),
@@ -206,15 +322,21 @@ class FakeGitLab(FakeForge):
             {"user": self._brief(username), "state": state, "created_at": iso(T0)}
         )
 
-    def set_member(self, group: str, username: str, *, membership_state: str = "active") -> None:
-        """Member of `group` (full path): membership_state "active" or "awaiting"."""
+    def set_member(
+        self,
+        group: str,
+        username: str,
+        *,
+        membership_state: str = "active",
+        access_level: int = DEVELOPER,
+    ) -> None:
+        """A direct member of `group` (full path; created with its ancestors):
+        membership_state "active" or "awaiting"."""
+        self.add_group(group)
         u = self.user(username)
-        self.group_members[(group.lower(), u["id"])] = {
-            **self._brief(username),
-            "access_level": 30,
-            "expires_at": None,
-            "membership_state": membership_state,
-        }
+        self.group_members[(group.lower(), u["id"])] = self._member(
+            username, access_level, membership_state
+        )
 
     # --- HTTP ----------------------------------------------------------------------
 
@@ -327,8 +449,10 @@ class FakeGitLab(FakeForge):
                 "reset_approvals_on_push": self.reset_approvals_on_push,
                 "selective_code_owner_removals": False,
                 "disable_overriding_approvers_per_merge_request": False,
-                "merge_requests_author_approval": False,
-                "merge_requests_disable_committers_approval": True,
+                "merge_requests_author_approval": self.merge_requests_author_approval,
+                "merge_requests_disable_committers_approval": (
+                    self.merge_requests_disable_committers_approval
+                ),
                 "require_password_to_approve": False,
             },
             {},
@@ -345,9 +469,53 @@ class FakeGitLab(FakeForge):
                 return 200, dict(u), {}
         return self.not_found()
 
+    def _group(self, ref: str) -> dict[str, Any] | None:
+        """A group by id or full path (the API takes either)."""
+        if ref.isdigit():
+            return next((g for g in self.groups.values() if g["id"] == int(ref)), None)
+        return self.groups.get(ref.lower())
+
     def _group_member(self, req: Request, group: str, uid: str) -> Response:
-        member = self.group_members.get((group.lower(), int(uid)))
+        """Direct members only."""
+        g = self._group(group)
+        if g is None or not uid.isdigit():
+            return self.not_found()
+        member = self.group_members.get((g["full_path"].lower(), int(uid)))
         return (200, member, {}) if member else self.not_found()
+
+    def _group_member_all(self, req: Request, group: str, uid: str) -> Response:
+        """Direct and inherited from ancestor groups: the highest access level."""
+        g = self._group(group)
+        if g is None or not uid.isdigit():
+            return self.not_found()
+        found = []
+        path = g["full_path"].lower()
+        while True:
+            member = self.group_members.get((path, int(uid)))
+            if member:
+                found.append(member)
+            if "/" not in path:
+                break
+            path = path.rsplit("/", 1)[0]
+        if not found:
+            return self.not_found()
+        return 200, max(found, key=lambda m: m["access_level"]), {}
+
+    def _descendant_groups(self, req: Request, group: str) -> Response:
+        g = self._group(group)
+        if g is None:
+            return self.not_found()
+        prefix = g["full_path"].lower() + "/"
+        return self._page(req, [d for k, d in self.groups.items() if k.startswith(prefix)])
+
+    def _project_member(self, req: Request, project: str, uid: str) -> Response:
+        if not self._project_ok(project) or not uid.isdigit():
+            return self.not_found()
+        member = self.project_members.get(int(uid))
+        return (200, member, {}) if member else self.not_found()
+
+    def _get_me(self, req: Request) -> Response:
+        return 200, dict(self.user(self.me)), {}
 
     def _create_status(self, req: Request, project: str, sha: str) -> Response:
         if not self._project_ok(project):
@@ -394,7 +562,7 @@ class FakeGitLab(FakeForge):
             return self.not_found()
         if not body.get("body"):
             return 400, {"error": "body is missing"}, {}
-        return 201, self.add_note(int(iid), body["body"], author="project_42_bot"), {}
+        return 201, self.add_note(int(iid), body["body"], author=self.me), {}
 
     def _update_note(self, req: Request, project: str, iid: str, nid: str) -> Response:
         body = req.body if isinstance(req.body, dict) else {}
@@ -439,7 +607,7 @@ class FakeGitLab(FakeForge):
         iid = max(self.mrs, default=0) + 1
         mr = self.add_merge_request(
             iid,
-            author="project_42_bot",
+            author=self.me,
             sha="f" * 40,
             merged=False,
             target_branch=dst,
