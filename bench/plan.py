@@ -69,10 +69,9 @@ def first_plan(files: int, runs: int, env: dict[str, str]) -> None:
         vc, pc = min(c for _, c in validate), min(c for _, c in plan)
         print(f"repo: {files} files, {files * 4} instances, first plan (all creates)")
         print(f"plan output: {lines} lines (human, stdout not a terminal)")
-        print(
-            f"validate wall s: {_list(w for w, _ in validate)}   cpu s: {_list(c for _, c in validate)}"
-        )
-        print(f"plan     wall s: {_list(w for w, _ in plan)}   cpu s: {_list(c for _, c in plan)}")
+        for name, runs_ in (("validate", validate), ("plan", plan)):
+            wall, cpu = _list(w for w, _ in runs_), _list(c for _, c in runs_)
+            print(f"{name:<8} wall s: {wall}   cpu s: {cpu}")
         print(f"ratio plan / validate (best wall) : {p / v:5.2f}   (target <= 1.3)")
         print(f"ratio plan / validate (best cpu)  : {pc / vc:5.2f}")
 

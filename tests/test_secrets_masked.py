@@ -202,9 +202,7 @@ def test_a_token_as_user_name_is_refused_too(tmp_path: Path) -> None:
 def test_credential_values_are_never_echoed_by_validate(tmp_path: Path, credentials: str) -> None:
     repo = make_repo(tmp_path / "r", "https://deploy.example.com")
     (repo / "manifests" / "provider.yaml").write_text(
-        (PROVIDER % "https://deploy.example.com").replace(
-            "{tokenEnv: REGISTRY_TOKEN}", credentials
-        )
+        (PROVIDER % "https://deploy.example.com").replace("{tokenEnv: REGISTRY_TOKEN}", credentials)
     )
     for args in (("validate",), ("plan",)):
         r = cli(repo, *args)

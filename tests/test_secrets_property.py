@@ -58,8 +58,10 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
     leaf = st.one_of(embedded, st.text(max_size=6), st.integers(), st.booleans(), st.none())
     tree = st.recursive(
         leaf,
-        lambda kids: st.lists(kids, max_size=3)
-        | st.dictionaries(st.one_of(embedded, st.text(max_size=6)), kids, max_size=3),
+        lambda kids: (
+            st.lists(kids, max_size=3)
+            | st.dictionaries(st.one_of(embedded, st.text(max_size=6)), kids, max_size=3)
+        ),
         max_leaves=8,
     )
     env_value = st.one_of(embedded, st.sampled_from(values), tree)
