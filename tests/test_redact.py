@@ -8,11 +8,16 @@ import io
 import json
 from collections.abc import Iterator
 from contextlib import redirect_stderr
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from conftest import copy_example
 
 from reconciler import log
+from reconciler.config import load_settings
+from reconciler.load import load
+from reconciler.redaction import referenced_names, register_desired, secret_names
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +85,31 @@ def test_log_lines_mask_values_keys_and_credential_named_fields() -> None:
     assert line["detail"] == {"(sensitive)": "x"}
     assert line["api_key"] == "(sensitive)"
     assert line["items"] == ["a (sensitive)"]
+
+
+def test_registration_reads_every_reference_from_the_documents(tmp_path: Path) -> None:
+    """`register_desired` reads references from the documents (fast); it must find
+    every name the expanded instances refer to, overrides and schedule input included."""
+    repo = copy_example(tmp_path / "repo")
+    chat = repo / "manifests" / "deployments" / "support-chat.yaml"
+    chat.write_text(
+        chat.read_text().replace(
+            "  overrides:\n",
+            "  overrides:\n    dev: {env: {OVERRIDE_KEY: {secretEnv: OVR_SECRET}}}\n",
+            1,
+        )
+    )
+    reindex = repo / "manifests" / "schedules" / "reindex.yaml"
+    reindex.write_text(
+        reindex.read_text().replace(
+            "input: {collection: docs}",
+            "input: {collection: docs, auth: {secretEnv: SCHED_SECRET}}",
+        )
+    )
+    desired = load(load_settings(repo, env={})).desired
+    names = secret_names(desired)
+    assert {"OVR_SECRET", "SCHED_SECRET", "VENDOR_KEY"} <= names
+    assert referenced_names(desired) >= names
+    env = {n: f"value-of-{n}" for n in names}
+    register_desired(desired, env)
+    assert all(log.is_secret(v) for v in env.values())
