@@ -85,7 +85,8 @@ def plan(
     emit(
         view.json(p) if as_json else view.markdown(p) if markdown else view.human(p, color=_color())
     )
-    ci.append_step_summary(s.env, log.redact(view.markdown(p)))
+    if s.env.get("GITHUB_STEP_SUMMARY"):  # rendering 10,000 changes costs; only when asked
+        ci.append_step_summary(s.env, log.redact(view.markdown(p)))
     if comment:
         body = log.redact(view.markdown(p))
         number = forge.post_plan_comment(s, body, view.PLAN_COMMENT_MARKER, pr)

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import typer
 
 from reconciler import arguments as a
-from reconciler import log
+from reconciler import log, redaction
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError
 
@@ -32,6 +32,7 @@ def settings() -> Settings:
         options["settings"] = load_settings(
             options["repo"], state_url=options["state"], approvals_file=options["approvals"]
         )
+        redaction.register_environment(options["settings"].env)
     return options["settings"]  # type: ignore[no-any-return]
 
 
@@ -57,6 +58,7 @@ def _main(
 ) -> None:
     if log_format not in (None, "console", "json"):
         raise ReconcilerError(f"--log-format must be console or json, not {log_format!r}")
+    options.pop("settings", None)  # settings belong to one invocation
     options.update(repo=repo, state=state, approvals=approvals_file, verbosity=verbose - quiet)
     in_ci = bool(os.environ.get("CI"))
     log.configure(fmt=log_format, verbosity=verbose - quiet, in_ci=in_ci)  # type: ignore[arg-type]

@@ -7,7 +7,8 @@ recorded spec back (trigger `heal`); changing to the manifests is `apply`'s job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from reconciler.executor import (
     instance_from_record,
 )
 from reconciler.instances import Instance, InstanceKey, ProviderConfig, secret_ref, secret_refs
+from reconciler.log import MIN_SECRET_LENGTH, is_secret, register_secret, register_secrets
 from reconciler.plan import SENSITIVE, Change, EnvironmentPlan, FieldDiff, field_diff
 from reconciler.providers.pool import ProviderPool
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
@@ -54,28 +56,102 @@ class DriftReport:
         return EXIT_CHANGES if self.drifted else EXIT_OK
 
 
-def _normalise_live(live: Mapping[str, Any], rec: AppliedRecord, key: bytes) -> dict[str, Any]:
-    """Live body limited to recorded fields, with secret values turned back into refs."""
+def _normalise_live(
+    live: Mapping[str, Any], rec: AppliedRecord, key: bytes, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """Live body limited to recorded fields, with secret values turned back into refs
+    and every other appearance of a secret value masked (keys included)."""
     out = {k: live.get(k) for k in rec.spec}
-    refs = set(secret_refs(rec.spec))
-    env_live = out.get("env")
     env_rec = rec.spec.get("env")
-    if refs and isinstance(env_live, dict) and isinstance(env_rec, dict):
-        fixed = dict(env_live)
-        for var, recorded in env_rec.items():
-            name = secret_ref(recorded)
-            if name is None:
-                continue
-            value = env_live.get(var)
-            if value == recorded:  # the provider keeps references (local)
-                continue
-            expected = rec.secret_fingerprints.get(name)
-            if isinstance(value, str) and expected and fingerprint(key, value) == expected:
-                fixed[var] = recorded
-            else:
-                fixed[var] = {"secretEnv": name, "changed": SENSITIVE}
-        out["env"] = fixed
+    secrets = {env[n] for n in secret_refs(rec.spec) if env.get(n)}
+    if isinstance(env_rec, dict) and "env" in out:
+        out["env"] = _env_mapping(out["env"])
+        env_live = out["env"]
+        if isinstance(env_live, dict):
+            out["env"] = _env_refs(env_live, env_rec, rec, key, secrets)
+    register_secrets(secrets)
+    hidden: dict[str, Any] = _hide(out, rec.spec, secrets)
+    return hidden
+
+
+def _env_mapping(value: Any) -> Any:
+    """`env` as a mapping: APIs often answer with a list of `{name, value}` instead."""
+    if not isinstance(value, list):
+        return value
+    items = [i for i in value if isinstance(i, dict) and isinstance(i.get("name"), str)]
+    if len(items) != len(value):
+        return value
+    out: dict[str, Any] = {}
+    for item in items:
+        rest = {k: v for k, v in item.items() if k != "name"}
+        out[item["name"]] = rest["value"] if set(rest) == {"value"} else rest
     return out
+
+
+def _env_refs(
+    env_live: Mapping[str, Any],
+    env_rec: Mapping[str, Any],
+    rec: AppliedRecord,
+    key: bytes,
+    secrets: set[str],
+) -> dict[str, Any]:
+    """Live env with each secret variable's value replaced by its reference (or by a
+    `changed` marker); whatever value sits there joins `secrets`, matching or not."""
+    fixed = dict(env_live)
+    for var, recorded in env_rec.items():
+        name = secret_ref(recorded)
+        if name is None or var not in env_live:
+            continue
+        value = env_live[var]
+        if value == recorded:  # the provider keeps references (local)
+            continue
+        if isinstance(value, str):
+            secrets.add(value)
+        expected = rec.secret_fingerprints.get(name)
+        if isinstance(value, str) and expected and fingerprint(key, value) == expected:
+            fixed[var] = recorded
+        else:
+            fixed[var] = {"secretEnv": name, "changed": SENSITIVE}
+    return fixed
+
+
+def _holds(text: str, secrets: Collection[str]) -> bool:
+    """True when `text` is, or contains, a secret value (short ones only when equal)."""
+    if text in secrets or is_secret(text):
+        return True
+    return any(len(s) >= MIN_SECRET_LENGTH and s in text for s in secrets)
+
+
+_ABSENT: Any = object()
+
+
+def _hide(live: Any, recorded: Any, secrets: Collection[str]) -> Any:
+    """`live` with every string (value or key) holding a secret masked; parts equal to
+    the recorded ones are left as they are (they show in no diff)."""
+    if live == recorded:
+        return live
+    if isinstance(live, str):
+        return SENSITIVE if _holds(live, secrets) else live
+    if isinstance(live, int | float) and not isinstance(live, bool):
+        return SENSITIVE if _holds(json.dumps(live), secrets) else live
+    if isinstance(live, dict):
+        rec = recorded if isinstance(recorded, dict) else {}
+        out: dict[Any, Any] = {}
+        for k, v in live.items():
+            shown = k
+            if isinstance(k, str) and _holds(k, secrets):
+                shown = SENSITIVE
+                while shown in out or shown in live:
+                    shown += "*"
+            out[shown] = _hide(v, rec.get(k, _ABSENT), secrets)
+        return out
+    if isinstance(live, list):
+        rec_list = recorded if isinstance(recorded, list) else []
+        return [
+            _hide(v, rec_list[i] if i < len(rec_list) else _ABSENT, secrets)
+            for i, v in enumerate(live)
+        ]
+    return live
 
 
 def detect_drift(
@@ -89,6 +165,7 @@ def detect_drift(
     """Read every recorded instance from its provider and compare field by field."""
     report = DriftReport()
     key = store.fingerprint_key(create=False) or b""  # none stored: nothing to match
+    register_secret(key.decode(errors="replace"))
     for envname in environments or store.environments():
         clients = ProviderPool.from_entry_points(
             providers.get(envname, {}), repo_root=repo_root, env=env
@@ -106,7 +183,7 @@ def detect_drift(
                 if live is None:
                     items.append(DriftItem(k, rec.provider, "missing"))
                     continue
-                diff = field_diff(rec.spec, _normalise_live(live.body, rec, key))
+                diff = field_diff(rec.spec, _normalise_live(live.body, rec, key, env))
                 items.append(DriftItem(k, rec.provider, "drifted" if diff else "in-sync", diff))
         finally:
             clients.close()

@@ -9,6 +9,7 @@ from reconciler.config import CONFIG_FILE, ApprovalsConfig, Settings, parse_conf
 from reconciler.gitrepo import ManifestRepo
 from reconciler.manifests import Desired, Diagnostic, ManifestError, load_desired
 from reconciler.providers import plan_time_problems
+from reconciler.redaction import register_desired
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def load(settings: Settings, ref: str | None = None, *, paths: Sequence[str] = (
         raise ManifestError([*e.diagnostics, *refused]) from None
     if refused:
         raise ManifestError(refused)
+    register_desired(desired, settings.env)
     if problems := plan_time_problems(desired, repo_root=settings.repo, env=settings.env):
         raise ManifestError(problems)
     read_paths = (CONFIG_FILE, *paths, *sorted(set(templates)))

@@ -1,29 +1,56 @@
 """Logging through structlog: console on a TTY, JSON lines in CI, secrets redacted.
 
-Every log line, whatever its origin, passes the redaction processor: values of
-registered secrets (tokens read from the environment, secret env vars) are replaced
-by `(sensitive)`, as are values of keys that name credentials.
+The redaction boundary lives here: `redact` (text) and `redact_data` (structures) mask
+every registered secret value, whatever surrounds it, and every output path (stdout,
+stderr, log lines, plan files, PR comments, commit statuses, job summaries, error text
+written to state) goes through one of them. Commands register the values they know
+of (`reconciler.secrets`) before anything is rendered.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal
+from urllib.parse import quote
 
 import structlog
 
 REDACTED = "(sensitive)"
+#: Shorter values are not searched for in text: masking "abc" everywhere would mangle
+#: unrelated output and, by what it leaves around it, reveal the value anyway. Where a
+#: value is known to sit (a secret env var read back from a provider), drift masks it
+#: whatever its length.
+MIN_SECRET_LENGTH = 4
 _SENSITIVE_KEYS = re.compile(r"(token|password|secret|authorization|api[-_]?key)", re.I)
 _secrets: set[str] = set()
+#: Every registered form, longest first (the alternation prefers the longest match).
+_ordered: list[str] = []
+_pattern: re.Pattern[str] | None = None
+
+
+def _forms(value: str) -> set[str]:
+    """The value as it may appear in output: raw, JSON-escaped (both ways), URL-quoted."""
+    forms = {value, value.strip()}
+    forms.add(json.dumps(value)[1:-1])
+    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    forms.add(quote(value, safe=""))
+    return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
 
 
 def register_secret(value: str | None) -> None:
-    """Make sure `value` never appears in any log line (or rendered output)."""
-    if value and len(value) >= 4:
-        _secrets.add(value)
+    """Make sure `value` never appears in any log line or rendered output."""
+    global _ordered, _pattern
+    if not value or len(value.strip()) < MIN_SECRET_LENGTH or value in _secrets:
+        return
+    _secrets.add(value)
+    new = _forms(value) - set(_ordered)
+    if new:
+        _ordered = sorted({*_ordered, *new}, key=len, reverse=True)
+        _pattern = re.compile("|".join(map(re.escape, _ordered)))
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
@@ -31,11 +58,81 @@ def register_secrets(values: Iterable[str | None]) -> None:
         register_secret(v)
 
 
+def forget_secrets() -> None:
+    """Forget every registered value: for a process that runs many commands in turn
+    (tests), so each must register its own before rendering."""
+    global _ordered, _pattern
+    _secrets.clear()
+    _ordered = []
+    _pattern = None
+
+
+def is_secret(text: str) -> bool:
+    """True when `text` holds a registered secret value (or an encoded form of one)."""
+    return any(s in text for s in _ordered)
+
+
 def redact(text: str) -> str:
-    for s in sorted(_secrets, key=len, reverse=True):
-        if s in text:
-            text = text.replace(s, REDACTED)
-    return text
+    """`text` with every registered secret value replaced by REDACTED. A match that
+    starts or ends inside a backslash escape (JSON's `\\u00e9`, `\\"`) takes the whole
+    escape with it, so masking never breaks the JSON around it."""
+    pattern = _pattern
+    if pattern is None or not is_secret(text):
+        return text
+    out: list[str] = []
+    done = 0
+    found = pattern.search(text)
+    while found is not None:
+        start, end = found.span()
+        inside = _escape_around(text, start)
+        if inside is not None:
+            start = max(inside[0], done)
+            # The match began among the escape's own characters; the value itself
+            # may begin right after the escape.
+            after = pattern.match(text, inside[1])
+            end = max(end, after.end()) if after is not None else end
+        end = _escape_end(text, end)
+        out.append(text[done:start])
+        out.append(REDACTED)
+        done = end
+        found = pattern.search(text, done)
+    out.append(text[done:])
+    return "".join(out)
+
+
+_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)", re.S)
+
+
+def _escape_around(text: str, i: int) -> tuple[int, int] | None:
+    """The span of the backslash escape that `i` falls strictly inside, if any."""
+    for b in range(i - 1, max(-1, i - 6), -1):
+        if text[b] != "\\":
+            continue
+        run = b
+        while run > 0 and text[run - 1] == "\\":
+            run -= 1
+        if (b - run) % 2:  # this backslash is itself escaped
+            continue
+        esc = _ESCAPE.match(text, b)
+        if esc is not None and esc.start() < i < esc.end():
+            return esc.span()
+    return None
+
+
+def _escape_end(text: str, i: int) -> int:
+    span = _escape_around(text, i)
+    return span[1] if span else i
+
+
+def redact_data(value: Any) -> Any:
+    """A copy of JSON-like data with secrets masked in every string, key included."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {(redact(k) if isinstance(k, str) else k): redact_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(v) for v in value]
+    return value
 
 
 def _scrub(value: Any) -> Any:
@@ -43,7 +140,9 @@ def _scrub(value: Any) -> Any:
         return redact(value)
     if isinstance(value, dict):
         return {
-            k: (REDACTED if isinstance(k, str) and _SENSITIVE_KEYS.search(k) and v else _scrub(v))
+            (redact(k) if isinstance(k, str) else k): (
+                REDACTED if isinstance(k, str) and _SENSITIVE_KEYS.search(k) and v else _scrub(v)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -61,6 +160,11 @@ def _redact_processor(
         else:
             event[k] = _scrub(v)
     return event
+
+
+def _redact_rendered(_logger: Any, _name: str, line: Any) -> Any:
+    """Last pass over the rendered line: catches what a renderer added (a traceback)."""
+    return redact(line) if isinstance(line, str) else line
 
 
 def configure(
@@ -83,6 +187,7 @@ def configure(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact_processor,
             renderer,
+            _redact_rendered,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

@@ -193,14 +193,26 @@ def _path_str(parts: Sequence[Any]) -> str:
 
 
 def _mask(value: Any) -> Any:
-    """Secret references are shown as `(sensitive)`; values are never present anyway."""
-    if secret_ref(value) is not None:
-        return SENSITIVE
+    """Secret references are shown as `(sensitive)`; values are never present anyway.
+    Parts without a reference are returned as they are, not copied (nested values are
+    shared, never edited; a first plan masks every body)."""
     if isinstance(value, dict):
-        return {k: _mask(v) for k, v in value.items()}
+        if secret_ref(value) is not None:
+            return SENSITIVE
+        out: dict[str, Any] | None = None
+        for k, v in value.items():
+            if isinstance(v, _CONTAINERS) and (masked := _mask(v)) is not v:
+                if out is None:
+                    out = dict(value)
+                out[k] = masked
+        return value if out is None else out
     if isinstance(value, list):
-        return [_mask(v) for v in value]
+        items = [_mask(v) if isinstance(v, _CONTAINERS) else v for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     return value
+
+
+_CONTAINERS = (dict, list)
 
 
 def field_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[FieldDiff]:

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 
 from reconciler.config import Settings
 from reconciler.gitrepo import ManifestRepo
-from reconciler.log import register_secrets
 from reconciler.manifests import Desired
+from reconciler.redaction import register_desired, secret_names
 from reconciler.state import open_state
 from reconciler.state.base import StateStore
 
@@ -35,16 +35,8 @@ def manifest_repo(settings: Settings) -> ManifestRepo:
 def secret_env(
     settings: Settings, desired: Desired, environments: Sequence[str] = ()
 ) -> dict[str, str]:
-    """The secret values plan may fingerprint; registered so no output can show them."""
-    names: set[str] = set()
-    for env, insts in desired.instances.items():
-        if environments and env not in environments:
-            continue
-        for inst in insts.values():
-            names.update(inst.secret_names)
-    for provs in desired.providers.values():
-        for pc in provs.values():
-            names.update(pc.credentials.values())
-    values = {n: settings.env[n] for n in names if n in settings.env}
-    register_secrets(values.values())
-    return values
+    """The secret values plan may fingerprint. Every secret the manifests refer to (in
+    all environments) is registered first, so no output can show one."""
+    register_desired(desired, settings.env)
+    names = secret_names(desired, environments)
+    return {n: settings.env[n] for n in names if n in settings.env}

@@ -10,6 +10,7 @@ from reconciler.commands.context import manifest_repo, open_store
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
 from reconciler.gitrepo import ManifestRepo
+from reconciler.redaction import register_recorded
 from reconciler.state.base import RunRecord, StateStore
 
 #: What `counts` tallies: applied changes by action, and failures.
@@ -63,6 +64,7 @@ def history(
     settings: Settings, environments: Sequence[str] = (), *, limit: int = 50
 ) -> HistoryReport:
     with open_store(settings, read_only=True) as store:
+        register_recorded(store, settings)
         return collect_history(store, manifest_repo(settings), environments, limit=limit)
 
 

@@ -11,6 +11,7 @@ from reconciler import schedules
 from reconciler.commands.context import open_store
 from reconciler.config import Settings
 from reconciler.instances import InstanceKey
+from reconciler.redaction import register_recorded
 from reconciler.state.base import AppliedRecord, StateStore
 
 
@@ -66,6 +67,7 @@ class StatusReport:
 
 def status(settings: Settings, environments: Sequence[str] = ()) -> StatusReport:
     with open_store(settings, read_only=True) as store:
+        register_recorded(store, settings)
         return collect_status(store, environments)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,46 @@ from pydantic import BaseModel, ValidationError
 from reconciler.errors import ReconcilerError
 from reconciler.manifests import models as m
 from reconciler.manifests.yamlload import Pos, YFloat, YInt, YMap, YSeq
+
+#: Names that say "this holds a credential" (env vars, config keys).
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|AUTH)", re.I)
+#: Values shaped like well-known API keys and tokens.
+SECRET_VALUE = re.compile(
+    r"^(sk-[A-Za-z0-9_-]{16,}|sk-ant-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,}|hf_[A-Za-z0-9]{20,}|r8_[A-Za-z0-9]{20,}"
+    r"|xox[abpors]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|glpat-[A-Za-z0-9_-]{16,}"
+    r"|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})"
+)
+_URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*)://([^/?#@\s]*)@", re.I)
+#: Where a key naming a credential makes the value below it sensitive.
+_VALUE_HOLDERS = frozenset({"env", "config", "input"})
+HIDDEN = "(not shown: it may be a credential)"
+
+
+def has_userinfo(text: str) -> bool:
+    """A URL carrying credentials: any `user:password@`, or any user at all in an
+    http(s) URL (a token is often passed as the user name)."""
+    for found in _URL_USERINFO.finditer(text):
+        if ":" in found.group(2) or found.group(1).lower() in ("http", "https"):
+            return True
+    return False
+
+
+def looks_secret(text: str) -> bool:
+    return bool(SECRET_VALUE.match(text)) or has_userinfo(text)
+
+
+def sensitive(loc: Sequence[str | int], value: Any) -> bool:
+    """Whether a problem's value must not be echoed: anything under `credentials`,
+    under an env/config/input key that names a credential, or shaped like a secret."""
+    parts = [p for p in loc if isinstance(p, str)]
+    if "credentials" in parts:
+        return True
+    for i, part in enumerate(parts):
+        if part in _VALUE_HOLDERS and any(SECRET_NAME.search(p) for p in parts[i + 1 :]):
+            return True
+    text = getattr(value, "text", value)
+    return isinstance(text, str) and looks_secret(text)
 
 
 @dataclass(frozen=True, order=True)
@@ -63,7 +104,16 @@ def locate(data: Any, loc: Sequence[str | int], *, key: bool = False) -> Pos:
     return pos
 
 
-def _describe(value: Any) -> str:
+def _describe(value: Any, hide: bool = False) -> str:
+    if hide and not isinstance(value, dict | list) and value is not None:
+        kind = (
+            "a boolean"
+            if isinstance(value, bool)
+            else "text"
+            if isinstance(value, str)
+            else "a number"
+        )
+        return f"{kind} {HIDDEN}"
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, YInt | YFloat):
@@ -169,7 +219,7 @@ def from_validation_error(
                 target, where = overlay, ov_loc
         pos = locate(target, where, key=is_key)
         dotted = ".".join(str(p) for p in full) if etype != "union_tag_invalid" else ""
-        message = _message(e, loc, model_root, dotted)
+        message = _message(e, loc, model_root, dotted, hide=sensitive(full, e.get("input")))
         sig = (pos, message)
         if sig in seen:
             continue
@@ -190,7 +240,10 @@ def _exists(data: Any, loc: Sequence[str | int]) -> bool:
     return True
 
 
-def _message(e: Any, loc: list[str | int], root: type[BaseModel] | None, dotted: str) -> str:
+def _message(
+    e: Any, loc: list[str | int], root: type[BaseModel] | None, dotted: str, *, hide: bool = False
+) -> str:
+    """The message for one pydantic error; with `hide`, the value is never quoted."""
     etype: str = e["type"]
     value = e.get("input")
     ctx = e.get("ctx") or {}
@@ -205,28 +258,29 @@ def _message(e: Any, loc: list[str | int], root: type[BaseModel] | None, dotted:
     if etype == "missing":
         return f"{dotted}: required field is missing"
     if etype == "string_type":
-        return f"{dotted}: expected text, got {_describe(value)}"
+        return f"{dotted}: expected text, got {_describe(value, hide)}"
     if etype in ("bool_type", "bool_parsing"):
         extra = ""
         if isinstance(value, str) and value in _YAML11_BOOLS:
             extra = " (YAML 1.2 reads yes/no/on/off as text: write true or false)"
-        return f"{dotted}: expected true or false, got {_describe(value)}{extra}"
+        return f"{dotted}: expected true or false, got {_describe(value, hide)}{extra}"
     if etype in ("int_type", "int_from_float", "int_parsing"):
-        return f"{dotted}: expected a whole number, got {_describe(value)}"
+        return f"{dotted}: expected a whole number, got {_describe(value, hide)}"
     if etype in ("float_type", "float_parsing"):
-        return f"{dotted}: expected a number, got {_describe(value)}"
+        return f"{dotted}: expected a number, got {_describe(value, hide)}"
     if etype in ("dict_type", "model_type", "model_attributes_type"):
-        return f"{dotted}: expected a mapping, got {_describe(value)}"
+        return f"{dotted}: expected a mapping, got {_describe(value, hide)}"
     if etype == "list_type":
-        return f"{dotted}: expected a list, got {_describe(value)}"
+        return f"{dotted}: expected a list, got {_describe(value, hide)}"
     if etype == "string_pattern_mismatch":
         hint = _PATTERN_HINTS.get(str(ctx.get("pattern")), f"must match {ctx.get('pattern')}")
-        return f"{dotted}: {value!r} is not valid: {hint}"
+        shown = f"the value {HIDDEN}" if hide else repr(value)
+        return f"{dotted}: {shown} is not valid: {hint}"
     if etype == "literal_error":
         expected = str(ctx.get("expected", ""))
         choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",")]
-        hint = did_you_mean(str(value), choices) if isinstance(value, str) else ""
-        return f"{dotted}: {_describe(value)} is not one of {expected}{hint}"
+        hint = did_you_mean(str(value), choices) if isinstance(value, str) and not hide else ""
+        return f"{dotted}: {_describe(value, hide)} is not one of {expected}{hint}"
     if etype in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         op = {
             "greater_than_equal": ">=",
@@ -235,7 +289,7 @@ def _message(e: Any, loc: list[str | int], root: type[BaseModel] | None, dotted:
             "less_than": "<",
         }[etype]
         bound = next(iter(ctx.values()), "?")
-        return f"{dotted}: must be {op} {bound}, got {_describe(value)}"
+        return f"{dotted}: must be {op} {bound}, got {_describe(value, hide)}"
     if etype == "too_short":
         return f"{dotted}: must not be empty"
     if etype == "union_tag_invalid":

@@ -9,6 +9,7 @@ endpoints, replica bounds.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -251,6 +252,14 @@ class _Expander:
         )
 
 
+def normalise_endpoint(path: str) -> str:
+    """The path a router serves: `//` collapsed, no trailing `/` (`/chat/`, `//chat`
+    and `/chat` are one endpoint)."""
+    if "//" not in path and not path.endswith("/"):
+        return path
+    return re.sub(r"/{2,}", "/", path).rstrip("/") or "/"
+
+
 def _has(data: Any, loc: tuple[str | int, ...]) -> bool:
     node = data
     for part in loc:
@@ -285,16 +294,18 @@ def expand(manifests: Manifests, read_file: ReadFile, out: list[Diagnostic]) -> 
                 continue
             endpoint = inst.spec.get("endpoint")
             if endpoint is not None:
-                if endpoint in endpoints:
+                path = normalise_endpoint(endpoint)
+                if path in endpoints:
+                    same = "" if path == endpoint else f" (both are {path!r})"
                     x.at(
                         d,
                         env,
                         "endpoint",
                         msg=f"endpoint {endpoint!r} is already used by deployment "
-                        f"{endpoints[endpoint]!r} in {env!r}",
+                        f"{endpoints[path]!r} in {env!r}{same}",
                     )
                     continue
-                endpoints[endpoint] = d.name
+                endpoints[path] = d.name
             instances[inst.key] = inst
         for s in manifests.schedules.values():
             if env not in s.model.spec.environments:

@@ -21,10 +21,14 @@ from pydantic import BaseModel, ValidationError
 from reconciler import schedules
 from reconciler.manifests import models as m
 from reconciler.manifests.diagnostics import (
+    SECRET_NAME,
+    SECRET_VALUE,
     Diagnostic,
     did_you_mean,
     from_validation_error,
+    has_userinfo,
     locate,
+    looks_secret,
 )
 from reconciler.manifests.yamlload import Pos, YamlProblem, YMap, load_documents
 
@@ -33,13 +37,6 @@ M = TypeVar("M", bound=BaseModel)
 #: Provider types built in; plugins add theirs through the `reconciler.providers` group.
 BUILTIN_PROVIDER_TYPES = ("local", "http")
 
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|AUTH)", re.I)
-_SECRET_VALUE = re.compile(
-    r"^(sk-[A-Za-z0-9_-]{16,}|sk-ant-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
-    r"|github_pat_[A-Za-z0-9_]{20,}|hf_[A-Za-z0-9]{20,}|r8_[A-Za-z0-9]{20,}"
-    r"|xox[abpors]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|glpat-[A-Za-z0-9_-]{16,}"
-    r"|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})"
-)
 _CONFIG_SECRET_KEYS = re.compile(r"^(api[-_]?key|token|secret|password|auth|authorization)$", re.I)
 
 
@@ -201,11 +198,13 @@ def _check_references(r: Manifests, c: _Collector) -> None:
                 f"{did_you_mean(p.model.spec.type, types)}; installed: {', '.join(types)}",
             )
         _check_plaintext_config(c, p.path, p.raw, p.model.spec.config, ("spec", "config"))
+        _check_credentials(c, p.path, p.raw, p.model.spec.credentials, ("spec", "credentials"))
         for env, pov in p.model.spec.overrides.items():
+            where = ("spec", "overrides", env)
             if pov.config:
-                _check_plaintext_config(
-                    c, p.path, p.raw, pov.config, ("spec", "overrides", env, "config")
-                )
+                _check_plaintext_config(c, p.path, p.raw, pov.config, (*where, "config"))
+            if pov.credentials:
+                _check_credentials(c, p.path, p.raw, pov.credentials, (*where, "credentials"))
     for pr in r.prompts.values():
         seen: dict[str, int] = {}
         for i, v in enumerate(pr.model.spec.versions):
@@ -242,8 +241,10 @@ def _check_references(r: Manifests, c: _Collector) -> None:
                         f"deployment {sspec.deployment!r} is not deployed to {env!r}",
                     )
         _check_timing(c, s, sspec, ("spec",), base=None)
+        _check_urls(c, s.path, s.raw, sspec.input, ("spec", "input"))
         for env, sov in sspec.overrides.items():
             _check_timing(c, s, sov, ("spec", "overrides", env), base=sspec)
+            _check_urls(c, s.path, s.raw, sov.input, ("spec", "overrides", env, "input"))
     for e in r.environments.values():
         for i, w in enumerate(e.model.spec.windows):
             loc = ("spec", "windows", i)
@@ -286,7 +287,7 @@ def _check_deployment_refs(
                     f"; it has {', '.join(versions)}",
                 )
     for key, value in (spec.env or {}).items():
-        if isinstance(value, str) and (_SECRET_NAME.search(key) or _SECRET_VALUE.match(value)):
+        if isinstance(value, str) and (SECRET_NAME.search(key) or looks_secret(value)):
             c.at(
                 d.path,
                 d.pos(*loc, "env", key),
@@ -355,17 +356,69 @@ def _timestamp_problem(text: str) -> str | None:
 
 
 def _check_plaintext_config(
-    c: _Collector, path: str, raw: YMap, config: Mapping[str, Any], loc: tuple[str, ...]
+    c: _Collector, path: str, raw: YMap, config: Mapping[str, Any], loc: tuple[str | int, ...]
 ) -> None:
+    """Credentials written into `config` (at any depth), never quoted back."""
     for key, value in config.items():
-        if isinstance(value, str) and (
-            _CONFIG_SECRET_KEYS.match(key) or _SECRET_VALUE.match(value)
+        where = (*loc, key)
+        if isinstance(value, Mapping):
+            _check_plaintext_config(c, path, raw, value, where)
+        elif isinstance(value, list):
+            _check_urls(c, path, raw, value, where)
+        elif isinstance(value, str) and has_userinfo(value):
+            c.at(path, locate(raw, list(where)), _USERINFO_MESSAGE.format(dotted(where)))
+        elif isinstance(value, str) and (
+            _CONFIG_SECRET_KEYS.match(key) or SECRET_VALUE.match(value)
         ):
             c.at(
                 path,
-                locate(raw, [*loc, key]),
-                f"config.{key} looks like a credential in plain text: name an environment "
+                locate(raw, list(where)),
+                f"{dotted(where)} looks like a credential in plain text: name an environment "
                 "variable in `credentials` instead (e.g. credentials: {tokenEnv: MY_TOKEN})",
+            )
+
+
+_USERINFO_MESSAGE = (
+    "{} is a URL with credentials in it (`user:password@` or `token@` before the host); "
+    "refused: put the credential in "
+    "an environment variable and name it in `credentials` (e.g. tokenEnv: MY_TOKEN)"
+)
+#: What an environment variable's name looks like by convention (UPPER_SNAKE).
+_CONVENTIONAL_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def dotted(loc: Iterable[str | int]) -> str:
+    return ".".join(str(p) for p in loc if p != "spec")
+
+
+def _check_urls(
+    c: _Collector, path: str, raw: YMap, value: Any, loc: tuple[str | int, ...]
+) -> None:
+    """URLs with userinfo anywhere in free-form data (schedule input, config lists)."""
+    if isinstance(value, str) and has_userinfo(value):
+        c.at(path, locate(raw, list(loc)), _USERINFO_MESSAGE.format(dotted(loc)))
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_urls(c, path, raw, v, (*loc, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_urls(c, path, raw, v, (*loc, i))
+
+
+def _check_credentials(
+    c: _Collector, path: str, raw: YMap, credentials: Mapping[str, str], loc: tuple[str, ...]
+) -> None:
+    """`credentials` name environment variables; an entry that reads as the credential
+    itself (`token: hunter2`, or a value shaped like a key) is refused, unquoted."""
+    for key, value in credentials.items():
+        itself = _CONFIG_SECRET_KEYS.match(key) and not _CONVENTIONAL_VAR.match(value)
+        if itself or looks_secret(value):
+            c.at(
+                path,
+                locate(raw, [*loc, key]),
+                f"credentials.{key} looks like the credential itself (not shown): credentials "
+                "name environment variables, e.g. credentials: {tokenEnv: MY_TOKEN}; put the "
+                "value in such a variable",
             )
 
 

@@ -6,6 +6,7 @@ import json as _json
 from typing import Any
 
 from reconciler.drift import DriftReport
+from reconciler.log import redact_data
 from reconciler.views.text import fmt, join_lines
 
 
@@ -25,20 +26,27 @@ def human(report: DriftReport) -> str:
 
 
 def document(report: DriftReport) -> dict[str, Any]:
-    return {
-        e: [
-            {
-                "kind": i.key.kind,
-                "name": i.key.name,
-                "provider": i.provider,
-                "status": i.status,
-                "error": i.error,
-                "diff": [{"path": d.path, "before": d.before, "after": d.after} for d in i.diff],
-            }
-            for i in items
-        ]
-        for e, items in report.environments.items()
-    }
+    """The `drift --json` document, secrets masked in every string and key (the text
+    pass at the boundary cannot see a value that JSON escaped)."""
+    doc: dict[str, Any] = redact_data(
+        {
+            e: [
+                {
+                    "kind": i.key.kind,
+                    "name": i.key.name,
+                    "provider": i.provider,
+                    "status": i.status,
+                    "error": i.error,
+                    "diff": [
+                        {"path": d.path, "before": d.before, "after": d.after} for d in i.diff
+                    ],
+                }
+                for i in items
+            ]
+            for e, items in report.environments.items()
+        }
+    )
+    return doc
 
 
 def json(report: DriftReport) -> str:

@@ -9,69 +9,154 @@ from __future__ import annotations
 import io
 import json as _json
 
+from rich.cells import cell_len
 from rich.console import Console
+from rich.control import STRIP_CONTROL_CODES, strip_control_codes
 from rich.text import Text
 
 from reconciler.forge import PLAN_COMMENT_MARKER as PLAN_COMMENT_MARKER
-from reconciler.plan import Plan
+from reconciler.plan import Change, EnvironmentPlan, Plan
 from reconciler.views.text import STYLES, SYMBOLS, change_lines, short, summary_line
 
 MAX_COMMENT_CHARS = 65_536
 _RESERVE = 600  # room for the truncation note and closing tags
 
 
+#: A line of the human plan: (text, rich style) pieces.
+Line = list[tuple[str, str]]
+
+
 def human(plan: Plan, *, color: bool = False, width: int = 100) -> str:
-    """Plain text unless `color` (the CLI passes color only on a TTY or when forced)."""
+    """Plain text unless `color` (the CLI passes color only on a TTY or when forced).
+
+    Written in one piece: plain text is joined directly (printing 200,000 lines one by
+    one through rich took most of a large first plan's time) and is exactly what rich
+    prints without color (control codes it strips are stripped, tabs expanded alike);
+    with color, rich renders each environment as one Text."""
+    if color:
+        return _colored(plan, width)
+    lines = [_head(plan)]
+    for e in plan.environments:
+        lines += ["", _title(e)]
+        for ch in e.changes:
+            lines.append(_change_head(ch))
+            lines += change_lines(ch, DETAIL_INDENT)
+    lines += ["", _total(plan)]
+    text = "\n".join(lines) + "\n"
+    if any(chr(code) in text for code in STRIP_CONTROL_CODES):  # rare; a scan is cheap
+        text = strip_control_codes(text)
+    if "\t" in text:
+        text = "\n".join(_expand_tabs(line) if "\t" in line else line for line in text.split("\n"))
+    return text
+
+
+DETAIL_INDENT = " " * 8
+
+
+def _colored(plan: Plan, width: int) -> str:
     buf = io.StringIO()
     con = Console(
         file=buf,
-        force_terminal=color,
-        no_color=not color,
-        color_system="standard" if color else None,
+        force_terminal=True,
+        color_system="standard",
         width=width,
         soft_wrap=True,
         highlight=False,
     )
+    for block in _blocks(plan):
+        text = Text()
+        for line in block:
+            for piece, style in line:
+                text.append(piece, style=style or None)
+            text.append("\n")
+        con.print(text, end="")
+    return buf.getvalue()
+
+
+def _expand_tabs(line: str, size: int = 8) -> str:
+    """Tabs to spaces up to the next multiple of `size` terminal cells (as rich does)."""
+    out: list[str] = []
+    cells = 0
+    *parts, last = line.split("\t")
+    for part in parts:
+        cells += cell_len(part) + 1
+        pad = -cells % size
+        out.append(part + " " * (1 + pad))
+        cells += pad
+    out.append(last)
+    return "".join(out)
+
+
+def _head(plan: Plan) -> str:
     head = f"Plan for commit {short(plan.commit)}"
     if plan.ref:
         head += f" (ref {plan.ref})"
     if plan.dirty:
         head += " + uncommitted changes in the working tree"
-    con.print(Text(head, style="bold"))
-    for e in plan.environments:
-        con.print()
-        title = Text(f"{e.environment}", style="bold")
-        title.append(f" (serial {e.serial}{', protected' if e.protected else ''}): ", style="")
-        title.append(summary_line(e), style="dim" if not e.changes else "")
-        con.print(title)
-        for ch in e.changes:
-            sym = SYMBOLS[ch.action]
-            line = Text(f"  {sym:>3} ", style=STYLES[ch.action])
-            line.append(ch.address, style="bold")
-            line.append(f"  ({ch.provider}, risk {ch.risk})", style="dim")
-            con.print(line)
-            for detail in change_lines(ch):
-                style = ""
-                if detail.startswith("  +") and not detail.startswith("  +++"):
-                    style = "green"
-                elif detail.startswith("  -") and not detail.startswith("  ---"):
-                    style = "red"
-                elif detail.startswith("# refused"):
-                    style = "bold red"
-                elif detail.startswith("#"):
-                    style = "dim"
-                con.print(Text(f"        {detail}", style=style))
-    con.print()
+    return head
+
+
+def _title_parts(e: EnvironmentPlan) -> Line:
+    return [
+        (e.environment, "bold"),
+        (f" (serial {e.serial}{', protected' if e.protected else ''}): ", ""),
+        (summary_line(e), "dim" if not e.changes else ""),
+    ]
+
+
+def _title(e: EnvironmentPlan) -> str:
+    return "".join(piece for piece, _ in _title_parts(e))
+
+
+def _change_parts(ch: Change) -> Line:
+    return [
+        (f"  {SYMBOLS[ch.action]:>3} ", STYLES[ch.action]),
+        (ch.address, "bold"),
+        (f"  ({ch.provider}, risk {ch.risk})", "dim"),
+    ]
+
+
+def _change_head(ch: Change) -> str:
+    return f"  {SYMBOLS[ch.action]:>3} {ch.address}  ({ch.provider}, risk {ch.risk})"
+
+
+def _total(plan: Plan) -> str:
     total = sum(len(e.changes) for e in plan.environments)
     refused = sum(1 for e in plan.environments for c in e.changes if c.refused)
     if total == 0:
-        con.print("No changes. The recorded state matches the manifests.")
-    else:
-        msg = f"{total} change{'s' if total != 1 else ''} in total."
-        if refused:
-            msg += f" {refused} refused (see above)."
-        con.print(msg)
-    return buf.getvalue()
+        return "No changes. The recorded state matches the manifests."
+    msg = f"{total} change{'s' if total != 1 else ''} in total."
+    if refused:
+        msg += f" {refused} refused (see above)."
+    return msg
+
+
+def _blocks(plan: Plan) -> list[list[Line]]:
+    """The colored plan: the head, one block per environment, and the totals."""
+    blocks: list[list[Line]] = [[[(_head(plan), "bold")]]]
+    for e in plan.environments:
+        lines: list[Line] = [[], _title_parts(e)]
+        for ch in e.changes:
+            lines.append(_change_parts(ch))
+            lines.extend(
+                [(detail, _detail_style(detail.removeprefix(DETAIL_INDENT)))]
+                for detail in change_lines(ch, DETAIL_INDENT)
+            )
+        blocks.append(lines)
+    blocks.append([[], [(_total(plan), "")]])
+    return blocks
+
+
+def _detail_style(detail: str) -> str:
+    if detail.startswith("  +") and not detail.startswith("  +++"):
+        return "green"
+    if detail.startswith("  -") and not detail.startswith("  ---"):
+        return "red"
+    if detail.startswith("# refused"):
+        return "bold red"
+    if detail.startswith("#"):
+        return "dim"
+    return ""
 
 
 def json(plan: Plan) -> str:
@@ -116,7 +201,7 @@ def markdown(plan: Plan, *, max_chars: int = MAX_COMMENT_CHARS) -> str:
             sym = SYMBOLS[ch.action]
             prefix = {"create": "+", "delete": "-", "update": "!", "replace": "!"}[ch.action]
             lines = [f"{prefix} {sym} {ch.address} ({ch.provider}, risk {ch.risk})"]
-            lines.extend(f"#     {line}" for line in change_lines(ch))
+            lines.extend(change_lines(ch, "#     "))
             text = "\n".join(lines) + "\n"
             if len(body) + len(text) + len(closing) > budget:
                 omitted += 1

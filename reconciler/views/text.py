@@ -1,9 +1,10 @@
-"""What the views share: change symbols, flattening and value formatting."""
+"""What the views share: change symbols, detail lines and value formatting."""
 
 from __future__ import annotations
 
 import difflib
 import json
+from json.encoder import encode_basestring
 from typing import Any
 
 from reconciler.plan import Change, EnvironmentPlan
@@ -18,12 +19,23 @@ def short(sha: str | None) -> str:
     return sha[:7] if sha else "(no commit)"
 
 
+#: Made once: json.dumps with options builds a new encoder per call (slow per line).
+_VALUE = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(", ", ": "))
+
+
 def fmt(value: Any) -> str:
+    """A value as JSON (text quoted, non-ASCII as is); fast for the common leaf types,
+    since a large plan formats hundreds of thousands of them."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
     if value is None:
         return "(none)"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(", ", ": "))
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    return _VALUE.encode(value)
 
 
 def is_long(value: Any) -> bool:
@@ -36,20 +48,30 @@ def text_diff(before: Any, after: Any) -> list[str]:
     return list(difflib.unified_diff(a, b, "before", "after", lineterm="", n=1))
 
 
-def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Leaves of a body as (dotted path, value); a prompt shows as name@version."""
-    out: list[tuple[str, Any]] = []
-    if isinstance(data, dict):
-        if prefix == "prompt" and {"name", "version"} <= set(data):
-            out.append(("prompt", f"{data['name']}@{data['version']}"))
-            return out
-        for k in sorted(data):
-            out.extend(flatten(data[k], f"{prefix}.{k}" if prefix else str(k)))
-        if not data and prefix:
-            out.append((prefix, {}))
-    else:
-        out.append((prefix, data))
-    return out
+#: Top-level fields a create does not list (the header names them).
+_NOT_SHOWN = frozenset({"name", "environment"})
+
+
+def _nested(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value)
+
+
+def _leaf_lines(data: dict[str, Any], prefix: str, indent: str, out: list[str]) -> None:
+    """`path: value` for every leaf under `data`, keys sorted at each level; a prompt
+    shows as name@version, an empty mapping as `{}`."""
+    put = out.append
+    head = f"{indent}{prefix}." if prefix else indent
+    for k in sorted(data):
+        value = data[k]
+        if not isinstance(value, dict):
+            put(f"{head}{k}: {fmt(value)}")
+        elif not prefix and k == "prompt" and "name" in value and "version" in value:
+            ref = f"{value['name']}@{value['version']}"
+            put(f"{indent}prompt: {fmt(ref)}")
+        elif not value:
+            put(f"{head}{k}: {{}}")
+        else:
+            _leaf_lines(value, f"{prefix}.{k}" if prefix else str(k), indent, out)
 
 
 def summary_line(e: EnvironmentPlan) -> str:
@@ -62,27 +84,26 @@ def summary_line(e: EnvironmentPlan) -> str:
     )
 
 
-def change_lines(ch: Change) -> list[str]:
-    """The detail lines of one change (without its header), plain text."""
+def change_lines(ch: Change, indent: str = "") -> list[str]:
+    """The detail lines of one change (without its header), plain text, each after
+    `indent` (a large plan has hundreds of thousands: made directly, never twice)."""
     lines: list[str] = []
     if ch.reason:
-        lines.append(f"# {ch.reason}")
+        lines.append(f"{indent}# {ch.reason}")
     if ch.refused:
-        lines.append(f"# refused: {ch.refused}")
+        lines.append(f"{indent}# refused: {ch.refused}")
     if ch.action == "create":
-        for path, value in flatten(ch.after or {}):
-            if path in ("name", "environment"):
-                continue
-            lines.append(f"{path}: {fmt(value)}")
+        top = {k: v for k, v in (ch.after or {}).items() if k not in _NOT_SHOWN or _nested(v)}
+        _leaf_lines(top, "", indent, lines)
     elif ch.action == "delete":
         pass
     else:
         for d in ch.diff:
             if is_long(d.before) or is_long(d.after):
-                lines.append(f"{d.path}:")
-                lines.extend("  " + line for line in text_diff(d.before, d.after))
+                lines.append(f"{indent}{d.path}:")
+                lines.extend(f"{indent}  {line}" for line in text_diff(d.before, d.after))
             else:
-                lines.append(f"{d.path}: {fmt(d.before)} → {fmt(d.after)}")
+                lines.append(f"{indent}{d.path}: {fmt(d.before)} → {fmt(d.after)}")
     if ch.next_runs and ch.after is not None:
         from datetime import datetime
 
@@ -90,7 +111,8 @@ def change_lines(ch: Change) -> list[str]:
 
         zone = str(ch.after.get("timezone") or "UTC")
         lines.extend(
-            f"# next run: {format_both(datetime.fromisoformat(t), zone)}" for t in ch.next_runs
+            f"{indent}# next run: {format_both(datetime.fromisoformat(t), zone)}"
+            for t in ch.next_runs
         )
     return lines
 

@@ -6,6 +6,10 @@ the `http` provider expects (DESIGN.md, "Providers"), with in-memory state.
         ... HttpProvider(ProviderConfig(..., config={"baseUrl": api.url}), ...)
         assert api.create_count[("dev", "chat")] == 1
 
+`env_shape="list"` answers with each object's `env` as a list of `{name, value}` (a
+common API shape) while accepting and storing the mapping the provider sends;
+`id_prefix` is put before every new object's id.
+
 Faults (`fail_next`) are consumed one per request, in order: an HTTP status (with an
 optional `Retry-After` and JSON body), "reset" (close the connection unanswered,
 before handling), "lost" (handle the request, then close unanswered: the answer is
@@ -89,8 +93,12 @@ class FakeDeployApi:
         paths: Mapping[str, str] = DEFAULT_PATHS,
         host: str = "127.0.0.1",
         port: int = 0,
+        env_shape: Literal["map", "list"] = "map",
+        id_prefix: str = "",
     ) -> None:
         self.token = token
+        self.env_shape = env_shape
+        self.id_prefix = id_prefix
         #: Seconds every request takes before it is answered.
         self.latency = latency
         self.hang_seconds = hang_seconds
@@ -258,6 +266,8 @@ class FakeDeployApi:
             self._send(h, 401, {"error": "missing or wrong bearer token"})
             return
         status, payload = self._route(method, parts.path, query, body)
+        if self.env_shape == "list":
+            payload = _env_as_list(payload)
         if fault is not None and fault.fault == "lost":
             self._drop(h)
             return
@@ -290,7 +300,7 @@ class FakeDeployApi:
                     key = (body["environment"], body["name"])
                     if key in c.by_name:
                         return 409, {"error": f"{body['name']} already exists in {key[0]}"}
-                    ident = f"{cname[:3]}-{next(self._ids)}"
+                    ident = f"{self.id_prefix}{cname[:3]}-{next(self._ids)}"
                     obj = {**body, "id": ident, "createdAt": now, "updatedAt": now}
                     c.objects[ident] = obj
                     c.by_name[key] = ident
@@ -362,6 +372,15 @@ class FakeDeployApi:
                 h.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
+
+
+def _env_as_list(payload: Any) -> Any:
+    """An answer with every object's `env` mapping as `[{name, value}, ...]`."""
+    if isinstance(payload, dict) and isinstance(payload.get("items"), list):
+        return {**payload, "items": [_env_as_list(o) for o in payload["items"]]}
+    if isinstance(payload, dict) and isinstance(payload.get("env"), dict):
+        return {**payload, "env": [{"name": k, "value": v} for k, v in payload["env"].items()]}
+    return payload
 
 
 def _invalid(body: Any) -> str | None:

@@ -1,0 +1,129 @@
+"""Which values are secrets: registered for redaction (`reconciler.log`) before anything
+is rendered, so that no output path can show them.
+
+Values come from the injected environment (`Settings.env`), never from `os.environ`
+directly. A command registers the forge tokens and the fingerprint key as soon as its
+settings are read; once manifests are loaded, the value of every `secretEnv` reference
+and every provider credential, in every environment (not only the ones the command
+works on: a value may have been copied anywhere); commands that read only the state
+register the references its recorded specs hold.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from reconciler.instances import secret_refs
+from reconciler.log import register_secrets
+
+if TYPE_CHECKING:
+    from reconciler.config import Settings
+    from reconciler.manifests import Desired, Diagnostic
+    from reconciler.state.base import StateStore
+
+_CONVENTIONAL_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+#: Environment variables whose values are secrets whatever the manifests say: forge
+#: tokens (GitHub, GitLab) and the key of the secret fingerprints.
+ENV_SECRET_VARS = (
+    "RECONCILER_FINGERPRINT_KEY",
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "GITLAB_TOKEN",
+    "CI_JOB_TOKEN",
+)
+
+
+def register_environment(env: Mapping[str, str]) -> None:
+    """The forge tokens and the fingerprint key of the injected environment."""
+    register_secrets(env.get(name) for name in ENV_SECRET_VARS)
+
+
+def secret_names(desired: Desired, environments: Sequence[str] = ()) -> set[str]:
+    """Variables named by `secretEnv` references and provider credentials."""
+    names: set[str] = set()
+    for env, insts in desired.instances.items():
+        if environments and env not in environments:
+            continue
+        for inst in insts.values():
+            names.update(inst.secret_names)
+    for env, provs in desired.providers.items():
+        if environments and env not in environments:
+            continue
+        for pc in provs.values():
+            names.update(pc.credentials.values())
+    return names
+
+
+def referenced_names(desired: Desired) -> set[str]:
+    """`secret_names` of every environment, read from the documents (a deployment's
+    `env` and its overrides', a schedule's `input`): far fewer values to walk than
+    every expanded instance, so `validate` stays as fast as it was."""
+    from reconciler.manifests.models import SecretRef
+
+    names: set[str] = set()
+    for d in desired.manifests.deployments.values():
+        dspec = d.model.spec
+        for env in (dspec.env, *(o.env or {} for o in dspec.overrides.values())):
+            names.update(v.secret_env for v in env.values() if isinstance(v, SecretRef))
+    for sched in desired.manifests.schedules.values():
+        sspec = sched.model.spec
+        for data in (sspec.input, *(o.input or {} for o in sspec.overrides.values())):
+            names.update(secret_refs(data))
+    for provs in desired.providers.values():
+        for pc in provs.values():
+            names.update(pc.credentials.values())
+    return names
+
+
+def register_desired(desired: Desired, env: Mapping[str, str]) -> None:
+    """Every secret value the manifests refer to, in all environments. A credential
+    "name" that is not set and not written like a variable (`tokenEnv: hunter2`) may
+    be the credential itself, typed in the wrong place: it is masked too."""
+    register_environment(env)
+    register_secrets(env.get(name) for name in referenced_names(desired))
+    register_secrets(
+        name
+        for provs in desired.providers.values()
+        for pc in provs.values()
+        for name in pc.credentials.values()
+        if name not in env and not _CONVENTIONAL_VAR.match(name)
+    )
+
+
+def register_recorded(store: StateStore, settings: Settings) -> None:
+    """For commands that read only the state (status, history): the values of the
+    secrets its recorded specs refer to, and of the providers' credentials."""
+    env = settings.env
+    names = provider_credential_names(settings)
+    for environment in store.environments():
+        for rec in store.applied(environment).values():
+            names.update(rec.secret_fingerprints)
+            names.update(secret_refs(rec.spec))
+    register_environment(env)
+    register_secrets(env.get(name) for name in names)
+
+
+def provider_credential_names(settings: Settings) -> set[str]:
+    """The variables the working tree's Provider documents name as credentials, read
+    best effort (only files that mention `Provider`; problems ignored): commands that
+    load no manifests still learn which values are credentials."""
+    from reconciler.errors import ReconcilerError
+    from reconciler.gitrepo import ManifestRepo
+    from reconciler.manifests.validate import parse_files, validate_documents
+
+    try:
+        files = ManifestRepo(settings.repo).files_at(None, settings.manifest_paths)
+    except ReconcilerError:
+        return set()
+    ignored: list[Diagnostic] = []
+    mentioned = {path: data for path, data in files.items() if b"Provider" in data}
+    docs = [d for d in parse_files(mentioned, ignored) if d[1].get("kind") == "Provider"]
+    names: set[str] = set()
+    for entry in validate_documents(docs, ignored).providers.values():
+        spec = entry.model.spec
+        names.update(spec.credentials.values())
+        for override in spec.overrides.values():
+            names.update((override.credentials or {}).values())
+    return names
