@@ -191,6 +191,16 @@ def detect_drift(
     return report
 
 
+def _heal_context(store: StateStore, environment: str) -> RunContext:
+    """A heal puts recorded specs back: it records the commit and policy those specs
+    were applied from, never the checkout's HEAD (which may hold changes nobody
+    approved), and the gate skips heal runs when it looks for the recorded state."""
+    last = store.last_applied_run(environment)
+    if last is None:
+        return RunContext(commit=None, trigger="heal")
+    return RunContext(commit=last.commit, trigger="heal", policy=last.policy)
+
+
 def heal(
     store: StateStore,
     report: DriftReport,
@@ -198,7 +208,6 @@ def heal(
     *,
     repo_root: Path,
     env: Mapping[str, str],
-    commit: str | None,
     parallelism: int = 8,
     break_lock: bool = False,
     progress: ProgressFn | None = None,
@@ -237,7 +246,7 @@ def heal(
                 providers=providers.get(envname, {}),
                 repo_root=repo_root,
                 env=env,
-                context=RunContext(commit=commit, trigger="heal"),
+                context=_heal_context(store, envname),
                 parallelism=parallelism,
                 break_lock=break_lock,
                 progress=progress,

@@ -423,3 +423,16 @@ def test_dropping_protection_does_not_let_a_change_delete_freely(w: World) -> No
     w.pr(2, drop, approve=("alice", "bob", "carol"))
     out = blocked(w)
     assert "--allow-delete" in out
+
+
+def test_a_heal_does_not_move_the_recorded_state_past_an_unreviewed_push(w: World) -> None:
+    """A heal re-applies recorded specs; it must not record the checkout's HEAD (an
+    unreviewed push) as where the environment stands, or that push would ride along."""
+    sneaky = w.push("tweak", production_model("llama-3.1-8b-instruct"))
+    w.api.tamper("deployments", "production", "support-chat", model="drifted")
+    healed = w.cli("apply", "--heal", "--env", "production")
+    assert healed.code == 0, healed.out + healed.err
+    w.forget_requests()
+    w.pr(8, notes("a typo\n"))
+    out = blocked(w)
+    assert sneaky[:7] in out

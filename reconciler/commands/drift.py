@@ -60,7 +60,6 @@ def heal(
             loaded.desired.providers,
             repo_root=settings.repo,
             env=settings.env,
-            commit=loaded.commit,
             break_lock=break_lock,
             parallelism=parallelism or settings.parallelism,
             progress=progress,

@@ -370,9 +370,10 @@ class StateStore(Protocol):
     def runs_for_commit(self, commit: str) -> list[RunRecord]: ...
 
     def last_applied_run(self, environment: str) -> RunRecord | None:
-        """The newest run of `environment` whose outcome is `applied` (without its
-        changes): its commit is where the environment's state was whole, its policy the
-        policy of record."""
+        """The newest run of `environment` whose outcome is `applied` and that applied a
+        commit (`heal` runs only put recorded specs back, so they are skipped), without
+        its changes: its commit is where the environment's state was whole, its policy
+        the policy of record."""
         ...
 
     def lock(

@@ -469,7 +469,7 @@ class PostgresState:
 
     def last_applied_run(self, environment: str) -> RunRecord | None:
         rows = self._query(
-            _RUN_SQL + " WHERE environment = %s AND outcome = 'applied' "
+            _RUN_SQL + " WHERE environment = %s AND outcome = 'applied' AND trigger <> 'heal' "
             "ORDER BY started_at DESC, ord DESC LIMIT 1",
             (environment,),
         )

@@ -426,7 +426,7 @@ class SQLiteState:
 
     def last_applied_run(self, environment: str) -> RunRecord | None:
         rows = self._query(
-            f"{self._run_sql} WHERE environment = ? AND outcome = 'applied' "
+            f"{self._run_sql} WHERE environment = ? AND outcome = 'applied' AND trigger <> 'heal' "
             "ORDER BY started_at DESC, rowid DESC LIMIT 1",
             (environment,),
         )

@@ -274,6 +274,10 @@ def check_policy_and_diffs_are_kept_and_the_last_applied_run_found(make_store: S
         s.finish_run(run.id, outcome)
     s.begin_run(_run("other", "prod", at=T0 + timedelta(minutes=9)))
     s.finish_run("other", "applied")
+    heal = _run("healed", at=T0 + timedelta(minutes=10), commit="c-head")
+    heal.trigger = "heal"  # puts recorded specs back: never the recorded state's commit
+    s.begin_run(heal)
+    s.finish_run("healed", "applied")
     last = s.last_applied_run("dev")
     assert last is not None and last.id == "r1" and last.commit == "c1"
     assert last.policy == {**policy, "n": 1}

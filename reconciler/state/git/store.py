@@ -303,7 +303,7 @@ class GitState:
             mine = (rp for rp in self._runs(snap).values() if rp.environment == environment)
             for rp in sorted(mine, reverse=True):
                 header = self._json(snap, rp.header)
-                if header["outcome"] == "applied":
+                if header["outcome"] == "applied" and header["trigger"] != "heal":
                     return lay.run_record(header, [])
             return None
 
