@@ -241,8 +241,10 @@ def run_context(settings: Settings, loaded: Loaded) -> RunContext:
     A message that claims a revert but changes anything else is an ordinary change
     for the gate; it is still linked in history, flagged as not exact.
     """
-    if loaded.commit is None or loaded.dirty:
-        return RunContext(commit=loaded.commit)
+    if loaded.commit is None:
+        return RunContext(commit=None)
+    if loaded.dirty:  # edits on top of a commit (watch --apply): not that commit
+        return RunContext(commit=None, details={"working_tree_of": loaded.commit})
     repo = manifest_repo(settings)
     reverted = repo.reverted_commits(loaded.commit)
     if not reverted:
