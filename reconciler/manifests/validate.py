@@ -31,7 +31,7 @@ from reconciler.manifests.yamlload import Pos, YamlProblem, YMap, load_documents
 M = TypeVar("M", bound=BaseModel)
 
 #: Provider types built in; plugins add theirs through the `reconciler.providers` group.
-BUILTIN_PROVIDER_TYPES = ("local", "http")
+BUILTIN_PROVIDER_TYPES = ("local", "http", "langfuse", "azure-openai", "huggingface")
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|AUTH)", re.I)
 _SECRET_VALUE = re.compile(
