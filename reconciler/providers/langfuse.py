@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+import httpx
+
 from reconciler.instances import Instance, ProviderConfig, canonical_json
 from reconciler.providers.base import DeleteRule, HealthStatus, LiveObject, Problem
 from reconciler.providers.vendor import (
@@ -223,6 +225,7 @@ class LangfuseProvider(VendorProvider[Settings]):
             auth=(public, secret),
             secrets=(secret,),
             auth_hint=f"check the keys in {s.public_key_env} and {s.secret_key_env}",
+            server_message=server_message,
         )
 
     # -- plan time -----------------------------------------------------------------------
@@ -432,6 +435,25 @@ class LangfuseProvider(VendorProvider[Settings]):
             fields.append((f"options.{camel}", options.get(camel), have.get(snake)))
         fields += [(f"langfuse.config.{k}", None, v) for k, v in have.items() if k not in known]
         return overlay(recorded, fields)
+
+
+def server_message(resp: httpx.Response) -> str:
+    """Langfuse answers errors as `{message, error}`: `error` is the error's class name,
+    or a list of validation issues each with a `message`."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return ""
+    if not isinstance(data, Mapping):
+        return ""
+    parts = [str(data["message"])] if isinstance(data.get("message"), str) else []
+    issues = data.get("error")
+    if isinstance(issues, list):
+        parts += [
+            str(i["message"]) for i in issues[:3] if isinstance(i, Mapping) and "message" in i
+        ]
+    text = ": ".join(parts)
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def _name_problem(name: str) -> str | None:

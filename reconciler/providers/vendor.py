@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from reconciler.errors import ProviderError
-from reconciler.httpclient import HttpClient, Retry
+from reconciler.httpclient import Explain, Failure, HttpClient, Retry, plural
 from reconciler.instances import Instance, ProviderConfig
 from reconciler.providers.base import Problem, Provider, resolve_secrets
 
@@ -174,6 +174,30 @@ class ClientOptions:
     auth: tuple[str, str] | None = None
     statuses: frozenset[int] = frozenset()
     auth_hint: str | None = None
+    #: The vendor's own words in an error answer, when the client's usual reading of
+    #: `error`/`message` would miss them (Langfuse's `error` is a class name).
+    server_message: Callable[[httpx.Response], str] | None = None
+
+
+def explain_with(
+    label: str, server_message: Callable[[httpx.Response], str], auth_hint: str | None
+) -> Explain:
+    """The shared client's wording, with the vendor's own reading of an error answer."""
+
+    def explain(f: Failure) -> tuple[str, str | None]:
+        head = f"{label} ({f.request}): {f.problem}"
+        if f.kind == "status" and f.response is not None:
+            if f.response.status_code in (401, 403) and auth_hint:
+                head += f" ({auth_hint})"
+            msg = server_message(f.response)
+            return (f"{head}: {msg}" if msg else head), None
+        if f.kind == "exhausted":
+            return f"{head} after {plural(f.attempts, 'attempt')}", None
+        if f.kind == "unsafe":
+            return f"{head} (not retried: it may have been applied)", None
+        return head, None
+
+    return explain
 
 
 class VendorProvider(Provider, Generic[S]):
@@ -245,6 +269,11 @@ class VendorProvider(Provider, Generic[S]):
                 retry=Retry(retries=o.retries, statuses=o.statuses),
                 error=ProviderError,
                 auth_hint=o.auth_hint,
+                explain=(
+                    explain_with(f"provider {self.name!r}", o.server_message, o.auth_hint)
+                    if o.server_message is not None
+                    else None
+                ),
                 env=self._env,
                 sleep=self.sleep,
                 clock=self.clock,
