@@ -62,9 +62,13 @@ class _Operation:
 
 
 class FakeAzure(LoopbackServer):
-    def __init__(self, token: str = "arm-token", *, operation_polls: int = 2) -> None:
+    def __init__(
+        self, token: str = "arm-token", *, operation_polls: int = 2, retry_after: str = "1"
+    ) -> None:
         super().__init__()
         self.token = token
+        #: The Retry-After (seconds) every running operation answers with.
+        self.retry_after = retry_after
         #: Status polls before an operation ends (0: writes end at once, no headers).
         self.operation_polls = operation_polls
         #: account path (lower case) → deployment name → the resource as ARM returns it.
@@ -193,7 +197,7 @@ class FakeAzure(LoopbackServer):
         obj = self._store(account_path, name, stored, "Accepted")
         op = self._start(account_path, sub, name, "update" if current else "create")
         url = self._operation_url(sub, "operationStatuses", op)
-        return Answer(status, obj, {"Azure-AsyncOperation": url, "Retry-After": "1"})
+        return Answer(status, obj, {"Azure-AsyncOperation": url, "Retry-After": self.retry_after})
 
     def _delete(self, account_path: str, sub: str, name: str) -> Answer:
         deployments = self._accounts[account_path.lower()]
@@ -205,7 +209,7 @@ class FakeAzure(LoopbackServer):
         deployments[name.lower()]["properties"]["provisioningState"] = "Deleting"
         op = self._start(account_path, sub, name, "delete")
         url = self._operation_url(sub, "operationResults", op)
-        return Answer(202, None, {"Location": url, "Retry-After": "1"})
+        return Answer(202, None, {"Location": url, "Retry-After": self.retry_after})
 
     def _poll(self, kind: str, op_id: str) -> Answer:
         op = self._operations.get(op_id)
@@ -218,8 +222,9 @@ class FakeAzure(LoopbackServer):
                 deployment["properties"]["provisioningState"] = "Creating"
         if op.polls_left > 0:
             if kind == "operationresults":
-                return Answer(202, None, {"Retry-After": "1"})
-            return Answer(200, {"name": op_id, "status": "InProgress"}, {"Retry-After": "1"})
+                return Answer(202, None, {"Retry-After": self.retry_after})
+            wait = {"Retry-After": self.retry_after}
+            return Answer(200, {"name": op_id, "status": "InProgress"}, wait)
         self._busy.pop(op.account, None)
         deployments = self._accounts[op.account]
         if op.failure is not None:
