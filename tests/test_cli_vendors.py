@@ -347,3 +347,26 @@ def test_two_environments_cannot_share_one_vendor_object(w: World) -> None:
         "  risk: high\n  overrides:\n    staging: {azure: {deploymentName: chat-gpt-4o-staging}}\n",
     )
     assert w.cli("validate")[0] == 0
+
+
+def test_a_problem_is_reported_where_its_value_was_written(w: World) -> None:
+    """A value from an environment's override is reported at the override."""
+    w.edit(
+        "manifests/providers.yaml",
+        "  credentials: {tokenEnv: AZURE_TOKEN}\n",
+        "  credentials: {tokenEnv: AZURE_TOKEN}\n"
+        '  overrides:\n    production: {config: {resourceGroup: "ai prod!"}}\n',
+    )
+    w.edit(
+        "manifests/reranker.yaml",
+        "  huggingface: {task: sentence-ranking}\n",
+        "  huggingface: {task: sentence-ranking}\n"
+        "  overrides:\n    production: {huggingface: {instanceSize: large}}\n",
+    )
+    code, out = w.cli("validate")
+    assert code == 1
+    providers = (w.repo / "manifests/providers.yaml").read_text().splitlines()
+    line = next(i for i, t in enumerate(providers, 1) if "ai prod!" in t)
+    assert f"manifests/providers.yaml:{line}:42: production: provider 'azure': " in out
+    assert "config.resourceGroup 'ai prod!' is not valid" in out
+    assert "manifests/reranker.yaml:12:46: production: huggingface.instanceSize 'large'" in out
