@@ -317,3 +317,17 @@ def test_validate_names_each_problem_and_where(make: Made) -> None:
     )
     rule = HuggingFaceProvider.delete_rule(p.config, "Deployment", "reranker", reranker().body())
     assert rule.refused is None and rule.note and "for good" in rule.note
+
+
+def test_a_409_on_create_adopts_our_own_endpoint(hf: FakeHuggingFace, make: Made) -> None:
+    """Made by our own earlier attempt between the lookup and the POST: adopted, once."""
+    p = make(hf.url)
+    p.create(reranker())
+    healths(p, "acme/reranker", 4)
+    hf.fail_next(404, method="GET", body={"error": "Endpoint reranker not found"})
+    wider = reranker(scaling={"minReplicas": 1, "maxReplicas": 6, "hardware": "nvidia-a10g"})
+    assert p.create(wider) == "acme/reranker"
+    assert [m for m, _ in hf.writes()] == ["POST", "POST", "PUT"]
+    assert hf.creates == {"reranker": 1}
+    live = hf.endpoint("acme", "reranker")
+    assert live is not None and live["compute"]["scaling"]["maxReplica"] == 6

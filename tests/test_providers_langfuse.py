@@ -159,6 +159,24 @@ def test_a_lost_answer_to_post_is_found_on_the_next_run(lf: FakeLangfuse, make: 
     assert lf.posts == {"support/agent": 1}, "the version made by the lost POST was reused"
 
 
+def test_a_concurrent_version_409_looks_again_and_makes_only_one(
+    lf: FakeLangfuse, make: Made
+) -> None:
+    conflict = {
+        "message": "A prompt version was created concurrently. Please retry.",
+        "error": "LangfuseConflictError",
+    }
+    lf.fail_next(409, 2, method="POST", body=conflict)
+    p = make(lf.url)
+    assert p.create(chat()) == "support/agent|production"
+    assert lf.posts == {"support/agent": 1}
+    assert [r.method for r in lf.requests].count("POST") == 3
+    lf.fail_next(409, 10, method="POST", body=conflict)
+    with pytest.raises(ProviderError) as e:
+        p.create(chat(temperature=0.9))
+    assert "kept answering 409" in e.value.message
+
+
 def test_rate_limited_requests_wait_as_told(lf: FakeLangfuse, make: Made) -> None:
     p = make(lf.url)
     lf.fail_next(429, 2, retry_after=3, body={"message": "Rate limit exceeded"})

@@ -73,6 +73,8 @@ OPTION_NAMES: Mapping[str, str] = {
 ON_DELETE = ("refuse", "delete-version")
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 4
+#: Looks for (or makes) the version again after a 409 "created concurrently".
+CONFLICT_ATTEMPTS = 4
 _UNUSED = {
     "endpoint": "a Langfuse prompt has no endpoint; the application fetches it by label",
     "scaling": "Langfuse serves prompts; it runs no replicas",
@@ -320,11 +322,25 @@ class LangfuseProvider(VendorProvider[Settings]):
         self.http().request("PATCH", url, json={"newLabels": [t.label]})
 
     def _deploy(self, inst: Instance) -> str:
-        """Put the label on a version with the desired content, making one only if none."""
+        """Put the label on a version with the desired content, making one only if none.
+
+        Langfuse answers 409 when another version was made at the same moment (nothing
+        was made): look again, since that one may be the content wanted."""
         t = self.target(inst)
+        for _ in range(CONFLICT_ATTEMPTS):
+            if self._find_and_label(t) or self._post(inst, t):
+                return t.provider_id
+        raise self.error(
+            inst.key.address,
+            f"Langfuse kept answering 409 (versions of prompt {t.prompt_name!r} made "
+            f"concurrently) after {CONFLICT_ATTEMPTS} attempts; apply again",
+        )
+
+    def _find_and_label(self, t: Target) -> bool:
+        """True when a version with `t`'s content exists and now carries the label."""
         current = self._get(t.prompt_name, label=t.label)
         if current is not None and t.matches(current):
-            return t.provider_id
+            return True
         skip = current.get("version") if current is not None else None
         for version in self._versions(t.prompt_name):
             if version == skip:
@@ -332,14 +348,18 @@ class LangfuseProvider(VendorProvider[Settings]):
             found = self._get(t.prompt_name, version=version)
             if found is not None and t.matches(found):
                 self._label(t, version)
-                return t.provider_id
+                return True
+        return False
+
+    def _post(self, inst: Instance, t: Target) -> bool:
+        """Make a version with the label; False when Langfuse says to try again (409)."""
         ref = inst.spec.get("prompt") or {}
         message = (
             f"reconciler: {inst.environment}/{inst.key.address} "
             f"({ref.get('name')}@{ref.get('version')})"
         )[:COMMIT_MESSAGE_MAX]
         # Not retried when its answer is lost (it may have been made): a re-run finds it.
-        self.http().request(
+        resp = self.http().request(
             "POST",
             API,
             json={
@@ -350,9 +370,12 @@ class LangfuseProvider(VendorProvider[Settings]):
                 "labels": [t.label],
                 "commitMessage": message,
             },
-            ok=(200, 201),
+            ok=(200, 201, 409),
         )
-        return t.provider_id
+        if resp.status_code == 409:
+            self.sleep(self._random.uniform(0.1, 1.0))
+            return False
+        return True
 
     def _where(self, name: str, environment: str, ident: str | None) -> tuple[str, str]:
         """(prompt name, label) from the recorded id, else from the defaults."""
