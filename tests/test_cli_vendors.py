@@ -189,6 +189,10 @@ def test_create_update_drift_and_heal(w: World) -> None:
     assert ep is not None and ep["model"]["secrets"] == {"VENDOR_KEY": VENDOR_KEY}
     assert w.plan() == {}, "applied: nothing left to do"
     assert w.cli("drift")[0] == 0
+    for f in (w.repo / ".reconciler").rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert not [x for x in SECRETS if x.encode() in data], f"a secret is in {f.name}"
 
     w.edit("manifests/support-chat.yaml", "support@1.0.0", "support@1.1.0")
     w.edit("manifests/gpt.yaml", "maxReplicas: 50", "maxReplicas: 80")

@@ -297,6 +297,8 @@ def test_expired_token_gets_a_hint_and_never_shows(az: FakeAzure, account: str, 
 
 def test_validate_names_each_problem_and_where(make: Made) -> None:
     p = make("https://management.azure.com")
+    sched = Instance("production", "Schedule", "nightly", p.name, {"cron": "0 2 * * *"})
+    assert "runs no schedules" in str(p.validate(sched))
     assert p.validate(gpt()) == []
     inst = gpt(
         model="gpt 4o",

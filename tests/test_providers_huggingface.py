@@ -295,6 +295,8 @@ def test_errors_never_carry_the_token_or_a_secret(hf: FakeHuggingFace, make: Mad
 
 def test_validate_names_each_problem_and_where(make: Made) -> None:
     p = make("https://api.endpoints.huggingface.cloud")
+    sched = Instance("production", "Schedule", "nightly", p.name, {"cron": "0 2 * * *"})
+    assert "runs no schedules" in str(p.validate(sched))
     assert p.validate(reranker()) == []
     inst = reranker(
         scaling={"minReplicas": 0, "maxReplicas": 2, "hardware": "NVIDIA A10G"},
