@@ -7,7 +7,8 @@ caller asks for `--refresh`, which happens outside this module). The saved form
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -17,6 +18,7 @@ from deepdiff import DeepDiff
 
 from reconciler.instances import Instance, InstanceKey, secret_ref
 from reconciler.manifests import Desired
+from reconciler.providers.base import DeleteRule
 from reconciler.schedules import spec_next_runs
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
 from reconciler.vocabulary import Action, Risk, as_risk, highest_risk
@@ -25,6 +27,8 @@ FORMAT_VERSION = 1
 SENSITIVE = "(sensitive)"
 #: Order of kinds when creating/updating; deletes run in the reverse order.
 KIND_ORDER = ("Deployment", "Schedule")
+#: (kind, name, recorded body) → what a provider says about deleting that object.
+DeleteRuleFn = Callable[[str, str, Mapping[str, Any]], DeleteRule]
 
 
 @dataclass(frozen=True)
@@ -247,12 +251,18 @@ def _get(data: Any, parts: Sequence[Any]) -> Any:
     return node
 
 
-def _immutable_hit(diff: Iterable[FieldDiff], immutable: frozenset[str]) -> str | None:
-    for d in diff:
-        for f in immutable:
-            if d.path == f or d.path.startswith(f + ".") or f.startswith(d.path + "."):
-                return f
-    return None
+def _replace_reason(
+    diff: Iterable[FieldDiff], fields: Mapping[str, str], provider: str
+) -> str | None:
+    """Why the provider must replace rather than update, one clause per field that
+    forces it (with the vendor's reason when it gives one); None when none does."""
+    paths = [d.path for d in diff]
+    clauses = []
+    for f, why in fields.items():
+        if any(p == f or p.startswith(f + ".") or f.startswith(p + ".") for p in paths):
+            clause = f"{f} cannot be changed in place on {provider}"
+            clauses.append(f"{clause}: {why}" if why else clause)
+    return "; ".join(clauses) or None
 
 
 def _secret_fingerprints(
@@ -274,6 +284,16 @@ def _rotated(recorded: Mapping[str, str | None], current: Mapping[str, str | Non
     )
 
 
+def _qualify_replace(ch: Change, rule: DeleteRule, old_provider: str) -> None:
+    """A replace deletes the old object first: the old provider's delete rule holds."""
+    if rule.note:
+        ch.reason = f"{ch.reason}; {rule.note}" if ch.reason else rule.note
+    if rule.refused:
+        ch.refused = f"replacing deletes the old object on {old_provider}, which is refused: " + (
+            rule.refused
+        )
+
+
 def plan_environment(
     env: str,
     desired: Mapping[InstanceKey, Instance],
@@ -282,11 +302,14 @@ def plan_environment(
     serial: int,
     protected: bool,
     allow_delete: bool,
-    immutable: Mapping[str, frozenset[str]],
+    immutable: Mapping[str, Mapping[str, str]],
     secret_env: Mapping[str, str],
     fingerprint_key: bytes,
+    delete_rules: Mapping[str, DeleteRuleFn] | None = None,
 ) -> EnvironmentPlan:
-    """One environment's changes, in dependency order. `immutable` is by provider name."""
+    """One environment's changes, in dependency order. `immutable` (field → reason)
+    and `delete_rules` are by provider name."""
+    rules = delete_rules or {}
     ep = EnvironmentPlan(environment=env, serial=serial, protected=protected)
     upserts: list[Change] = []
     for key, inst in desired.items():
@@ -318,24 +341,25 @@ def plan_environment(
         reason = None
         if rec.provider != inst.provider:
             action, reason = "replace", f"provider changes from {rec.provider} to {inst.provider}"
-        elif hit := _immutable_hit(diff, immutable.get(inst.provider, frozenset())):
-            action, reason = "replace", f"{hit} cannot be changed in place on {inst.provider}"
+        elif why := _replace_reason(diff, immutable.get(inst.provider, {}), inst.provider):
+            action, reason = "replace", why
         if not diff and not rotated and action == "update":
             ep.unchanged += 1
             continue
-        upserts.append(
-            Change(
-                action,
-                key,
-                inst.provider,
-                _mask(rec.spec),
-                _mask(after),
-                diff=diff,
-                reason=reason,
-                risk=inst.risk,
-                secret_fingerprints=known_fps,
-            )
+        ch = Change(
+            action,
+            key,
+            inst.provider,
+            _mask(rec.spec),
+            _mask(after),
+            diff=diff,
+            reason=reason,
+            risk=inst.risk,
+            secret_fingerprints=known_fps,
         )
+        if action == "replace" and (rule := rules.get(rec.provider)) is not None:
+            _qualify_replace(ch, rule(key.kind, key.name, rec.spec), rec.provider)
+        upserts.append(ch)
     deletes: list[Change] = []
     for key, rec in recorded.items():
         if key in desired:
@@ -348,7 +372,10 @@ def plan_environment(
             None,
             risk=as_risk(rec.spec.get("risk", "low")),
         )
-        if protected and not allow_delete:
+        vendor = rule(key.kind, key.name, rec.spec) if (rule := rules.get(rec.provider)) else None
+        if vendor is not None:
+            ch.reason, ch.refused = vendor.note, vendor.refused
+        if protected and not allow_delete and ch.refused is None:
             ch.refused = f"{env} is protected: deleting {ch.address} needs --allow-delete"
         deletes.append(ch)
     # Dependencies inside this plan: a schedule after its deployment; a deployment's
@@ -436,11 +463,14 @@ def make_plan(
             and not _rotated(a.secret_fingerprints, _secret_fingerprints(inst, env_vars, key))
         }
         recorded = store.applied(env, keys=[k for k in index if k not in same])
-        immutable: dict[str, frozenset[str]] = {}
+        immutable: dict[str, dict[str, str]] = {}
+        rules: dict[str, DeleteRuleFn] = {}
         for pname in {*providers, *(r.provider for r in recorded.values())}:
             pc = providers.get(pname)
             if pc is not None:
-                immutable[pname] = provider_class(pc.type).immutable_fields
+                cls = provider_class(pc.type)
+                immutable[pname] = cls.replace_reasons()
+                rules[pname] = functools.partial(cls.delete_rule, pc)
         plans.append(
             plan_environment(
                 env,
@@ -452,6 +482,7 @@ def make_plan(
                 immutable=immutable,
                 secret_env=env_vars,
                 fingerprint_key=key,
+                delete_rules=rules,
             )
         )
         plans[-1].unchanged += len(same)

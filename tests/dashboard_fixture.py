@@ -78,6 +78,7 @@ def _replace(path: Path, old: str, new: str) -> None:
 def build(tmp: Path, api: FakeDeployApi) -> DashboardRepo:
     repo = init_repo(tmp / "repo")
     shutil.copytree(EXAMPLE, repo / "manifests")
+    (repo / "manifests/deployments/hosted.yaml").unlink()  # vendor deployments: no stand-ins
     (repo / ".gitignore").write_text(".reconciler/\n")
     approvals = tmp / "approvals.json"  # outside the repo: a PR cannot change it
     d = DashboardRepo(

@@ -18,6 +18,7 @@ from fakes.forge import FakeGitHub
 CHAT = "manifests/deployments/support-chat.yaml"
 ENVS = "manifests/environments.yaml"
 PROVIDERS = "manifests/providers.yaml"
+HOSTED = "manifests/deployments/hosted.yaml"
 API_TOKEN = "deploy-api-token-0123456789"
 
 PRODUCTION = """apiVersion: reconciler/v1
@@ -239,6 +240,7 @@ def world(
         )
         chat = repo / CHAT
         chat.write_text(chat.read_text().replace("risk: medium", f"risk: {chat_risk}"))
+        (repo / HOSTED).unlink()  # production's vendor deployments: no stand-ins here
         config = {
             "github": "approvals: {source: github, repository: acme/manifests}\n",
             "file": "approvals: {source: file}\n",

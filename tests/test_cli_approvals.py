@@ -21,7 +21,8 @@ def gh() -> Iterator[FakeGitHub]:
 
 @pytest.fixture
 def repo(example_repo: Path) -> Path:
-    """The example with production on the local provider and without its deploy window."""
+    """The example with production on the local provider (its vendor deployments left
+    out) and without its deploy window."""
     providers = example_repo / "manifests/providers.yaml"
     text = providers.read_text()
     http = text[text.index("  type: http") : text.index("  models:", text.index("  type: http"))]
@@ -35,6 +36,7 @@ def repo(example_repo: Path) -> Path:
     (example_repo / "reconciler.yaml").write_text(
         "approvals: {source: github, repository: acme/manifests}\n"
     )
+    (example_repo / "manifests/deployments/hosted.yaml").unlink()  # the vendors' deployments
     commit_all(example_repo, "test setup")
     return example_repo
 

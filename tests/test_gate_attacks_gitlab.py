@@ -22,6 +22,7 @@ from fakes.gitlab import GUEST, MAINTAINER, REPORTER, FakeGitLab
 from gate_world import (
     API_TOKEN,
     ENVS,
+    HOSTED,
     PRODUCTION,
     PROVIDERS,
     Edit,
@@ -183,6 +184,7 @@ def world(tmp_path: Path, *, production: str = PRODUCTION) -> Iterator[GitLabWor
         (repo / "reconciler.yaml").write_text(
             f"approvals: {{source: gitlab, repository: {gl.project_path}}}\n"
         )
+        (repo / HOSTED).unlink()  # production's vendor deployments: no stand-ins here
         commit_all(repo, "test setup")
         w = GitLabWorld(repo, gl, api)
         w.mr(1, Commit([chat_tokens(400, 401)]))

@@ -193,6 +193,17 @@ class _Expander:
                 f" for {env!r}{did_you_mean(resolved['model'], pc.models)}",
             )
             ok = False
+        for block, ptype in m.PROVIDER_BLOCKS.items():
+            if block in resolved and pc is not None and pc.type != ptype:
+                self.at(
+                    d,
+                    env,
+                    block,
+                    msg=f"a `{block}` block is for a provider of type {ptype!r}; provider "
+                    f"{pname!r} is of type {pc.type!r} in {env!r} (put the block in the "
+                    "override of the environment that uses it)",
+                )
+                ok = False
         scaling = resolved.get("scaling")
         if scaling and scaling["minReplicas"] > scaling["maxReplicas"]:
             self.at(

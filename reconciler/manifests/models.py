@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
+    ConfigDict,
     Discriminator,
     Field,
     JsonValue,
@@ -181,6 +182,92 @@ Interval = Annotated[str, StringConstraints(pattern=INTERVAL_PATTERN), BeforeVal
 Timeout = Annotated[float, Field(gt=0)]
 
 
+# Provider-specific deployment settings: one block per provider type. A block for a
+# type other than the deployment's provider's is an error (expand.py); each provider
+# checks the values' shapes at plan time (`Provider.validate`).
+
+_BLOCK_CONFIG = ConfigDict(**StrictModel.model_config, use_attribute_docstrings=True)
+
+
+class AzureSettings(StrictModel):
+    """Only for a provider of type `azure-openai` (an Azure OpenAI deployment in
+    Azure Resource Manager). `model` is the model name, `scaling.hardware` the SKU
+    name (Standard, GlobalStandard, ProvisionedManaged, ...), `scaling.maxReplicas`
+    the SKU capacity."""
+
+    model_config = _BLOCK_CONFIG
+
+    deployment_name: Text | None = None
+    """The Azure deployment's name in its account (default: the deployment's name)."""
+    model_version: Text | None = None
+    """The model version, e.g. "2024-08-06"; left out, Azure picks its default."""
+    model_format: Text | None = None
+    """The model format (default "OpenAI")."""
+    version_upgrade_option: (
+        Literal["OnceNewDefaultVersionAvailable", "OnceCurrentVersionExpired", "NoAutoUpgrade"]
+        | None
+    ) = None
+    """When Azure may move the deployment to a newer model version."""
+    rai_policy_name: Text | None = None
+    """The content filter (RAI policy), e.g. "Microsoft.DefaultV2"."""
+
+
+class HuggingFaceSettings(StrictModel):
+    """Only for a provider of type `huggingface` (a Hugging Face Inference Endpoint).
+    `model` is the Hub repository unless `repository` is set, `scaling.hardware` the
+    instance type (nvidia-a10g, intel-icl, ...), `scaling.minReplicas`/`maxReplicas`
+    the replica bounds, `env` the container's variables (secret references become
+    endpoint secrets), `enabled: false` a paused endpoint."""
+
+    model_config = _BLOCK_CONFIG
+
+    endpoint_name: Text | None = None
+    """The endpoint's name in its namespace (default: the deployment's name)."""
+    repository: Text | None = None
+    """The Hub model repository, e.g. "meta-llama/Llama-3.1-8B-Instruct"."""
+    revision: Text | None = None
+    """A commit sha, branch or tag of the repository."""
+    task: Text | None = None
+    """e.g. "text-generation", "sentence-embeddings"."""
+    framework: Text | None = None
+    """e.g. "pytorch" (default) or "custom"."""
+    instance_size: Text | None = None
+    """e.g. "x1" (default), "x4"."""
+    vendor: Text | None = None
+    """The cloud vendor, e.g. "aws" (default: the provider's config.vendor, else aws)."""
+    region: Text | None = None
+    """The vendor's region (default: the provider's config.region, else us-east-1)."""
+    type: Literal["public", "authenticated", "private"] | None = None
+    """Who may call the endpoint (default: the provider's config.type, else
+    authenticated)."""
+    scale_to_zero_timeout: Annotated[int, Field(ge=1)] | None = None
+    """Minutes without requests before scaling to zero (needs scaling.minReplicas: 0)."""
+
+
+class LangfuseSettings(StrictModel):
+    """Only for a provider of type `langfuse` (a prompt in Langfuse prompt management).
+    The resolved prompt template is the prompt text, `model` and `options` its config,
+    and the environment a label on the version with that content."""
+
+    model_config = _BLOCK_CONFIG
+
+    prompt_name: Text | None = None
+    """The Langfuse prompt's name, folders with "/" (default: the deployment's name)."""
+    label: Text | None = None
+    """The label that stands for this environment (default: the provider's
+    config.label, else the environment's name)."""
+    type: Literal["text", "chat"] | None = None
+    """`text` (default) or `chat` (the template becomes one system message)."""
+
+
+#: Deployment block key → the provider type that reads it.
+PROVIDER_BLOCKS: dict[str, str] = {
+    "azure": "azure-openai",
+    "huggingface": "huggingface",
+    "langfuse": "langfuse",
+}
+
+
 class DeploymentFields(StrictModel):
     """Fields a deployment override may set (all optional)."""
 
@@ -192,8 +279,12 @@ class DeploymentFields(StrictModel):
     scaling: Scaling | None = None
     env: dict[EnvVarName, EnvValue] | None = None
     timeout_seconds: Timeout | None = None
+    readiness_timeout_seconds: Timeout | None = None
     enabled: bool | None = None
     risk: Risk | None = None
+    azure: AzureSettings | None = None
+    huggingface: HuggingFaceSettings | None = None
+    langfuse: LangfuseSettings | None = None
 
 
 class DeploymentSpec(StrictModel):
@@ -206,8 +297,14 @@ class DeploymentSpec(StrictModel):
     scaling: Scaling | None = None
     env: dict[EnvVarName, EnvValue] = Field(default_factory=dict)
     timeout_seconds: Timeout | None = None
+    #: How long apply waits for this deployment to become Healthy after a change
+    #: (default: its provider's readiness timeout).
+    readiness_timeout_seconds: Timeout | None = None
     enabled: bool = True
     risk: Risk = "low"
+    azure: AzureSettings | None = None
+    huggingface: HuggingFaceSettings | None = None
+    langfuse: LangfuseSettings | None = None
     overrides: dict[Slug, DeploymentFields] = Field(default_factory=dict)
 
 

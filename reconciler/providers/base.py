@@ -7,10 +7,10 @@ change after a crash must converge, never create a second object.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig, secret_ref
@@ -27,6 +27,29 @@ class HealthStatus:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """A plan-time problem and where its value was written, so it can be reported as
+    `file:line:col`. `field` is a path under the Provider's `spec` (`("config",
+    "account")`, `("credentials", "tokenEnv")`) when `on` is "provider", or under the
+    instance's `spec` (`("scaling", "hardware")`) when `on` is "instance"; the
+    environment's override is named instead when the value came from there."""
+
+    message: str
+    field: tuple[str | int, ...] = ()
+    on: Literal["provider", "instance"] = "instance"
+
+
+@dataclass(frozen=True)
+class DeleteRule:
+    """What a provider says about deleting an object, shown on the plan's delete (or
+    replace) line: `refused` blocks it and says why; `note` says what deleting means
+    on this vendor."""
+
+    refused: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class LiveObject:
     """What a provider runs now. `body` may hold secret values, so it stays out of reprs."""
 
@@ -40,6 +63,9 @@ class Provider(abc.ABC):
     type_name: ClassVar[str]
     #: Dotted body paths a provider cannot change in place (the plan replaces instead).
     immutable_fields: ClassVar[frozenset[str]] = frozenset()
+    #: The same with the vendor's reason, shown on the plan's `-/+ replace` line:
+    #: `{"model": "Azure OpenAI keeps a deployment's model for life"}`.
+    replace_fields: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, config: ProviderConfig, *, repo_root: Path, env: Mapping[str, str]) -> None:
         self.config = config
@@ -69,9 +95,42 @@ class Provider(abc.ABC):
         live = self.read(kind, name, environment, provider_id)
         return HealthStatus("Missing" if live is None else "Healthy")
 
-    def validate(self, inst: Instance) -> list[str]:
-        """Plan-time problems with `inst` on this provider (no network); empty if fine."""
+    def validate(self, inst: Instance) -> Sequence[str | Problem]:
+        """Plan-time problems with `inst` on this provider (no network); empty if fine.
+        A plain string is reported at the instance's document; a `Problem` at the
+        field it names."""
         return []
+
+    @classmethod
+    def replace_reasons(cls) -> dict[str, str]:
+        """Every field that forces a replacement, with the vendor's reason ("" when the
+        provider gives none)."""
+        reasons = dict.fromkeys(sorted(cls.immutable_fields), "")
+        reasons.update(cls.replace_fields)
+        return reasons
+
+    @classmethod
+    def delete_rule(
+        cls, config: ProviderConfig, kind: str, name: str, body: Mapping[str, Any]
+    ) -> DeleteRule:
+        """Plan time, no network: whether deleting the object recorded with `body` is
+        refused on this vendor, or what deleting it means. Default: plainly allowed."""
+        return DeleteRule()
+
+    def identity(self, inst: Instance) -> str | None:
+        """The vendor-side object `inst` maps to (e.g. an account and a deployment
+        name), so that plan time can refuse two instances that would share one; None
+        when objects are keyed by (environment, kind, name) alone."""
+        return None
+
+    def live_body(self, live: LiveObject, recorded: Mapping[str, Any]) -> dict[str, Any]:
+        """The live object as a body comparable with `recorded` (what drift diffs).
+
+        The default is the live body as read. A vendor that holds only part of a body
+        under its own names maps what it holds back onto the recorded body: fields the
+        vendor does not keep (`risk`, say) are taken from `recorded`, never reported as
+        drift."""
+        return dict(live.body)
 
     @abc.abstractmethod
     def read(

@@ -1,0 +1,564 @@
+"""Azure OpenAI deployments, through Azure Resource Manager (ARM).
+
+What maps to what (README "Azure OpenAI", docs/providers.md):
+
+    ARM resource        .../accounts/{config.account}/deployments/{azure.deploymentName,
+                        else the deployment's name}, api-version config.apiVersion
+    sku.name            scaling.hardware (Standard, GlobalStandard, ProvisionedManaged, ...)
+    sku.capacity        scaling.maxReplicas (thousands of tokens per minute, or PTUs)
+    properties.model    {format: azure.modelFormat or OpenAI, name: model,
+                         version: azure.modelVersion}
+    properties.*        versionUpgradeOption, raiPolicyName from the `azure` block
+    tags                reconciler-environment, reconciler-deployment: whose it is
+
+A write is `PUT` (create-or-update, so a repeat is harmless); it is a long-running
+operation, followed through `Azure-AsyncOperation` (or `Location`, or the resource's
+`provisioningState`) until it ends, `Retry-After` between polls, within
+config.operationTimeoutSeconds. Writes to one account are serialised (one at a time
+per account in this process) and a `409 RequestConflict` ("another operation is being
+performed on the parent resource") is retried with backoff. Before updating or
+deleting, the live deployment's tags must name this environment and deployment: one
+made by hand, or by another environment, is never touched.
+
+The bearer token (an Entra ID token for https://management.azure.com) comes from the
+environment variable `credentials.tokenEnv` names: `az account get-access-token
+--resource https://management.azure.com --query accessToken -o tsv`.
+
+API: Azure/azure-rest-api-specs `specification/cognitiveservices/resource-manager/
+Microsoft.CognitiveServices/stable/2024-10-01/cognitiveservices.json` (Deployments_*),
+and ARM's "Track asynchronous Azure operations".
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+
+from reconciler.instances import Instance
+from reconciler.providers.base import HealthStatus, LiveObject, Problem
+from reconciler.providers.vendor import (
+    ClientOptions,
+    ConfigReader,
+    VendorProvider,
+    get_path,
+    overlay,
+    secret_from_env,
+    unused_fields,
+)
+from reconciler.vocabulary import Health
+
+API_VERSION = "2024-10-01"
+BASE_URL = "https://management.azure.com"
+TAG_ENVIRONMENT = "reconciler-environment"
+TAG_DEPLOYMENT = "reconciler-deployment"
+#: ARM names in this API (accounts, RAI policies, models): Azure's own pattern.
+NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
+NAME_HINT = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+RESOURCE_GROUP = re.compile(r"[-\w.()]{0,89}[-\w()]")
+API_VERSION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
+SKU = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+#: SKU names seen in Azure's documentation and public IaC; others are allowed, but one
+#: differing only in case is a typo ARM would reject.
+KNOWN_SKUS = (
+    "Standard",
+    "GlobalStandard",
+    "DataZoneStandard",
+    "ProvisionedManaged",
+    "GlobalProvisionedManaged",
+    "DataZoneProvisionedManaged",
+    "GlobalBatch",
+    "DataZoneBatch",
+    "DeveloperTier",
+)
+#: provisioningState → health (DeploymentProvisioningState in the spec).
+HEALTH: dict[str, Health] = {
+    "Succeeded": "Healthy",
+    "Accepted": "Progressing",
+    "Creating": "Progressing",
+    "Moving": "Progressing",
+    "Deleting": "Progressing",
+    "Failed": "Degraded",
+    "Canceled": "Degraded",
+    "Disabled": "Degraded",
+}
+#: Async-operation and provisioning states that end an operation.
+DONE = frozenset({"Succeeded", "Failed", "Canceled"})
+#: A 404 with one of these codes means the account (or above) is missing, not the
+#: deployment: an error, never "not deployed".
+PARENT_MISSING = frozenset(
+    {"ParentResourceNotFound", "ResourceGroupNotFound", "SubscriptionNotFound"}
+)
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RETRIES = 6
+DEFAULT_OPERATION_TIMEOUT = 900.0
+#: Seconds between polls of an operation when Azure gives no Retry-After.
+POLL = 5.0
+POLL_CAP = 60.0
+_UNUSED = {
+    "prompt": "an Azure OpenAI deployment serves a model; a prompt belongs to the "
+    "application (or a langfuse provider)",
+    "options": "Azure OpenAI takes sampling options per request, not per deployment",
+    "endpoint": "Azure OpenAI serves every deployment under the account's endpoint",
+    "env": "an Azure OpenAI deployment has no environment variables",
+    "timeoutSeconds": "an Azure OpenAI deployment has no request timeout",
+    "enabled": "an Azure OpenAI deployment cannot be switched off; remove it instead",
+}
+
+_locks_guard = threading.Lock()
+_account_locks: dict[str, threading.Lock] = {}
+
+
+def account_lock(account_url: str) -> threading.Lock:
+    """One lock per account: ARM refuses a second write while one is in progress."""
+    with _locks_guard:
+        return _account_locks.setdefault(account_url.lower(), threading.Lock())
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_url: str
+    subscription: str
+    resource_group: str
+    account: str
+    api_version: str
+    timeout: float
+    retries: int
+    operation_timeout: float
+    token_env: str
+
+    @property
+    def account_path(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.CognitiveServices/accounts/{self.account}"
+        )
+
+
+def read_settings(r: ConfigReader) -> Settings:
+    return Settings(
+        base_url=r.url("baseUrl", BASE_URL),
+        subscription=r.text(
+            "subscriptionId",
+            pattern=GUID,
+            hint="a subscription id is a GUID",
+            required="00000000-0000-0000-0000-000000000000",
+        ),
+        resource_group=r.text(
+            "resourceGroup",
+            pattern=RESOURCE_GROUP,
+            hint="1 to 90 letters, digits, '_', '-', '.', '(' or ')', not ending in '.'",
+            required="ai-production",
+        ),
+        account=r.text("account", pattern=NAME, hint=NAME_HINT, required="acme-openai"),
+        api_version=r.text(
+            "apiVersion",
+            API_VERSION,
+            pattern=API_VERSION_PATTERN,
+            hint="an ARM api-version such as 2024-10-01",
+        ),
+        timeout=r.number("timeoutSeconds", DEFAULT_TIMEOUT),
+        retries=r.integer("retries", DEFAULT_RETRIES),
+        operation_timeout=r.number("operationTimeoutSeconds", DEFAULT_OPERATION_TIMEOUT),
+        token_env=r.credential("tokenEnv", "AZURE_TOKEN"),
+    )
+
+
+def block(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    value = spec.get("azure")
+    return value if isinstance(value, Mapping) else {}
+
+
+def deployment_name(name: str, spec: Mapping[str, Any]) -> str:
+    return str(block(spec).get("deploymentName") or name)
+
+
+def arm_body(name: str, environment: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The PUT body (`Deployment` in the spec) for a deployment's spec."""
+    b = block(spec)
+    scaling = spec.get("scaling") or {}
+    model: dict[str, Any] = {"format": b.get("modelFormat") or "OpenAI", "name": spec.get("model")}
+    if b.get("modelVersion"):
+        model["version"] = b["modelVersion"]
+    props: dict[str, Any] = {"model": model}
+    for key in ("versionUpgradeOption", "raiPolicyName"):
+        if b.get(key):
+            props[key] = b[key]
+    return {
+        "sku": {"name": scaling.get("hardware"), "capacity": scaling.get("maxReplicas", 1)},
+        "tags": {TAG_ENVIRONMENT: environment, TAG_DEPLOYMENT: name},
+        "properties": props,
+    }
+
+
+def _arm_error(data: Any) -> tuple[str, str]:
+    """(code, message) of an ARM ErrorResponse, or of an async operation's `error`."""
+    err = data.get("error") if isinstance(data, Mapping) else None
+    if not isinstance(err, Mapping):
+        return "", ""
+    return str(err.get("code") or ""), str(err.get("message") or "")
+
+
+class AzureOpenAIProvider(VendorProvider[Settings]):
+    """Deployments in one Azure OpenAI (Cognitive Services) account; config:
+    subscriptionId, resourceGroup, account, apiVersion, baseUrl, timeoutSeconds,
+    retries, operationTimeoutSeconds; credentials: tokenEnv."""
+
+    type_name: ClassVar[str] = "azure-openai"
+    replace_fields: ClassVar[Mapping[str, str]] = {
+        "model": "Azure OpenAI keeps a deployment's model for life (only azure.modelVersion "
+        "changes in place)",
+        "azure.modelFormat": "the model format belongs to the model",
+        "azure.deploymentName": "the name is the deployment's address in its account",
+        "scaling.hardware": "Azure does not move a deployment to another SKU (deployment "
+        "type) in place",
+    }
+    #: create and update return once ARM's operation has ended; this bounds the wait
+    #: for `Succeeded` after that (a deployment may set readinessTimeoutSeconds).
+    readiness_timeout: ClassVar[float] = 900.0
+    poll_interval: ClassVar[float] = 10.0
+
+    @classmethod
+    def config_keys(cls) -> frozenset[str]:
+        return frozenset(
+            {
+                "baseUrl",
+                "subscriptionId",
+                "resourceGroup",
+                "account",
+                "apiVersion",
+                "timeoutSeconds",
+                "retries",
+                "operationTimeoutSeconds",
+            }
+        )
+
+    @classmethod
+    def credential_keys(cls) -> frozenset[str]:
+        return frozenset({"tokenEnv"})
+
+    def read_settings(self, reader: ConfigReader) -> Settings:
+        return read_settings(reader)
+
+    def client_options(self) -> ClientOptions:
+        s = self.settings
+        token = secret_from_env(
+            self._env,
+            s.token_env,
+            self.name,
+            "an Entra ID token for https://management.azure.com: az account get-access-token "
+            "--resource https://management.azure.com --query accessToken -o tsv",
+        )
+        return ClientOptions(
+            base_url=s.base_url,
+            deadline=s.timeout,
+            retries=s.retries,
+            headers={"Authorization": f"Bearer {token}"},
+            secrets=(token,),
+            statuses=frozenset({409}),
+            auth_hint=f"check the token in {s.token_env}: ARM tokens expire after about an hour",
+        )
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def _path(self, name: str, spec: Mapping[str, Any]) -> str:
+        return f"{self.settings.account_path}/deployments/{quote(deployment_name(name, spec))}"
+
+    def _resource(self, name: str, provider_id: str | None) -> str:
+        """The deployment's ARM id: the recorded one, else the one its name gives."""
+        if provider_id and provider_id.startswith("/subscriptions/"):
+            return provider_id
+        return self._path(name, {})
+
+    def _get(self, path: str) -> dict[str, Any] | None:
+        client = self.http()
+        resp = client.request(
+            "GET",
+            path.lstrip("/"),
+            params={"api-version": self.settings.api_version},
+            ok=(200, 404),
+        )
+        if resp.status_code == 200:
+            return client.json_object(resp)
+        code, message = _arm_error(_json(resp))
+        if code in PARENT_MISSING:
+            raise self.error(f"GET {path}", f"404 {code}: {message}")
+        return None
+
+    def _check_owner(self, live: Mapping[str, Any], name: str, environment: str) -> None:
+        """The live deployment must carry this environment's and deployment's tags."""
+        tags = live.get("tags") or {}
+        env_tag, name_tag = tags.get(TAG_ENVIRONMENT), tags.get(TAG_DEPLOYMENT)
+        if (env_tag, name_tag) == (environment, name):
+            return
+        where = f"Azure deployment {live.get('name')!r} in account {self.settings.account!r}"
+        if env_tag is None and name_tag is None:
+            raise self.error(
+                f"deployment.{name}",
+                f"{where} exists and was not made by reconciler (no {TAG_ENVIRONMENT} / "
+                f"{TAG_DEPLOYMENT} tags); nothing was changed. Give this deployment another "
+                f"azure.deploymentName, or tag that one {TAG_ENVIRONMENT}={environment} "
+                f"{TAG_DEPLOYMENT}={name} to adopt it",
+            )
+        raise self.error(
+            f"deployment.{name}",
+            f"{where} belongs to deployment.{name_tag} in {env_tag!r}, not to "
+            f"deployment.{name} in {environment!r}; nothing was changed",
+        )
+
+    # -- long-running operations -----------------------------------------------------------
+
+    def _same_origin(self, url: str) -> bool:
+        """Follow only URLs on the ARM host: the bearer token goes with every request."""
+        u, base = httpx.URL(url), httpx.URL(self.settings.base_url)
+        return (u.scheme, u.host, u.port) == (base.scheme, base.host, base.port)
+
+    def _wait(self, resp: httpx.Response, path: str, what: str, *, deleting: bool) -> None:
+        """Follow a write's operation until it ends; a failed one raises its error."""
+        operation = resp.headers.get("azure-asyncoperation")
+        location = resp.headers.get("location")
+        if operation is None and location is None:
+            state = get_path(_json(resp), "properties.provisioningState")
+            if state in ("Failed", "Canceled"):
+                raise self.error(what, f"provisioningState {state}")
+            if (deleting and resp.status_code != 202) or (not deleting and state in (None, *DONE)):
+                return
+        for url in (operation, location):
+            if url is not None and not self._same_origin(url):
+                raise self.error(
+                    what,
+                    f"Azure asked to poll {httpx.URL(url).host}, not the "
+                    "ARM host; not following it",
+                )
+        started = self.clock()
+        delay = _retry_after(resp)
+        while True:
+            if self.clock() - started + delay > self.settings.operation_timeout:
+                raise self.error(
+                    what,
+                    f"the operation did not end within {self.settings.operation_timeout:g}s "
+                    "(config.operationTimeoutSeconds); apply again to go on waiting",
+                )
+            self.sleep(delay)
+            done, poll = self._poll(operation, location, path, what, deleting=deleting)
+            if done:
+                return
+            delay = _retry_after(poll)
+
+    def _poll(
+        self, operation: str | None, location: str | None, path: str, what: str, *, deleting: bool
+    ) -> tuple[bool, httpx.Response]:
+        client = self.http()
+        if operation is not None:
+            resp = client.request("GET", operation)
+            data = client.json_object(resp)
+            status = data.get("status")
+            if status in ("Failed", "Canceled"):
+                code, message = _arm_error(data)
+                raise self.error(what, f"operation {status}: {code} {message}".rstrip())
+            return status == "Succeeded", resp
+        if location is not None:
+            resp = client.request("GET", location, ok=(200, 202, 204))
+            return resp.status_code != 202, resp
+        resp = client.request(
+            "GET",
+            path.lstrip("/"),
+            params={"api-version": self.settings.api_version},
+            ok=(200, 404),
+        )
+        if resp.status_code == 404:
+            if deleting:
+                return True, resp
+            raise self.error(what, "the deployment disappeared while it was being written")
+        state = get_path(client.json_object(resp), "properties.provisioningState")
+        if state in ("Failed", "Canceled"):
+            raise self.error(what, f"provisioningState {state}")
+        return state == "Succeeded", resp
+
+    def _put(self, inst: Instance, path: str) -> str:
+        body = arm_body(inst.name, inst.environment, inst.spec)
+        what = f"PUT {path}"
+        with account_lock(self.settings.base_url + self.settings.account_path):
+            resp = self.http().request(
+                "PUT",
+                path.lstrip("/"),
+                params={"api-version": self.settings.api_version},
+                json=body,
+                ok=(200, 201),
+            )
+            data = self.http().json_object(resp)
+            self._wait(resp, path, what, deleting=False)
+        ident = data.get("id")
+        return str(ident) if isinstance(ident, str) and ident else path
+
+    # -- plan time ---------------------------------------------------------------------------
+
+    def identity(self, inst: Instance) -> str | None:
+        if inst.kind != "Deployment":
+            return None
+        return (self.settings.base_url + self._path(inst.name, inst.spec)).lower()
+
+    def validate(self, inst: Instance) -> list[str | Problem]:
+        problems: list[str | Problem] = list(self.problems)
+        label = f"provider {self.name!r} (azure-openai)"
+        if inst.kind != "Deployment":
+            problems.append(Problem(f"{label} deploys models; it runs no schedules"))
+            return problems
+        problems.extend(unused_fields(inst, self.name, "azure-openai", _UNUSED))
+        spec, b = inst.spec, block(inst.spec)
+        model = str(spec.get("model", ""))
+        if not NAME.fullmatch(model):
+            problems.append(
+                Problem(f"model {model!r} is not an Azure model name: {NAME_HINT}", ("model",))
+            )
+        for key in ("deploymentName", "modelVersion", "modelFormat", "raiPolicyName"):
+            value = b.get(key)
+            if value is not None and not NAME.fullmatch(str(value)):
+                problems.append(
+                    Problem(f"azure.{key} {value!r} is not valid: {NAME_HINT}", ("azure", key))
+                )
+        if not b.get("deploymentName") and not NAME.fullmatch(inst.name):
+            problems.append(
+                Problem(
+                    f"{inst.name!r} cannot be an Azure deployment name: set "
+                    f"azure.deploymentName ({NAME_HINT})",
+                    ("azure",),
+                )
+            )
+        scaling = spec.get("scaling")
+        sku = scaling.get("hardware") if isinstance(scaling, Mapping) else None
+        if not sku:
+            problems.append(
+                Problem(
+                    f"{label} needs scaling.hardware, the SKU name (e.g. GlobalStandard), and "
+                    "scaling.maxReplicas, its capacity",
+                    ("scaling", "hardware"),
+                )
+            )
+        elif problem := _sku_problem(str(sku)):
+            problems.append(Problem(problem, ("scaling", "hardware")))
+        return problems
+
+    # -- the contract ------------------------------------------------------------------------
+
+    def read(
+        self, kind: str, name: str, environment: str, provider_id: str | None
+    ) -> LiveObject | None:
+        path = self._resource(name, provider_id)
+        live = self._get(path)
+        return None if live is None else LiveObject(str(live.get("id") or path), live)
+
+    def status(
+        self, kind: str, name: str, environment: str, provider_id: str | None
+    ) -> HealthStatus:
+        live = self._get(self._resource(name, provider_id))
+        if live is None:
+            return HealthStatus("Missing", "no such deployment in the account")
+        state = str(get_path(live, "properties.provisioningState") or "Succeeded")
+        health = HEALTH.get(state, "Progressing")
+        return HealthStatus(health, f"provisioningState {state}")
+
+    def create(self, inst: Instance) -> str:
+        path = self._path(inst.name, inst.spec)
+        live = self._get(path)
+        if live is not None:  # ours from an earlier attempt, or refused
+            self._check_owner(live, inst.name, inst.environment)
+        return self._put(inst, path)
+
+    def update(self, inst: Instance, provider_id: str) -> None:
+        path = self._path(inst.name, inst.spec)
+        live = self._get(path)
+        if live is None:
+            raise self.error(
+                inst.key.address,
+                f"Azure deployment {deployment_name(inst.name, inst.spec)!r} no longer exists "
+                "(removed outside reconciler); `reconciler drift --heal` recreates it",
+            )
+        self._check_owner(live, inst.name, inst.environment)
+        if str(live.get("id", path)).lower() != provider_id.lower():
+            raise self.error(
+                inst.key.address,
+                f"recorded as {provider_id}, but the manifests now address {path}; that is a "
+                "replace, which `reconciler plan` shows: re-plan",
+            )
+        self._put(inst, path)
+
+    def delete(self, kind: str, name: str, environment: str, provider_id: str | None) -> None:
+        path = self._resource(name, provider_id)
+        live = self._get(path)
+        if live is None:
+            return
+        self._check_owner(live, name, environment)
+        with account_lock(self.settings.base_url + self.settings.account_path):
+            resp = self.http().request(
+                "DELETE",
+                path.lstrip("/"),
+                params={"api-version": self.settings.api_version},
+                ok=(200, 202, 204),
+            )
+            self._wait(resp, path, f"DELETE {path}", deleting=True)
+
+    def live_body(self, live: LiveObject, recorded: Mapping[str, Any]) -> dict[str, Any]:
+        want = arm_body(str(recorded.get("name")), str(recorded.get("environment")), recorded)
+        have = live.body
+        fields: list[tuple[str, Any, Any]] = [
+            (
+                "model",
+                get_path(want, "properties.model.name"),
+                get_path(have, "properties.model.name"),
+            ),
+            ("scaling.hardware", get_path(want, "sku.name"), get_path(have, "sku.name")),
+            ("scaling.maxReplicas", get_path(want, "sku.capacity"), get_path(have, "sku.capacity")),
+            (
+                "azure.modelFormat",
+                get_path(want, "properties.model.format"),
+                get_path(have, "properties.model.format"),
+            ),
+        ]
+        # Left out of the manifests, Azure picks these; only pinned ones can drift.
+        b = block(recorded)
+        optional = {
+            "modelVersion": "properties.model.version",
+            "versionUpgradeOption": "properties.versionUpgradeOption",
+            "raiPolicyName": "properties.raiPolicyName",
+        }
+        for key, path in optional.items():
+            if b.get(key):
+                fields.append((f"azure.{key}", b[key], get_path(have, path)))
+        return overlay(recorded, fields)
+
+
+def _sku_problem(sku: str) -> str | None:
+    if not SKU.fullmatch(sku):
+        return f"scaling.hardware {sku!r} is not an Azure SKU name (letters and digits)"
+    if sku not in KNOWN_SKUS:
+        same = [k for k in KNOWN_SKUS if k.lower() == sku.lower()]
+        if same:
+            return (
+                f"scaling.hardware {sku!r}: Azure SKU names are case-sensitive; "
+                f"did you mean {same[0]!r}?"
+            )
+    return None
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    """Azure's Retry-After (seconds) between polls, else POLL; at most POLL_CAP."""
+    value = resp.headers.get("retry-after")
+    try:
+        seconds = float(value) if value is not None else POLL
+    except ValueError:
+        seconds = POLL
+    return min(max(seconds, 0.0), POLL_CAP)

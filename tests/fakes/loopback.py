@@ -1,0 +1,233 @@
+"""What the vendor stand-ins share: a threaded HTTP server on 127.0.0.1 that records
+every request (never its Authorization header), answers injected faults first, and
+hands the rest to the subclass's `route`.
+
+    class FakeVendor(LoopbackServer):
+        def route(self, req: Request) -> Answer: ...
+
+    with FakeVendor() as api:
+        api.fail_next(429, retry_after=1)       # the next request gets a 429
+        api.fail_next(409, body={...}, method="PUT", times=2)
+        api.fail_next(LOST, method="POST")      # handled, then hung up on: the answer is lost
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+#: A "status" for `fail_next`: handle the request, then close without answering.
+LOST = 0
+
+
+@dataclass
+class Request:
+    """One request as the server saw it (the Authorization header is never kept)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    body: Any
+    #: The Authorization header's value, for the route's own check; not in the repr.
+    authorization: str | None = field(default=None, repr=False)
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Fault:
+    status: int
+    times: int
+    body: Any
+    headers: dict[str, str]
+    method: str | None
+    path: str | None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    allow_reuse_address = True
+
+
+class LoopbackServer:
+    """A real HTTP server on 127.0.0.1; subclasses implement `route` under `lock`."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.lock = threading.RLock()
+        self._faults: deque[_Fault] = deque()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> Self:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with owner.lock:
+                    owner._conns.add(self.connection)
+
+            def finish(self) -> None:
+                with owner.lock:
+                    owner._conns.discard(self.connection)
+                with contextlib.suppress(OSError):
+                    super().finish()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                owner._handle(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        with self.lock:
+            conns = list(self._conns)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start the fake first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # --- test controls ---------------------------------------------------------------
+
+    def fail_next(
+        self,
+        status: int,
+        times: int = 1,
+        *,
+        body: Any = None,
+        retry_after: float | None = None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        """Answer the next `times` requests (of `method`, under `path`) with `status`."""
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+        with self.lock:
+            self._faults.append(_Fault(status, times, body, headers, method, path))
+
+    def writes(self) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(r.method, r.path) for r in self.requests if r.method != "GET"]
+
+    # --- the subclass's part ---------------------------------------------------------
+
+    def route(self, req: Request) -> Answer:
+        raise NotImplementedError
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _fault(self, req: Request) -> _Fault | None:
+        with self.lock:
+            for f in self._faults:
+                if (f.method in (None, req.method)) and (
+                    f.path is None or req.path.startswith(f.path)
+                ):
+                    f.times -= 1
+                    if f.times <= 0:
+                        self._faults.remove(f)
+                    return f
+        return None
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(h.path)
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        req = Request(
+            method=h.command,
+            path=parts.path,
+            query={k: v[-1] for k, v in parse_qs(parts.query).items()},
+            headers={k.lower(): v for k, v in h.headers.items() if k.lower() != "authorization"},
+            body=body,
+            authorization=h.headers.get("Authorization"),
+        )
+        with self.lock:
+            self.requests.append(req)
+        fault = self._fault(req)
+        if fault is not None and fault.status != LOST:
+            answer = Answer(fault.status, fault.body, dict(fault.headers))
+        else:
+            with self.lock:
+                answer = self.route(req)
+        if fault is not None and fault.status == LOST:
+            h.close_connection = True  # the work is done; the answer never leaves
+            return
+        self._send(h, answer)
+
+    @staticmethod
+    def _send(h: BaseHTTPRequestHandler, answer: Answer) -> None:
+        data = b"" if answer.body is None else json.dumps(answer.body).encode()
+        try:
+            h.send_response(answer.status)
+            if data:
+                h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            for k, v in answer.headers.items():
+                h.send_header(k, v)
+            h.end_headers()
+            if data:
+                h.wfile.write(data)
+        except OSError:
+            h.close_connection = True
+
+
+def copy(data: Any) -> Any:
+    """A deep copy through JSON (what a client would see)."""
+    return json.loads(json.dumps(data))
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested mappings merged, anything else replaced (a partial PUT)."""
+    out = dict(base)
+    for k, v in over.items():
+        cur = out.get(k)
+        out[k] = merge(cur, v) if isinstance(v, Mapping) and isinstance(cur, Mapping) else v
+    return out
