@@ -44,6 +44,10 @@ class DriftItem:
 @dataclass
 class DriftReport:
     environments: dict[str, list[DriftItem]] = field(default_factory=dict)
+    #: Each environment's state serial when its reading began: a heal based on the
+    #: reading is refused (state moved) once anything was recorded since, e.g. by a run
+    #: that had changed the provider but not yet recorded it while it was read.
+    serials: dict[str, int] = field(default_factory=dict)
 
     @property
     def drifted(self) -> list[DriftItem]:
@@ -94,6 +98,7 @@ def detect_drift(
             providers.get(envname, {}), repo_root=repo_root, env=env
         )
         items: list[DriftItem] = []
+        report.serials[envname] = store.serial(envname)
         try:
             for k, rec in sorted(store.applied(envname).items()):
                 try:
@@ -114,6 +119,21 @@ def detect_drift(
     return report
 
 
+def heal_context(store: StateStore, environment: str) -> RunContext:
+    """A heal puts back what was applied: its run carries the commit and the policy of
+    the environment's last applied run, never the commit checked out now. An applied
+    heal run becomes the last applied run, which the gate takes as the recorded state
+    (the start of the commits a change must cover) and the policy of record; recording
+    the commit checked out now there would let a later apply skip its unapproved commits
+    (and fall back to a policy read from git). With no applied run yet, no commit."""
+    last = store.last_applied_run(environment)
+    return RunContext(
+        commit=last.commit if last is not None else None,
+        trigger="heal",
+        policy=last.policy if last is not None else None,
+    )
+
+
 def heal(
     store: StateStore,
     report: DriftReport,
@@ -126,7 +146,9 @@ def heal(
     break_lock: bool = False,
     progress: ProgressFn | None = None,
 ) -> list[EnvironmentResult]:
-    """Re-apply the recorded spec of every drifted or missing instance."""
+    """Re-apply the recorded spec of every drifted or missing instance. `commit` (what is
+    checked out) is not recorded: each run records its environment's last applied run's
+    commit and policy (`heal_context`)."""
     results = []
     for envname, items in report.environments.items():
         todo = [i for i in items if i.status in ("drifted", "missing")]
@@ -151,7 +173,10 @@ def heal(
                     },
                 )
             )
-        plan = EnvironmentPlan(envname, store.serial(envname), False, changes)
+        serial = report.serials.get(envname)
+        plan = EnvironmentPlan(
+            envname, store.serial(envname) if serial is None else serial, False, changes
+        )
         results.append(
             execute_environment(
                 store,
@@ -160,7 +185,7 @@ def heal(
                 providers=providers.get(envname, {}),
                 repo_root=repo_root,
                 env=env,
-                context=RunContext(commit=commit, trigger="heal"),
+                context=heal_context(store, envname),
                 parallelism=parallelism,
                 break_lock=break_lock,
                 progress=progress,
