@@ -95,10 +95,11 @@ class AgentProcess:
     ) -> None:
         full = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI"))}
         full.update(SECRETS)
+        full["RECONCILER_REMOTE"] = str(remote.bare)  # what --remote defaults to
         full.update(env or {})
         argv = [
             sys.executable, "-m", "reconciler", "--state", state, "--log-format", "json", "-v",
-            "agent", "--clone", str(clone), "--remote", str(remote.bare), "--port", "0", *args,
+            "agent", "--clone", str(clone), "--port", "0", *args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full

@@ -297,11 +297,12 @@ def test_two_agents_on_one_postgres_never_apply_one_environment_at_once(
     api.latency = 0.2
     with (
         AgentProcess(remote, tmp_path / "a", postgres_url) as a,
-        AgentProcess(remote, tmp_path / "b", postgres_url) as b,
+        AgentProcess(remote, tmp_path / "b", postgres_url, "--no-dashboard") as b,
     ):
         a.wait_until(lambda: _applied(postgres_url, tmp_path / "a", first), "applied")
         second = remote.push(deployments(names, model="gpt-4o"), "everyone on gpt-4o")
         a.wait_until(lambda: _applied(postgres_url, tmp_path / "a", second), "the push applied")
+        assert b.get("/").status_code == 404 and b.get("/healthz").status_code == 200
         assert a.terminate() == 0 and b.terminate() == 0
     writes = [(r.method, r.path) for r in api.requests if r.method != "GET"]
     assert sum(1 for m, _ in writes if m == "POST") == len(names), writes

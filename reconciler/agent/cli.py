@@ -20,7 +20,14 @@ Clone = Annotated[
     ),
 ]
 Remote = Annotated[
-    str | None, typer.Option("--remote", help="The manifests repo's URL, for --clone.")
+    str | None,
+    typer.Option(
+        "--remote",
+        envvar="RECONCILER_REMOTE",
+        show_envvar=False,
+        help="The manifests repo's URL, for --clone (env RECONCILER_REMOTE: a URL with a "
+        "token in it is better not a flag, which ps shows).",
+    ),
 ]
 Dashboard = Annotated[
     bool,
