@@ -14,8 +14,8 @@ from typing import NoReturn
 
 import typer
 
+from reconciler import agent, dashboard, log
 from reconciler import arguments as a
-from reconciler import dashboard, log
 from reconciler.cli_base import app, done, emit, options, settings
 from reconciler.cli_state import app as state_app
 from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
@@ -23,6 +23,7 @@ from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
 __all__ = ["app", "emit", "main", "settings"]
 app.add_typer(state_app, name="state")
 app.add_typer(dashboard.commands)  # overview, schedules, show, serve
+app.add_typer(agent.commands)  # agent
 
 
 @app.command()

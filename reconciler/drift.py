@@ -46,6 +46,10 @@ class DriftItem:
 @dataclass
 class DriftReport:
     environments: dict[str, list[DriftItem]] = field(default_factory=dict)
+    #: Each environment's state serial when its reading began: a heal based on the
+    #: reading is refused (state moved) once anything was recorded since, e.g. by a run
+    #: that had changed the provider but not yet recorded it while it was read.
+    serials: dict[str, int] = field(default_factory=dict)
 
     @property
     def drifted(self) -> list[DriftItem]:
@@ -171,6 +175,7 @@ def detect_drift(
             providers.get(envname, {}), repo_root=repo_root, env=env
         )
         items: list[DriftItem] = []
+        report.serials[envname] = store.serial(envname)
         try:
             for k, rec in sorted(store.applied(envname).items()):
                 try:
@@ -192,7 +197,7 @@ def detect_drift(
     return report
 
 
-def _heal_context(store: StateStore, environment: str) -> RunContext:
+def heal_context(store: StateStore, environment: str) -> RunContext:
     """A heal puts recorded specs back: it records the commit and policy those specs
     were applied from, never the checkout's HEAD (which may hold changes nobody
     approved), and the gate skips heal runs when it looks for the recorded state."""
@@ -213,7 +218,9 @@ def heal(
     break_lock: bool = False,
     progress: ProgressFn | None = None,
 ) -> list[EnvironmentResult]:
-    """Re-apply the recorded spec of every drifted or missing instance."""
+    """Re-apply the recorded spec of every drifted or missing instance. Each run records
+    its environment's last applied run's commit and policy (`heal_context`), never what
+    is checked out."""
     results = []
     for envname, items in report.environments.items():
         todo = [i for i in items if i.status in ("drifted", "missing")]
@@ -238,7 +245,10 @@ def heal(
                     },
                 )
             )
-        plan = EnvironmentPlan(envname, store.serial(envname), False, changes)
+        serial = report.serials.get(envname)
+        plan = EnvironmentPlan(
+            envname, store.serial(envname) if serial is None else serial, False, changes
+        )
         results.append(
             execute_environment(
                 store,
@@ -247,7 +257,7 @@ def heal(
                 providers=providers.get(envname, {}),
                 repo_root=repo_root,
                 env=env,
-                context=_heal_context(store, envname),
+                context=heal_context(store, envname),
                 parallelism=parallelism,
                 break_lock=break_lock,
                 progress=progress,

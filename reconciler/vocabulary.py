@@ -49,8 +49,9 @@ RunOutcome = Literal["running", "applied", "failed", "interrupted"]
 #: (`blocked` by its gate, `noop` with nothing to change).
 EnvironmentOutcome = Literal["applied", "failed", "blocked", "noop"]
 
-#: Why a run happened.
-Trigger = Literal["apply", "rollback", "heal"]
+#: Why a run happened: `apply` (the CLI), `agent` (`reconciler agent` applied a commit of
+#: the deploy branch), `rollback` (the commit is an exact revert), `heal` (drift put back).
+Trigger = Literal["apply", "agent", "rollback", "heal"]
 
 #: How a live object is doing, in Argo CD's words. `Healthy` is the only state a
 #: change waits for; `Degraded` is a failure; `Suspended` (paused, scaled to zero) is

@@ -18,6 +18,7 @@ from reconciler.gate import Gate, GateResult
 from reconciler.load import Loaded
 from reconciler.plan import EnvironmentPlan, Plan, make_plan
 from reconciler.state.base import StateStore
+from reconciler.vocabulary import Trigger
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class ApplyOptions:
     now: datetime | None = None
     #: `watch --apply`: the working tree, for environments that need no approval only.
     working_tree: bool = False
+    #: What a run records as its trigger unless the gate judged it a rollback (`agent`).
+    trigger: Trigger = "apply"
 
 
 @dataclass
@@ -136,7 +139,7 @@ def _gate_and_apply(
                 providers=loaded.desired.providers.get(ep.environment, {}),
                 repo_root=settings.repo,
                 env=settings.env,
-                context=_context_for(context, g, store, ep.environment),
+                context=_context_for(context, g, store, ep.environment, opts.trigger),
                 parallelism=opts.parallelism or settings.parallelism,
                 rollback_on_failure=opts.rollback_on_failure,
                 break_lock=opts.break_lock,
@@ -256,7 +259,9 @@ def run_context(settings: Settings, loaded: Loaded) -> RunContext:
     )
 
 
-def _context_for(base: RunContext, g: GateResult, store: StateStore, env: str) -> RunContext:
+def _context_for(
+    base: RunContext, g: GateResult, store: StateStore, env: str, trigger: Trigger = "apply"
+) -> RunContext:
     """The environment's own run context: gate facts and the runs a rollback undoes. A
     revert commit is recorded as a rollback only where the gate judged it one (the whole
     plan undoes the reverted commits)."""
@@ -267,7 +272,7 @@ def _context_for(base: RunContext, g: GateResult, store: StateStore, env: str) -
         details["policy_changed"] = True
     ctx = RunContext(
         commit=base.commit,
-        trigger="rollback" if base.trigger == "rollback" and g.rollback else "apply",
+        trigger="rollback" if base.trigger == "rollback" and g.rollback else trigger,
         pull_request=base.pull_request,
         author=base.author,
         approvers=list(base.approvers),

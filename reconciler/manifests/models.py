@@ -10,14 +10,17 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     Tag,
     TypeAdapter,
+    model_serializer,
     model_validator,
 )
 
@@ -36,6 +39,7 @@ SEMVER_PATTERN = (
 ENDPOINT_PATTERN = r"^/[a-z0-9_/-]*$"
 PROMPT_REF_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?@[0-9A-Za-z.+-]+$"
 INTERVAL_PATTERN = r"^[0-9]+(\.[0-9]+)?[smhd]$"
+NOTIFY_URL_ENV_PATTERN = r"^RECONCILER_NOTIFY_[A-Z0-9_]+$"
 
 
 Text = Annotated[str, BeforeValidator(typed_text)]
@@ -72,12 +76,74 @@ class Window(StrictModel):
         return self
 
 
+def _positive_interval(text: str) -> str:
+    if float(text[:-1]) <= 0:
+        raise ValueError(f"interval {text!r} must be greater than 0")
+    return text
+
+
+#: `30s`, `5m`, `1h`, `1d`: how often the agent looks at an environment.
+SyncInterval = Annotated[
+    str,
+    StringConstraints(pattern=INTERVAL_PATTERN),
+    BeforeValidator(typed_text),
+    AfterValidator(_positive_interval),
+]
+
+
+class SyncPolicy(StrictModel):
+    """What `reconciler agent` does for the environment (nothing without this block)."""
+
+    #: Apply new commits of the deploy branch (through the same gate as `apply`).
+    auto: bool = False
+    #: How often the deploy branch is fetched and the environment planned.
+    interval: SyncInterval = "5m"
+    #: Put drifted or missing instances back to their recorded spec (trigger `heal`).
+    self_heal: bool = False
+    #: How often live state is compared with the recorded state (default: `interval`).
+    drift_interval: SyncInterval | None = None
+
+
+#: What the agent tells a notification target about.
+NotifyEvent = Literal["applied", "failed", "blocked", "drifted", "healed"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("applied", "failed", "blocked", "drifted", "healed")
+NotifyUrlEnv = Annotated[
+    str, StringConstraints(pattern=NOTIFY_URL_ENV_PATTERN), BeforeValidator(typed_text)
+]
+
+
+class NotifyTarget(StrictModel):
+    """A notification target: the *name* of an environment variable of the agent that
+    holds an apprise URL. The URL (a secret: it carries tokens) never sits in git, and a
+    change can only choose among the targets the operator provided (RECONCILER_NOTIFY_*)."""
+
+    url_env: NotifyUrlEnv
+    on: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+
+
 class EnvironmentSpec(StrictModel):
     description: Text | None = None
     protected: bool = False
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     windows: list[Window] = Field(default_factory=list)
     allow_override: bool = False
+    #: `reconciler agent`: sync, drift and self-heal (see docs/agent.md).
+    sync: SyncPolicy | None = None
+    #: Where the agent sends notices about this environment.
+    notify: list[NotifyTarget] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_agent_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """`sync` and `notify` are left out while unset, so a policy recorded before they
+        existed reads the same as today's (else every environment's policy would look
+        changed on upgrade, and its next change would be judged as critical)."""
+        data = handler(self)
+        if isinstance(data, dict):
+            if self.sync is None:
+                data.pop("sync", None)
+            if not self.notify:
+                data.pop("notify", None)
+        return data
 
 
 class Environment(StrictModel):

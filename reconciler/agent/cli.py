@@ -1,0 +1,72 @@
+"""The `agent` command; cli.py merges this app's commands into its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reconciler import arguments as a
+
+commands = typer.Typer(add_completion=False, rich_markup_mode=None)
+
+Clone = Annotated[
+    Path | None,
+    typer.Option(
+        "--clone",
+        help="A directory the agent owns: cloned from --remote (default: the origin of "
+        "--repo) when empty, moved only by the agent. Default: fetch into --repo itself.",
+    ),
+]
+Remote = Annotated[
+    str | None,
+    typer.Option(
+        "--remote",
+        envvar="RECONCILER_REMOTE",
+        show_envvar=False,
+        help="The manifests repo's URL, for --clone (env RECONCILER_REMOTE: a URL with a "
+        "token in it is better not a flag, which ps shows).",
+    ),
+]
+Dashboard = Annotated[
+    bool,
+    typer.Option("--dashboard/--no-dashboard", help="Serve the dashboard's pages and API too."),
+]
+StallAfter = Annotated[
+    str,
+    typer.Option(
+        "--stall-after", help="/healthz fails when the loop shows no life this long (15m)."
+    ),
+]
+
+
+@commands.command()
+def agent(
+    clone: Clone = None,
+    remote: Remote = None,
+    env: a.Env = None,
+    host: a.Host = "127.0.0.1",
+    port: a.Port = 8377,
+    dashboard: Dashboard = True,
+    refresh: a.Refresh = "60s",
+    stall_after: StallAfter = "15m",
+) -> None:
+    """Keep environments in sync with the deploy branch (their `sync` policy): apply what
+    the gate allows, heal drift, notify; serve /metrics, /healthz and the dashboard.
+    SIGTERM lets the changes under way finish and be recorded, then exits 0."""
+    from reconciler.agent.run import AgentCommand, run_agent
+    from reconciler.cli_base import done, emit, options, settings
+
+    command = AgentCommand(
+        clone=clone,
+        remote=remote,
+        state_url=options.get("state"),
+        environments=tuple(env or ()),
+        host=host,
+        port=port,
+        dashboard=dashboard,
+        refresh=refresh,
+        stall_after=stall_after,
+    )
+    done(run_agent(settings(), command, emit=emit))
