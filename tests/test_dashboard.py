@@ -252,7 +252,7 @@ def test_matrix_highlights_differences_and_counts_degraded(applied_repo: Path) -
     assert run_cli(["--repo", str(applied_repo), "apply", "--env", "staging"]).code == 0
     store = open_state(settings.state_url, repo_root=applied_repo, env={}, read_only=True)
     try:
-        loaded, plan = build_plan(settings, store, ref="main")
+        loaded, plan, _ = build_plan(settings, store, ref="main")
         chat = InstanceKey("staging", "Deployment", "support-chat")
         live = LiveReport(
             datetime.now(UTC),

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.commands.context import manifest_repo, open_store, secret_env
-from reconciler.commands.plan import build_plan, load_plan_file
+from reconciler.commands.context import manifest_repo, open_store
+from reconciler.commands.plan import Built, build_plan, load_plan_file
 from reconciler.config import Settings
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ReconcilerError, StateMovedError
 from reconciler.executor import EnvironmentResult, ProgressFn, RunContext, execute_environment
@@ -71,10 +71,9 @@ def run_apply(
 ) -> ApplyReport:
     """Plan (or re-derive the saved plan), gate each environment, apply those that pass."""
     if opts.plan_file is not None:
-        loaded, plan = _rederive(settings, store, opts.plan_file, opts)
+        loaded, plan, env_secrets = _rederive(settings, store, opts.plan_file, opts)
     else:
-        loaded, plan = _committed_plan(settings, store, opts)
-    env_secrets = secret_env(settings, loaded.desired)
+        loaded, plan, env_secrets = _committed_plan(settings, store, opts)
     context = trigger_context(loaded) if trigger_context else run_context(settings, loaded)
     gate = Gate(
         settings=settings,
@@ -149,9 +148,7 @@ def _gate_and_apply(
         )
 
 
-def _committed_plan(
-    settings: Settings, store: StateStore, opts: ApplyOptions
-) -> tuple[Loaded, Plan]:
+def _committed_plan(settings: Settings, store: StateStore, opts: ApplyOptions) -> Built:
     """The plan of a commit, read as git blobs; never the working tree in a git repo.
 
     Applying HEAD with uncommitted changes to anything apply reads is refused: the
@@ -165,25 +162,27 @@ def _committed_plan(
         ref = None
     else:
         ref = repo.resolve(opts.commit) if opts.commit else head
-    loaded, plan = build_plan(
+    # The fingerprint key is made now, so the plan under each lock is this one while
+    # the state stays at its serial (`_replanner`).
+    built = build_plan(
         settings,
         store,
         ref=ref,
         environments=opts.environments,
         allow_delete=opts.allow_delete,
+        persist_key=True,
     )
+    loaded = built.loaded
     if ref is not None and ref == head and (dirty := repo.dirty_paths(loaded.paths_read)):
         raise ReconcilerError(
             f"uncommitted changes in files apply reads: {', '.join(dirty)}",
             details="apply deploys commits, never the working tree: commit (or stash) them "
             "and apply again",
         )
-    return loaded, plan
+    return built
 
 
-def _rederive(
-    settings: Settings, store: StateStore, path: Path, opts: ApplyOptions
-) -> tuple[Loaded, Plan]:
+def _rederive(settings: Settings, store: StateStore, path: Path, opts: ApplyOptions) -> Built:
     """A saved plan is a claim, not an instruction: recompute it at its commit against
     the state at its serials and refuse any difference (action, key, after, risk,
     refusal). Protection and --allow-delete come from the manifests and the command
@@ -204,7 +203,7 @@ def _rederive(
                 f"state of {e.environment!r} moved since the plan was made (serial {e.serial} → "
                 f"{current}): run `reconciler plan` again"
             )
-    loaded, fresh = build_plan(
+    loaded, fresh, secrets = build_plan(
         settings,
         store,
         ref=saved.commit,
@@ -218,7 +217,7 @@ def _rederive(
             details="a saved plan is re-derived at its commit and applied only when identical; "
             "run `reconciler plan --out` again",
         )
-    return loaded, fresh
+    return Built(loaded, fresh, secrets)
 
 
 def plan_difference(saved: Plan, fresh: Plan) -> str | None:
@@ -302,9 +301,13 @@ def _replanner(
     opts: ApplyOptions,
     secret_env: dict[str, str],
 ) -> Callable[[], EnvironmentPlan]:
-    """Recompute this environment's plan under the lock: state may have moved."""
+    """Recompute this environment's plan under the lock: state may have moved. When it
+    has not (same serial; the plan was made with the stored fingerprint key, from the
+    same manifests), the plan stands as it is."""
 
     def replan() -> EnvironmentPlan:
+        if store.serial(ep.environment) == ep.serial:
+            return ep
         fresh = make_plan(
             loaded.desired,
             store,

@@ -9,7 +9,7 @@ from typing import Literal
 
 from reconciler import ci
 from reconciler.commands.apply import run_context
-from reconciler.commands.context import open_store, secret_env
+from reconciler.commands.context import open_store
 from reconciler.commands.forge import forge
 from reconciler.commands.plan import build_plan
 from reconciler.config import Settings
@@ -59,7 +59,7 @@ def judge(
     ctx = ci.detect(settings.env)
     pull_request = pull_request or ctx.pull_request
     with open_store(settings, read_only=True) as store:
-        loaded, plan = build_plan(settings, store, ref=commit or ctx.commit)
+        loaded, plan, secrets = build_plan(settings, store, ref=commit or ctx.commit)
         gate = Gate(
             settings=settings,
             store=store,
@@ -69,7 +69,7 @@ def judge(
             mode="preview",
             pull_request=pull_request,
             reverts_exactly=run_context(settings, loaded).trigger == "rollback",
-            secret_env=secret_env(settings, loaded.desired),
+            secret_env=secrets,
         )
         report = ApprovalsReport(plan.commit, pull_request)
         try:

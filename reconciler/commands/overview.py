@@ -222,7 +222,7 @@ def overview(
     ref = deploy_ref(settings, ref)
     judge = verdicts or approval_verdicts(settings)
     with open_store(settings, read_only=True) as store:
-        loaded, plan = build_plan(settings, store, ref=ref)
+        loaded, plan, _ = build_plan(settings, store, ref=ref)
         state = read_live(settings, store, loaded.desired) if live else None
         blocked = judge_safely(judge, plan)
         return collect_overview(

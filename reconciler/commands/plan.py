@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from reconciler.commands.context import open_store, secret_env
 from reconciler.config import Settings
@@ -22,6 +23,15 @@ class PlanOptions:
     allow_delete: bool = False
 
 
+class Built(NamedTuple):
+    """A plan with what it was made from: the loaded manifests and the secret values it
+    fingerprinted (the gate and a re-plan need the same ones)."""
+
+    loaded: Loaded
+    plan: Plan
+    secrets: dict[str, str]
+
+
 def build_plan(
     settings: Settings,
     store: StateStore,
@@ -29,9 +39,12 @@ def build_plan(
     ref: str | None = None,
     environments: Sequence[str] = (),
     allow_delete: bool = False,
-) -> tuple[Loaded, Plan]:
-    """Load the manifests at `ref` (or the working tree) and plan them against `store`."""
+    persist_key: bool = False,
+) -> Built:
+    """Load the manifests at `ref` (or the working tree) and plan them against `store`.
+    Only apply passes `persist_key` (making the fingerprint key is a write)."""
     loaded = load(settings, ref)
+    secrets = secret_env(settings, loaded.desired)
     plan = make_plan(
         loaded.desired,
         store,
@@ -40,14 +53,15 @@ def build_plan(
         ref=ref,
         environments=environments or None,
         allow_delete=allow_delete,
-        secret_env=secret_env(settings, loaded.desired),
+        secret_env=secrets,
+        persist_key=persist_key,
     )
-    return loaded, plan
+    return Built(loaded, plan, secrets)
 
 
 def plan(settings: Settings, opts: PlanOptions) -> Plan:
     with open_store(settings, read_only=True) as store:
-        _, p = build_plan(
+        _, p, _ = build_plan(
             settings,
             store,
             ref=opts.ref,
