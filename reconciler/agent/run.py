@@ -15,9 +15,10 @@ from git.exc import InvalidGitRepositoryError, NoSuchPathError
 from reconciler.agent.loop import Agent, AgentOptions
 from reconciler.agent.metrics import Metrics
 from reconciler.agent.notify import Notifier
-from reconciler.agent.server import HttpServer, bind, make_app
+from reconciler.agent.server import HttpServer, make_app
 from reconciler.agent.source import DeployBranch
 from reconciler.config import Settings, load_settings
+from reconciler.dashboard.server import bind
 from reconciler.errors import EXIT_OK, ConfigError
 from reconciler.log import get_logger
 from reconciler.schedules import parse_duration

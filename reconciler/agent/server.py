@@ -14,8 +14,6 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import ConfigError
-
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
@@ -48,20 +46,6 @@ def make_app(metrics: Metrics, health: Health, dashboard: Starlette | None) -> S
         Mount("/", app=dashboard) if dashboard is not None else Route("/", nothing_here),
     ]
     return Starlette(routes=routes)
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(128)
-    return sock
 
 
 class HttpServer:

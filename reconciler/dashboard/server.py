@@ -37,7 +37,8 @@ def serve(
         raise ConfigError(f"--refresh: {e}") from None
     token = settings.env.get(TOKEN_VAR) or None
     refresher = Refresher(settings, ref=ref, interval=interval)
-    sock = _bind(host, port)
+    sock = bind(host, port)
+    sock.set_inheritable(True)
     bound = sock.getsockname()[1]
     app = make_app(
         settings, refresher=refresher, token=token, allowed_hosts=loopback_hosts(host, bound)
@@ -55,7 +56,8 @@ def serve(
         sock.close()
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (the agent's too), or a ConfigError naming the address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it every small response waits ~40 ms for a delayed ACK.
@@ -68,5 +70,4 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.listen(128)
-    sock.set_inheritable(True)
     return sock

@@ -15,10 +15,11 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
+import json
 import os
 import socket
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,6 +68,20 @@ class AppliedSummary:
     provider: str
     spec_hash: str
     secret_fingerprints: dict[str, str | None]
+
+
+def index_from_rows(
+    environment: str, rows: Iterable[Sequence[Any]]
+) -> dict[InstanceKey, AppliedSummary]:
+    """`applied_index` from (kind, name, provider, spec_hash, fingerprints JSON) rows.
+    Most rows share one set of secret fingerprints: each distinct text is decoded once."""
+    decoded: dict[str, dict[str, str | None]] = {}
+    out = {}
+    for kind, name, prov, h, fps in rows:
+        if fps not in decoded:
+            decoded[fps] = json.loads(fps)
+        out[InstanceKey(environment, kind, name)] = AppliedSummary(prov, h, dict(decoded[fps]))
+    return out
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from reconciler.state.base import (
     check_takeover,
     fingerprint_key_from_env,
     holding,
+    index_from_rows,
     other_key_error,
     read_only_error,
     this_process,
@@ -440,13 +441,7 @@ class PostgresState:
             "FROM reconciler_applied WHERE environment = %s",
             (environment,),
         )
-        decoded: dict[str, dict[str, str | None]] = {}  # most rows share one secret set
-        out = {}
-        for kind, name, prov, h, fps in rows:
-            if fps not in decoded:
-                decoded[fps] = json.loads(fps)
-            out[InstanceKey(environment, kind, name)] = AppliedSummary(prov, h, dict(decoded[fps]))
-        return out
+        return index_from_rows(environment, rows)
 
     def runs(self, environment: str | None = None, limit: int | None = None) -> list[RunRecord]:
         if environment is None:
