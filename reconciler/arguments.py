@@ -22,6 +22,14 @@ ApprovalsFile = Annotated[
         "(env RECONCILER_APPROVALS_FILE).",
     ),
 ]
+LocalRegistry = Annotated[
+    Path | None,
+    typer.Option(
+        "--local-registry",
+        help="The local provider's SQLite registry (default: .reconciler/local-registry.db; "
+        "env RECONCILER_LOCAL_REGISTRY, an absolute path).",
+    ),
+]
 Verbose = Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")]
 Quiet = Annotated[int, typer.Option("-q", "--quiet", count=True, help="Fewer logs.")]
 

@@ -30,7 +30,10 @@ options: dict[str, Any] = {}
 def settings() -> Settings:
     if "settings" not in options:
         options["settings"] = load_settings(
-            options["repo"], state_url=options["state"], approvals_file=options["approvals"]
+            options["repo"],
+            state_url=options["state"],
+            approvals_file=options["approvals"],
+            local_registry=options["local_registry"],
         )
         redaction.register_environment(options["settings"].env)
     return options["settings"]  # type: ignore[no-any-return]
@@ -53,12 +56,19 @@ def _main(
     state: a.State = None,
     log_format: a.LogFormat = None,
     approvals_file: a.ApprovalsFile = None,
+    local_registry: a.LocalRegistry = None,
     verbose: a.Verbose = 0,
     quiet: a.Quiet = 0,
 ) -> None:
     if log_format not in (None, "console", "json"):
         raise ReconcilerError(f"--log-format must be console or json, not {log_format!r}")
     options.pop("settings", None)  # settings belong to one invocation
-    options.update(repo=repo, state=state, approvals=approvals_file, verbosity=verbose - quiet)
+    options.update(
+        repo=repo,
+        state=state,
+        approvals=approvals_file,
+        local_registry=local_registry,
+        verbosity=verbose - quiet,
+    )
     in_ci = bool(os.environ.get("CI"))
     log.configure(fmt=log_format, verbosity=verbose - quiet, in_ci=in_ci)  # type: ignore[arg-type]

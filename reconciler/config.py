@@ -17,6 +17,7 @@ from reconciler.errors import ConfigError
 from reconciler.manifests.diagnostics import from_validation_error
 from reconciler.manifests.models import Text
 from reconciler.manifests.yamlload import YamlProblem, YMap, load_documents
+from reconciler.providers.local import REGISTRY_ENV, registry_problem
 from reconciler.state import DEFAULT_STATE_URL
 
 CONFIG_FILE = "reconciler.yaml"
@@ -118,8 +119,13 @@ def load_settings(
     state_url: str | None = None,
     env: Mapping[str, str] | None = None,
     approvals_file: Path | str | None = None,
+    local_registry: Path | str | None = None,
 ) -> Settings:
     env = dict(os.environ if env is None else env)
+    if local_registry:  # the flag wins over the variable; providers read it from `env`
+        env[REGISTRY_ENV] = str(Path(local_registry).absolute())
+    if problem := registry_problem(env.get(REGISTRY_ENV)):
+        raise ConfigError(problem)
     root = Path(repo).resolve()
     if not root.is_dir():
         raise ConfigError(f"manifests repo {str(repo)!r} is not a directory")

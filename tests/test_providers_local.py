@@ -16,8 +16,9 @@ import pytest
 from reconciler.errors import ConfigError, ProviderError
 from reconciler.instances import Instance, ProviderConfig
 from reconciler.providers import LiveObject, make_provider, provider_class
+from reconciler.providers.base import Problem
 from reconciler.providers.http import HttpProvider
-from reconciler.providers.local import LocalProvider
+from reconciler.providers.local import REGISTRY_ENV, LocalProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ProviderConfig(name="local", type="local", environment="dev")
@@ -62,12 +63,34 @@ def test_registry_lives_under_dot_reconciler_and_is_opened_lazily(tmp_path: Path
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_config_path_overrides_relative_to_repo(tmp_path: Path) -> None:
-    cfg = ProviderConfig(name="local", type="local", environment="dev", config={"path": "x/r.db"})
-    p = LocalProvider(cfg, repo_root=tmp_path, env={})
+def test_registry_env_names_an_absolute_path(tmp_path: Path) -> None:
+    where = tmp_path / "elsewhere" / "r.db"
+    p = LocalProvider(CONFIG, repo_root=tmp_path / "repo", env={REGISTRY_ENV: str(where)})
     p.create(inst())
     p.close()
-    assert len(rows(tmp_path / "x" / "r.db")) == 1
+    assert len(rows(where)) == 1
+    assert not (tmp_path / "repo").exists()
+
+
+def test_config_path_is_ignored_and_refused(tmp_path: Path) -> None:
+    cfg = ProviderConfig("local", "local", "dev", config={"path": "../outside.db"})
+    p = LocalProvider(cfg, repo_root=tmp_path / "repo", env={})
+    (problem,) = p.validate(inst())
+    assert isinstance(problem, Problem)
+    assert (problem.on, problem.field) == ("provider", ("config", "path"))
+    assert "config.path is not taken" in problem.message
+    assert f"{REGISTRY_ENV}=/abs/path" in problem.message
+    p.create(inst())  # should it run anyway, the manifest's path is never used
+    p.close()
+    assert not (tmp_path / "outside.db").exists()
+    assert len(rows(tmp_path / "repo" / ".reconciler" / "local-registry.db")) == 1
+
+
+def test_relative_registry_env_is_refused(tmp_path: Path) -> None:
+    p = LocalProvider(CONFIG, repo_root=tmp_path, env={REGISTRY_ENV: "reg.db"})
+    with pytest.raises(ProviderError, match=f"{REGISTRY_ENV} must be an absolute path"):
+        p.create(inst())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_create_read_update_delete(local: LocalProvider) -> None:
@@ -157,8 +180,8 @@ def test_update_of_a_vanished_object_is_a_clear_error(local: LocalProvider) -> N
 
 def test_unopenable_registry_is_a_provider_error(tmp_path: Path) -> None:
     (tmp_path / "blocker").write_text("a file where a directory should be")
-    cfg = ProviderConfig("local", "local", "dev", config={"path": "blocker/r.db"})
-    p = LocalProvider(cfg, repo_root=tmp_path, env={})
+    env = {REGISTRY_ENV: str(tmp_path / "blocker" / "r.db")}
+    p = LocalProvider(CONFIG, repo_root=tmp_path, env=env)
     with pytest.raises(ProviderError, match=r"provider 'local' \(.*blocker/r\.db\): cannot open"):
         p.read("Deployment", "chat", "dev", None)
 
@@ -239,9 +262,10 @@ def test_validate_reports_config_problems(tmp_path: Path) -> None:
     assert ok.validate(inst()) == []
     cfg = ProviderConfig("local", "local", "dev", config={"path": 3, "pth": "x"})
     bad = LocalProvider(cfg, repo_root=tmp_path, env={})
-    problems = bad.validate(inst())
-    assert any("unknown config key 'pth'" in p for p in problems)
-    assert any("config.path must be a non-empty string" in p for p in problems)
+    problems = [p for p in bad.validate(inst()) if isinstance(p, Problem)]
+    assert [p.field for p in problems] == [("config", "path"), ("config", "pth")]
+    assert "unknown config key 'pth'" in problems[1].message
+    assert "config.path is not taken" in problems[0].message
 
 
 # --- the plugin registry ----------------------------------------------------------------

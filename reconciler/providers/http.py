@@ -2,7 +2,11 @@
 
 Objects are addressed by name for lookups and by server id for writes. Creating is
 safe to retry: a POST whose answer was lost comes back as 409 on the retry, and a 409
-means "look it up and adopt it", so nothing is ever created twice. Transient failures
+means "look it up and adopt it", so nothing is ever created twice. An object found by
+name is adopted, updated or deleted only when it is the instance's own: its `name` and
+`environment` fields are the instance's, or its id is the one recorded in state (some
+APIs keep names unique across environments and ignore the `environment` query; their
+lookup may answer with another environment's object, which is never touched). Transient failures
 (connection errors, a passed deadline, 408/429/5xx) are retried with exponential
 backoff and full jitter, honouring `Retry-After` (see `reconciler.httpclient`).
 `timeoutSeconds` is each request's total deadline: connect, send and the whole answer,
@@ -118,6 +122,13 @@ def _parse(config: ProviderConfig) -> tuple[_Settings, list[str]]:
 
 def _same(live: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
     return all(live.get(k) == v for k, v in sent.items())
+
+
+def _shown(value: Any) -> str:
+    """A name or environment from the server, short and quoted, for an error."""
+    if isinstance(value, str):
+        return repr(value[:80])
+    return "none" if value is None else f"a {type(value).__name__}"
 
 
 class HttpProvider(Provider):
@@ -242,12 +253,44 @@ class HttpProvider(Provider):
     def read(
         self, kind: str, name: str, environment: str, provider_id: str | None
     ) -> LiveObject | None:
+        """The instance's object, found by name; another's is an error, never returned."""
         url = self._url(kind, "/name/" + quote(name, safe=""))
         resp = self._http().request("GET", url, params={"environment": environment}, ok=(200, 404))
         if resp.status_code == 404:
             return None
         ident, data = self._id(resp)
-        return LiveObject(provider_id=ident, body=data)
+        live = LiveObject(provider_id=ident, body=data)
+        self._check_owner(live, kind, name, environment, provider_id)
+        return live
+
+    def _check_owner(
+        self,
+        live: LiveObject,
+        kind: str,
+        name: str,
+        environment: str,
+        provider_id: str | None,
+    ) -> None:
+        """Refuse an object that is not the instance's own: the one with its recorded id,
+        or one whose `name` and `environment` (as `_body` sends them) are the instance's.
+        A lookup by name can answer with another environment's object when the API keeps
+        names unique across environments."""
+        if provider_id is not None and live.provider_id == provider_id:
+            return
+        have_env, have_name = live.body.get("environment"), live.body.get("name")
+        if (have_env, have_name) == (environment, name):
+            return
+        found = (
+            f"{_shown(have_name)} in environment {_shown(have_env)}"
+            if have_env is not None or have_name is not None
+            else "no `name` and `environment` fields to tell whose it is"
+        )
+        raise self._error(
+            f"{kind.lower()}.{name} in {environment!r}",
+            f"the lookup by name found object {live.provider_id!r}, which is not this "
+            f"instance's: it has {found}; nothing was changed (the API may keep names unique "
+            "across environments: give this instance another name)",
+        )
 
     def create(self, inst: Instance) -> str:
         body = self._body(inst)

@@ -1,5 +1,10 @@
 """The embedded default provider: a registry in a SQLite file under `.reconciler/`.
 
+Where the file lives is the operator's choice, never a manifest's (a change under
+review could otherwise create or migrate a SQLite file anywhere the runner can
+write): `<repo>/.reconciler/local-registry.db`, or the absolute path in
+RECONCILER_LOCAL_REGISTRY (`--local-registry` sets it). `config.path` is refused.
+
 It needs no account and keeps secret *references* (`{"secretEnv": NAME}`), never
 values, so the file is safe to leave on disk. Objects are keyed by (environment,
 kind, name); concurrent threads share one connection behind a lock, and other
@@ -20,12 +25,13 @@ from typing import Any, ClassVar
 
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig
-from reconciler.providers.base import LiveObject, Provider
+from reconciler.providers.base import LiveObject, Problem, Provider
 
 DEFAULT_PATH = ".reconciler/local-registry.db"
+#: The environment variable naming the registry file (an absolute path).
+REGISTRY_ENV = "RECONCILER_LOCAL_REGISTRY"
 SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_S = 30.0
-_KNOWN_CONFIG = frozenset({"path"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -53,6 +59,22 @@ RETURNING id
 """
 
 
+def registry_problem(value: str | None) -> str | None:
+    """What is wrong with a RECONCILER_LOCAL_REGISTRY value, if anything."""
+    if value and not Path(value).is_absolute():
+        return (
+            f"{REGISTRY_ENV} must be an absolute path (it is {value!r}): the local "
+            "registry is never placed relative to wherever reconciler happens to run"
+        )
+    return None
+
+
+def registry_path(repo_root: Path, env: Mapping[str, str]) -> Path:
+    """The registry file: RECONCILER_LOCAL_REGISTRY, else `<repo>/.reconciler/...`."""
+    value = env.get(REGISTRY_ENV)
+    return Path(value) if value else repo_root / DEFAULT_PATH
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -62,16 +84,16 @@ def _dump(body: Mapping[str, Any]) -> str:
 
 
 class LocalProvider(Provider):
-    """Deployments and schedules recorded in `<repo>/.reconciler/local-registry.db`."""
+    """Deployments and schedules recorded in `<repo>/.reconciler/local-registry.db`
+    (or at RECONCILER_LOCAL_REGISTRY)."""
 
     type_name: ClassVar[str] = "local"
     immutable_fields: ClassVar[frozenset[str]] = frozenset({"scaling.hardware"})
 
     def __init__(self, config: ProviderConfig, *, repo_root: Path, env: Mapping[str, str]) -> None:
         super().__init__(config, repo_root=repo_root, env=env)
-        raw = config.config.get("path")
-        rel = raw if isinstance(raw, str) and raw else DEFAULT_PATH
-        self.path = repo_root / rel
+        self.path = registry_path(repo_root, env)
+        self._path_problem = registry_problem(env.get(REGISTRY_ENV))
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
 
@@ -85,6 +107,8 @@ class LocalProvider(Provider):
         """Open lazily, so making the provider (e.g. at plan time) touches no disk."""
         if self._db is not None:
             return self._db
+        if self._path_problem:
+            raise ProviderError(f"provider {self.name!r}: {self._path_problem}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(
@@ -140,14 +164,20 @@ class LocalProvider(Provider):
 
     # -- the contract ------------------------------------------------------------------
 
-    def validate(self, inst: Instance) -> list[str]:
-        problems = [
-            f"provider {self.name!r}: unknown config key {k!r} (the local provider takes: path)"
-            for k in sorted(set(self.config.config) - _KNOWN_CONFIG)
-        ]
-        raw = self.config.config.get("path")
-        if raw is not None and not (isinstance(raw, str) and raw):
-            problems.append(f"provider {self.name!r}: config.path must be a non-empty string")
+    def validate(self, inst: Instance) -> list[str | Problem]:
+        problems: list[str | Problem] = []
+        for key in sorted(self.config.config):
+            if key == "path":
+                message = (
+                    "config.path is not taken: a manifest never chooses where the local "
+                    f"registry is written; it lives at <repo>/{DEFAULT_PATH}, or set "
+                    f"{REGISTRY_ENV}=/abs/path (or --local-registry PATH) where reconciler runs"
+                )
+            else:
+                message = f"unknown config key {key!r} (the local provider takes none)"
+            problems.append(
+                Problem(f"provider {self.name!r}: {message}", ("config", key), "provider")
+            )
         return problems
 
     def read(

@@ -8,7 +8,10 @@ the `http` provider expects (DESIGN.md, "Providers"), with in-memory state.
 
 `env_shape="list"` answers with each object's `env` as a list of `{name, value}` (a
 common API shape) while accepting and storing the mapping the provider sends;
-`id_prefix` is put before every new object's id.
+`id_prefix` is put before every new object's id. `global_names=True` keeps names
+unique across environments, as some real APIs do: a POST of a name another
+environment holds answers 409, and the lookup by name ignores the `environment` query
+(it answers with whichever environment's object holds the name).
 
 Faults (`fail_next`) are consumed one per request, in order: an HTTP status (with an
 optional `Retry-After` and JSON body), "reset" (close the connection unanswered,
@@ -72,7 +75,8 @@ class _Fault:
 @dataclass
 class _Collection:
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> object
-    by_name: dict[tuple[str, str], str] = field(default_factory=dict)  # (env, name) -> id
+    #: (environment, name) -> id; the environment is "" when names are global.
+    by_name: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 class _Server(ThreadingHTTPServer):
@@ -95,8 +99,10 @@ class FakeDeployApi:
         port: int = 0,
         env_shape: Literal["map", "list"] = "map",
         id_prefix: str = "",
+        global_names: bool = False,
     ) -> None:
         self.token = token
+        self.global_names = global_names
         self.env_shape = env_shape
         self.id_prefix = id_prefix
         #: Seconds every request takes before it is answered.
@@ -198,22 +204,37 @@ class FakeDeployApi:
                 json.loads(json.dumps(o)) for o in self._collections[collection].objects.values()
             ]
 
+    def _key(self, environment: str, name: str) -> tuple[str, str]:
+        return ("" if self.global_names else environment, name)
+
+    def _find(self, c: _Collection, environment: str, name: str) -> str | None:
+        """The id of `environment`'s object called `name` (only that environment's)."""
+        ident = c.by_name.get(self._key(environment, name))
+        if ident is None or c.objects[ident]["environment"] != environment:
+            return None
+        return ident
+
     def get(self, collection: str, environment: str, name: str) -> dict[str, Any] | None:
         with self._lock:
             c = self._collections[collection]
-            ident = c.by_name.get((environment, name))
+            ident = self._find(c, environment, name)
             return None if ident is None else json.loads(json.dumps(c.objects[ident]))
 
     def tamper(self, collection: str, environment: str, name: str, **fields: Any) -> None:
         """Change a live object behind the reconciler's back (for drift tests)."""
         with self._lock:
             c = self._collections[collection]
-            c.objects[c.by_name[(environment, name)]].update(fields)
+            ident = self._find(c, environment, name)
+            assert ident is not None, f"no {name} in {environment}"
+            c.objects[ident].update(fields)
 
     def remove(self, collection: str, environment: str, name: str) -> None:
         with self._lock:
             c = self._collections[collection]
-            del c.objects[c.by_name.pop((environment, name))]
+            ident = self._find(c, environment, name)
+            assert ident is not None, f"no {name} in {environment}"
+            del c.objects[ident]
+            del c.by_name[self._key(environment, name)]
 
     # --- the API -------------------------------------------------------------------
 
@@ -297,14 +318,14 @@ class FakeDeployApi:
                     problem = _invalid(body)
                     if problem:
                         return 422, {"error": problem}
-                    key = (body["environment"], body["name"])
+                    key = self._key(body["environment"], body["name"])
                     if key in c.by_name:
-                        return 409, {"error": f"{body['name']} already exists in {key[0]}"}
+                        return 409, {"error": f"{body['name']} already exists"}
                     ident = f"{self.id_prefix}{cname[:3]}-{next(self._ids)}"
                     obj = {**body, "id": ident, "createdAt": now, "updatedAt": now}
                     c.objects[ident] = obj
                     c.by_name[key] = ident
-                    self.create_count[key] += 1
+                    self.create_count[(body["environment"], body["name"])] += 1
                     return 201, obj
                 return 405, {"error": "method not allowed"}
             if rest[0] == "name" and len(rest) == 2:
@@ -313,7 +334,7 @@ class FakeDeployApi:
                 env = query.get("environment")
                 if env is None:
                     return 400, {"error": "the environment query parameter is required"}
-                found = c.by_name.get((env, rest[1]))
+                found = c.by_name.get(self._key(env, rest[1]))
                 if found is None:
                     return 404, {"error": "not found"}
                 return 200, c.objects[found]
@@ -330,10 +351,10 @@ class FakeDeployApi:
                 problem = _invalid(body)
                 if problem:
                     return 422, {"error": problem}
-                key = (body["environment"], body["name"])
+                key = self._key(body["environment"], body["name"])
                 if c.by_name.get(key, ident) != ident:
-                    return 409, {"error": f"{body['name']} already exists in {key[0]}"}
-                del c.by_name[(obj["environment"], obj["name"])]
+                    return 409, {"error": f"{body['name']} already exists"}
+                del c.by_name[self._key(obj["environment"], obj["name"])]
                 body = {k: v for k, v in body.items() if k not in _SERVER_FIELDS}
                 new = {**body, "id": ident, "createdAt": obj["createdAt"], "updatedAt": now}
                 c.objects[ident] = new
@@ -341,7 +362,7 @@ class FakeDeployApi:
                 return 200, new
             if method == "DELETE":
                 del c.objects[ident]
-                del c.by_name[(obj["environment"], obj["name"])]
+                del c.by_name[self._key(obj["environment"], obj["name"])]
                 return 204, None
             return 405, {"error": "method not allowed"}
 
