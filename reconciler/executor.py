@@ -12,12 +12,29 @@ Scheduling is a ready queue (`graphlib.TopologicalSorter`): a change is queued w
 last dependency finishes, so the work per change is constant however large the plan.
 Worker threads take ready changes themselves; `parallelism` bounds the provider calls
 under way, and a few spare workers write state records meanwhile (`worker_count`).
+
+Readiness: after a create, update or replace, the change is done only when its object
+is Healthy (or Suspended: paused on purpose), up to a readiness timeout (the
+deployment's `readinessTimeoutSeconds`, else its provider's `readiness_timeout`; 0 is
+ready when the write returns). A waiting change holds neither a worker nor a provider
+slot: it sits in a timed queue and a worker polls `status()` when the poll is due (a
+poll is a provider call and counts against the parallelism). Degraded, Missing, a
+timeout or the run deadline passing fail the change; its write did happen, so
+`--rollback-on-failure` restores it too and waits for the restored object.
+
+A run deadline (`run_timeout`) bounds the whole run: once it passes, no change starts
+(each is recorded `skipped`, naming the deadline), waiting ones fail at once, and the
+run finishes `failed`, releasing the lock. Restoring after a failure is not cut short
+by it (putting back matters more); its waits are bounded by the readiness timeouts.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +47,7 @@ from reconciler.errors import ReconcilerError, StateMovedError
 from reconciler.instances import Instance, InstanceKey, ProviderConfig
 from reconciler.log import get_logger, redact
 from reconciler.plan import Change, EnvironmentPlan
+from reconciler.providers.base import HealthStatus, Provider, RetryAfter
 from reconciler.providers.pool import ProviderFactory, ProviderPool, entry_point_factory
 from reconciler.state.base import AppliedRecord, ChangeRecord, RunRecord, StateStore
 from reconciler.vocabulary import ChangeOutcome, EnvironmentOutcome, RunOutcome, Trigger
@@ -37,6 +55,10 @@ from reconciler.vocabulary import ChangeOutcome, EnvironmentOutcome, RunOutcome,
 log = get_logger("reconciler.executor")
 
 ROLLBACK_REASON = "rollback-on-failure"
+#: The longest pause between two health polls a provider's Retry-After can ask for.
+RETRY_AFTER_CAP = 300.0
+#: Where a run's deadline comes from, for its message.
+RUN_TIMEOUT_SOURCE = "--run-timeout / RECONCILER_RUN_TIMEOUT"
 
 
 def worker_count(parallelism: int, changes: int) -> int:
@@ -73,6 +95,39 @@ class ChangeResult:
     outcome: ChangeOutcome
     error: str | None = None
     provider_id: str | None = None
+    #: The provider's write happened (even if the object then never became Healthy):
+    #: what `--rollback-on-failure` puts back.
+    written: bool = False
+    #: The last health seen while waiting (None: not waited for).
+    health: HealthStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthEvent:
+    """A waiting change's health changed (`health` None: it stopped waiting)."""
+
+    change: Change
+    health: HealthStatus | None
+    waited: float
+
+
+@dataclass(frozen=True)
+class RunDeadline:
+    """When a run must be over (monotonic clock), and how to name it in a message."""
+
+    seconds: float
+    at: float
+    source: str = RUN_TIMEOUT_SOURCE
+
+    @classmethod
+    def starting_now(cls, seconds: float, source: str = RUN_TIMEOUT_SOURCE) -> RunDeadline:
+        return cls(seconds, time.monotonic() + seconds, source)
+
+    def passed(self, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) >= self.at
+
+    def __str__(self) -> str:
+        return f"the run deadline of {self.seconds:g} s ({self.source})"
 
 
 @dataclass
@@ -93,6 +148,30 @@ class EnvironmentResult:
 
 #: Told of every finished change; called from worker threads, one call at a time.
 ProgressFn = Callable[[ChangeResult], None]
+#: Told when a waiting change's health changes; from worker threads, one at a time.
+HealthFn = Callable[[HealthEvent], None]
+
+
+def readiness_timeout(provider: Provider, inst: Instance | None) -> float:
+    """How long to wait for `inst` to become Healthy: its own `readinessTimeoutSeconds`,
+    else its provider's default; 0 means ready when the write returns."""
+    own = inst.spec.get("readinessTimeoutSeconds") if inst is not None else None
+    if isinstance(own, int | float) and not isinstance(own, bool) and own > 0:
+        return float(own)
+    return max(0.0, float(provider.readiness_timeout))
+
+
+def health_failure(status: HealthStatus) -> str | None:
+    """Why `status` fails a change just written, or None when it does not (yet)."""
+    if status.health in ("Healthy", "Suspended", "Progressing"):
+        return None
+    return f"{status.health}: {status.message}" if status.message else status.health
+
+
+def _health_text(status: HealthStatus | None) -> str:
+    if status is None:
+        return "no health read yet"
+    return f"{status.health}: {status.message}" if status.message else status.health
 
 
 def instance_from_record(rec: AppliedRecord) -> Instance:
@@ -144,12 +223,17 @@ class Executor:
         providers: ProviderPool,
         parallelism: int = 8,
         progress: ProgressFn | None = None,
+        health: HealthFn | None = None,
+        deadline: RunDeadline | None = None,
     ) -> None:
         self.store = store
         self.desired = desired
         self.providers = providers
         self.parallelism = max(1, parallelism)
         self.progress = progress
+        self.on_health = health
+        self.deadline = deadline
+        self._telling = threading.Lock()  # health callbacks see one event at a time
         #: Provider calls under way at once: the parallelism. A worker records its
         #: change after giving its slot back, so the slots stay busy with calls.
         self._slots = threading.BoundedSemaphore(self.parallelism)
@@ -158,9 +242,10 @@ class Executor:
 
     def do(
         self, ch: Change, run_id: str, commit: str | None, stop: threading.Event | None = None
-    ) -> ChangeResult:
-        """Apply and record one change. A provider failure is the change's outcome; a
-        state failure is raised (nothing can be recorded reliably any more). Once
+    ) -> ChangeResult | Waiting:
+        """Apply one change: recorded at once when it needs no waiting, else handed back
+        as `Waiting` (poll it with `poll`). A provider failure is the change's outcome;
+        a state failure is raised (nothing can be recorded reliably any more). Once
         `stop` is set, a change still waiting for a provider slot does not start."""
         recorded = None
         if ch.action != "create":
@@ -174,8 +259,116 @@ class Executor:
             raise
         except Exception as e:  # a provider plugin's bug must not lose the run record
             return self._record_failure(ch, run_id, _error_text(e))
+        waiting = self._waiting(ch, recorded, provider_id)
+        if waiting is not None:
+            return waiting
         self._record_success(ch, run_id, commit, provider_id, recorded)
-        return ChangeResult(ch, "applied", provider_id=provider_id)
+        return ChangeResult(ch, "applied", provider_id=provider_id, written=True)
+
+    def _waiting(
+        self, ch: Change, recorded: AppliedRecord | None, provider_id: str | None
+    ) -> Waiting | None:
+        """The wait a written change needs before it counts as applied, if any."""
+        if ch.action == "delete":
+            return None
+        inst = self.desired[ch.key]
+        prov = self.providers.get(inst.provider)
+        timeout = readiness_timeout(prov, inst)
+        if timeout <= 0:
+            return None
+        now = time.monotonic()
+        deadline = now + timeout
+        if self.deadline is not None:
+            deadline = min(deadline, self.deadline.at)
+        interval = max(0.0, float(prov.poll_interval))
+        return Waiting(
+            change=ch,
+            provider=prov,
+            provider_id=provider_id,
+            recorded=recorded,
+            timeout=timeout,
+            started=now,
+            deadline=deadline,
+            interval=interval,
+            due=min(now + interval, deadline),
+        )
+
+    def poll(
+        self, w: Waiting, run_id: str, commit: str | None, stop: threading.Event | None = None
+    ) -> ChangeResult | Waiting:
+        """Ask a waiting change's health once: a result when it is settled (and then
+        recorded), else `w` again with its next poll due."""
+        ch = w.change
+        retry: float | None = None
+        status: HealthStatus | None
+        try:
+            with self._slots:
+                if stop is not None and stop.is_set():
+                    raise _NotStarted
+                status = w.provider.status(ch.kind, ch.name, ch.environment, w.provider_id)
+        except _NotStarted:
+            raise
+        except RetryAfter as e:
+            status, retry = w.last, min(max(e.seconds, w.interval), RETRY_AFTER_CAP)
+        except Exception as e:
+            return self._fail_written(w, run_id, f"cannot read its health: {_error_text(e)}")
+        now = time.monotonic()
+        if status is not None and status != w.last:
+            w.last = status
+            self._tell_health(ch, status, now - w.started)
+        if status is not None and status.health in ("Healthy", "Suspended"):
+            self._record_success(ch, run_id, commit, w.provider_id, w.recorded)
+            return ChangeResult(
+                ch, "applied", provider_id=w.provider_id, written=True, health=status
+            )
+        if status is not None and (failure := health_failure(status)) is not None:
+            return self._fail_written(w, run_id, failure)
+        delay = w.interval if retry is None else retry
+        if now >= w.deadline or (retry is not None and now + delay > w.deadline):
+            return self._fail_written(w, run_id, self._timed_out(w, now, retry))
+        w.due = min(now + delay, w.deadline)
+        return w
+
+    def expire(self, w: Waiting, run_id: str) -> ChangeResult:
+        """Fail a waiting change at once (the run deadline passed)."""
+        return self._fail_written(w, run_id, self._timed_out(w, time.monotonic(), None))
+
+    def _timed_out(self, w: Waiting, now: float, retry: float | None) -> str:
+        seen = _health_text(w.last)
+        if self.deadline is not None and w.deadline >= self.deadline.at and now >= w.deadline:
+            return f"still {seen} when {self.deadline} passed"
+        if retry is not None:
+            return (
+                f"still {seen}; the provider asked to wait {retry:g} s more, past its "
+                f"readiness timeout of {w.timeout:g} s"
+            )
+        return f"not Healthy within its readiness timeout of {w.timeout:g} s: {seen}"
+
+    def _fail_written(self, w: Waiting, run_id: str, message: str) -> ChangeResult:
+        """The write happened, the object is not Healthy: the change failed. The state
+        keeps the spec from before (a re-run retries), the change record says why."""
+        self._tell_health(w.change, None, time.monotonic() - w.started)
+        self._record_unapplied(w.change, run_id, "failed", message, w.provider_id)
+        return ChangeResult(
+            w.change, "failed", error=message, provider_id=w.provider_id, written=True,
+            health=w.last,
+        )  # fmt: skip
+
+    def _tell_health(self, ch: Change, status: HealthStatus | None, waited: float) -> None:
+        """A log line per health change (what CI shows) and the live view's callback."""
+        if status is not None:
+            log.info(
+                "health",
+                environment=ch.environment,
+                kind=ch.kind,
+                name=ch.name,
+                health=status.health,
+                message=status.message or None,
+                waited=round(waited, 1),
+            )
+        if self.on_health is not None:
+            with self._telling:
+                self.on_health(HealthEvent(ch, status, waited))
 
     def _call_provider(self, ch: Change, recorded: AppliedRecord | None) -> str | None:
         if ch.action == "delete":
@@ -253,19 +446,26 @@ class Executor:
         return ChangeResult(ch, "failed", error=message)
 
     def skip(self, ch: Change, run_id: str, blocker: InstanceKey) -> ChangeResult:
-        message = f"{blocker.address} did not apply"
+        return self.skip_because(ch, run_id, f"{blocker.address} did not apply")
+
+    def skip_because(self, ch: Change, run_id: str, message: str) -> ChangeResult:
         self._record_unapplied(ch, run_id, "skipped", message)
         return ChangeResult(ch, "skipped", error=message)
 
     def _record_unapplied(
-        self, ch: Change, run_id: str, outcome: ChangeOutcome, message: str
+        self,
+        ch: Change,
+        run_id: str,
+        outcome: ChangeOutcome,
+        message: str,
+        provider_id: str | None = None,
     ) -> None:
         change = ChangeRecord(
             key=ch.key,
             action=ch.action,
             outcome=outcome,
             error=message,
-            provider_id=None,
+            provider_id=provider_id,
             before_hash=None,
             after_hash=None,
             diff=_diff_of(ch),
@@ -278,8 +478,8 @@ class Executor:
         """Execute in dependency order; independent changes run concurrently.
 
         The first exception (a state write failing in a worker, the progress callback,
-        Ctrl-C) stops new changes from starting; the ones under way finish and are
-        recorded, then it is raised."""
+        Ctrl-C) stops new changes from starting and polls from being made; the calls
+        under way finish and are recorded, then it is raised."""
         schedule = _Schedule(self, plan, run_id, commit)
         workers = [
             threading.Thread(target=schedule.work, name=f"apply-{i}")
@@ -318,10 +518,11 @@ class Executor:
         before: Mapping[InstanceKey, AppliedRecord],
         run_id: str,
     ) -> list[ChangeResult]:
-        """Put back the recorded specs of what this run changed (newest first). Every
-        failure is the restore's outcome for that change; the others still go on."""
+        """Put back the recorded specs of what this run wrote (newest first), each
+        waited for until Healthy like any change. Every failure is the restore's
+        outcome for that change; the others still go on."""
         restored: list[ChangeResult] = []
-        for res in reversed([r for r in results if r.outcome == "applied"]):
+        for res in reversed([r for r in results if r.written]):
             try:
                 self._restore_one(res, before.get(res.change.key), run_id)
             except Exception as e:
@@ -360,6 +561,7 @@ class Executor:
             prov.update(inst, live_id)
         else:
             live_id = prov.create(inst)
+        self._wait_restored(prov, inst, live_id)
         rec = AppliedRecord(
             environment=old.environment,
             kind=old.kind,
@@ -384,6 +586,59 @@ class Executor:
         )
         self.store.record_change(run_id, change, rec, None)
 
+    def _wait_restored(self, prov: Provider, inst: Instance, provider_id: str | None) -> None:
+        """Block until a restored object is Healthy (restore runs alone, after the
+        workers); raise when it fails or times out. Ctrl-C interrupts the sleep."""
+        timeout = readiness_timeout(prov, inst)
+        if timeout <= 0:
+            return
+        started = time.monotonic()
+        deadline = started + timeout
+        interval = max(0.0, float(prov.poll_interval))
+        last: HealthStatus | None = None
+        while True:
+            delay = interval
+            try:
+                status = prov.status(inst.kind, inst.name, inst.environment, provider_id)
+            except RetryAfter as e:
+                delay = min(max(e.seconds, interval), RETRY_AFTER_CAP)
+            else:
+                if status != last:
+                    last = status
+                    self._tell_health(_restore_change(inst), status, time.monotonic() - started)
+                if status.health in ("Healthy", "Suspended"):
+                    return
+                if (failure := health_failure(status)) is not None:
+                    raise ReconcilerError(f"restored, then {failure}")
+            now = time.monotonic()
+            if now >= deadline or now + delay > deadline:
+                raise ReconcilerError(
+                    f"restored, then not Healthy within its readiness timeout of {timeout:g} s: "
+                    f"{_health_text(last)}"
+                )
+            time.sleep(delay)
+
+
+def _restore_change(inst: Instance) -> Change:
+    """The change a restore makes, as health events name it."""
+    return Change("update", inst.key, inst.provider, None, inst.body())
+
+
+@dataclass(slots=True, eq=False)
+class Waiting:
+    """A written change whose object is not Healthy yet, and when to ask again."""
+
+    change: Change
+    provider: Provider
+    provider_id: str | None
+    recorded: AppliedRecord | None
+    timeout: float
+    started: float
+    deadline: float  # the readiness timeout or the run deadline, whichever is first
+    interval: float
+    due: float
+    last: HealthStatus | None = None
+
 
 class _NotStarted(BaseException):
     """The run stopped while this change waited for a provider slot."""
@@ -392,7 +647,11 @@ class _NotStarted(BaseException):
 class _Schedule:
     """One run's ready queue, shared by the workers. A worker settles the change it
     finished and takes the next ready one itself, so a change costs no hand-off to a
-    coordinating thread and the work per change does not grow with the plan."""
+    coordinating thread and the work per change does not grow with the plan.
+
+    Changes waiting to become Healthy sit in a heap by the time their next poll is
+    due; a worker takes a due poll before a ready change (finishing a change frees its
+    dependants), and sleeps until the next poll is due when there is nothing else."""
 
     def __init__(
         self, executor: Executor, plan: EnvironmentPlan, run_id: str, commit: str | None
@@ -403,36 +662,61 @@ class _Schedule:
         self.changes = {c.key: c for c in plan.changes}
         self.graph = dependency_order(plan.changes)
         self.ready = deque(self.graph.get_ready())
+        self.polls: list[tuple[float, int, Waiting]] = []
+        self._seq = itertools.count()
         self.done: dict[InstanceKey, ChangeResult] = {}
-        self.busy = 0  # taken, not yet settled
+        self.busy = 0  # taken, not yet settled (waiting ones included)
         self.failure: BaseException | None = None
         self.stopping = threading.Event()
         self.cond = threading.Condition()
 
     def work(self) -> None:
-        while (ch := self._take()) is not None:
+        while (task := self._take()) is not None:
             try:
-                blocker = _failed_dependency(ch, self.done)
-                if blocker is None:
-                    res = self.executor.do(ch, self.run_id, self.commit, self.stopping)
-                else:
-                    res = self.executor.skip(ch, self.run_id, blocker)
+                res = self._run(task)
             except _NotStarted:
                 return
             except BaseException as e:  # e.g. a state write failed: stop the run
                 self.stop(e)
                 return
-            self._settle(res)
+            if isinstance(res, Waiting):
+                self._park(res)
+            else:
+                self._settle(res)
 
-    def _take(self) -> Change | None:
-        """The next ready change; None when all are settled or the run is stopping."""
+    def _run(self, task: Change | Waiting) -> ChangeResult | Waiting:
+        ex = self.executor
+        deadline = ex.deadline
+        if isinstance(task, Waiting):
+            if deadline is not None and deadline.passed():
+                return ex.expire(task, self.run_id)
+            return ex.poll(task, self.run_id, self.commit, self.stopping)
+        if deadline is not None and deadline.passed():
+            return ex.skip_because(task, self.run_id, f"not started: {deadline} passed")
+        blocker = _failed_dependency(task, self.done)
+        if blocker is not None:
+            return ex.skip(task, self.run_id, blocker)
+        return ex.do(task, self.run_id, self.commit, self.stopping)
+
+    def _take(self) -> Change | Waiting | None:
+        """A due poll, else the next ready change; None when all are settled or the run
+        is stopping. Waits for whichever comes first: a change ready, a poll due."""
         with self.cond:
-            while not self.ready and self.busy and self.failure is None:
-                self.cond.wait()
-            if self.failure is not None or not self.ready:
-                return None
-            self.busy += 1
-            return self.changes[self.ready.popleft()]
+            while self.failure is None:
+                if self.polls and self.polls[0][0] <= time.monotonic():
+                    return heapq.heappop(self.polls)[2]
+                if self.ready:
+                    self.busy += 1
+                    return self.changes[self.ready.popleft()]
+                if not self.busy:
+                    return None
+                self.cond.wait(self.polls[0][0] - time.monotonic() if self.polls else None)
+            return None
+
+    def _park(self, w: Waiting) -> None:
+        with self.cond:
+            heapq.heappush(self.polls, (w.due, next(self._seq), w))
+            self.cond.notify()  # an idle worker may have been sleeping for a later poll
 
     def _settle(self, res: ChangeResult) -> None:
         key = res.change.key
@@ -495,12 +779,16 @@ def execute_environment(
     break_lock: bool = False,
     replan: Callable[[], EnvironmentPlan] | None = None,
     progress: ProgressFn | None = None,
+    health: HealthFn | None = None,
+    run_timeout: float | None = None,
     provider_factory: ProviderFactory | None = None,
 ) -> EnvironmentResult:
     """Lock, verify, run, record. `replan` recomputes the plan under the lock; without
     it (a saved plan) the state serial must still be the one the plan was made at.
-    `provider_factory` makes provider clients (default: the registered plugins)."""
+    `run_timeout` (seconds from now) is the run deadline; `provider_factory` makes
+    provider clients (default: the registered plugins)."""
     run_id = new_run_id()
+    deadline = None if run_timeout is None else RunDeadline.starting_now(run_timeout)
     factory = provider_factory or entry_point_factory(repo_root=repo_root, env=env)
     with ProviderPool(providers, factory) as pool:
         run = _Run(
@@ -508,7 +796,13 @@ def execute_environment(
             run_id,
             context,
             Executor(
-                store, desired=desired, providers=pool, parallelism=parallelism, progress=progress
+                store,
+                desired=desired,
+                providers=pool,
+                parallelism=parallelism,
+                progress=progress,
+                health=health,
+                deadline=deadline,
             ),
             rollback_on_failure=rollback_on_failure,
             break_lock=break_lock,
@@ -600,11 +894,15 @@ class _Run:
             self._finish_after(e)
             raise
         outcome: EnvironmentOutcome = "failed" if failed else "applied"
-        self.store.finish_run(self.run_id, outcome, self.details)
         message = None
         if failed:
             first = next((r for r in failed if r.outcome == "failed"), failed[0])
             message = f"{first.change.address}: {first.error}"
+            deadline = self.executor.deadline
+            if deadline is not None and deadline.passed():
+                message = f"{deadline} passed; {message}"
+                self.details["deadline"] = f"{deadline} passed"
+        self.store.finish_run(self.run_id, outcome, self.details)
         return EnvironmentResult(
             environment=envname,
             outcome=outcome,

@@ -26,6 +26,16 @@ class HealthStatus:
     message: str = ""
 
 
+class RetryAfter(ProviderError):
+    """Raised by `status()` when the vendor asks to be asked again later (a 429 or 503
+    with `Retry-After`): apply polls that object again after `seconds`, holding no
+    worker meanwhile, instead of the provider sleeping inside the call."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        super().__init__(message or f"asked to poll again in {seconds:g} s")
+        self.seconds = seconds
+
+
 @dataclass(frozen=True)
 class Problem:
     """A plan-time problem and where its value was written, so it can be reported as

@@ -50,6 +50,8 @@ class MemoryProvider(Provider):
     """Objects in a dict keyed by (environment, kind, name)."""
 
     type_name: ClassVar[str] = "memory"
+    #: Polls back to back, nearly: tests steer health with `set_health`, not time.
+    poll_interval: ClassVar[float] = 0.001
 
     def __init__(
         self,

@@ -1,0 +1,332 @@
+"""Apply waits for health (issue 15) and the run deadline (issue 13), in-process: an
+in-memory provider with scripted health sequences against a real SQLite state file.
+
+The CLI side (a loopback deployment API whose objects become healthy, or never do)
+is in test_cli_health.py."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from reconciler.executor import (
+    EnvironmentResult,
+    HealthEvent,
+    RunContext,
+    execute_environment,
+    readiness_timeout,
+)
+from reconciler.instances import Instance, InstanceKey, ProviderConfig
+from reconciler.plan import EnvironmentPlan, plan_environment
+from reconciler.providers.base import HealthStatus, RetryAfter
+from reconciler.providers.testing import MemoryProvider
+from reconciler.state.sqlite import SQLiteState
+
+ENV = "dev"
+PROVIDERS = {"mem": ProviderConfig(name="mem", type="memory", environment=ENV)}
+
+
+def deployment(name: str, model: str = "gpt-4o", ready: float | None = 5.0) -> Instance:
+    spec: dict[str, Any] = {"model": model, "endpoint": f"/{name}"}
+    if ready is not None:
+        spec["readinessTimeoutSeconds"] = ready
+    return Instance(ENV, "Deployment", name, "mem", spec)
+
+
+def schedule(name: str, dep: Instance) -> Instance:
+    spec = {"deployment": dep.name, "cron": "0 * * * *"}
+    return Instance(ENV, "Schedule", name, "mem", spec, depends_on=(dep.key,))
+
+
+def desired_of(*insts: Instance) -> dict[InstanceKey, Instance]:
+    return {i.key: i for i in insts}
+
+
+def plan_of(store: SQLiteState, desired: dict[InstanceKey, Instance]) -> EnvironmentPlan:
+    return plan_environment(
+        ENV,
+        desired,
+        store.applied(ENV),
+        serial=store.serial(ENV),
+        protected=False,
+        allow_delete=True,
+        immutable={},
+        secret_env={},
+        fingerprint_key=b"",
+    )
+
+
+def apply(
+    store: SQLiteState, mem: MemoryProvider, desired: dict[InstanceKey, Instance], **kw: Any
+) -> EnvironmentResult:
+    return execute_environment(
+        store,
+        plan_of(store, desired),
+        desired=desired,
+        providers=PROVIDERS,
+        repo_root=Path("."),
+        env={},
+        context=RunContext(commit="c0ffee"),
+        provider_factory=mem.factory(),
+        **kw,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteState]:
+    s = SQLiteState(tmp_path / "state.db", env={})
+    yield s
+    s.close()
+
+
+def outcomes(result: EnvironmentResult) -> dict[str, str]:
+    return {r.change.address: r.outcome for r in result.results}
+
+
+class SlowPolls(MemoryProvider):
+    """Polls 50 ms apart: long enough for other writes to happen in between."""
+
+    poll_interval: ClassVar[float] = 0.05
+
+
+# -- waiting ----------------------------------------------------------------------------
+
+
+def test_a_change_is_applied_once_its_object_is_healthy(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat")
+    mem.set_health(chat.key, ["Progressing", "Progressing", "Healthy"])
+    events: list[HealthEvent] = []
+    result = apply(store, mem, desired_of(chat), health=events.append)
+    assert result.outcome == "applied"
+    (res,) = result.results
+    assert res.health == HealthStatus("Healthy")
+    assert mem.calls_of("status") == [chat.key] * 3
+    assert [e.health.health for e in events if e.health] == ["Progressing", "Healthy"]
+    assert chat.key in store.applied(ENV)
+
+
+def test_without_a_readiness_timeout_nothing_is_polled(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat", ready=None)
+    mem.set_health(chat.key, ["Degraded"])  # would fail the change if asked
+    assert apply(store, mem, desired_of(chat)).outcome == "applied"
+    assert mem.calls_of("status") == []
+
+
+def test_the_deployments_own_timeout_wins_over_the_providers() -> None:
+    class Patient(MemoryProvider):
+        readiness_timeout: ClassVar[float] = 600.0
+
+    assert readiness_timeout(Patient(), deployment("a", ready=None)) == 600.0
+    assert readiness_timeout(Patient(), deployment("a", ready=2)) == 2.0
+    assert readiness_timeout(MemoryProvider(), deployment("a", ready=None)) == 0.0
+
+
+def test_suspended_counts_as_done(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat")
+    mem.set_health(chat.key, ["Progressing", "Suspended"])
+    assert apply(store, mem, desired_of(chat)).outcome == "applied"
+
+
+@pytest.mark.parametrize(
+    ("health", "error"),
+    [
+        (HealthStatus("Degraded", "image pull failed"), "Degraded: image pull failed"),
+        (HealthStatus("Missing"), "Missing"),
+    ],
+)
+def test_degraded_or_missing_after_the_write_fails_the_change(
+    store: SQLiteState, health: HealthStatus, error: str
+) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat")
+    nightly = schedule("nightly", chat)
+    mem.set_health(chat.key, ["Progressing", health])
+    result = apply(store, mem, desired_of(chat, nightly))
+    assert result.outcome == "failed"
+    assert result.message == f"deployment.chat: {error}"
+    assert outcomes(result) == {"deployment.chat": "failed", "schedule.nightly": "skipped"}
+    (run,) = store.runs(ENV)
+    assert run.outcome == "failed"
+    by_name = {c.key.name: c for c in run.changes}
+    assert by_name["chat"].outcome == "failed" and by_name["chat"].error == error
+    assert by_name["chat"].provider_id == mem.objects[chat.key].provider_id
+    assert store.applied(ENV) == {}  # not applied: a re-run tries again
+    assert store.lock_holder(ENV) is None
+
+
+def test_a_deployment_that_never_becomes_healthy_times_out_and_rollback_restores_it(
+    store: SQLiteState,
+) -> None:
+    mem = MemoryProvider()
+    old = deployment("chat", "gpt-4o", ready=0.3)
+    assert apply(store, mem, desired_of(old)).outcome == "applied"
+    new = deployment("chat", "gpt-4o-mini", ready=0.3)
+    # the new spec never comes up; once the old one is back, it is Healthy again
+    mem.set_health(new.key, ["Progressing"])
+    restored_health: list[HealthEvent] = []
+
+    def watch(ev: HealthEvent) -> None:
+        restored_health.append(ev)
+        if ev.health is None:  # the change gave up: the restore's object comes up
+            mem.set_health(new.key, ["Progressing", "Healthy"])
+
+    result = apply(store, mem, desired_of(new), rollback_on_failure=True, health=watch)
+    assert result.outcome == "failed"
+    assert result.message == (
+        "deployment.chat: not Healthy within its readiness timeout of 0.3 s: Progressing"
+    )
+    (res,) = result.results
+    assert res.outcome == "failed" and res.written
+    assert [r.outcome for r in result.restored] == ["applied"]
+    assert mem.objects[old.key].body["model"] == "gpt-4o"  # the old spec is back
+    assert store.applied(ENV)[old.key].spec["model"] == "gpt-4o"
+    run = store.runs(ENV)[0]
+    assert run.outcome == "failed"
+    assert [(c.outcome, c.error) for c in run.changes] == [
+        ("failed", "not Healthy within its readiness timeout of 0.3 s: Progressing"),
+        ("applied", "rollback-on-failure"),
+    ]
+    assert run.details["rolled_back"] == ["deployment.chat"]
+    # the restore waited for the restored object to be Healthy
+    assert [e.health.health for e in restored_health if e.health][-1] == "Healthy"
+
+
+def test_a_restore_that_does_not_come_up_is_reported(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    old = deployment("chat", "gpt-4o", ready=0.2)
+    assert apply(store, mem, desired_of(old)).outcome == "applied"
+    new = deployment("chat", "gpt-4o-mini", ready=0.2)
+    mem.set_health(new.key, [HealthStatus("Degraded", "out of quota")])
+    result = apply(store, mem, desired_of(new), rollback_on_failure=True)
+    assert [r.outcome for r in result.restored] == ["failed"]
+    assert result.restored[0].error == "restored, then Degraded: out of quota"
+    (run,) = store.runs(ENV)[:1]
+    assert run.details["restore_failed"] == {"deployment.chat": result.restored[0].error}
+
+
+def test_waiting_holds_no_worker_or_slot_a_write_could_use(store: SQLiteState) -> None:
+    """Parallelism 1, eight deployments that each take three polls: every write
+    happens before any change's last poll (waits overlap; polls take the one slot)."""
+    mem = SlowPolls()
+    deps = [deployment(f"d{i}") for i in range(8)]
+    for d in deps:
+        mem.set_health(d.key, ["Progressing", "Progressing", "Healthy"])
+    result = apply(store, mem, desired_of(*deps), parallelism=1)
+    assert result.outcome == "applied"
+    assert mem.peak_concurrency == 1
+    calls = [(c.action, c.key) for c in mem.calls]
+    last_create = max(i for i, (action, _) in enumerate(calls) if action == "create")
+    third_polls = [
+        i
+        for i, (action, key) in enumerate(calls)
+        if action == "status" and calls[: i + 1].count(("status", key)) == 3
+    ]
+    assert len(third_polls) == 8 and last_create < min(third_polls)
+
+
+def test_retry_after_from_status_is_honoured(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat")
+    mem.set_health(chat.key, ["Healthy"])
+    mem.fail(chat.key, "status", RetryAfter(0.01), times=2)
+    assert apply(store, mem, desired_of(chat)).outcome == "applied"
+    assert mem.calls_of("status") == [chat.key] * 3
+
+
+def test_a_retry_after_past_the_readiness_timeout_fails_at_once(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat", ready=30)
+    mem.set_health(chat.key, ["Progressing"])
+    mem.fail(chat.key, "status", RetryAfter(120), times=None)
+    result = apply(store, mem, desired_of(chat))
+    assert result.outcome == "failed"
+    assert "the provider asked to wait 120 s more" in (result.message or "")
+    assert mem.calls_of("status") == [chat.key]
+
+
+def test_a_status_error_fails_the_change_naming_it(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat")
+    mem.fail(chat.key, "status", "503 after 5 attempts", times=None)
+    result = apply(store, mem, desired_of(chat))
+    assert result.message == "deployment.chat: cannot read its health: provider 'memory': " + (
+        "503 after 5 attempts"
+    )
+
+
+def test_ctrl_c_while_waiting_ends_the_run_interrupted(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat", ready=60)
+    mem.set_health(chat.key, ["Progressing"])
+
+    def interrupt(ev: HealthEvent) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        apply(store, mem, desired_of(chat), health=interrupt)
+    (run,) = store.runs(ENV)
+    assert run.outcome == "interrupted"
+    assert store.lock_holder(ENV) is None
+
+
+def test_ctrl_c_from_the_main_thread_stops_the_waits(store: SQLiteState) -> None:
+    """The signal arrives in the main thread while workers sleep until a poll is due."""
+
+    class Hourly(MemoryProvider):
+        poll_interval: ClassVar[float] = 3600.0
+
+    mem = Hourly()
+    chat = deployment("chat", ready=7200)
+    mem.set_health(chat.key, ["Progressing"])
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        apply(store, mem, desired_of(chat))
+    timer.cancel()
+    (run,) = store.runs(ENV)
+    assert run.outcome == "interrupted"
+    assert store.lock_holder(ENV) is None
+
+
+# -- the run deadline ---------------------------------------------------------------------
+
+
+def test_the_run_deadline_fails_a_waiting_change_and_skips_what_had_not_started(
+    store: SQLiteState,
+) -> None:
+    mem = MemoryProvider()
+    chat = deployment("chat", ready=60)
+    mem.set_health(chat.key, ["Progressing"])
+    result = apply(store, mem, desired_of(chat, schedule("nightly", chat)), run_timeout=0.3)
+    assert result.outcome == "failed"
+    assert result.message is not None
+    assert result.message.startswith(
+        "the run deadline of 0.3 s (--run-timeout / RECONCILER_RUN_TIMEOUT) passed; "
+        "deployment.chat: still Progressing when the run deadline"
+    )
+    assert outcomes(result) == {"deployment.chat": "failed", "schedule.nightly": "skipped"}
+    (run,) = store.runs(ENV)
+    assert run.outcome == "failed" and "run deadline of 0.3 s" in run.details["deadline"]
+    assert store.lock_holder(ENV) is None
+
+
+def test_after_the_run_deadline_no_change_starts(store: SQLiteState) -> None:
+    mem = MemoryProvider()
+    deps = [deployment(f"d{i}", ready=None) for i in range(5)]
+    result = apply(store, mem, desired_of(*deps), run_timeout=0.0)
+    assert result.outcome == "failed"
+    assert set(outcomes(result).values()) == {"skipped"}
+    assert all("not started: the run deadline of 0 s" in (r.error or "") for r in result.results)
+    assert mem.calls_of("create") == []
+    assert store.applied(ENV) == {}
+    assert store.lock_holder(ENV) is None
