@@ -75,6 +75,15 @@ RollbackOnFailure = Annotated[
 OverrideWindow = Annotated[
     bool, typer.Option("--override-window", help="Apply outside a deploy window (recorded).")
 ]
+RunTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--run-timeout",
+        min=0.001,
+        help="Fail what is not done after this many seconds per run "
+        "(env RECONCILER_RUN_TIMEOUT; reconciler.yaml runTimeoutSeconds).",
+    ),
+]
 Heal = Annotated[bool, typer.Option("--heal", help="Re-apply drifted instances.")]
 
 # --- rollback, watch, history ---------------------------------------------------------
@@ -91,6 +100,10 @@ Limit = Annotated[int, typer.Option("--limit", min=1, help="At most this many ru
 # --- overview, show, serve ------------------------------------------------------------
 Live = Annotated[
     bool, typer.Option("--live/--no-live", help="Read drift and health from the providers.")
+]
+Health = Annotated[
+    bool,
+    typer.Option("--health/--no-health", help="Read each instance's health from its provider."),
 ]
 RunId = Annotated[str, typer.Argument(help="The run's id (from `reconciler history`).")]
 Host = Annotated[str, typer.Option("--host", help="Address to listen on.")]

@@ -125,6 +125,7 @@ def apply(
     override_window: a.OverrideWindow = False,
     pr: a.Pr = None,
     heal: a.Heal = False,
+    run_timeout: a.RunTimeout = None,
 ) -> None:
     """Apply the changes; exit 0 applied, 1 failed, 3 blocked, 4 locked."""
     from reconciler import ci
@@ -148,9 +149,10 @@ def apply(
         parallelism=parallelism,
         override_window=override_window,
         pull_request=pr or ctx.pull_request,
+        run_timeout=run_timeout,
     )
-    with view.progress(sys.stderr) as progress:
-        report = command.apply(s, opts, progress=progress)
+    with view.progress(sys.stderr) as watch:
+        report = command.apply(s, opts, progress=watch.progress, health=watch.health)
     emit(view.human(report))
     ci.append_step_summary(s.env, log.redact(view.summary_markdown(report.results)))
     done(report.exit_code)

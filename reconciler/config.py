@@ -22,6 +22,7 @@ from reconciler.state import DEFAULT_STATE_URL
 
 CONFIG_FILE = "reconciler.yaml"
 APPROVALS_FILE_ENV = "RECONCILER_APPROVALS_FILE"
+RUN_TIMEOUT_ENV = "RECONCILER_RUN_TIMEOUT"
 DEFAULT_MANIFEST_PATHS = ("manifests",)
 
 
@@ -61,6 +62,8 @@ class ConfigFile(StrictModel):
     state: Text | None = None
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     parallelism: int = Field(default=8, ge=1, le=256)
+    #: The run deadline of each apply, in seconds (none by default).
+    run_timeout_seconds: float | None = Field(default=None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,11 @@ class Settings:
     #: The `file` approval source's document: `--approvals-file` or
     #: RECONCILER_APPROVALS_FILE, never the repo (the change being judged writes it).
     approvals_file: Path | None = None
+    #: Each apply run's deadline in seconds: `--run-timeout`, RECONCILER_RUN_TIMEOUT,
+    #: reconciler.yaml's `runTimeoutSeconds`; None: no deadline.
+    run_timeout: float | None = None
+    #: Where `run_timeout` came from, for the message when it passes.
+    run_timeout_source: str = ""
 
 
 def _read_config_file(repo: Path) -> ConfigFile:
@@ -131,6 +139,7 @@ def load_settings(
         raise ConfigError(f"manifests repo {str(repo)!r} is not a directory")
     cfg = _read_config_file(root)
     state = state_url or env.get("RECONCILER_STATE") or cfg.state or DEFAULT_STATE_URL
+    run_timeout, run_timeout_source = _run_timeout(env.get(RUN_TIMEOUT_ENV), cfg)
     return Settings(
         repo=root,
         manifest_paths=tuple(cfg.manifests),
@@ -139,7 +148,28 @@ def load_settings(
         parallelism=cfg.parallelism,
         env=env,
         approvals_file=_approvals_file(approvals_file or env.get(APPROVALS_FILE_ENV)),
+        run_timeout=run_timeout,
+        run_timeout_source=run_timeout_source,
     )
+
+
+def parse_run_timeout(text: str, source: str) -> float:
+    """A run deadline in seconds: a positive number, else a clear error naming `source`."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{source} must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _run_timeout(from_env: str | None, cfg: ConfigFile) -> tuple[float | None, str]:
+    if from_env:
+        return parse_run_timeout(from_env, RUN_TIMEOUT_ENV), RUN_TIMEOUT_ENV
+    if cfg.run_timeout_seconds is not None:
+        return cfg.run_timeout_seconds, f"{CONFIG_FILE} runTimeoutSeconds"
+    return None, ""
 
 
 def _approvals_file(path: Path | str | None) -> Path | None:

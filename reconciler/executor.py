@@ -280,7 +280,7 @@ class Executor:
         deadline = now + timeout
         if self.deadline is not None:
             deadline = min(deadline, self.deadline.at)
-        interval = max(0.0, float(prov.poll_interval))
+        interval = max(0.0, prov.polling_interval())
         return Waiting(
             change=ch,
             provider=prov,
@@ -594,7 +594,7 @@ class Executor:
             return
         started = time.monotonic()
         deadline = started + timeout
-        interval = max(0.0, float(prov.poll_interval))
+        interval = max(0.0, prov.polling_interval())
         last: HealthStatus | None = None
         while True:
             delay = interval
@@ -781,14 +781,19 @@ def execute_environment(
     progress: ProgressFn | None = None,
     health: HealthFn | None = None,
     run_timeout: float | None = None,
+    run_timeout_source: str = RUN_TIMEOUT_SOURCE,
     provider_factory: ProviderFactory | None = None,
 ) -> EnvironmentResult:
     """Lock, verify, run, record. `replan` recomputes the plan under the lock; without
     it (a saved plan) the state serial must still be the one the plan was made at.
-    `run_timeout` (seconds from now) is the run deadline; `provider_factory` makes
-    provider clients (default: the registered plugins)."""
+    `run_timeout` (seconds from now) is the run deadline, named by `run_timeout_source`
+    in messages; `provider_factory` makes provider clients (default: the plugins)."""
     run_id = new_run_id()
-    deadline = None if run_timeout is None else RunDeadline.starting_now(run_timeout)
+    deadline = (
+        None
+        if run_timeout is None
+        else RunDeadline.starting_now(run_timeout, run_timeout_source or RUN_TIMEOUT_SOURCE)
+    )
     factory = provider_factory or entry_point_factory(repo_root=repo_root, env=env)
     with ProviderPool(providers, factory) as pool:
         run = _Run(

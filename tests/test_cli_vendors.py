@@ -57,6 +57,7 @@ spec:
     resourceGroup: ai-prod
     account: acme-openai
     timeoutSeconds: 5
+    pollIntervalSeconds: 0.05
   credentials: {tokenEnv: AZURE_TOKEN}
 ---
 apiVersion: reconciler/v1
@@ -65,7 +66,7 @@ metadata: {name: hf}
 spec:
   type: huggingface
   environments: [production]
-  config: {baseUrl: "%(hf)s", namespace: acme, timeoutSeconds: 5}
+  config: {baseUrl: "%(hf)s", namespace: acme, timeoutSeconds: 5, pollIntervalSeconds: 0.05}
   credentials: {tokenEnv: HF_TOKEN}
 """
 

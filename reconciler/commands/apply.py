@@ -12,7 +12,13 @@ from reconciler.commands.context import manifest_repo, open_store
 from reconciler.commands.plan import Built, build_plan, load_plan_file
 from reconciler.config import Settings
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ReconcilerError, StateMovedError
-from reconciler.executor import EnvironmentResult, ProgressFn, RunContext, execute_environment
+from reconciler.executor import (
+    EnvironmentResult,
+    HealthFn,
+    ProgressFn,
+    RunContext,
+    execute_environment,
+)
 from reconciler.forge import make_source
 from reconciler.gate import Gate, GateResult
 from reconciler.load import Loaded
@@ -37,6 +43,8 @@ class ApplyOptions:
     working_tree: bool = False
     #: What a run records as its trigger unless the gate judged it a rollback (`agent`).
     trigger: Trigger = "apply"
+    #: Each run's deadline in seconds (`--run-timeout`); None: the settings' own.
+    run_timeout: float | None = None
 
 
 @dataclass
@@ -54,11 +62,23 @@ class ApplyReport:
         return EXIT_OK
 
 
+@dataclass(frozen=True)
+class Watchers:
+    """Who hears of a run as it goes: each finished change, each health change."""
+
+    progress: ProgressFn | None = None
+    health: HealthFn | None = None
+
+
 def apply(
-    settings: Settings, opts: ApplyOptions, *, progress: ProgressFn | None = None
+    settings: Settings,
+    opts: ApplyOptions,
+    *,
+    progress: ProgressFn | None = None,
+    health: HealthFn | None = None,
 ) -> ApplyReport:
     with open_store(settings) as store:
-        return run_apply(settings, store, opts, progress=progress)
+        return run_apply(settings, store, opts, progress=progress, health=health)
 
 
 def run_apply(
@@ -67,6 +87,7 @@ def run_apply(
     opts: ApplyOptions,
     *,
     progress: ProgressFn | None = None,
+    health: HealthFn | None = None,
     trigger_context: Callable[[Loaded], RunContext] | None = None,
 ) -> ApplyReport:
     """Plan (or re-derive the saved plan), gate each environment, apply those that pass."""
@@ -90,7 +111,16 @@ def run_apply(
     report = ApplyReport(plan)
     try:
         _gate_and_apply(
-            settings, store, opts, loaded, plan, gate, context, report, progress, env_secrets
+            settings,
+            store,
+            opts,
+            loaded,
+            plan,
+            gate,
+            context,
+            report,
+            Watchers(progress, health),
+            env_secrets,
         )
     finally:
         gate.close()
@@ -106,10 +136,13 @@ def _gate_and_apply(
     gate: Gate,
     context: RunContext,
     report: ApplyReport,
-    progress: ProgressFn | None,
+    watchers: Watchers,
     env_secrets: dict[str, str],
 ) -> None:
     """Each environment on its own: a blocked one never stops the others."""
+    run_timeout, timeout_source = settings.run_timeout, settings.run_timeout_source
+    if opts.run_timeout is not None:
+        run_timeout, timeout_source = opts.run_timeout, "--run-timeout"
     for ep in plan.environments:
         if not ep.changes:
             report.results.append(EnvironmentResult(ep.environment, "noop", message="no changes"))
@@ -143,7 +176,10 @@ def _gate_and_apply(
                 rollback_on_failure=opts.rollback_on_failure,
                 break_lock=opts.break_lock,
                 replan=replan,
-                progress=progress,
+                progress=watchers.progress,
+                health=watchers.health,
+                run_timeout=run_timeout,
+                run_timeout_source=timeout_source,
             )
         )
 

@@ -43,6 +43,7 @@ import httpx
 from reconciler.instances import Instance
 from reconciler.providers.base import HealthStatus, LiveObject, Problem
 from reconciler.providers.vendor import (
+    POLL_LATER,
     ClientOptions,
     ConfigReader,
     VendorProvider,
@@ -276,14 +277,18 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
             return provider_id
         return self._path(name, {})
 
-    def _get(self, path: str) -> dict[str, Any] | None:
+    def _get(self, path: str, *, polling: bool = False) -> dict[str, Any] | None:
+        """The deployment, or None; `polling` (a health poll) hands a 429/503 back to
+        apply as RetryAfter instead of waiting for it here."""
         client = self.http()
         resp = client.request(
             "GET",
             path.lstrip("/"),
             params={"api-version": self.settings.api_version},
-            ok=(200, 404),
+            ok=(200, 404, *POLL_LATER) if polling else (200, 404),
         )
+        if polling:
+            self.poll_later(resp)
         if resp.status_code == 200:
             return client.json_object(resp)
         code, message = _arm_error(_json(resp))
@@ -457,7 +462,7 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
     def status(
         self, kind: str, name: str, environment: str, provider_id: str | None
     ) -> HealthStatus:
-        live = self._get(self._resource(name, provider_id))
+        live = self._get(self._resource(name, provider_id), polling=True)
         if live is None:
             return HealthStatus("Missing", "no such deployment in the account")
         state = str(get_path(live, "properties.provisioningState") or "Succeeded")

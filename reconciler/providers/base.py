@@ -97,6 +97,11 @@ class Provider(abc.ABC):
     #: Seconds between health polls while waiting (a provider's Retry-After wins).
     poll_interval: ClassVar[float] = 5.0
 
+    def polling_interval(self) -> float:
+        """Seconds between this configured provider's health polls: `poll_interval`,
+        unless its config says otherwise (the vendor providers' `pollIntervalSeconds`)."""
+        return float(self.poll_interval)
+
     def status(
         self, kind: str, name: str, environment: str, provider_id: str | None
     ) -> HealthStatus:

@@ -41,6 +41,7 @@ from reconciler.instances import Instance, ProviderConfig, secret_ref
 from reconciler.providers.base import DeleteRule, HealthStatus, LiveObject, Problem
 from reconciler.providers.vendor import (
     ABSENT,
+    POLL_LATER,
     ClientOptions,
     ConfigReader,
     VendorProvider,
@@ -338,9 +339,15 @@ class HuggingFaceProvider(VendorProvider[Settings]):
     def _path(self, name: str) -> str:
         return f"endpoint/{quote(self.settings.namespace, safe='')}/{quote(name, safe='')}"
 
-    def _get(self, name: str) -> dict[str, Any] | None:
+    def _get(self, name: str, *, polling: bool = False) -> dict[str, Any] | None:
+        """The endpoint, or None; `polling` (a health poll) hands a 429/503 back to
+        apply as RetryAfter instead of waiting for it here."""
         client = self.http()
-        resp = client.request("GET", self._path(name), ok=(200, 404))
+        resp = client.request(
+            "GET", self._path(name), ok=(200, 404, *POLL_LATER) if polling else (200, 404)
+        )
+        if polling:
+            self.poll_later(resp)
         return None if resp.status_code == 404 else client.json_object(resp)
 
     def _check_owner(self, live: Mapping[str, Any], name: str, environment: str) -> None:
@@ -436,7 +443,7 @@ class HuggingFaceProvider(VendorProvider[Settings]):
     def status(
         self, kind: str, name: str, environment: str, provider_id: str | None
     ) -> HealthStatus:
-        live = self._get(self._name(name, provider_id))
+        live = self._get(self._name(name, provider_id), polling=True)
         if live is None:
             return HealthStatus("Missing", "no such Inference Endpoint")
         state = str(get_path(live, "status.state") or "")

@@ -21,15 +21,19 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from reconciler.errors import ProviderError
-from reconciler.httpclient import Explain, Failure, HttpClient, Retry, plural
+from reconciler.httpclient import Explain, Failure, HttpClient, Retry, plural, retry_after
 from reconciler.instances import Instance, ProviderConfig
-from reconciler.providers.base import Problem, Provider, resolve_secrets
+from reconciler.providers.base import Problem, Provider, RetryAfter, resolve_secrets
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
 S = TypeVar("S")
 
 _MAX_RETRIES = 20
+#: Answers to a health poll that mean "ask again later" (see VendorProvider.poll_later).
+POLL_LATER = (429, 503)
+#: The config key every vendor provider takes for the pause between health polls.
+POLL_INTERVAL_KEY = "pollIntervalSeconds"
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -220,9 +224,29 @@ class VendorProvider(Provider, Generic[S]):
         self._random = rng or random.Random()
         self._client_lock = threading.Lock()
         self._client: HttpClient | None = None
-        reader = ConfigReader(config, self.config_keys(), self.credential_keys())
+        reader = ConfigReader(
+            config, self.config_keys() | {POLL_INTERVAL_KEY}, self.credential_keys()
+        )
         self.settings: S = self.read_settings(reader)
+        self._poll_interval = reader.number(POLL_INTERVAL_KEY, float(self.poll_interval))
         self.problems: list[Problem] = reader.problems
+
+    def polling_interval(self) -> float:
+        return self._poll_interval
+
+    def poll_later(self, resp: httpx.Response) -> None:
+        """A 429 or 503 answer to a health poll raises RetryAfter: apply asks again
+        after the vendor's `Retry-After` (else one poll interval) without a worker
+        sleeping meanwhile, where the client would have slept inside the call."""
+        if resp.status_code not in POLL_LATER:
+            return
+        seconds = retry_after(resp.headers.get("retry-after"), self.clock)
+        wait = self._poll_interval if seconds is None else max(0.0, seconds)
+        raise RetryAfter(
+            wait,
+            f"provider {self.name!r}: {resp.status_code} to a health poll; asked to poll "
+            f"again in {wait:g} s",
+        )
 
     # -- what each vendor says ---------------------------------------------------------
 

@@ -6,9 +6,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from reconciler.commands.apply import ApplyReport
+from reconciler.commands.apply import ApplyReport, Watchers
 from reconciler.commands.drift import HealReport
-from reconciler.executor import ChangeResult, EnvironmentResult, ProgressFn
+from reconciler.executor import ChangeResult, EnvironmentResult, HealthEvent
+from reconciler.instances import InstanceKey
 from reconciler.views.text import join_lines
 
 
@@ -68,18 +69,22 @@ def heal_human(report: HealReport) -> str:
 
 
 @contextmanager
-def progress(stream: TextIO) -> Iterator[ProgressFn | None]:
-    """A live counter on a terminal; elsewhere the executor's log line per change."""
+def progress(stream: TextIO) -> Iterator[Watchers]:
+    """A live counter and a line per instance waiting to become Healthy on a terminal;
+    elsewhere (CI, a pipe) the executor's log lines: one per change, one per health
+    change of a waiting instance."""
     if not stream.isatty():
-        yield None
+        yield Watchers()
         return
     from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn
+    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
     console = Console(file=stream, soft_wrap=True, highlight=False)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console) as bar:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
         task = bar.add_task("applying", total=None)
         counts = {"applied": 0, "failed": 0, "skipped": 0}
+        waiting: dict[InstanceKey, TaskID] = {}
 
         def update(res: ChangeResult) -> None:
             counts[res.outcome] += 1
@@ -89,4 +94,19 @@ def progress(stream: TextIO) -> Iterator[ProgressFn | None]:
                 f"{counts['failed']} failed — last {res.change.address}",
             )
 
-        yield update
+        def health(ev: HealthEvent) -> None:
+            key = ev.change.key
+            line = waiting.get(key)
+            if ev.health is None or ev.health.health in ("Healthy", "Suspended"):
+                if line is not None:
+                    bar.remove_task(waiting.pop(key))
+                return
+            text = f"  {key.environment}: {key.address} waiting: {ev.health.health}"
+            if ev.health.message:
+                text += f" ({ev.health.message})"
+            if line is None:
+                waiting[key] = bar.add_task(text, total=None)
+            else:
+                bar.update(line, description=text)
+
+        yield Watchers(update, health)
