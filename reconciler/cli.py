@@ -159,12 +159,12 @@ def apply(
 
 
 @app.command()
-def status(env: a.Env = None, as_json: a.Json = False) -> None:
-    """What is recorded as deployed where (and when schedules run next)."""
+def status(env: a.Env = None, as_json: a.Json = False, health: a.Health = True) -> None:
+    """What is recorded as deployed where, its health, and when schedules run next."""
     from reconciler.commands.status import status as run
     from reconciler.views import status as view
 
-    report = run(settings(), env or ())
+    report = run(settings(), env or (), health=health)
     emit(view.json(report) if as_json else view.human(report))
 
 

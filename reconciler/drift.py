@@ -24,6 +24,7 @@ from reconciler.executor import (
 from reconciler.instances import Instance, InstanceKey, ProviderConfig, secret_ref, secret_refs
 from reconciler.log import MIN_SECRET_LENGTH, is_secret, register_secret, register_secrets
 from reconciler.plan import SENSITIVE, Change, EnvironmentPlan, FieldDiff, field_diff
+from reconciler.providers.base import HealthStatus
 from reconciler.providers.pool import ProviderPool
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
 
@@ -50,6 +51,10 @@ class DriftReport:
     #: reading is refused (state moved) once anything was recorded since, e.g. by a run
     #: that had changed the provider but not yet recorded it while it was read.
     serials: dict[str, int] = field(default_factory=dict)
+    #: Each recorded instance's health as its provider says (`drift` reads it too).
+    health: dict[InstanceKey, HealthStatus] = field(default_factory=dict)
+    #: Instances whose health could not be read, and why.
+    health_errors: dict[InstanceKey, str] = field(default_factory=dict)
 
     @property
     def drifted(self) -> list[DriftItem]:

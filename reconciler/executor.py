@@ -310,6 +310,14 @@ class Executor:
             raise
         except RetryAfter as e:
             status, retry = w.last, min(max(e.seconds, w.interval), RETRY_AFTER_CAP)
+            log.info(
+                "health.later",
+                environment=ch.environment,
+                kind=ch.kind,
+                name=ch.name,
+                wait=round(retry, 3),
+                reason=e.message,
+            )
         except Exception as e:
             return self._fail_written(w, run_id, f"cannot read its health: {_error_text(e)}")
         now = time.monotonic()

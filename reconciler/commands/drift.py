@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from reconciler import drift as detection
 from reconciler.commands.context import open_store
+from reconciler.commands.live import read_health
 from reconciler.config import Settings
 from reconciler.drift import DriftReport
 from reconciler.errors import EXIT_ERROR, EXIT_OK
@@ -16,15 +17,21 @@ from reconciler.load import load
 
 
 def drift(settings: Settings, environments: Sequence[str] = ()) -> DriftReport:
+    """Drift of every recorded instance, and each one's health."""
     loaded = load(settings)
     with open_store(settings, read_only=True) as store:
-        return detection.detect_drift(
+        report = detection.detect_drift(
             store,
             loaded.desired.providers,
             repo_root=settings.repo,
             env=settings.env,
             environments=environments,
         )
+        for env in report.environments:
+            reads = read_health(settings, loaded.desired, env, store.applied(env))
+            report.health.update(reads.health)
+            report.health_errors.update(reads.unreadable)
+        return report
 
 
 @dataclass

@@ -4,7 +4,7 @@ them on a background interval, never while answering a request."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,22 +48,38 @@ def read_live(
     )
     report = LiveReport(at, drift)
     for env in environments or store.environments():
-        _read_health(settings, desired, env, store.applied(env), report)
+        read_health(settings, desired, env, store.applied(env), report)
     return report
 
 
-def _read_health(
+@dataclass
+class HealthReads:
+    """Each recorded instance's health as its provider says, or why it could not say."""
+
+    health: dict[InstanceKey, HealthStatus] = field(default_factory=dict)
+    unreadable: dict[InstanceKey, str] = field(default_factory=dict)
+
+
+def read_health(
     settings: Settings,
     desired: Desired,
     env: str,
-    records: dict[InstanceKey, AppliedRecord],
-    into: LiveReport,
-) -> None:
+    records: Mapping[InstanceKey, AppliedRecord],
+    into: HealthReads | LiveReport | None = None,
+) -> HealthReads | LiveReport:
+    """Ask each recorded instance's provider for its health, `settings.parallelism` at
+    a time; a provider that is gone from the manifests or fails is `unreadable`."""
+    out: HealthReads | LiveReport = HealthReads() if into is None else into
     configs = desired.providers.get(env, {})
     made: dict[str, Provider] = {}
     try:
         for name in {r.provider for r in records.values()} & set(configs):
-            made[name] = make_provider(configs[name], repo_root=settings.repo, env=settings.env)
+            try:
+                made[name] = make_provider(configs[name], repo_root=settings.repo, env=settings.env)
+            except ReconcilerError as e:
+                for key, rec in records.items():
+                    if rec.provider == name:
+                        out.unreadable[key] = e.message
 
         def one(rec: AppliedRecord) -> tuple[InstanceKey, HealthStatus | str]:
             provider = made.get(rec.provider)
@@ -74,12 +90,14 @@ def _read_health(
             except ReconcilerError as e:
                 return rec.key, e.message
 
+        todo = [r for k, r in records.items() if k not in out.unreadable]
         with ThreadPoolExecutor(max_workers=settings.parallelism) as pool:
-            for key, got in pool.map(one, records.values()):
+            for key, got in pool.map(one, todo):
                 if isinstance(got, HealthStatus):
-                    into.health[key] = got
+                    out.health[key] = got
                 else:
-                    into.unreadable[key] = got
+                    out.unreadable[key] = got
     finally:
         for provider in made.values():
             provider.close()
+    return out

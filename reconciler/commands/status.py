@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import schedules
 from reconciler.commands.context import open_store
 from reconciler.config import Settings
+from reconciler.errors import ReconcilerError
 from reconciler.instances import InstanceKey
+from reconciler.providers.base import HealthStatus
 from reconciler.redaction import register_recorded
 from reconciler.state.base import AppliedRecord, StateStore
 
@@ -35,6 +37,16 @@ class StatusRow:
     run_id: str
     applied_at: datetime
     schedule: ScheduleStatus | None = None
+    #: What its provider says now (`status --health`, the default); None: not asked.
+    health: HealthStatus | None = None
+    #: Why the health could not be read, when it was asked for and could not be.
+    health_error: str | None = None
+
+    @property
+    def health_text(self) -> str:
+        if self.health is not None:
+            return self.health.health
+        return "unknown" if self.health_error else "-"
 
     def document(self) -> dict[str, Any]:
         """The documented `status --json` row."""
@@ -48,6 +60,8 @@ class StatusRow:
             "commit": self.commit,
             "run_id": self.run_id,
             "applied_at": self.applied_at.isoformat(),
+            "health": self.health.health if self.health else None,
+            "health_message": self.health.message if self.health else self.health_error,
         }
         if self.schedule is not None:
             nxt = self.schedule.next_run
@@ -65,10 +79,39 @@ class StatusReport:
     rows: list[StatusRow] = field(default_factory=list)
 
 
-def status(settings: Settings, environments: Sequence[str] = ()) -> StatusReport:
+def status(
+    settings: Settings, environments: Sequence[str] = (), *, health: bool = True
+) -> StatusReport:
     with open_store(settings, read_only=True) as store:
         register_recorded(store, settings)
-        return collect_status(store, environments)
+        report = collect_status(store, environments)
+        if health:
+            add_health(settings, store, report)
+        return report
+
+
+def add_health(settings: Settings, store: StateStore, report: StatusReport) -> None:
+    """Ask each row's provider for its health (configured as the manifests say now); a
+    row whose health cannot be read says why instead."""
+    from reconciler.commands.live import read_health
+    from reconciler.load import load
+
+    if not report.rows:
+        return
+    try:
+        desired = load(settings).desired
+    except ReconcilerError as e:
+        why = f"cannot read the manifests for the provider settings: {e.message}"
+        report.rows[:] = [replace(r, health_error=why) for r in report.rows]
+        return
+    for env in dict.fromkeys(r.key.environment for r in report.rows):
+        reads = read_health(settings, desired, env, store.applied(env))
+        report.rows[:] = [
+            replace(r, health=reads.health.get(r.key), health_error=reads.unreadable.get(r.key))
+            if r.key.environment == env
+            else r
+            for r in report.rows
+        ]
 
 
 def collect_status(

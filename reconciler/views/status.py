@@ -22,12 +22,16 @@ def human(report: StatusReport) -> str:
         what = r.model or (r.schedule.deployment if r.schedule else None) or ""
         line = (
             f"  {r.key.kind.lower()}.{r.key.name:<28} {r.provider:<10} {what:<22} "
-            f"{(r.commit or '-')[:7]}  {doc['applied_at'][:19]}Z"
+            f"{(r.commit or '-')[:7]}  {doc['applied_at'][:19]}Z  {r.health_text:<11}"
         )
+        if r.health is not None and r.health.health != "Healthy" and r.health.message:
+            line += f" ({r.health.message})"
+        elif r.health_error:
+            line += f" ({r.health_error})"
         if r.schedule is not None:
             nxt = doc.get("next_run_local") or "never"
             line += f"  next: {nxt}" if r.schedule.enabled else "  (disabled)"
-        lines.append(line)
+        lines.append(line.rstrip())
     return join_lines(lines)
 
 

@@ -16,7 +16,8 @@ over `steps` GETs, or updating → running after a PUT; `fail_next_deploy` ends 
 one in `failed` (or `updateFailed`). Compute must be a combination the catalogue lists.
 Errors are `{"error": message}` with the message in `X-Error-Message` too.
 
-Test controls: `endpoint`, `tamper`, `create_by_hand`, `fail_next_deploy`, `creates`.
+Test controls: `endpoint`, `tamper`, `create_by_hand`, `fail_next_deploy`,
+`hold_next_deploy`, `creates`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class FakeHuggingFace(LoopbackServer):
         self._endpoints: dict[tuple[str, str], dict[str, Any]] = {}
         self._progress: dict[tuple[str, str], deque[str]] = {}
         self._failures: deque[str] = deque()
+        #: Creates or updates still to be held in their first state for good.
+        self._holds = 0
         #: POSTs that made an endpoint, by name.
         self.creates: dict[str, int] = {}
 
@@ -88,6 +91,12 @@ class FakeHuggingFace(LoopbackServer):
         """The next create or update ends in failed (or updateFailed)."""
         with self.lock:
             self._failures.append(message)
+
+    def hold_next_deploy(self, times: int = 1) -> None:
+        """The next `times` creates or updates stay pending (or updating) for good: an
+        endpoint that never becomes ready (no GPU capacity in the region, say)."""
+        with self.lock:
+            self._holds += times
 
     # --- the API -------------------------------------------------------------------
 
@@ -202,6 +211,12 @@ class FakeHuggingFace(LoopbackServer):
     def _deploy(self, key: tuple[str, str], obj: dict[str, Any], start: str, bad: str) -> None:
         """The states the next GETs show: `start` → … → running (or `bad`)."""
         failure = self._failures.popleft() if self._failures else None
+        if self._holds:
+            self._holds -= 1
+            obj["status"].update(state=start, message=f"Endpoint is {start}")
+            obj["status"].pop("url", None)
+            self._progress[key] = deque()
+            return
         if start == "pending":
             shown = ["pending", *["initializing"] * (self.steps - 1)] if self.steps else []
         else:
