@@ -23,6 +23,7 @@ Test controls: `endpoint`, `tamper`, `create_by_hand`, `fail_next_deploy`,
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -55,11 +56,19 @@ def _error(status: int, message: str) -> Answer:
 
 
 class FakeHuggingFace(LoopbackServer):
-    def __init__(self, token: str = "hf_test_token", *, steps: int = 2) -> None:
+    def __init__(
+        self,
+        token: str = "hf_test_token",
+        *,
+        steps: int = 2,
+        steps_for: Callable[[str], int] | None = None,
+    ) -> None:
         super().__init__()
         self.token = token
-        #: GETs an endpoint takes from pending (or updating) to running.
+        #: GETs an endpoint takes from pending (or updating) to running...
         self.steps = steps
+        #: ...or, per endpoint name, what this says (benchmarks vary it).
+        self.steps_for = steps_for
         self._endpoints: dict[tuple[str, str], dict[str, Any]] = {}
         self._progress: dict[tuple[str, str], deque[str]] = {}
         self._failures: deque[str] = deque()
@@ -217,10 +226,11 @@ class FakeHuggingFace(LoopbackServer):
             obj["status"].pop("url", None)
             self._progress[key] = deque()
             return
+        steps = self.steps if self.steps_for is None else self.steps_for(key[1])
         if start == "pending":
-            shown = ["pending", *["initializing"] * (self.steps - 1)] if self.steps else []
+            shown = ["pending", *["initializing"] * (steps - 1)] if steps else []
         else:
-            shown = [start] * self.steps
+            shown = [start] * steps
         obj["status"].update(state=start, message=f"Endpoint is {start}")
         obj["status"].pop("url", None)
         self._progress[key] = deque([*shown, f"{bad}:{failure}" if failure else "running"])

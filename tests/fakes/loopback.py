@@ -17,6 +17,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,9 @@ class LoopbackServer:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        #: Seconds each answer takes (outside the lock: requests overlap, as on a real
+        #: service); benchmarks set it.
+        self.latency = 0.0
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -191,6 +195,8 @@ class LoopbackServer:
         )
         with self.lock:
             self.requests.append(req)
+        if self.latency:
+            time.sleep(self.latency)
         fault = self._fault(req)
         if fault is not None and fault.status != LOST:
             answer = Answer(fault.status, fault.body, dict(fault.headers))
