@@ -49,6 +49,8 @@ def read_live(
     report = LiveReport(at, drift)
     for env in environments or store.environments():
         read_health(settings, desired, env, store.applied(env), report)
+    drift.health.update(report.health)  # `drift` documents carry health too
+    drift.health_errors.update(report.unreadable)
     return report
 
 

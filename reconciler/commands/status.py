@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -104,14 +104,25 @@ def add_health(settings: Settings, store: StateStore, report: StatusReport) -> N
         why = f"cannot read the manifests for the provider settings: {e.message}"
         report.rows[:] = [replace(r, health_error=why) for r in report.rows]
         return
+    health: dict[InstanceKey, HealthStatus] = {}
+    unreadable: dict[InstanceKey, str] = {}
     for env in dict.fromkeys(r.key.environment for r in report.rows):
         reads = read_health(settings, desired, env, store.applied(env))
-        report.rows[:] = [
-            replace(r, health=reads.health.get(r.key), health_error=reads.unreadable.get(r.key))
-            if r.key.environment == env
-            else r
-            for r in report.rows
-        ]
+        health.update(reads.health)
+        unreadable.update(reads.unreadable)
+    fill_health(report, health, unreadable)
+
+
+def fill_health(
+    report: StatusReport,
+    health: Mapping[InstanceKey, HealthStatus],
+    unreadable: Mapping[InstanceKey, str],
+) -> None:
+    """Set each row's health from a reading (the dashboard passes its live one)."""
+    report.rows[:] = [
+        replace(r, health=health.get(r.key), health_error=unreadable.get(r.key))
+        for r in report.rows
+    ]
 
 
 def collect_status(

@@ -28,7 +28,7 @@ from reconciler.commands.overview import (
     judge_safely,
 )
 from reconciler.commands.schedules import SchedulesReport, collect_schedules
-from reconciler.commands.status import StatusReport, collect_status
+from reconciler.commands.status import StatusReport, collect_status, fill_health
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
 from reconciler.instances import InstanceKey
@@ -265,13 +265,21 @@ class Refresher:
             plan=plan,
             overview=overview,
             schedules=collect_schedules(self._schedules, now=now),
-            status=collect_status(store, now=now),
+            status=self._status(store, live, now),
             history=history,
             history_truncated=len(history.rows) >= self.history_limit,
             live=live,
         )
         snap.documents.update(_documents(snap))
         return snap
+
+    @staticmethod
+    def _status(store: StateStore, live: LiveReport | None, now: datetime) -> StatusReport:
+        """What `status` prints: the records, with health from the last live reading."""
+        status = collect_status(store, now=now)
+        if live is not None:
+            fill_health(status, live.health, live.unreadable)
+        return status
 
     def _read_live(self, store: StateStore, loaded: Loaded, now: datetime) -> LiveReport | None:
         if not self.live_enabled:
