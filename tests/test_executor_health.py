@@ -6,8 +6,10 @@ is in test_cli_health.py."""
 
 from __future__ import annotations
 
+import io
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -330,3 +332,42 @@ def test_after_the_run_deadline_no_change_starts(store: SQLiteState) -> None:
     assert mem.calls_of("create") == []
     assert store.applied(ENV) == {}
     assert store.lock_holder(ENV) is None
+
+
+# -- the live view ------------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """What the view writes to, claiming to be a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_shows_a_live_line_per_waiting_instance_until_it_is_healthy() -> None:
+    from reconciler.plan import Change
+    from reconciler.views.apply import progress
+
+    chat, embed = deployment("chat"), deployment("embed")
+    ch = {i.name: Change("create", i.key, "mem", None, i.body()) for i in (chat, embed)}
+    screen = Terminal()
+    with progress(screen) as watch:
+        assert watch.health is not None
+        watch.health(HealthEvent(ch["chat"], HealthStatus("Progressing", "Endpoint is pending"), 1))
+        watch.health(HealthEvent(ch["embed"], HealthStatus("Progressing"), 1))
+        time.sleep(0.3)  # the view redraws ten times a second
+        shown = screen.getvalue()
+        assert "dev: deployment.chat waiting: Progressing (Endpoint is pending)" in shown
+        assert "dev: deployment.embed waiting: Progressing" in shown
+        watch.health(HealthEvent(ch["chat"], HealthStatus("Healthy"), 2))
+        watch.health(HealthEvent(ch["embed"], None, 2))
+        mark = len(screen.getvalue())
+        time.sleep(0.3)
+    assert "waiting" not in screen.getvalue()[mark:], "settled instances leave the view"
+
+
+def test_elsewhere_the_log_lines_are_the_view() -> None:
+    from reconciler.views.apply import progress
+
+    with progress(io.StringIO()) as watch:
+        assert watch.progress is None and watch.health is None
