@@ -299,6 +299,7 @@ def test_kill_9_while_waiting_converges_on_rerun_without_a_second_endpoint(w: Wo
         while len(w.polls()) < 3 and time.monotonic() < deadline:  # created, being polled
             time.sleep(0.05)
         assert w.hf.creates == {"reranker": 1}
+        assert proc.poll() is None, "apply is still waiting for the endpoint when killed"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
