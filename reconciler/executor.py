@@ -231,6 +231,8 @@ class Executor:
         self.providers = providers
         self.parallelism = max(1, parallelism)
         self.progress = progress
+        #: Resolved once: structlog's lazy proxy would rebuild its logger on every call.
+        self._log = log.bind()
         self.on_health = health
         self.deadline = deadline
         self._telling = threading.Lock()  # health callbacks see one event at a time
@@ -436,6 +438,7 @@ class Executor:
             commit=commit,
             run_id=run_id,
             applied_at=datetime.now(UTC),
+            spec_json=inst.canonical(),
         )
         change = ChangeRecord(
             key=ch.key,
@@ -508,7 +511,7 @@ class Executor:
 
     def report(self, res: ChangeResult) -> None:
         ch = res.change
-        log.info(
+        self._log.info(
             "change",
             environment=ch.environment,
             action=ch.action,

@@ -105,9 +105,18 @@ class Instance:
     def hash(self) -> str:
         return self._hash
 
+    def canonical(self) -> str:
+        """The body as canonical JSON: what the hash is of, and what the state and the
+        local registry store (encoded once per instance)."""
+        return self._canonical
+
+    @cached_property
+    def _canonical(self) -> str:
+        return canonical_json(self.body())
+
     @cached_property
     def _hash(self) -> str:
-        return spec_hash(self.body())
+        return hashlib.sha256(self._canonical.encode()).hexdigest()
 
     @cached_property
     def secret_names(self) -> list[str]:

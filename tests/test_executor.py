@@ -5,6 +5,7 @@ record that always ends with an outcome while the lock is always released."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -601,7 +602,7 @@ def test_cli_rollback_on_failure_restores_the_registry_and_the_state(tmp_path: P
     assert '"model": "gpt-4o"' in rows[0][1]
     with sqlite3.connect(repo / ".reconciler" / "state.db") as db:
         (spec,) = db.execute("SELECT spec FROM applied WHERE name = 'alpha'").fetchone()
-    assert '"model": "gpt-4o"' in spec
+    assert json.loads(spec)["model"] == "gpt-4o"
     plan = run_cli(["--repo", str(repo), "plan"])
     assert "deployment.alpha" in plan.out  # still to be changed: the run was undone
 

@@ -8,7 +8,7 @@ loaded at most once per command, and only when one of the files it read changed.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.config import Settings
@@ -20,14 +20,20 @@ from reconciler.load import Loaded, load
 from reconciler.manifests.models import EnvironmentSpec
 
 
-@dataclass(frozen=True)
+@dataclass
 class Snapshot:
     """What the gate needs of one commit: per environment a signature of its desired
-    state (instances and policy) and its policy; None when the commit does not load."""
+    state (instances and policy) and its policy; no `loaded` when the commit does not
+    load. Signatures are made when first asked for: most commands ask for few."""
 
     loaded: Loaded | None
-    signatures: dict[str, str]
     error: str | None = None
+    _signatures: dict[str, str | None] = field(default_factory=dict)
+
+    def signature(self, environment: str) -> str | None:
+        if environment not in self._signatures:
+            self._signatures[environment] = _signature(self.loaded, environment)
+        return self._signatures[environment]
 
 
 class History:
@@ -41,14 +47,14 @@ class History:
     def remember(self, loaded: Loaded) -> None:
         """The target, loaded already by the command: no need to load it twice."""
         if loaded.commit is not None and not loaded.dirty:
-            self._snapshots[loaded.commit] = _snapshot(loaded)
+            self._snapshots[loaded.commit] = Snapshot(loaded)
 
     def snapshot(self, sha: str) -> Snapshot:
         if sha not in self._snapshots:
             try:
-                self._snapshots[sha] = _snapshot(load(self._settings, sha))
+                self._snapshots[sha] = Snapshot(load(self._settings, sha))
             except ReconcilerError as e:  # a broken commit in the range: judged as a change
-                self._snapshots[sha] = Snapshot(None, {}, e.message)
+                self._snapshots[sha] = Snapshot(None, e.message)
         return self._snapshots[sha]
 
     def changes(self, sha: str, environment: str) -> bool:
@@ -61,10 +67,10 @@ class History:
                 self._snapshots[sha] = self._snapshots[parent]
                 return False
         now = self.snapshot(sha)
-        before = self.snapshot(parent) if parent is not None else Snapshot(None, {})
+        before = self.snapshot(parent) if parent is not None else Snapshot(None)
         if now.loaded is None or (parent is not None and before.loaded is None):
             return True
-        return now.signatures.get(environment) != before.signatures.get(environment)
+        return now.signature(environment) != before.signature(environment)
 
     def policy(self, sha: str, environment: str) -> Policy | None:
         """`environment`'s policy at `sha`; None when it is not declared there."""
@@ -77,20 +83,19 @@ class History:
         return Policy(entry.model.spec, snap.loaded.approvals, f"commit {sha[:12]}")
 
 
-def _snapshot(loaded: Loaded) -> Snapshot:
+def _signature(loaded: Loaded | None, environment: str) -> str | None:
+    if loaded is None or environment not in loaded.desired.environments:
+        return None
     desired = loaded.desired
-    signatures = {}
-    for env in desired.environments:
-        spec: EnvironmentSpec = desired.policy(env)
-        parts: dict[str, Any] = {
-            "policy": policy_document(spec, loaded.approvals),
-            "instances": {
-                f"{k.kind}/{k.name}": (inst.provider, inst.hash())
-                for k, inst in sorted(desired.instances.get(env, {}).items())
-            },
-        }
-        signatures[env] = hashlib.sha256(canonical_json(parts).encode()).hexdigest()
-    return Snapshot(loaded, signatures)
+    spec: EnvironmentSpec = desired.policy(environment)
+    parts: dict[str, Any] = {
+        "policy": policy_document(spec, loaded.approvals),
+        "instances": {
+            f"{k.kind}/{k.name}": (inst.provider, inst.hash())
+            for k, inst in sorted(desired.instances.get(environment, {}).items())
+        },
+    }
+    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
 
 
 def _touches(changed: list[str], read: tuple[str, ...]) -> bool:

@@ -55,6 +55,8 @@ class AppliedRecord:
     commit: str | None
     run_id: str
     applied_at: datetime
+    #: `spec` as canonical JSON when the caller has it already (saves encoding it again).
+    spec_json: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> InstanceKey:

@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import quote
 
 from reconciler.errors import StateError
-from reconciler.instances import InstanceKey
+from reconciler.instances import InstanceKey, canonical_json
 from reconciler.state.base import (
     AppliedRecord,
     AppliedSummary,
@@ -189,7 +189,7 @@ def _insert_applied(db: sqlite3.Connection, r: AppliedRecord) -> None:
     db.execute(
         "INSERT OR REPLACE INTO applied VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (r.environment, r.kind, r.name, r.provider, r.provider_id,
-         json.dumps(r.spec, sort_keys=True), r.spec_hash,
+         canonical_json(r.spec) if r.spec_json is None else r.spec_json, r.spec_hash,
          json.dumps(r.secret_fingerprints, sort_keys=True), r.commit, r.run_id,
          r.applied_at.isoformat()),
     )  # fmt: skip
@@ -212,6 +212,8 @@ class SQLiteState:
         self._env = dict(env)
         self._mu = threading.RLock()
         self._held = HeldLocks()
+        #: Per environment, the held lock and the stored row last verified as its own.
+        self._checked: dict[str, tuple[LockInfo, tuple[Any, ...]]] = {}
         self._version = SCHEMA_VERSION
         try:
             self._db = self._open_read_only() if read_only else self._open_writable()
@@ -343,8 +345,14 @@ class SQLiteState:
     def _check_held(self, db: sqlite3.Connection, environment: str) -> None:
         """Inside the write's transaction: a run holding the lock writes only while the
         stored lock is still its own (HeldLocks.check)."""
-        if environment in self._held:
-            self._held.check(environment, self._lock_row(db, environment))
+        mine = self._held.get(environment)
+        if mine is None:
+            return
+        row = db.execute(self._lock_sql, (environment,)).fetchone()
+        if row is not None and self._checked.get(environment) == (mine, row):
+            return  # the very row this lock was last found as: still its own
+        self._held.check(environment, _lock_info(row) if row else None)
+        self._checked[environment] = (mine, row)
 
     # -- reads -----------------------------------------------------------------------
 
