@@ -135,14 +135,20 @@ def secret_ref(value: Any) -> str | None:
 
 def secret_refs(spec: Any) -> list[str]:
     """Names of the environment variables a spec refers to as secrets."""
-    found: list[str] = []
+    found: set[str] = set()
     stack = [spec]
-    while stack:
+    push = stack.append
+    while stack:  # only containers are pushed: plan walks every instance's spec
         v = stack.pop()
-        if (name := secret_ref(v)) is not None:
-            found.append(name)
-        elif isinstance(v, dict):
-            stack.extend(v.values())
+        if isinstance(v, dict):
+            if (name := secret_ref(v)) is not None:
+                found.add(name)
+                continue
+            for x in v.values():
+                if isinstance(x, (dict, list)):
+                    push(x)
         elif isinstance(v, list):
-            stack.extend(v)
-    return sorted(set(found))
+            for x in v:
+                if isinstance(x, (dict, list)):
+                    push(x)
+    return sorted(found)

@@ -16,7 +16,7 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from reconciler.instances import Instance, InstanceKey, secret_ref
+from reconciler.instances import Instance, InstanceKey
 from reconciler.manifests import Desired
 from reconciler.providers.base import DeleteRule
 from reconciler.schedules import spec_next_runs
@@ -199,9 +199,9 @@ def _path_str(parts: Sequence[Any]) -> str:
 def _mask(value: Any) -> Any:
     """Secret references are shown as `(sensitive)`; values are never present anyway.
     Parts without a reference are returned as they are, not copied (nested values are
-    shared, never edited; a first plan masks every body)."""
+    shared, never edited; a first plan masks every body, hence the inlined checks)."""
     if isinstance(value, dict):
-        if secret_ref(value) is not None:
+        if len(value) == 1 and isinstance(value.get("secretEnv"), str):  # secret_ref
             return SENSITIVE
         out: dict[str, Any] | None = None
         for k, v in value.items():
@@ -211,8 +211,13 @@ def _mask(value: Any) -> Any:
                 out[k] = masked
         return value if out is None else out
     if isinstance(value, list):
-        items = [_mask(v) if isinstance(v, _CONTAINERS) else v for v in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        items: list[Any] | None = None
+        for i, v in enumerate(value):
+            if isinstance(v, _CONTAINERS) and (masked := _mask(v)) is not v:
+                if items is None:
+                    items = list(value)
+                items[i] = masked
+        return value if items is None else items
     return value
 
 

@@ -35,6 +35,8 @@ def fmt(value: Any) -> str:
         return "true" if value else "false"
     if kind is int:
         return int.__repr__(value)
+    if kind is float and value - value == 0.0:  # finite: JSON writes repr (NaN, inf differ)
+        return float.__repr__(value)
     return _VALUE.encode(value)
 
 
