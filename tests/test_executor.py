@@ -16,24 +16,21 @@ from typing import Any
 
 import pytest
 from conftest import commit_all, init_repo, run_cli, write_files
+from executor_world import ENV, PROVIDERS, apply, desired_of, outcomes, plan_of
 
 from reconciler.errors import ProviderError, ReconcilerError, StateError
 from reconciler.executor import (
     ChangeResult,
-    EnvironmentResult,
     RunContext,
     execute_environment,
     instance_from_record,
     worker_count,
 )
-from reconciler.instances import Instance, InstanceKey, ProviderConfig
-from reconciler.plan import Change, EnvironmentPlan, plan_environment
+from reconciler.instances import Instance, InstanceKey
+from reconciler.plan import Change, EnvironmentPlan
 from reconciler.providers.testing import MemoryProvider
 from reconciler.state.base import AppliedRecord, ChangeRecord, LockInfo, RunRecord
 from reconciler.state.sqlite import SQLiteState
-
-ENV = "dev"
-PROVIDERS = {"mem": ProviderConfig(name="mem", type="memory", environment=ENV)}
 
 
 def deployment(name: str, model: str = "gpt-4o") -> Instance:
@@ -51,54 +48,11 @@ def schedule(name: str, dep: Instance, cron: str = "0 * * * *") -> Instance:
     )
 
 
-def desired_of(*insts: Instance) -> dict[InstanceKey, Instance]:
-    return {i.key: i for i in insts}
-
-
-def plan_of(store: SQLiteState, desired: dict[InstanceKey, Instance]) -> EnvironmentPlan:
-    """What the real planner makes of `desired` against what the state recorded."""
-    return plan_environment(
-        ENV,
-        desired,
-        store.applied(ENV),
-        serial=store.serial(ENV),
-        protected=False,
-        allow_delete=True,
-        immutable={},
-        secret_env={},
-        fingerprint_key=b"",
-    )
-
-
-def apply(
-    store: SQLiteState,
-    mem: MemoryProvider,
-    desired: dict[InstanceKey, Instance],
-    plan: EnvironmentPlan | None = None,
-    **kwargs: Any,
-) -> EnvironmentResult:
-    return execute_environment(
-        store,
-        plan or plan_of(store, desired),
-        desired=desired,
-        providers=PROVIDERS,
-        repo_root=Path("."),
-        env={},
-        context=RunContext(commit="c0ffee"),
-        provider_factory=mem.factory(),
-        **kwargs,
-    )
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteState]:
     s = SQLiteState(tmp_path / "state.db", env={})
     yield s
     s.close()
-
-
-def outcomes(result: EnvironmentResult) -> dict[str, str]:
-    return {r.change.address: r.outcome for r in result.results}
 
 
 # -- ordering and concurrency ---------------------------------------------------------

@@ -15,22 +15,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from executor_world import ENV, apply, desired_of, outcomes
 
 from reconciler.executor import (
-    EnvironmentResult,
     HealthEvent,
-    RunContext,
-    execute_environment,
     readiness_timeout,
 )
-from reconciler.instances import Instance, InstanceKey, ProviderConfig
-from reconciler.plan import EnvironmentPlan, plan_environment
+from reconciler.instances import Instance
 from reconciler.providers.base import HealthStatus, RetryAfter
 from reconciler.providers.testing import MemoryProvider
 from reconciler.state.sqlite import SQLiteState
-
-ENV = "dev"
-PROVIDERS = {"mem": ProviderConfig(name="mem", type="memory", environment=ENV)}
 
 
 def deployment(name: str, model: str = "gpt-4o", ready: float | None = 5.0) -> Instance:
@@ -45,49 +39,11 @@ def schedule(name: str, dep: Instance) -> Instance:
     return Instance(ENV, "Schedule", name, "mem", spec, depends_on=(dep.key,))
 
 
-def desired_of(*insts: Instance) -> dict[InstanceKey, Instance]:
-    return {i.key: i for i in insts}
-
-
-def plan_of(store: SQLiteState, desired: dict[InstanceKey, Instance]) -> EnvironmentPlan:
-    return plan_environment(
-        ENV,
-        desired,
-        store.applied(ENV),
-        serial=store.serial(ENV),
-        protected=False,
-        allow_delete=True,
-        immutable={},
-        secret_env={},
-        fingerprint_key=b"",
-    )
-
-
-def apply(
-    store: SQLiteState, mem: MemoryProvider, desired: dict[InstanceKey, Instance], **kw: Any
-) -> EnvironmentResult:
-    return execute_environment(
-        store,
-        plan_of(store, desired),
-        desired=desired,
-        providers=PROVIDERS,
-        repo_root=Path("."),
-        env={},
-        context=RunContext(commit="c0ffee"),
-        provider_factory=mem.factory(),
-        **kw,
-    )
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteState]:
     s = SQLiteState(tmp_path / "state.db", env={})
     yield s
     s.close()
-
-
-def outcomes(result: EnvironmentResult) -> dict[str, str]:
-    return {r.change.address: r.outcome for r in result.results}
 
 
 class SlowPolls(MemoryProvider):

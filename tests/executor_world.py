@@ -1,0 +1,60 @@
+"""What the in-process executor tests share (test_executor.py, test_executor_health.py):
+one environment on an in-memory provider, planned by the real planner against a real
+SQLite state file, and applied by the real executor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reconciler.executor import EnvironmentResult, RunContext, execute_environment
+from reconciler.instances import Instance, InstanceKey, ProviderConfig
+from reconciler.plan import EnvironmentPlan, plan_environment
+from reconciler.providers.testing import MemoryProvider
+from reconciler.state.sqlite import SQLiteState
+
+ENV = "dev"
+PROVIDERS = {"mem": ProviderConfig(name="mem", type="memory", environment=ENV)}
+
+
+def desired_of(*insts: Instance) -> dict[InstanceKey, Instance]:
+    return {i.key: i for i in insts}
+
+
+def plan_of(store: SQLiteState, desired: dict[InstanceKey, Instance]) -> EnvironmentPlan:
+    """What the real planner makes of `desired` against what the state recorded."""
+    return plan_environment(
+        ENV,
+        desired,
+        store.applied(ENV),
+        serial=store.serial(ENV),
+        protected=False,
+        allow_delete=True,
+        immutable={},
+        secret_env={},
+        fingerprint_key=b"",
+    )
+
+
+def apply(
+    store: SQLiteState,
+    mem: MemoryProvider,
+    desired: dict[InstanceKey, Instance],
+    plan: EnvironmentPlan | None = None,
+    **kwargs: Any,
+) -> EnvironmentResult:
+    return execute_environment(
+        store,
+        plan or plan_of(store, desired),
+        desired=desired,
+        providers=PROVIDERS,
+        repo_root=Path("."),
+        env={},
+        context=RunContext(commit="c0ffee"),
+        provider_factory=mem.factory(),
+        **kwargs,
+    )
+
+
+def outcomes(result: EnvironmentResult) -> dict[str, str]:
+    return {r.change.address: r.outcome for r in result.results}
