@@ -31,16 +31,16 @@ import itertools
 import json
 import socket
 import struct
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .loopback import ThreadedServer
 from .slow import MODES, drip
 
 DEFAULT_PATHS: Mapping[str, str] = {
@@ -79,13 +79,7 @@ class _Collection:
     by_name: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    allow_reuse_address = True
-
-
-class FakeDeployApi:
+class FakeDeployApi(ThreadedServer):
     """Deployments and schedules by (environment, name); thread-safe."""
 
     def __init__(
@@ -101,6 +95,7 @@ class FakeDeployApi:
         id_prefix: str = "",
         global_names: bool = False,
     ) -> None:
+        super().__init__(host, port)
         self.token = token
         self.global_names = global_names
         self.env_shape = env_shape
@@ -114,73 +109,7 @@ class FakeDeployApi:
         self.create_count: Counter[tuple[str, str]] = Counter()
         self._collections = {k: _Collection() for k in self.paths}
         self._faults: deque[_Fault] = deque()
-        self._lock = threading.RLock()
-        self._stopping = threading.Event()
-        self._conns: set[socket.socket] = set()
         self._ids = itertools.count(1)
-        self._addr = (host, port)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # --- lifecycle -----------------------------------------------------------------
-
-    def start(self) -> Self:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def setup(self) -> None:
-                super().setup()
-                with api._lock:
-                    api._conns.add(self.connection)
-
-            def finish(self) -> None:
-                with api._lock:
-                    api._conns.discard(self.connection)
-                with contextlib.suppress(OSError):
-                    super().finish()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _serve(self) -> None:
-                api._handle(self)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
-
-        self._stopping.clear()
-        self._server = _Server(self._addr, Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:  # keep-alive connections would otherwise linger in their threads
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     # --- test controls ---------------------------------------------------------------
 
@@ -195,11 +124,11 @@ class FakeDeployApi:
     ) -> None:
         """Answer the next `times` requests (of `method`, if given) with `fault`."""
         ra = None if retry_after is None else str(retry_after)
-        with self._lock:
+        with self.lock:
             self._faults.append(_Fault(fault, times, ra, body, method))
 
     def objects(self, collection: str = "deployments") -> list[dict[str, Any]]:
-        with self._lock:
+        with self.lock:
             return [
                 json.loads(json.dumps(o)) for o in self._collections[collection].objects.values()
             ]
@@ -215,21 +144,21 @@ class FakeDeployApi:
         return ident
 
     def get(self, collection: str, environment: str, name: str) -> dict[str, Any] | None:
-        with self._lock:
+        with self.lock:
             c = self._collections[collection]
             ident = self._find(c, environment, name)
             return None if ident is None else json.loads(json.dumps(c.objects[ident]))
 
     def tamper(self, collection: str, environment: str, name: str, **fields: Any) -> None:
         """Change a live object behind the reconciler's back (for drift tests)."""
-        with self._lock:
+        with self.lock:
             c = self._collections[collection]
             ident = self._find(c, environment, name)
             assert ident is not None, f"no {name} in {environment}"
             c.objects[ident].update(fields)
 
     def remove(self, collection: str, environment: str, name: str) -> None:
-        with self._lock:
+        with self.lock:
             c = self._collections[collection]
             ident = self._find(c, environment, name)
             assert ident is not None, f"no {name} in {environment}"
@@ -239,7 +168,7 @@ class FakeDeployApi:
     # --- the API -------------------------------------------------------------------
 
     def _take_fault(self, method: str) -> _Fault | None:
-        with self._lock:
+        with self.lock:
             for f in self._faults:
                 if f.method is None or f.method == method:
                     f.times -= 1
@@ -260,7 +189,7 @@ class FakeDeployApi:
         headers = {k.lower(): v for k, v in h.headers.items() if k.lower() != "authorization"}
         authorized = self.token is None or h.headers.get("Authorization") == f"Bearer {self.token}"
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        with self._lock:
+        with self.lock:
             self.requests.append(Recorded(method, parts.path, query, headers, body, authorized))
         if self.latency:
             self._stopping.wait(self.latency)
@@ -307,7 +236,7 @@ class FakeDeployApi:
         self, cname: str, method: str, rest: list[str], query: Mapping[str, str], body: Any
     ) -> tuple[int, Any]:
         now = datetime.now(UTC).isoformat()
-        with self._lock:
+        with self.lock:
             c = self._collections[cname]
             if not rest:
                 if method == "GET":

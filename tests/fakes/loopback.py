@@ -61,23 +61,26 @@ class _Fault:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128
+    request_queue_size = 256
     allow_reuse_address = True
 
 
-class LoopbackServer:
-    """A real HTTP server on 127.0.0.1; subclasses implement `route` under `lock`."""
+class ThreadedServer:
+    """A real HTTP server in a daemon thread; every request goes to `_handle`, which the
+    subclass writes. Stopping also shuts kept-alive connections, which would otherwise
+    linger in their handler threads."""
 
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.lock = threading.RLock()
-        self._faults: deque[_Fault] = deque()
+        #: Set while stopping: a request waiting on purpose (latency, a hang) wakes up.
+        self._stopping = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._addr = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
-        #: Seconds each answer takes (outside the lock: requests overlap, as on a real
-        #: service); benchmarks set it.
-        self.latency = 0.0
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -107,7 +110,8 @@ class LoopbackServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._stopping.clear()
+        self._server = _Server(self._addr, Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -115,6 +119,7 @@ class LoopbackServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -136,6 +141,18 @@ class LoopbackServer:
         assert self._server is not None, "start the fake first"
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+
+class LoopbackServer(ThreadedServer):
+    """A vendor stand-in on 127.0.0.1; subclasses implement `route` under `lock`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Request] = []
+        self._faults: deque[_Fault] = deque()
+        #: Seconds each answer takes (outside the lock: requests overlap, as on a real
+        #: service); benchmarks set it.
+        self.latency = 0.0
 
     # --- test controls ---------------------------------------------------------------
 
