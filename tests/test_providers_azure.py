@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes.azure_arm import API_VERSION, FakeAzure
+from vendor_world import Made
 
 from reconciler.errors import ProviderError
-from reconciler.instances import Instance, ProviderConfig
+from reconciler.instances import Instance
 from reconciler.plan import field_diff
 from reconciler.providers.azure_openai import AzureOpenAIProvider
 from reconciler.providers.base import Problem
@@ -61,38 +61,24 @@ def account(az: FakeAzure) -> str:
     return az.add_account(SUB, "ai-prod", "acme-openai")
 
 
-class Made:
-    def __init__(self) -> None:
-        self.sleeps: list[float] = []
-        self.made: list[AzureOpenAIProvider] = []
-
-    def __call__(
-        self, url: str, environment: str = "production", *, env: dict[str, str] = ENV, **config: Any
-    ) -> AzureOpenAIProvider:
-        cfg = {
+@pytest.fixture
+def make() -> Iterator[Made[AzureOpenAIProvider]]:
+    m = Made(
+        AzureOpenAIProvider,
+        "azure",
+        "azure-openai",
+        lambda url: {
             "baseUrl": url,
             "subscriptionId": SUB,
             "resourceGroup": "ai-prod",
             "account": "acme-openai",
             "timeoutSeconds": 2,
-            **config,
-        }
-        p = AzureOpenAIProvider(
-            ProviderConfig("azure", "azure-openai", environment, cfg, {"tokenEnv": "AZURE_TOKEN"}),
-            repo_root=Path("."),
-            env=env,
-            sleep=self.sleeps.append,
-        )
-        self.made.append(p)
-        return p
-
-
-@pytest.fixture
-def make() -> Iterator[Made]:
-    m = Made()
+        },
+        {"tokenEnv": "AZURE_TOKEN"},
+        ENV,
+    )
     yield m
-    for p in m.made:
-        p.close()
+    m.close()
 
 
 def test_create_puts_the_deployment_and_follows_its_operation(

@@ -5,15 +5,15 @@ failures, pause and resume, ownership by tags, lost answers, drift, secrets."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes.hf_endpoints import FakeHuggingFace
 from fakes.loopback import LOST
+from vendor_world import Made
 
 from reconciler.errors import ProviderError
-from reconciler.instances import Instance, ProviderConfig
+from reconciler.instances import Instance
 from reconciler.plan import field_diff
 from reconciler.providers.base import Problem
 from reconciler.providers.huggingface import HuggingFaceProvider
@@ -52,31 +52,18 @@ def hf() -> Iterator[FakeHuggingFace]:
         yield server
 
 
-class Made:
-    def __init__(self) -> None:
-        self.sleeps: list[float] = []
-        self.made: list[HuggingFaceProvider] = []
-
-    def __call__(
-        self, url: str, environment: str = "production", *, env: dict[str, str] = ENV, **config: Any
-    ) -> HuggingFaceProvider:
-        cfg = {"baseUrl": url, "namespace": "acme", "timeoutSeconds": 2, **config}
-        p = HuggingFaceProvider(
-            ProviderConfig("hf", "huggingface", environment, cfg, {"tokenEnv": "HF_TOKEN"}),
-            repo_root=Path("."),
-            env=env,
-            sleep=self.sleeps.append,
-        )
-        self.made.append(p)
-        return p
-
-
 @pytest.fixture
-def make() -> Iterator[Made]:
-    m = Made()
+def make() -> Iterator[Made[HuggingFaceProvider]]:
+    m = Made(
+        HuggingFaceProvider,
+        "hf",
+        "huggingface",
+        lambda url: {"baseUrl": url, "namespace": "acme", "timeoutSeconds": 2},
+        {"tokenEnv": "HF_TOKEN"},
+        ENV,
+    )
     yield m
-    for p in m.made:
-        p.close()
+    m.close()
 
 
 def healths(p: HuggingFaceProvider, pid: str | None, n: int) -> list[str]:

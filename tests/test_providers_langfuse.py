@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fakes.langfuse import FakeLangfuse
 from fakes.loopback import LOST
+from vendor_world import Made
 
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig
@@ -56,32 +57,18 @@ def lf() -> Iterator[FakeLangfuse]:
         yield server
 
 
-class Made:
-    def __init__(self) -> None:
-        self.sleeps: list[float] = []
-        self.made: list[LangfuseProvider] = []
-
-    def __call__(
-        self, url: str, environment: str = "production", *, env: dict[str, str] = ENV, **config: Any
-    ) -> LangfuseProvider:
-        p = LangfuseProvider(
-            ProviderConfig(
-                "prompts", "langfuse", environment, {"host": url, **config}, dict(CREDENTIALS)
-            ),
-            repo_root=Path("."),
-            env=env,
-            sleep=self.sleeps.append,
-        )
-        self.made.append(p)
-        return p
-
-
 @pytest.fixture
-def make() -> Iterator[Made]:
-    m = Made()
+def make() -> Iterator[Made[LangfuseProvider]]:
+    m = Made(
+        LangfuseProvider,
+        "prompts",
+        "langfuse",
+        lambda url: {"host": url},
+        CREDENTIALS,
+        ENV,
+    )
     yield m
-    for p in m.made:
-        p.close()
+    m.close()
 
 
 def test_create_makes_one_version_labelled_for_the_environment(
