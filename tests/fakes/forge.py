@@ -20,15 +20,15 @@ import hashlib
 import itertools
 import json
 import re
-import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
+from .loopback import ThreadedServer
 from .slow import drip
 
 JSON = Any
@@ -75,67 +75,23 @@ class _Scripted:
         )
 
 
-class FakeForge:
+class FakeForge(ThreadedServer):
     """The HTTP machinery shared by the fakes: routing, recording, failure modes."""
 
     #: Path prefix of the API (GitLab serves under /api/v4).
     prefix: tuple[str, ...] = ()
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[Recorded] = []
         self.down: Scripted | None = None
-        self._stopping = threading.Event()
         self._scripted: deque[_Scripted] = deque()
-        self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._routes: list[tuple[str, list[str], Callable[..., Response]]] = []
         self._ids = itertools.count(1000)
 
-    # --- lifecycle -----------------------------------------------------------------
-
-    def start(self) -> Self:
-        forge = self
-        self._stopping.clear()
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _serve(self) -> None:
-                forge._dispatch(self)
-
-            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     @property
     def origin(self) -> str:
-        assert self._server is not None, "start the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return super().url
 
     @property
     def url(self) -> str:
@@ -156,7 +112,7 @@ class FakeForge:
     ) -> None:
         """The next `count` requests (of `method` on a path matching `path_re`, if given)
         get this answer ("drop": the connection is closed unanswered)."""
-        with self._lock:
+        with self.lock:
             for _ in range(count):
                 self._scripted.append(
                     _Scripted(
@@ -216,7 +172,7 @@ class FakeForge:
     def next_id(self) -> int:
         return next(self._ids)
 
-    def _dispatch(self, h: BaseHTTPRequestHandler) -> None:
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
         split = urlsplit(h.path)
         length = int(h.headers.get("content-length") or 0)
         raw = h.rfile.read(length) if length else b""
@@ -226,7 +182,7 @@ class FakeForge:
             body = None
         headers = {k.lower(): v for k, v in h.headers.items()}
         query = parse_qs(split.query, keep_blank_values=True)
-        with self._lock:
+        with self.lock:
             self.requests.append(Recorded(h.command, split.path, query, headers, body, h.path))
             scripted = next((x for x in self._scripted if x.matches(h.command, split.path)), None)
             if scripted is not None:
@@ -258,11 +214,11 @@ class FakeForge:
         if not self.authorized(req):
             self._write(h, *self.unauthorized())
             return
-        with self._lock:
-            status, payload, extra = self._handle(req)
+        with self.lock:
+            status, payload, extra = self._answer(req)
         self._write(h, status, payload, extra)
 
-    def _handle(self, req: Request) -> Response:
+    def _answer(self, req: Request) -> Response:
         for method, pattern, handler in self._routes:
             if method != req.method or len(pattern) != len(req.segments):
                 continue
@@ -317,7 +273,7 @@ class FakeForge:
     # --- assertions helpers --------------------------------------------------------
 
     def calls(self, method: str | None = None, path_re: str | None = None) -> list[Recorded]:
-        with self._lock:
+        with self.lock:
             return [
                 r
                 for r in self.requests
