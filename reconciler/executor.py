@@ -12,6 +12,8 @@ Scheduling is a ready queue (`graphlib.TopologicalSorter`): a change is queued w
 last dependency finishes, so the work per change is constant however large the plan.
 Worker threads take ready changes themselves; `parallelism` bounds the provider calls
 under way, and a few spare workers write state records meanwhile (`worker_count`).
+Fewer workers run when the run's providers say they can use fewer (`max_concurrency`:
+the local registry, one SQLite file, is fastest with a single worker).
 
 Readiness: after a create, update or replace, the change is done only when its object
 is Healthy (or Suspended: paused on purpose), up to a readiness timeout (the
@@ -492,9 +494,11 @@ class Executor:
         Ctrl-C) stops new changes from starting and polls from being made; the calls
         under way finish and are recorded, then it is raised."""
         schedule = _Schedule(self, plan, run_id, commit)
+        count = worker_count(self.parallelism, len(plan.changes))
+        cap = self._concurrency({c.provider for c in plan.changes})
         workers = [
             threading.Thread(target=schedule.work, name=f"apply-{i}")
-            for i in range(worker_count(self.parallelism, len(plan.changes)))
+            for i in range(count if cap is None else max(1, min(count, cap)))
         ]
         for w in workers:
             w.start()
@@ -508,6 +512,21 @@ class Executor:
             for w in workers:
                 w.join()
         return schedule.results()
+
+    def _concurrency(self, providers: set[str]) -> int | None:
+        """How many workers the run's providers can keep busy together; None: no
+        limit but the parallelism. A provider that cannot be made counts as no limit:
+        its changes fail one by one, as they would anyway."""
+        total = 0
+        for name in providers:
+            try:
+                limit = self.providers.get(name).max_concurrency
+            except Exception:
+                return None
+            if limit is None:
+                return None
+            total += limit
+        return total
 
     def report(self, res: ChangeResult) -> None:
         ch = res.change

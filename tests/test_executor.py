@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from conftest import commit_all, init_repo, run_cli, write_files
@@ -113,6 +113,24 @@ def test_never_more_provider_calls_at_once_than_the_parallelism(store: SQLiteSta
     mem = MemoryProvider(latency=0.05)
     apply(store, mem, desired_of(*(deployment(f"d{i}") for i in range(12))), parallelism=3)
     assert 1 < mem.peak_concurrency <= 3
+
+
+def test_a_provider_that_takes_one_call_at_a_time_gets_one_worker(store: SQLiteState) -> None:
+    class OneAtATime(MemoryProvider):
+        max_concurrency: ClassVar[int | None] = 1
+
+    mem = OneAtATime(latency=0.01)
+    workers: set[str] = set()
+    desired = desired_of(*(deployment(f"d{i}") for i in range(8)))
+    result = apply(
+        store,
+        mem,
+        desired,
+        parallelism=4,
+        progress=lambda res: workers.add(threading.current_thread().name),
+    )
+    assert result.outcome == "applied" and set(store.applied(ENV)) == set(desired)
+    assert mem.peak_concurrency == 1 and workers == {"apply-0"}
 
 
 def test_a_change_reads_only_its_own_key_from_the_state(tmp_path: Path) -> None:
@@ -553,7 +571,7 @@ def test_cli_rollback_on_failure_restores_the_registry_and_the_state(tmp_path: P
     with sqlite3.connect(registry) as db:
         rows = db.execute("SELECT name, body FROM objects").fetchall()
     assert [name for name, _ in rows] == ["alpha"]
-    assert '"model": "gpt-4o"' in rows[0][1]
+    assert json.loads(rows[0][1])["model"] == "gpt-4o"
     with sqlite3.connect(repo / ".reconciler" / "state.db") as db:
         (spec,) = db.execute("SELECT spec FROM applied WHERE name = 'alpha'").fetchone()
     assert json.loads(spec)["model"] == "gpt-4o"

@@ -10,6 +10,7 @@ values, so the file is safe to leave on disk. Objects are keyed by (environment,
 kind, name); concurrent threads share one connection behind a lock, and other
 processes are kept out by SQLite's own locking (WAL, busy timeout). Every write is one
 statement, so it is its own transaction: atomic, with no BEGIN/COMMIT round trips.
+A body is stored as the instance's canonical JSON, the text its hash is of (encoded once).
 """
 
 from __future__ import annotations
@@ -79,16 +80,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _dump(body: Mapping[str, Any]) -> str:
-    return json.dumps(body, sort_keys=True, ensure_ascii=False)
-
-
 class LocalProvider(Provider):
     """Deployments and schedules recorded in `<repo>/.reconciler/local-registry.db`
     (or at RECONCILER_LOCAL_REGISTRY)."""
 
     type_name: ClassVar[str] = "local"
     immutable_fields: ClassVar[frozenset[str]] = frozenset({"scaling.hardware"})
+    #: Every write goes to one SQLite file under one lock: threads would only wait.
+    max_concurrency: ClassVar[int | None] = 1
 
     def __init__(self, config: ProviderConfig, *, repo_root: Path, env: Mapping[str, str]) -> None:
         super().__init__(config, repo_root=repo_root, env=env)
@@ -199,7 +198,7 @@ class LocalProvider(Provider):
         rows, _ = self._write(
             f"create {inst.kind.lower()}.{inst.name}",
             _UPSERT,
-            (str(uuid.uuid4()), *key, _dump(inst.body()), now, now),
+            (str(uuid.uuid4()), *key, inst.canonical(), now, now),
         )
         return str(rows[0][0])
 
@@ -208,7 +207,7 @@ class LocalProvider(Provider):
             f"update {inst.kind.lower()}.{inst.name}",
             "UPDATE objects SET body = ?, updated_at = ?"
             " WHERE environment = ? AND kind = ? AND name = ?",
-            (_dump(inst.body()), _now(), inst.environment, inst.kind, inst.name),
+            (inst.canonical(), _now(), inst.environment, inst.kind, inst.name),
         )
         if changed == 0:
             raise ProviderError(
