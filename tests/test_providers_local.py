@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,6 +158,17 @@ def test_stores_secret_references_never_values(local: LocalProvider) -> None:
         bare.update(inst(temperature=0.5), "whatever")
     finally:
         bare.close()
+
+
+def test_ids_are_time_ordered_uuid7_and_bodies_the_canonical_json(local: LocalProvider) -> None:
+    """New ids land at the end of the primary-key index, not on a random page of it."""
+    made = [inst(f"d{i}") for i in range(50)]
+    ids = [local.create(i) for i in made]
+    assert {uuid.UUID(i).version for i in ids} == {7}
+    by_ms = [uuid.UUID(i).int >> 80 for i in ids]
+    assert by_ms == sorted(by_ms)  # the millisecond prefix never goes back
+    bodies = {name: body for _, _, _, name, body in rows(local.path)}
+    assert [bodies[i.name] for i in made] == [i.canonical() for i in made]
 
 
 def test_tampering_with_the_file_shows_in_read(local: LocalProvider) -> None:
