@@ -31,6 +31,9 @@ class InstanceKey(NamedTuple):
 
 APPLIED_KINDS = ("Deployment", "Schedule")
 
+#: A secret reference in a spec: the path to it (keys and list indices) and the name.
+SecretAt = tuple[tuple[str | int, ...], str]
+
 
 def canonical_json(data: Any) -> str:
     """Stable JSON: sorted keys, no whitespace; the basis of every hash."""
@@ -118,10 +121,21 @@ class Instance:
     def _hash(self) -> str:
         return hashlib.sha256(self._canonical.encode()).hexdigest()
 
-    @cached_property
+    @property
     def secret_names(self) -> list[str]:
-        """Environment variables this instance needs as secrets (cached: plan asks often)."""
-        return secret_refs(self.spec)
+        """Environment variables this instance needs as secrets."""
+        return self._secrets[0]
+
+    @property
+    def secret_locations(self) -> list[SecretAt]:
+        """Where its secret references are: plan masks by these paths."""
+        return self._secrets[1]
+
+    @cached_property
+    def _secrets(self) -> tuple[list[str], list[SecretAt]]:
+        """Names and paths from one walk (a first plan asks both of every instance)."""
+        found = secret_locations(self.spec)
+        return sorted({name for _, name in found}), found
 
 
 def secret_ref(value: Any) -> str | None:
@@ -133,22 +147,28 @@ def secret_ref(value: Any) -> str | None:
     return None
 
 
+def secret_locations(spec: Any) -> list[SecretAt]:
+    """Every secret reference under `spec` with its path, in no particular order."""
+    if (name := secret_ref(spec)) is not None:
+        return [((), name)]
+    if not isinstance(spec, (dict, list)):
+        return []
+    found: list[SecretAt] = []
+
+    def walk(node: Any, path: tuple[str | int, ...]) -> None:  # containers only
+        for k, v in node.items() if isinstance(node, dict) else enumerate(node):
+            if isinstance(v, dict):
+                if len(v) == 1 and isinstance(name := v.get("secretEnv"), str):  # secret_ref
+                    found.append(((*path, k), name))
+                else:
+                    walk(v, (*path, k))
+            elif isinstance(v, list):
+                walk(v, (*path, k))
+
+    walk(spec, ())
+    return found
+
+
 def secret_refs(spec: Any) -> list[str]:
     """Names of the environment variables a spec refers to as secrets."""
-    found: set[str] = set()
-    stack = [spec]
-    push = stack.append
-    while stack:  # only containers are pushed: plan walks every instance's spec
-        v = stack.pop()
-        if isinstance(v, dict):
-            if (name := secret_ref(v)) is not None:
-                found.add(name)
-                continue
-            for x in v.values():
-                if isinstance(x, (dict, list)):
-                    push(x)
-        elif isinstance(v, list):
-            for x in v:
-                if isinstance(x, (dict, list)):
-                    push(x)
-    return sorted(found)
+    return sorted({name for _, name in secret_locations(spec)})

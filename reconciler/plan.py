@@ -14,8 +14,6 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from deepdiff import DeepDiff
-
 from reconciler.instances import Instance, InstanceKey
 from reconciler.manifests import Desired
 from reconciler.providers.base import DeleteRule
@@ -224,8 +222,27 @@ def _mask(value: Any) -> Any:
 _CONTAINERS = (dict, list)
 
 
+def _masked_body(inst: Instance) -> dict[str, Any]:
+    """`_mask(inst.body())` without walking the body again: the instance knows where
+    its secret references are, so only the containers on the way to one are copied."""
+    body = inst.body()  # a new mapping; what is under it is shared, never edited
+    for path, _ in inst.secret_locations:
+        if not path:
+            continue  # the spec itself is never shown bare: it sits inside the body
+        node: Any = body
+        for part in path[:-1]:
+            child = node[part]
+            child = dict(child) if isinstance(child, dict) else list(child)
+            node[part] = child
+            node = child
+        node[path[-1]] = SENSITIVE
+    return body
+
+
 def field_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[FieldDiff]:
     """Field-level differences (deepdiff), as dotted paths, sorted, secrets masked."""
+    from deepdiff import DeepDiff  # only updates need it; a first plan need not load it
+
     dd = DeepDiff(dict(before), dict(after), ignore_order=False, view="tree", verbose_level=2)
     out: dict[str, FieldDiff] = {}
     for levels in dd.values():
@@ -319,6 +336,7 @@ def plan_environment(
     upserts: list[Change] = []
     for key, inst in desired.items():
         after = inst.body()
+        shown = _masked_body(inst)
         fps = _secret_fingerprints(inst, secret_env, fingerprint_key)
         known_fps = {k: v for k, v in fps.items() if v is not None}
         rec = recorded.get(key)
@@ -329,7 +347,7 @@ def plan_environment(
                     key,
                     inst.provider,
                     None,
-                    _mask(after),
+                    shown,
                     risk=inst.risk,
                     secret_fingerprints=known_fps,
                 )
@@ -356,7 +374,7 @@ def plan_environment(
             key,
             inst.provider,
             _mask(rec.spec),
-            _mask(after),
+            shown,
             diff=diff,
             reason=reason,
             risk=inst.risk,

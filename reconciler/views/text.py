@@ -52,28 +52,36 @@ def text_diff(before: Any, after: Any) -> list[str]:
 
 #: Top-level fields a create does not list (the header names them).
 _NOT_SHOWN = frozenset({"name", "environment"})
+_NOTHING: frozenset[str] = frozenset()
 
 
-def _nested(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value)
-
-
-def _leaf_lines(data: dict[str, Any], prefix: str, indent: str, out: list[str]) -> None:
+def _leaf_lines(
+    data: dict[str, Any],
+    prefix: str,
+    indent: str,
+    out: list[str],
+    hide: frozenset[str],
+) -> None:
     """`path: value` for every leaf under `data`, keys sorted at each level; a prompt
-    shows as name@version, an empty mapping as `{}`."""
+    shows as name@version, an empty mapping as `{}`. Keys in `hide` are left out
+    unless they hold a non-empty mapping."""
     put = out.append
     head = f"{indent}{prefix}." if prefix else indent
     for k in sorted(data):
         value = data[k]
         if not isinstance(value, dict):
-            put(f"{head}{k}: {fmt(value)}")
+            if k in hide:
+                continue
+            # text is most leaves: encoded here rather than through fmt's dispatch
+            put(f"{head}{k}: {encode_basestring(value) if type(value) is str else fmt(value)}")
         elif not prefix and k == "prompt" and "name" in value and "version" in value:
             ref = f"{value['name']}@{value['version']}"
             put(f"{indent}prompt: {fmt(ref)}")
         elif not value:
-            put(f"{head}{k}: {{}}")
+            if k not in hide:
+                put(f"{head}{k}: {{}}")
         else:
-            _leaf_lines(value, f"{prefix}.{k}" if prefix else str(k), indent, out)
+            _leaf_lines(value, f"{prefix}.{k}" if prefix else str(k), indent, out, _NOTHING)
 
 
 def summary_line(e: EnvironmentPlan) -> str:
@@ -95,8 +103,7 @@ def change_lines(ch: Change, indent: str = "") -> list[str]:
     if ch.refused:
         lines.append(f"{indent}# refused: {ch.refused}")
     if ch.action == "create":
-        top = {k: v for k, v in (ch.after or {}).items() if k not in _NOT_SHOWN or _nested(v)}
-        _leaf_lines(top, "", indent, lines)
+        _leaf_lines(ch.after or {}, "", indent, lines, _NOT_SHOWN)
     elif ch.action == "delete":
         pass
     else:
