@@ -154,19 +154,21 @@ def secret_locations(spec: Any) -> list[SecretAt]:
     if not isinstance(spec, (dict, list)):
         return []
     found: list[SecretAt] = []
-
-    def walk(node: Any, path: tuple[str | int, ...]) -> None:  # containers only
-        for k, v in node.items() if isinstance(node, dict) else enumerate(node):
-            if isinstance(v, dict):
-                if len(v) == 1 and isinstance(name := v.get("secretEnv"), str):  # secret_ref
-                    found.append(((*path, k), name))
-                else:
-                    walk(v, (*path, k))
-            elif isinstance(v, list):
-                walk(v, (*path, k))
-
-    walk(spec, ())
+    _walk(spec, (), found)
     return found
+
+
+def _walk(node: Any, path: tuple[str | int, ...], found: list[SecretAt]) -> None:
+    """Containers only. A module function, not a closure: a closure that calls itself
+    is a reference cycle, left for the cyclic GC once per instance."""
+    for k, v in node.items() if isinstance(node, dict) else enumerate(node):
+        if isinstance(v, dict):
+            if len(v) == 1 and isinstance(name := v.get("secretEnv"), str):  # secret_ref
+                found.append(((*path, k), name))
+            else:
+                _walk(v, (*path, k), found)
+        elif isinstance(v, list):
+            _walk(v, (*path, k), found)
 
 
 def secret_refs(spec: Any) -> list[str]:
