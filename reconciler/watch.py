@@ -7,6 +7,7 @@ Template files are read fresh on every pass (expansion asks for them).
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -27,6 +28,10 @@ from reconciler.manifests import (
 from reconciler.manifests.validate import ModelMemo, parse_files
 from reconciler.manifests.yamlload import YMap
 
+#: Saves between full collections (`ManifestCache.settle`): a save leaves ~300 objects
+#: in reference cycles, so the frozen heap never holds more than a few thousand.
+COLLECT_EVERY = 25
+
 
 @dataclass
 class _Parsed:
@@ -43,6 +48,7 @@ class ManifestCache:
     repo: ManifestRepo = field(init=False)
     _files: dict[str, _Parsed] = field(default_factory=dict, init=False)
     _memo: ModelMemo = field(default_factory=dict, init=False)
+    _saves: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.repo = ManifestRepo(self.settings.repo)
@@ -63,9 +69,24 @@ class ManifestCache:
             desired = desired_from_documents(
                 docs, lambda p: self.repo.read_file_at(None, p), problems, self._memo
             )
+            # As load_desired does: what was loaded lives until the next save, the
+            # cache as long as the watch. Out of the cyclic GC's view, a save's
+            # allocations no longer trigger full collections that rescan it all (~300 ms
+            # every third save at 10,000 instances). `settle` frees the few reference
+            # cycles a save leaves (a field diff's) now and then.
+            gc.freeze()
         if problems:
             raise ManifestError(problems)
         return desired
+
+    def settle(self) -> None:
+        """Called between saves, once a save's plan is out: every `COLLECT_EVERY`
+        saves, one full collection frees the reference cycles frozen meanwhile."""
+        self._saves += 1
+        if self._saves % COLLECT_EVERY == 0:
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
     def _reread(self, path: Path) -> None:
         try:  # not resolve(): a symlink must be judged by where it is, not where it leads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from conftest import run_cli
@@ -66,3 +68,37 @@ def test_watch_replans_on_save_and_stops_cleanly(example_repo: Path) -> None:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(15)
     assert code == 0
+
+
+class _Cycle:
+    """An object in a reference cycle: only the cyclic GC frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_between_saves_the_cache_stays_out_of_the_gcs_view_and_cycles_are_freed(
+    example_repo: Path,
+) -> None:
+    """A save must not pay for the cyclic GC rescanning the whole cache (it is frozen
+    after each refresh), yet what a save leaves in reference cycles is freed within
+    COLLECT_EVERY saves. Counted in objects, never timed."""
+    from reconciler.config import load_settings
+    from reconciler.watch import COLLECT_EVERY, ManifestCache
+
+    cache = ManifestCache(load_settings(example_repo, env={}))
+    try:
+        cache.refresh(None)
+        parsed = next(iter(cache._files.values())).docs[0][1]
+        assert not any(o is parsed for o in gc.get_objects())  # frozen: never rescanned
+        left = weakref.ref(_Cycle())  # garbage a save leaves behind, frozen with it
+        chat = example_repo / "manifests/deployments/support-chat.yaml"
+        chat.write_text(chat.read_text().replace("maxTokens: 400", "maxTokens: 512"))
+        cache.refresh([chat])
+        gc.collect()
+        assert left() is not None  # a collection between saves does not reach it
+        for _ in range(COLLECT_EVERY):
+            cache.settle()
+        assert left() is None
+    finally:
+        gc.unfreeze()

@@ -31,6 +31,12 @@ class WatchSession:
         self.cache = ManifestCache(self.settings)
 
     def on_change(self, changed: Iterable[Path] | None) -> None:
+        try:
+            self._on_change(changed)
+        finally:
+            self.cache.settle()  # after the output: its cost is off the save's path
+
+    def _on_change(self, changed: Iterable[Path] | None) -> None:
         started = time.perf_counter()
         try:
             desired = self.cache.refresh(changed)
