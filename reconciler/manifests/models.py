@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     JsonValue,
@@ -252,8 +251,6 @@ Timeout = Annotated[float, Field(gt=0)]
 # type other than the deployment's provider's is an error (expand.py); each provider
 # checks the values' shapes at plan time (`Provider.validate`).
 
-_BLOCK_CONFIG = ConfigDict(**StrictModel.model_config, use_attribute_docstrings=True)
-
 
 class AzureSettings(StrictModel):
     """Only for a provider of type `azure-openai` (an Azure OpenAI deployment in
@@ -261,21 +258,21 @@ class AzureSettings(StrictModel):
     name (Standard, GlobalStandard, ProvisionedManaged, ...), `scaling.maxReplicas`
     the SKU capacity."""
 
-    model_config = _BLOCK_CONFIG
-
-    deployment_name: Text | None = None
-    """The Azure deployment's name in its account (default: the deployment's name)."""
-    model_version: Text | None = None
-    """The model version, e.g. "2024-08-06"; left out, Azure picks its default."""
-    model_format: Text | None = None
-    """The model format (default "OpenAI")."""
+    deployment_name: Text | None = Field(
+        None,
+        description="The Azure deployment's name in its account (default: the deployment's name).",
+    )
+    model_version: Text | None = Field(
+        None, description='The model version, e.g. "2024-08-06"; left out, Azure picks its default.'
+    )
+    model_format: Text | None = Field(None, description='The model format (default "OpenAI").')
     version_upgrade_option: (
         Literal["OnceNewDefaultVersionAvailable", "OnceCurrentVersionExpired", "NoAutoUpgrade"]
         | None
-    ) = None
-    """When Azure may move the deployment to a newer model version."""
-    rai_policy_name: Text | None = None
-    """The content filter (RAI policy), e.g. "Microsoft.DefaultV2"."""
+    ) = Field(None, description="When Azure may move the deployment to a newer model version.")
+    rai_policy_name: Text | None = Field(
+        None, description='The content filter (RAI policy), e.g. "Microsoft.DefaultV2".'
+    )
 
 
 class HuggingFaceSettings(StrictModel):
@@ -285,29 +282,37 @@ class HuggingFaceSettings(StrictModel):
     the replica bounds, `env` the container's variables (secret references become
     endpoint secrets), `enabled: false` a paused endpoint."""
 
-    model_config = _BLOCK_CONFIG
-
-    endpoint_name: Text | None = None
-    """The endpoint's name in its namespace (default: the deployment's name)."""
-    repository: Text | None = None
-    """The Hub model repository, e.g. "meta-llama/Llama-3.1-8B-Instruct"."""
-    revision: Text | None = None
-    """A commit sha, branch or tag of the repository."""
-    task: Text | None = None
-    """e.g. "text-generation", "sentence-embeddings"."""
-    framework: Text | None = None
-    """e.g. "pytorch" (default) or "custom"."""
-    instance_size: Text | None = None
-    """e.g. "x1" (default), "x4"."""
-    vendor: Text | None = None
-    """The cloud vendor, e.g. "aws" (default: the provider's config.vendor, else aws)."""
-    region: Text | None = None
-    """The vendor's region (default: the provider's config.region, else us-east-1)."""
-    type: Literal["public", "authenticated", "private"] | None = None
-    """Who may call the endpoint (default: the provider's config.type, else
-    authenticated)."""
-    scale_to_zero_timeout: Annotated[int, Field(ge=1)] | None = None
-    """Minutes without requests before scaling to zero (needs scaling.minReplicas: 0)."""
+    endpoint_name: Text | None = Field(
+        None, description="The endpoint's name in its namespace (default: the deployment's name)."
+    )
+    repository: Text | None = Field(
+        None, description='The Hub model repository, e.g. "meta-llama/Llama-3.1-8B-Instruct".'
+    )
+    revision: Text | None = Field(
+        None, description="A commit sha, branch or tag of the repository."
+    )
+    task: Text | None = Field(None, description='e.g. "text-generation", "sentence-embeddings".')
+    framework: Text | None = Field(None, description='e.g. "pytorch" (default) or "custom".')
+    instance_size: Text | None = Field(None, description='e.g. "x1" (default), "x4".')
+    vendor: Text | None = Field(
+        None,
+        description='The cloud vendor, e.g. "aws" (default: the provider\'s config.vendor, '
+        "else aws).",
+    )
+    region: Text | None = Field(
+        None,
+        description="The vendor's region (default: the provider's config.region, else us-east-1).",
+    )
+    type: Literal["public", "authenticated", "private"] | None = Field(
+        None,
+        description="Who may call the endpoint (default: the provider's config.type, "
+        "else authenticated).",
+    )
+    scale_to_zero_timeout: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Minutes without requests before scaling to zero "
+        "(needs scaling.minReplicas: 0).",
+    )
 
 
 class LangfuseSettings(StrictModel):
@@ -315,15 +320,19 @@ class LangfuseSettings(StrictModel):
     The resolved prompt template is the prompt text, `model` and `options` its config,
     and the environment a label on the version with that content."""
 
-    model_config = _BLOCK_CONFIG
-
-    prompt_name: Text | None = None
-    """The Langfuse prompt's name, folders with "/" (default: the deployment's name)."""
-    label: Text | None = None
-    """The label that stands for this environment (default: the provider's
-    config.label, else the environment's name)."""
-    type: Literal["text", "chat"] | None = None
-    """`text` (default) or `chat` (the template becomes one system message)."""
+    prompt_name: Text | None = Field(
+        None,
+        description='The Langfuse prompt\'s name, folders with "/" '
+        "(default: the deployment's name).",
+    )
+    label: Text | None = Field(
+        None,
+        description="The label that stands for this environment (default: the provider's "
+        "config.label, else the environment's name).",
+    )
+    type: Literal["text", "chat"] | None = Field(
+        None, description="`text` (default) or `chat` (the template becomes one system message)."
+    )
 
 
 #: Deployment block key → the provider type that reads it.
