@@ -214,6 +214,9 @@ class SQLiteState:
         self._held = HeldLocks()
         #: Per environment, the held lock and the stored row last verified as its own.
         self._checked: dict[str, tuple[LockInfo, tuple[Any, ...]]] = {}
+        #: The next change number of the run written last, so a change costs no MAX(seq)
+        #: query (only the lock holder writes a run's changes, and `_check_held` says so).
+        self._next_seq: dict[str, int] = {}
         self._version = SCHEMA_VERSION
         try:
             self._db = self._open_read_only() if read_only else self._open_writable()
@@ -506,14 +509,16 @@ class SQLiteState:
         at = (change.at or _now()).isoformat()
         with self._tx(f"record a change of run {run_id}") as db:
             self._check_held(db, env)
-            (seq,) = db.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM changes WHERE run_id = ?", (run_id,)
-            ).fetchone()
-            if (
-                seq == 1
-                and db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None
-            ):
-                raise StateError(f"state {self.url}: no run {run_id} (begin_run first)")
+            seq = self._next_seq.pop(run_id, None)  # back only once this write is in
+            if seq is None:
+                (seq,) = db.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM changes WHERE run_id = ?", (run_id,)
+                ).fetchone()
+                if (
+                    seq == 1
+                    and db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None
+                ):
+                    raise StateError(f"state {self.url}: no run {run_id} (begin_run first)")
             _insert_change(db, run_id, seq, change, at)
             if removed is not None:
                 db.execute(
@@ -528,6 +533,7 @@ class SQLiteState:
                     "ON CONFLICT (environment) DO UPDATE SET serial = serial + 1",
                     (env,),
                 )
+            self._next_seq = {run_id: seq + 1}  # a run's changes are written by its holder
 
     def finish_run(self, run_id: str, outcome: str, details: dict[str, Any] | None = None) -> None:
         with self._tx(f"finish run {run_id}") as db:

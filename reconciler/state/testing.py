@@ -304,6 +304,25 @@ def check_environments_are_independent(make_store: Stores) -> None:
 
 
 @_contract
+def check_interleaved_runs_keep_each_runs_changes_in_order(make_store: Stores) -> None:
+    """Two runs (two environments) written turn about, then one of them again after
+    the store is reopened: each run lists exactly its own changes, in the order made."""
+    s = make_store()
+    s.begin_run(_run("r-dev", "dev"))
+    s.begin_run(_run("r-prod", "prod"))
+    for i in range(3):
+        for run_id, env in (("r-dev", "dev"), ("r-prod", "prod")):
+            s.record_change(run_id, _change(f"{env}{i}", env=env), None, None)
+    s.close()
+    s = make_store()
+    s.record_change("r-dev", _change("dev3"), None, None)
+    for run_id, env, count in (("r-dev", "dev", 4), ("r-prod", "prod", 3)):
+        run = s.run(run_id)
+        assert run is not None
+        assert [c.key.name for c in run.changes] == [f"{env}{i}" for i in range(count)]
+
+
+@_contract
 def check_applied_by_keys_and_index(make_store: Stores) -> None:
     s = make_store()
     names = [f"d{i:02d}" for i in range(12)]
