@@ -335,8 +335,6 @@ def plan_environment(
     ep = EnvironmentPlan(environment=env, serial=serial, protected=protected)
     upserts: list[Change] = []
     for key, inst in desired.items():
-        after = inst.body()
-        shown = _masked_body(inst)
         fps = _secret_fingerprints(inst, secret_env, fingerprint_key)
         known_fps = {k: v for k, v in fps.items() if v is not None}
         rec = recorded.get(key)
@@ -347,7 +345,7 @@ def plan_environment(
                     key,
                     inst.provider,
                     None,
-                    shown,
+                    _masked_body(inst),
                     risk=inst.risk,
                     secret_fingerprints=known_fps,
                 )
@@ -357,7 +355,7 @@ def plan_environment(
         if rec.spec_hash == inst.hash() and rec.provider == inst.provider and not rotated:
             ep.unchanged += 1
             continue
-        diff = field_diff(rec.spec, after) if rec.spec_hash != inst.hash() else []
+        diff = field_diff(rec.spec, inst.body()) if rec.spec_hash != inst.hash() else []
         for n in rotated:
             diff.append(FieldDiff(f"secret {n}", SENSITIVE, f"{SENSITIVE} (rotated)"))
         action: Action = "update"
@@ -374,7 +372,7 @@ def plan_environment(
             key,
             inst.provider,
             _mask(rec.spec),
-            shown,
+            _masked_body(inst),
             diff=diff,
             reason=reason,
             risk=inst.risk,
