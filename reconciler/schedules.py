@@ -50,8 +50,6 @@ from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from croniter import CroniterBadDateError, CroniterError, croniter
-
 __all__ = [
     "Window",
     "WindowVerdict",
@@ -206,6 +204,8 @@ def _normalize_cron(expr: str) -> str:
     # croniter reads a one-value range (`5-5`) as `*`: give it the value itself.
     fields = [",".join(_ONE_VALUE.sub(r"\1", p) for p in f.split(",")) for f in fields]
     text = " ".join(fields)
+    from croniter import CroniterError, croniter  # see _walk
+
     try:
         croniter(text)
     except (CroniterError, ValueError, KeyError) as e:
@@ -267,6 +267,8 @@ def _check_reachable(fields: list[str]) -> None:
     if not _starred(dow) or not re.fullmatch(r"[\d,]+", dom):
         return
     days = [int(d) for d in dom.split(",")]
+    from croniter import croniter  # see _walk
+
     months = croniter(f"0 0 * {month} *").expanded[3]
     listed = range(1, 13) if months == ["*"] else [int(mo) for mo in months]
     if any(d <= _MAX_DAYS[mo - 1] for d in days for mo in listed):
@@ -332,10 +334,16 @@ def _compile(expr: str) -> _Cron:
 
 @lru_cache(maxsize=4096)
 def _day_matches(expr: str, day: datetime) -> bool:
+    from croniter import croniter  # see _walk
+
     return bool(croniter.match(expr, day))
 
 
 def _walk(expr: str, start: datetime, descending: bool) -> Iterator[datetime]:
+    # Imported where used: loading croniter runs `file -b` on the interpreter (its
+    # 32-bit check), ~15 ms that every command of a repo without schedules would pay.
+    from croniter import CroniterBadDateError, croniter
+
     walker = croniter(expr, start)
     step = walker.get_prev if descending else walker.get_next
     while True:
