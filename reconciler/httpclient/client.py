@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
+from functools import cached_property
 from typing import Any, Literal
 
 import httpx
@@ -310,8 +311,7 @@ class HttpClient:
         """
         method = method.upper()
         safe = method in IDEMPOTENT if idempotent is None else idempotent
-        url = str(self._client.build_request(method, target, params=params).url)
-        fail = _Failing(self, method, url, target)
+        fail = _Failing(self, method, target, params)
         waited = 0.0
         attempt = 0
         while True:
@@ -341,7 +341,7 @@ class HttpClient:
             _log.warning(
                 "http.retry",
                 client=self.label,
-                request=self.scrub(f"{method} {url}"),
+                request=self.scrub(f"{method} {fail.url}"),
                 problem=self.scrub(problem),
                 attempt=attempt,
                 wait=round(delay, 3),
@@ -497,8 +497,16 @@ class _Failing:
 
     client: HttpClient
     method: str
-    url: str
     target: str
+    params: Mapping[str, Any] | None
+
+    @cached_property
+    def url(self) -> str:
+        """The full URL, for messages: built only when one is written (building a
+        request per request, just in case, was a tenth of a create's client time)."""
+        return str(
+            self.client._client.build_request(self.method, self.target, params=self.params).url
+        )
 
     def __call__(
         self,
