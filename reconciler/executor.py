@@ -591,7 +591,6 @@ class Executor:
             prov.update(inst, live_id)
         else:
             live_id = prov.create(inst)
-        self._wait_restored(prov, inst, live_id)
         rec = AppliedRecord(
             environment=old.environment,
             kind=old.kind,
@@ -614,7 +613,11 @@ class Executor:
             before_hash=None,
             after_hash=old.spec_hash,
         )
+        # Recorded as soon as it is written, as any change: the state must say what the
+        # provider holds even when the wait below fails (the restore is then reported
+        # failed, and the state already names the spec it put back).
         self.store.record_change(run_id, change, rec, None)
+        self._wait_restored(prov, inst, live_id)
 
     def _wait_restored(self, prov: Provider, inst: Instance, provider_id: str | None) -> None:
         """Block until a restored object is Healthy (restore runs alone, after the

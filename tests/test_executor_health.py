@@ -168,6 +168,45 @@ def test_a_restore_that_does_not_come_up_is_reported(store: SQLiteState) -> None
     assert result.restored[0].error == "restored, then Degraded: out of quota"
     (run,) = store.runs(ENV)[:1]
     assert run.details["restore_failed"] == {"deployment.chat": result.restored[0].error}
+    # the old spec was written back, so the state says so (a re-run tries the new again)
+    assert mem.objects[old.key].body["model"] == "gpt-4o"
+    recorded = store.applied(ENV)[old.key]
+    assert recorded.spec["model"] == "gpt-4o" and recorded.spec_hash == old.hash()
+    assert recorded.provider_id == mem.objects[old.key].provider_id
+
+
+def test_an_applied_change_whose_restore_does_not_come_up_is_recorded_as_restored(
+    store: SQLiteState,
+) -> None:
+    """`a` applies (recorded with its new spec); `b` fails, so `a` is put back, and the
+    put-back object never becomes Healthy. The state must name the spec the provider
+    now holds (the old one), not the new one it had recorded: else the next plan sees
+    no change and never re-applies."""
+    mem = MemoryProvider()
+    a_old, b_old = deployment("a", "gpt-4o", ready=0.2), deployment("b", "gpt-4o", ready=0.2)
+    assert apply(store, mem, desired_of(a_old, b_old)).outcome == "applied"
+    a_new, b_new = deployment("a", "gpt-4o-mini", ready=0.2), deployment("b", "x", ready=0.2)
+    mem.fail(b_new.key, "update", "refused")
+
+    def restore_comes_up_degraded(res: Any) -> None:
+        if res.change.key == a_new.key and res.outcome == "applied":  # what comes next
+            mem.set_health(a_new.key, [HealthStatus("Degraded", "out of quota")])
+
+    result = apply(
+        store,
+        mem,
+        desired_of(a_new, b_new),
+        rollback_on_failure=True,
+        parallelism=1,
+        progress=restore_comes_up_degraded,
+    )
+    assert outcomes(result) == {"deployment.a": "applied", "deployment.b": "failed"}
+    assert [(r.change.name, r.outcome) for r in result.restored] == [("a", "failed")]
+    assert mem.objects[a_old.key].body["model"] == "gpt-4o"  # the old spec is back...
+    recorded = store.applied(ENV)[a_old.key]
+    assert recorded.spec_hash == a_old.hash()  # ...and the state says so
+    assert recorded.provider_id == mem.objects[a_old.key].provider_id
+    assert store.lock_holder(ENV) is None
 
 
 def test_waiting_holds_no_worker_or_slot_a_write_could_use(store: SQLiteState) -> None:
