@@ -507,32 +507,36 @@ class SQLiteState:
     ) -> None:
         env = change.key.environment
         at = (change.at or _now()).isoformat()
-        with self._tx(f"record a change of run {run_id}") as db:
-            self._check_held(db, env)
-            seq = self._next_seq.pop(run_id, None)  # back only once this write is in
-            if seq is None:
-                (seq,) = db.execute(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM changes WHERE run_id = ?", (run_id,)
-                ).fetchone()
-                if (
-                    seq == 1
-                    and db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None
-                ):
-                    raise StateError(f"state {self.url}: no run {run_id} (begin_run first)")
-            _insert_change(db, run_id, seq, change, at)
-            if removed is not None:
-                db.execute(
-                    "DELETE FROM applied WHERE environment = ? AND kind = ? AND name = ?",
-                    tuple(removed),
-                )
-            if applied is not None:
-                _insert_applied(db, applied)
-            if applied is not None or removed is not None:
-                db.execute(
-                    "INSERT INTO serials VALUES (?, 1) "
-                    "ON CONFLICT (environment) DO UPDATE SET serial = serial + 1",
-                    (env,),
-                )
+        # The next number is kept only once this write is committed, under the same
+        # lock (`_tx` takes it again), so no other write sees a number not yet in.
+        with self._mu:
+            with self._tx(f"record a change of run {run_id}") as db:
+                self._check_held(db, env)
+                seq = self._next_seq.pop(run_id, None)
+                if seq is None:
+                    (seq,) = db.execute(
+                        "SELECT COALESCE(MAX(seq), 0) + 1 FROM changes WHERE run_id = ?", (run_id,)
+                    ).fetchone()
+                    if (
+                        seq == 1
+                        and db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
+                        is None
+                    ):
+                        raise StateError(f"state {self.url}: no run {run_id} (begin_run first)")
+                _insert_change(db, run_id, seq, change, at)
+                if removed is not None:
+                    db.execute(
+                        "DELETE FROM applied WHERE environment = ? AND kind = ? AND name = ?",
+                        tuple(removed),
+                    )
+                if applied is not None:
+                    _insert_applied(db, applied)
+                if applied is not None or removed is not None:
+                    db.execute(
+                        "INSERT INTO serials VALUES (?, 1) "
+                        "ON CONFLICT (environment) DO UPDATE SET serial = serial + 1",
+                        (env,),
+                    )
             self._next_seq = {run_id: seq + 1}  # a run's changes are written by its holder
 
     def finish_run(self, run_id: str, outcome: str, details: dict[str, Any] | None = None) -> None:
