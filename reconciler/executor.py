@@ -45,7 +45,7 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import ReconcilerError, StateMovedError
+from reconciler.errors import ReconcilerError, StateError, StateMovedError
 from reconciler.instances import Instance, InstanceKey, ProviderConfig
 from reconciler.log import get_logger, redact
 from reconciler.plan import Change, EnvironmentPlan
@@ -345,6 +345,11 @@ class Executor:
         """Fail a waiting change at once (the run deadline passed)."""
         return self._fail_written(w, run_id, self._timed_out(w, time.monotonic(), None))
 
+    def abandon(self, w: Waiting, run_id: str, why: str) -> None:
+        """Record a waiting change as failed when the run stops before it is Healthy
+        (no health callback: the run is stopping, maybe because one failed)."""
+        self._record_unapplied(w.change, run_id, "failed", why, w.provider_id)
+
     def _timed_out(self, w: Waiting, now: float, retry: float | None) -> str:
         seen = _health_text(w.last)
         if self.deadline is not None and w.deadline >= self.deadline.at and now >= w.deadline:
@@ -511,6 +516,7 @@ class Executor:
         finally:  # never return (or raise) while a worker may still write
             for w in workers:
                 w.join()
+            schedule.record_abandoned()
         return schedule.results()
 
     def _concurrency(self, providers: set[str]) -> int | None:
@@ -777,6 +783,22 @@ class _Schedule:
             self.failure = e
         self.stopping.set()
         self.cond.notify_all()
+
+    def record_abandoned(self) -> None:
+        """Once the workers are gone: when the run stopped (Ctrl-C, a callback failing),
+        the changes still waiting to become Healthy were written but will never be
+        polled again; record each as failed, saying so (the state keeps the spec from
+        before, so a re-run tries again). Not when the state itself failed."""
+        if self.failure is None or isinstance(self.failure, StateError):
+            return
+        why = f"not Healthy yet when the run stopped ({_error_text(self.failure)})"
+        while self.polls:
+            w = heapq.heappop(self.polls)[2]
+            try:
+                self.executor.abandon(w, self.run_id, why)
+            except Exception as e:  # the run's own error is the one to report
+                log.warning("cannot record a change", change=w.change.address, error=_error_text(e))
+                return
 
     def results(self) -> list[ChangeResult]:
         if self.failure is not None:

@@ -293,6 +293,14 @@ def test_ctrl_c_from_the_main_thread_stops_the_waits(store: SQLiteState) -> None
     (run,) = store.runs(ENV)
     assert run.outcome == "interrupted"
     assert store.lock_holder(ENV) is None
+    # it was written, so the run's record says what became of it (the state keeps none)
+    (change,) = run.changes
+    assert (change.outcome, change.error) == (
+        "failed",
+        "not Healthy yet when the run stopped (KeyboardInterrupt)",
+    )
+    assert change.provider_id == mem.objects[chat.key].provider_id
+    assert store.applied(ENV) == {}
 
 
 # -- the run deadline ---------------------------------------------------------------------
