@@ -52,7 +52,13 @@ from reconciler.plan import Change, EnvironmentPlan
 from reconciler.providers.base import HealthStatus, Provider, RetryAfter
 from reconciler.providers.pool import ProviderFactory, ProviderPool, entry_point_factory
 from reconciler.state.base import AppliedRecord, ChangeRecord, RunRecord, StateStore
-from reconciler.vocabulary import ChangeOutcome, EnvironmentOutcome, RunOutcome, Trigger
+from reconciler.vocabulary import (
+    READY,
+    ChangeOutcome,
+    EnvironmentOutcome,
+    RunOutcome,
+    Trigger,
+)
 
 log = get_logger("reconciler.executor")
 
@@ -165,9 +171,9 @@ def readiness_timeout(provider: Provider, inst: Instance | None) -> float:
 
 def health_failure(status: HealthStatus) -> str | None:
     """Why `status` fails a change just written, or None when it does not (yet)."""
-    if status.health in ("Healthy", "Suspended", "Progressing"):
+    if status.health in READY or status.health == "Progressing":
         return None
-    return f"{status.health}: {status.message}" if status.message else status.health
+    return _health_text(status)
 
 
 def _health_text(status: HealthStatus | None) -> str:
@@ -328,7 +334,7 @@ class Executor:
         if status is not None and status != w.last:
             w.last = status
             self._tell_health(ch, status, now - w.started)
-        if status is not None and status.health in ("Healthy", "Suspended"):
+        if status is not None and status.health in READY:
             self._record_success(ch, run_id, commit, w.provider_id, w.recorded)
             return ChangeResult(
                 ch, "applied", provider_id=w.provider_id, written=True, health=status
@@ -645,7 +651,7 @@ class Executor:
                 if status != last:
                     last = status
                     self._tell_health(_restore_change(inst), status, time.monotonic() - started)
-                if status.health in ("Healthy", "Suspended"):
+                if status.health in READY:
                     return
                 if (failure := health_failure(status)) is not None:
                     raise ReconcilerError(f"restored, then {failure}")

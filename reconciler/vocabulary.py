@@ -58,6 +58,8 @@ Trigger = Literal["apply", "agent", "rollback", "heal"]
 #: intended, not a failure; `Missing` means the provider has no such object.
 Health = Literal["Healthy", "Progressing", "Degraded", "Suspended", "Missing"]
 HEALTHS: tuple[Health, ...] = ("Healthy", "Suspended", "Progressing", "Missing", "Degraded")
+#: What ends a wait for a change just written: Healthy, or Suspended on purpose.
+READY: frozenset[Health] = frozenset({"Healthy", "Suspended"})
 _HEALTH_RANK: dict[str, int] = {h: i for i, h in enumerate(HEALTHS)}
 
 

@@ -11,6 +11,7 @@ from reconciler.commands.drift import HealReport
 from reconciler.executor import ChangeResult, EnvironmentResult, HealthEvent
 from reconciler.instances import InstanceKey
 from reconciler.views.text import join_lines
+from reconciler.vocabulary import READY
 
 
 def human(report: ApplyReport) -> str:
@@ -97,7 +98,7 @@ def progress(stream: TextIO) -> Iterator[Watchers]:
         def health(ev: HealthEvent) -> None:
             key = ev.change.key
             line = waiting.get(key)
-            if ev.health is None or ev.health.health in ("Healthy", "Suspended"):
+            if ev.health is None or ev.health.health in READY:
                 if line is not None:
                     bar.remove_task(waiting.pop(key))
                 return
