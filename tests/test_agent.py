@@ -204,6 +204,41 @@ def test_drift_made_by_hand_at_the_provider_is_healed(
     assert "Traceback" not in agent.output()
 
 
+def test_drift_reads_with_the_provider_settings_of_the_applied_commit(
+    tmp_path: Path, postgres_url: str, api: FakeDeployApi
+) -> None:
+    """A push that only points the provider at another host changes no plan, so no
+    gate looks at it: drift and heal must still read and write where the recorded
+    objects were written, never send the credential to the new host."""
+    remote, first = _dev_repo(tmp_path, api, ["chat"])
+    clone = tmp_path / "clone"
+    with FakeDeployApi() as elsewhere, AgentProcess(remote, clone, postgres_url) as agent:
+        agent.wait_until(lambda: _applied(postgres_url, clone, first), "the commit applied")
+        remote.push(
+            {"manifests/provider.yaml": PROVIDER % {"envs": "dev", "url": elsewhere.url}},
+            "point the provider elsewhere",
+        )
+
+        def checks(name: str) -> float:
+            return agent.metric(f"reconciler_agent_{name}_total", environment="dev")
+
+        synced, drifted = checks("sync_checks"), checks("drift_checks")
+        agent.wait_until(
+            lambda: checks("sync_checks") >= synced + 3 and checks("drift_checks") >= drifted + 3,
+            "three passes and drift checks after the push",
+        )
+        api.tamper("deployments", "dev", "chat", options={"temperature": 0.9})
+        agent.wait_until(
+            lambda: (
+                (api.get("deployments", "dev", "chat") or {}).get("options") == {"temperature": 0.2}
+            ),
+            "drift healed where the object lives",
+        )
+        assert elsewhere.requests == [], "the credential went where nobody approved"
+        assert agent.terminate() == 0
+    assert "Traceback" not in agent.output()
+
+
 PRODUCTION = """  protected: true
   approvals: {required: 1}
   sync: {auto: true, interval: 1s}

@@ -29,6 +29,7 @@ from reconciler.agent.policy import Sync, notify_targets, sync_policies
 from reconciler.agent.source import DeployBranch
 from reconciler.commands.apply import ApplyOptions, run_apply, run_context
 from reconciler.commands.context import manifest_repo, open_store, secret_env
+from reconciler.commands.live import Providers, ProvidersOfRecord
 from reconciler.config import Settings
 from reconciler.errors import LockedError, ReconcilerError, StateMovedError
 from reconciler.executor import ChangeResult, EnvironmentResult, RunContext
@@ -97,6 +98,7 @@ class Agent:
         self.tracks: dict[str, Track] = {}
         self.commit: str | None = None
         self.loaded: Loaded | None = None
+        self._of_record = ProvidersOfRecord(settings)
         self.next_fetch = 0.0
         self.busy: str | None = None
         self.heartbeat = clock()
@@ -364,8 +366,15 @@ class Agent:
         t.next_drift = self.clock() + t.sync.drift_interval
         if self.loaded is None:
             return
-        providers = self.loaded.desired.providers
         with open_store(self.settings) as store:
+            try:  # where the recorded objects were written: see ProvidersOfRecord
+                providers = self._of_record.get(store, self.loaded)
+            except ReconcilerError as e:
+                message = f"cannot load the commit it was applied from: {e.message}"
+                self._failed(t, message, run_id=None, store=store, backoff=False)
+                return
+            if env not in providers:
+                return  # never applied from a commit: no recorded object to compare
             found = detection.detect_drift(
                 store,
                 providers,
@@ -389,16 +398,17 @@ class Agent:
                 self._tell(store, env, notices.drifted(env, drifted, self_heal=t.sync.self_heal))
             if t.sync.self_heal:
                 serials = {env: found.serials[env]}
-                self._heal(t, store, detection.DriftReport({env: drifted}, serials))
+                self._heal(t, store, detection.DriftReport({env: drifted}, serials), providers)
 
-    def _heal(self, t: Track, store: StateStore, report: detection.DriftReport) -> None:
+    def _heal(
+        self, t: Track, store: StateStore, report: detection.DriftReport, providers: Providers
+    ) -> None:
         env = t.sync.environment
-        assert self.loaded is not None
         started = self.clock()
         results = detection.heal(
             store,
             report,
-            self.loaded.desired.providers,
+            providers,
             repo_root=self.settings.repo,
             env=self.settings.env,
             parallelism=self.settings.parallelism,

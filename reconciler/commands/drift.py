@@ -28,7 +28,7 @@ def drift(settings: Settings, environments: Sequence[str] = ()) -> DriftReport:
             environments=environments,
         )
         for env in report.environments:
-            reads = read_health(settings, loaded.desired, env, store.applied(env))
+            reads = read_health(settings, loaded.desired.providers, env, store.applied(env))
             report.health.update(reads.health)
             report.health_errors.update(reads.unreadable)
         return report

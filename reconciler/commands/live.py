@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from reconciler.config import Settings
 from reconciler.drift import DriftReport, detect_drift
 from reconciler.errors import ReconcilerError
-from reconciler.instances import InstanceKey
+from reconciler.instances import InstanceKey, ProviderConfig
+from reconciler.load import Loaded, load
 from reconciler.manifests import Desired
 from reconciler.providers import HealthStatus, Provider, make_provider
 from reconciler.state.base import AppliedRecord, StateStore
@@ -29,10 +30,48 @@ class LiveReport:
     unreadable: dict[InstanceKey, str] = field(default_factory=dict)
 
 
+#: Provider settings by environment, then by provider name.
+Providers = Mapping[str, Mapping[str, ProviderConfig]]
+
+
+class ProvidersOfRecord:
+    """The provider settings each environment's recorded objects were written with:
+    those of the commit it was last applied from, loaded once per commit.
+
+    Live reads (drift, health, heal) use these, never a branch's newest commit: that
+    one may be blocked by the gate, and a commit that only moves a provider's
+    `baseUrl` or credential variable changes no plan, so no gate ever looks at it.
+    Reading with it would send the credential (and a heal, the recorded specs)
+    somewhere nobody approved; the recorded objects are not there anyway."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loaded: Loaded | None = None
+
+    def get(self, store: StateStore, current: Loaded | None = None) -> Providers:
+        """By environment; one that was never applied from a commit has none (it
+        holds no recorded object to read). `current` is reused when it is that
+        commit; a commit that no longer loads raises its ReconcilerError."""
+        out: dict[str, Mapping[str, ProviderConfig]] = {}
+        for env in store.environments():
+            last = store.last_applied_run(env)
+            if last is None or last.commit is None:
+                continue
+            out[env] = self._at(last.commit, current).providers.get(env, {})
+        return out
+
+    def _at(self, commit: str, current: Loaded | None) -> Desired:
+        for loaded in (current, self._loaded):
+            if loaded is not None and loaded.commit == commit and not loaded.dirty:
+                return loaded.desired
+        self._loaded = load(self.settings, commit)  # registers its secrets for redaction
+        return self._loaded.desired
+
+
 def read_live(
     settings: Settings,
     store: StateStore,
-    desired: Desired,
+    providers: Providers,
     environments: Sequence[str] = (),
     *,
     now: datetime | None = None,
@@ -41,14 +80,14 @@ def read_live(
     at = now or datetime.now(UTC)
     drift = detect_drift(
         store,
-        desired.providers,
+        providers,
         repo_root=settings.repo,
         env=settings.env,
         environments=environments,
     )
     report = LiveReport(at, drift)
     for env in environments or store.environments():
-        read_health(settings, desired, env, store.applied(env), report)
+        read_health(settings, providers, env, store.applied(env), report)
     drift.health.update(report.health)  # `drift` documents carry health too
     drift.health_errors.update(report.unreadable)
     return report
@@ -64,7 +103,7 @@ class HealthReads:
 
 def read_health(
     settings: Settings,
-    desired: Desired,
+    providers: Providers,
     env: str,
     records: Mapping[InstanceKey, AppliedRecord],
     into: HealthReads | LiveReport | None = None,
@@ -72,7 +111,7 @@ def read_health(
     """Ask each recorded instance's provider for its health, `settings.parallelism` at
     a time; a provider that is gone from the manifests or fails is `unreadable`."""
     out: HealthReads | LiveReport = HealthReads() if into is None else into
-    configs = desired.providers.get(env, {})
+    configs = providers.get(env, {})
     made: dict[str, Provider] = {}
     try:
         for name in {r.provider for r in records.values()} & set(configs):

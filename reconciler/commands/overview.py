@@ -17,7 +17,7 @@ from typing import Any
 from reconciler import schedules
 from reconciler.commands.context import manifest_repo, open_store
 from reconciler.commands.history import HistoryRow
-from reconciler.commands.live import LiveReport, read_live
+from reconciler.commands.live import LiveReport, ProvidersOfRecord, read_live
 from reconciler.commands.plan import build_plan
 from reconciler.commands.show import commit_subject
 from reconciler.config import Settings
@@ -223,7 +223,11 @@ def overview(
     judge = verdicts or approval_verdicts(settings)
     with open_store(settings, read_only=True) as store:
         loaded, plan, _ = build_plan(settings, store, ref=ref)
-        state = read_live(settings, store, loaded.desired) if live else None
+        state = (
+            read_live(settings, store, ProvidersOfRecord(settings).get(store, loaded))
+            if live
+            else None
+        )
         blocked = judge_safely(judge, plan)
         return collect_overview(
             loaded.desired,

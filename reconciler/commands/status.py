@@ -107,7 +107,7 @@ def add_health(settings: Settings, store: StateStore, report: StatusReport) -> N
     health: dict[InstanceKey, HealthStatus] = {}
     unreadable: dict[InstanceKey, str] = {}
     for env in dict.fromkeys(r.key.environment for r in report.rows):
-        reads = read_health(settings, desired, env, store.applied(env))
+        reads = read_health(settings, desired.providers, env, store.applied(env))
         health.update(reads.health)
         unreadable.update(reads.unreadable)
     fill_health(report, health, unreadable)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from reconciler import log
 from reconciler.commands.context import manifest_repo, open_store, secret_env
 from reconciler.commands.history import HistoryReport, collect_history
-from reconciler.commands.live import LiveReport, read_live
+from reconciler.commands.live import LiveReport, ProvidersOfRecord, read_live
 from reconciler.commands.overview import (
     OverviewReport,
     Verdicts,
@@ -113,6 +113,7 @@ class Refresher:
         self.error: str | None = None
         self.error_at: datetime | None = None
         self._loaded: Loaded | None = None
+        self._of_record = ProvidersOfRecord(settings)
         self._fingerprint: _Fingerprint | None = None
         self._slow_at: datetime | None = None
         self._verdicts: tuple[datetime, dict[str, list[str]]] | None = None
@@ -285,7 +286,7 @@ class Refresher:
         if not self.live_enabled:
             return None
         try:
-            return read_live(self.settings, store, loaded.desired, now=now)
+            return read_live(self.settings, store, self._of_record.get(store, loaded), now=now)
         except ReconcilerError as e:
             self._problems.append(f"reading live state failed: {e.message}")
             return None
