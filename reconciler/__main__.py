@@ -10,7 +10,8 @@ def main() -> None:
     schemas) that live as long as the process: with the cyclic GC running, it scans
     them again and again while they load (~30 ms of every command). So they load
     with it paused, and are then frozen out of its view, which also keeps every
-    later collection from rescanning them."""
+    later collection from rescanning them. (`reconciler.manifests.gc_paused` does the
+    same for loading; it cannot be used here, importing it is part of start-up.)"""
     gc.disable()
     try:
         from reconciler.cli import main as run

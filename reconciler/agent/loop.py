@@ -227,12 +227,9 @@ class Agent:
         log.error(f"cannot {what} the deploy branch", commit=self.commit, error=redact(message))
         if what == "load":
             text = f"the manifests at {(self.commit or '')[:12]} do not load: {message}"
-            with open_store(self.settings) as store:
-                for env, t in self.tracks.items():
-                    self._tell(
-                        store, env, notices.failed(env, text, commit=self.commit, run_id=None)
-                    )
-                    t.said["failed"] = (self.commit, text)
+            for env, t in self.tracks.items():  # _tell copes with an unreachable state
+                self._tell(None, env, notices.failed(env, text, commit=self.commit, run_id=None))
+                t.said["failed"] = (self.commit, text)
 
     def _update_tracks(self, loaded: Loaded, now: float) -> None:
         policies = sync_policies(loaded.desired)
