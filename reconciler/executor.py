@@ -239,8 +239,6 @@ class Executor:
         self.providers = providers
         self.parallelism = max(1, parallelism)
         self.progress = progress
-        #: Resolved once: structlog's lazy proxy would rebuild its logger on every call.
-        self._log = log.bind()
         self.on_health = health
         self.deadline = deadline
         self._telling = threading.Lock()  # health callbacks see one event at a time
@@ -542,7 +540,7 @@ class Executor:
 
     def report(self, res: ChangeResult) -> None:
         ch = res.change
-        self._log.info(
+        log.info(
             "change",
             environment=ch.environment,
             action=ch.action,

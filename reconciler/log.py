@@ -13,11 +13,10 @@ import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal
 from urllib.parse import quote
-
-import structlog
 
 REDACTED = "(sensitive)"
 #: Shorter values are not searched for in text: masking "abc" everywhere would mangle
@@ -167,14 +166,45 @@ def _redact_rendered(_logger: Any, _name: str, line: Any) -> Any:
     return redact(line) if isinstance(line, str) else line
 
 
-def configure(
-    *, fmt: Literal["console", "json"] | None = None, verbosity: int = 0, in_ci: bool = False
-) -> None:
-    """Set up structlog once per process; logs go to stderr (stdout is for results)."""
+_Format = Literal["console", "json"]
+#: What `configure` chose, applied to structlog when the first line is written.
+_setting: tuple[_Format, int] | None = None
+#: Lines below this level are dropped before structlog is even loaded.
+_level = logging.NOTSET
+#: Bumped by every `configure`, so loggers resolved before it resolve again.
+_generation = 0
+_applied = -1
+_applying = threading.Lock()
+
+
+def configure(*, fmt: _Format | None = None, verbosity: int = 0, in_ci: bool = False) -> None:
+    """Set up logging once per process; logs go to stderr (stdout is for results).
+
+    structlog itself is loaded with the first line written at an enabled level: its
+    import (which loads rich's traceback and pretty printers) costs about 50 ms, which a
+    quiet command would otherwise pay at every start."""
+    global _setting, _level, _generation
     if fmt is None:
         fmt = "json" if in_ci or not sys.stderr.isatty() else "console"
     level = logging.INFO - 10 * verbosity
-    level = max(logging.DEBUG, min(logging.CRITICAL, level))
+    _level = max(logging.DEBUG, min(logging.CRITICAL, level))
+    _setting = (fmt, _level)
+    _generation += 1
+
+
+def _structlog() -> Any:
+    """structlog, configured as `configure` last asked."""
+    global _applied
+    import structlog
+
+    with _applying:
+        if _applied != _generation and _setting is not None:
+            _apply(structlog, *_setting)
+        _applied = _generation
+    return structlog
+
+
+def _apply(structlog: Any, fmt: _Format, level: int) -> None:
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -195,5 +225,43 @@ def configure(
     )
 
 
-def get_logger(name: str = "reconciler") -> Any:
-    return structlog.get_logger(name)
+class Logger:
+    """A named logger that drops lines below the configured level without loading
+    structlog, and otherwise writes through the structlog logger it resolved (once per
+    `configure`: structlog's own lazy proxy would rebuild it on every line)."""
+
+    __slots__ = ("_bound", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._bound: tuple[int, Any] | None = None
+
+    def _write(self, method: str, level: int, event: str, kw: dict[str, Any]) -> None:
+        if level < _level:
+            return
+        bound = self._bound
+        if bound is None or bound[0] != _generation:
+            structlog = _structlog()
+            bound = self._bound = (_generation, structlog.get_logger(self._name).bind())
+        getattr(bound[1], method)(event, **kw)
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._write("debug", logging.DEBUG, event, kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._write("info", logging.INFO, event, kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._write("warning", logging.WARNING, event, kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._write("error", logging.ERROR, event, kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        """An error line with the exception being handled."""
+        kw.setdefault("exc_info", True)
+        self._write("error", logging.ERROR, event, kw)
+
+
+def get_logger(name: str = "reconciler") -> Logger:
+    return Logger(name)

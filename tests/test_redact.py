@@ -87,6 +87,23 @@ def test_log_lines_mask_values_keys_and_credential_named_fields() -> None:
     assert line["items"] == ["a (sensitive)"]
 
 
+def test_a_logger_follows_each_configure_and_its_level() -> None:
+    """A logger resolves its structlog logger once, then again after every
+    `configure`: lines go where the newest configuration sends them, at its level."""
+    logger = log.get_logger("t")
+    first, second = io.StringIO(), io.StringIO()
+    with redirect_stderr(first):
+        log.configure(fmt="json")
+        logger.info("one")
+    with redirect_stderr(second):
+        log.configure(fmt="json", verbosity=-1)  # -q: warnings and worse
+        logger.info("dropped")
+        logger.warning("two", n=2)
+    assert [json.loads(x)["event"] for x in first.getvalue().splitlines()] == ["one"]
+    lines = [json.loads(x) for x in second.getvalue().splitlines()]
+    assert [(x["event"], x["level"], x["n"]) for x in lines] == [("two", "warning", 2)]
+
+
 def test_registration_reads_every_reference_from_the_documents(tmp_path: Path) -> None:
     """`register_desired` reads references from the documents (fast); it must find
     every name the expanded instances refer to, overrides and schedule input included."""
