@@ -7,17 +7,19 @@ not in git at all still works for the working tree (no commit is recorded then).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
-
-import git
-from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchPathError
+from typing import TYPE_CHECKING
 
 from reconciler.errors import GitError
+
+if TYPE_CHECKING:
+    import git
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 _SYMLINK_MODE = 0o120000
@@ -88,11 +90,13 @@ class ManifestRepo:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
         self._real_root = Path(os.path.realpath(self.root))
-        self._repo: git.Repo | None
-        try:
-            self._repo = git.Repo(self.root, search_parent_directories=True)
-        except (InvalidGitRepositoryError, NoSuchPathError):
-            self._repo = None
+        self._repo: git.Repo | None = None
+        if _maybe_in_git(self.root):
+            import git
+            from git.exc import InvalidGitRepositoryError, NoSuchPathError
+
+            with contextlib.suppress(InvalidGitRepositoryError, NoSuchPathError):
+                self._repo = git.Repo(self.root, search_parent_directories=True)
         self._prefix = ""
         if self._repo is not None and self._repo.working_tree_dir is not None:
             top = Path(self._repo.working_tree_dir).resolve()
@@ -108,6 +112,9 @@ class ManifestRepo:
         return self._repo
 
     def _commit(self, ref: str) -> git.Commit:
+        import git
+        from git.exc import BadName, GitCommandError
+
         try:
             obj = self.repo.rev_parse(ref)
         except (BadName, ValueError, GitCommandError):
@@ -125,6 +132,8 @@ class ManifestRepo:
         return repo_path[len(self._prefix) :]
 
     def _git(self, *args: str) -> str:
+        from git.exc import GitCommandError
+
         try:
             return str(self.repo.git.execute(["git", *args], with_extended_output=False))
         except GitCommandError as e:
@@ -153,6 +162,8 @@ class ManifestRepo:
         """
         if ref is None:
             return self._files_on_disk(paths)
+        import git
+
         tree = self._commit(ref).tree
         found = Files()
         for p in paths:
@@ -180,6 +191,8 @@ class ManifestRepo:
 
     def _blob_data(self, tree: git.Tree, blob: git.Blob) -> bytes | None:
         """A blob's bytes, following symlinks (mode 120000) inside the manifests root."""
+        import git
+
         for _ in range(_MAX_LINKS):
             if blob.mode != _SYMLINK_MODE:
                 return bytes(blob.data_stream.read())
@@ -240,6 +253,8 @@ class ManifestRepo:
                 return f.read_bytes()
             except OSError:
                 return None
+        import git
+
         tree = self._commit(ref).tree
         try:
             node = tree / (self._prefix + rel)
@@ -281,6 +296,8 @@ class ManifestRepo:
         return msg if isinstance(msg, str) else msg.decode(errors="replace")
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        from git.exc import GitCommandError
+
         try:
             self.repo.git.merge_base("--is-ancestor", ancestor, descendant)
         except GitCommandError:
@@ -344,6 +361,8 @@ class ManifestRepo:
         lighter rollback policy applies only when the tree matches what reverting those
         commits on the parent gives (built in a scratch index, no checkout).
         """
+        from git.exc import GitCommandError
+
         c = self._commit(sha)
         if len(c.parents) != 1 or not reverted:
             return False
@@ -407,6 +426,8 @@ class ManifestRepo:
             where = str(Path(tmp) / "wt")
             self._git("worktree", "add", "--detach", where, "HEAD")
             try:
+                import git
+
                 sha = self._revert_in(git.Repo(where), full, message)
                 self._git("branch", branch, sha)
             finally:
@@ -414,6 +435,8 @@ class ManifestRepo:
         return sha
 
     def _revert_in(self, repo: git.Repo, commits: Sequence[str], message: str) -> str:
+        from git.exc import GitCommandError
+
         try:
             for sha in commits:
                 mainline = ["-m", "1"] if len(self._commit(sha).parents) > 1 else []
@@ -443,6 +466,18 @@ class ManifestRepo:
 
     def push(self, branch: str, remote: str = "origin") -> None:
         self._git("push", "-q", remote, f"refs/heads/{branch}:refs/heads/{branch}")
+
+
+def _maybe_in_git(root: Path) -> bool:
+    """False only when no directory from `root` up holds `.git` or looks like a git
+    directory itself, and GIT_DIR is unset: GitPython would find no repository there.
+    Such a root (a plain directory of manifests) then never loads GitPython, whose
+    import costs about 30 ms and runs `git version`."""
+    if os.environ.get("GIT_DIR"):
+        return True
+    return any(
+        os.path.lexists(d / ".git") or os.path.isfile(d / "HEAD") for d in (root, *root.parents)
+    )
 
 
 def _walk_manifests(base: Path) -> Iterable[Path]:

@@ -9,6 +9,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = """
@@ -44,3 +46,41 @@ def test_python_dash_m_runs_the_same_entry_point(tmp_path: Path) -> None:
         text=True,
     )
     assert result.returncode == 0 and "valid: 0 documents" in result.stdout
+
+
+LOADED = """
+import sys
+from reconciler.__main__ import main
+sys.argv = ["reconciler", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+print(" ".join(m for m in ("structlog", "git") if m in sys.modules))
+"""
+
+
+def _loaded_by(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", LOADED, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=env,
+    ).stdout
+    return set(out.splitlines()[-1].split())
+
+
+def test_a_quiet_command_outside_git_loads_neither_structlog_nor_gitpython(
+    tmp_path: Path,
+) -> None:
+    """structlog is loaded by the first line written at an enabled level, GitPython
+    by the first manifests root that may be in git: a quiet command on a plain
+    directory needs neither."""
+    repo = tmp_path / "plain"
+    (repo / "manifests").mkdir(parents=True)
+    if any((d / ".git").exists() for d in repo.parents):
+        pytest.skip("the temporary directory is inside a git work tree")
+    assert _loaded_by("-q", "--repo", str(repo), "validate") == set()
+    assert _loaded_by("-q", "--repo", str(ROOT), "validate") == {"git"}
