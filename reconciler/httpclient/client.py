@@ -199,6 +199,12 @@ def describe(e: Exception, deadline: Deadline | None = None) -> str:
             return "connection refused"
         if "name or service" in text or "nodename" in text or "getaddrinfo" in text:
             return "host not found"
+        if "certificate verify failed" in text:  # OpenSSL's reason: a fixed phrase
+            why = text.partition("certificate verify failed")[2].split("(_ssl")[0]
+            why = why.strip(" :")
+            return "TLS certificate not trusted" + (f" ({why})" if why else "")
+        if "[ssl" in text:
+            return "TLS handshake failed"
         return "cannot connect"
     if isinstance(e, httpx.ProxyError):
         return f"proxy error: {e}"
