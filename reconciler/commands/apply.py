@@ -22,6 +22,7 @@ from reconciler.executor import (
 from reconciler.forge import make_source
 from reconciler.gate import Gate, GateResult
 from reconciler.load import Loaded
+from reconciler.manifests import full_collections_deferred
 from reconciler.plan import EnvironmentPlan, Plan, make_plan
 from reconciler.state.base import StateStore
 from reconciler.vocabulary import Trigger
@@ -90,7 +91,20 @@ def run_apply(
     health: HealthFn | None = None,
     trigger_context: Callable[[Loaded], RunContext] | None = None,
 ) -> ApplyReport:
-    """Plan (or re-derive the saved plan), gate each environment, apply those that pass."""
+    """Plan (or re-derive the saved plan), gate each environment, apply those that pass.
+    A run keeps its plan and results until it ends: no full GC rescans them meanwhile."""
+    with full_collections_deferred():
+        return _run_apply(settings, store, opts, progress, health, trigger_context)
+
+
+def _run_apply(
+    settings: Settings,
+    store: StateStore,
+    opts: ApplyOptions,
+    progress: ProgressFn | None,
+    health: HealthFn | None,
+    trigger_context: Callable[[Loaded], RunContext] | None,
+) -> ApplyReport:
     if opts.plan_file is not None:
         loaded, plan, env_secrets = _rederive(settings, store, opts.plan_file, opts)
     else:

@@ -12,6 +12,7 @@ from reconciler.commands.context import open_store, secret_env
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
 from reconciler.load import Loaded, load
+from reconciler.manifests import full_collections_deferred, gc_paused
 from reconciler.plan import Plan, make_plan
 from reconciler.state.base import StateStore
 
@@ -43,19 +44,24 @@ def build_plan(
 ) -> Built:
     """Load the manifests at `ref` (or the working tree) and plan them against `store`.
     Only apply passes `persist_key` (making the fingerprint key is a write)."""
-    loaded = load(settings, ref)
-    secrets = secret_env(settings, loaded.desired)
-    plan = make_plan(
-        loaded.desired,
-        store,
-        commit=loaded.commit,
-        dirty=loaded.dirty,
-        ref=ref,
-        environments=environments or None,
-        allow_delete=allow_delete,
-        secret_env=secrets,
-        persist_key=persist_key,
-    )
+    # What loading builds stays, with hardly a reference cycle among it: the GC
+    # waits (`gc_paused`). Planning leaves cycles (field diffs): only full
+    # collections wait (at 100,000 instances, the two saved 1.7 s of 11).
+    with gc_paused():
+        loaded = load(settings, ref)
+        secrets = secret_env(settings, loaded.desired)
+    with full_collections_deferred():
+        plan = make_plan(
+            loaded.desired,
+            store,
+            commit=loaded.commit,
+            dirty=loaded.dirty,
+            ref=ref,
+            environments=environments or None,
+            allow_delete=allow_delete,
+            secret_env=secrets,
+            persist_key=persist_key,
+        )
     return Built(loaded, plan, secrets)
 
 

@@ -7,6 +7,7 @@ Public API: `load_desired(files, read_file)` returns the `Desired` state or rais
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -28,6 +29,7 @@ __all__ = [
     "ReadFile",
     "deep_merge",
     "desired_from_documents",
+    "full_collections_deferred",
     "gc_paused",
     "load_desired",
 ]
@@ -45,6 +47,33 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+_deferred = 0
+_deferred_lock = threading.Lock()
+_threshold = gc.get_threshold()
+
+
+@contextmanager
+def full_collections_deferred() -> Iterator[None]:
+    """Planning keeps what it builds (a change per instance) but also leaves reference
+    cycles (each field diff's), so the GC cannot simply be paused. Young collections
+    go on and free those cycles; full ones, which rescan everything built so far
+    each time, wait until the block ends (at 100,000 instances they were 1.2 s of
+    planning's 10.6). Nested and concurrent blocks share one deferral."""
+    global _deferred, _threshold
+    with _deferred_lock:
+        if not _deferred:
+            _threshold = gc.get_threshold()
+            gc.set_threshold(_threshold[0], _threshold[1], 1 << 30)
+        _deferred += 1
+    try:
+        yield
+    finally:
+        with _deferred_lock:
+            _deferred -= 1
+            if not _deferred:
+                gc.set_threshold(*_threshold)
 
 
 def load_desired(files: Mapping[str, bytes], read_file: ReadFile) -> Desired:
