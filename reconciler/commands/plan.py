@@ -46,7 +46,7 @@ def build_plan(
     Only apply passes `persist_key` (making the fingerprint key is a write)."""
     # What loading builds stays, with hardly a reference cycle among it: the GC
     # waits (`gc_paused`). Planning leaves cycles (field diffs): only full
-    # collections wait (at 100,000 instances, the two saved 1.7 s of 11).
+    # collections wait (at 100,000 instances: 11.1 s -> 9.8 s).
     with gc_paused():
         loaded = load(settings, ref)
         secrets = secret_env(settings, loaded.desired)
