@@ -306,6 +306,17 @@ def _rotated(recorded: Mapping[str, str | None], current: Mapping[str, str | Non
     )
 
 
+def _rotated_since(recorded: Mapping[str, str | None], env: Mapping[str, str], key: bytes) -> bool:
+    """For an instance whose spec is the one recorded: whether a secret it names has
+    changed value since. Its names are the record's (the same spec), so its spec need
+    not be walked; as `_rotated`, a value unknown on either side is no change."""
+    for name, was in recorded.items():
+        now = _fingerprint(key, env.get(name))
+        if was is not None and now is not None and now != was:
+            return True
+    return False
+
+
 def _qualify_replace(ch: Change, rule: DeleteRule, old_provider: str) -> None:
     """A replace deletes the old object first: the old provider's delete rule holds."""
     if rule.note:
@@ -481,7 +492,7 @@ def make_plan(
             if (a := index.get(k)) is not None
             and a.provider == inst.provider
             and a.spec_hash == inst.hash()
-            and not _rotated(a.secret_fingerprints, _secret_fingerprints(inst, env_vars, key))
+            and not _rotated_since(a.secret_fingerprints, env_vars, key)
         }
         recorded = store.applied(env, keys=[k for k in index if k not in same])
         immutable: dict[str, dict[str, str]] = {}

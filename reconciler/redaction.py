@@ -12,7 +12,7 @@ register the references its recorded specs hold.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from reconciler.instances import secret_refs
@@ -40,26 +40,11 @@ def register_environment(env: Mapping[str, str]) -> None:
     register_secrets(env.get(name) for name in ENV_SECRET_VARS)
 
 
-def secret_names(desired: Desired, environments: Sequence[str] = ()) -> set[str]:
-    """Variables named by `secretEnv` references and provider credentials."""
-    names: set[str] = set()
-    for env, insts in desired.instances.items():
-        if environments and env not in environments:
-            continue
-        for inst in insts.values():
-            names.update(inst.secret_names)
-    for env, provs in desired.providers.items():
-        if environments and env not in environments:
-            continue
-        for pc in provs.values():
-            names.update(pc.credentials.values())
-    return names
-
-
 def referenced_names(desired: Desired) -> set[str]:
-    """`secret_names` of every environment, read from the documents (a deployment's
-    `env` and its overrides', a schedule's `input`): far fewer values to walk than
-    every expanded instance, so `validate` stays as fast as it was."""
+    """Every secret name the expanded instances and providers refer to, read from the
+    documents (a deployment's `env` and its overrides', a schedule's `input`): far
+    fewer values to walk than every expanded instance, so `validate` and `plan` stay
+    fast. `tests/test_redact.py` checks it against walking the instances."""
     from reconciler.manifests.models import SecretRef
 
     names: set[str] = set()
@@ -77,12 +62,14 @@ def referenced_names(desired: Desired) -> set[str]:
     return names
 
 
-def register_desired(desired: Desired, env: Mapping[str, str]) -> None:
-    """Every secret value the manifests refer to, in all environments. A credential
-    "name" that is not set and not written like a variable (`tokenEnv: hunter2`) may
-    be the credential itself, typed in the wrong place: it is masked too."""
+def register_desired(desired: Desired, env: Mapping[str, str]) -> set[str]:
+    """Every secret value the manifests refer to, in all environments; returns their
+    names (`referenced_names`). A credential "name" that is not set and not written
+    like a variable (`tokenEnv: hunter2`) may be the credential itself, typed in the
+    wrong place: it is masked too."""
     register_environment(env)
-    register_secrets(env.get(name) for name in referenced_names(desired))
+    names = referenced_names(desired)
+    register_secrets(env.get(name) for name in names)
     register_secrets(
         name
         for provs in desired.providers.values()
@@ -90,6 +77,7 @@ def register_desired(desired: Desired, env: Mapping[str, str]) -> None:
         for name in pc.credentials.values()
         if name not in env and not _CONVENTIONAL_VAR.match(name)
     )
+    return names
 
 
 def register_recorded(store: StateStore, settings: Settings) -> None:

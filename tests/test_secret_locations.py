@@ -4,13 +4,19 @@ holds, the result must be what masking the whole body shows."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from conftest import init_repo, write_files
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reconciler.commands.apply import ApplyOptions, run_apply
+from reconciler.commands.plan import build_plan
+from reconciler.config import load_settings
 from reconciler.instances import Instance, secret_locations, secret_refs
 from reconciler.plan import SENSITIVE, _mask, _masked_body
+from reconciler.state.sqlite import SQLiteState
 
 NAMES = st.sampled_from(["A_KEY", "B_TOKEN", "C"])
 REF = st.builds(lambda n: {"secretEnv": n}, NAMES)
@@ -75,3 +81,54 @@ def test_a_reference_in_a_list_under_a_shared_mapping() -> None:
     assert shared == {"keys": [{"secretEnv": "A_KEY"}, "plain"]}
     assert secret_locations({"secretEnv": "C"}) == [((), "C")]
     assert secret_locations("text") == [] and secret_locations(None) == []
+
+
+REPO = """apiVersion: reconciler/v1
+kind: Environment
+metadata: {name: dev}
+spec: {description: dev}
+---
+apiVersion: reconciler/v1
+kind: Provider
+metadata: {name: registry}
+spec: {type: local, environments: [dev]}
+"""
+DEPLOYMENT = """---
+apiVersion: reconciler/v1
+kind: Deployment
+metadata: {name: %s}
+spec:
+  environments: [dev]
+  provider: registry
+  model: %s
+  env: {API_KEY: {secretEnv: API_KEY}}
+"""
+
+
+def test_a_plan_walks_only_the_specs_of_what_changed(tmp_path: Path) -> None:
+    """An unchanged instance's spec is the one recorded, so its secret names are the
+    record's: re-planning walks only the changed instances' specs. A rotated secret
+    still changes every instance that names it."""
+    repo = init_repo(tmp_path / "repo")
+
+    def manifests(first_model: str) -> None:
+        models = {"d0": first_model, "d1": "gpt-4o", "d2": "gpt-4o"}
+        text = REPO + "".join(DEPLOYMENT % item for item in models.items())
+        write_files(repo, {"manifests/all.yaml": text, ".gitignore": ".reconciler/\n"})
+
+    manifests("gpt-4o")
+    store = SQLiteState(tmp_path / "state.db", env={})
+    try:
+        applied = run_apply(
+            load_settings(repo, env={"API_KEY": "first-value"}), store, ApplyOptions()
+        )
+        assert applied.exit_code == 0
+        manifests("gpt-4o-mini")
+        built = build_plan(load_settings(repo, env={"API_KEY": "first-value"}), store)
+        insts = built.loaded.desired.instances["dev"].values()
+        assert {i.name for i in insts if "_secrets" in vars(i)} == {"d0"}
+        assert [c.name for c in built.plan.environments[0].changes] == ["d0"]
+        rotated = build_plan(load_settings(repo, env={"API_KEY": "second-value"}), store)
+        assert sorted(c.name for c in rotated.plan.environments[0].changes) == ["d0", "d1", "d2"]
+    finally:
+        store.close()

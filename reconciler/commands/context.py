@@ -3,13 +3,13 @@ that must be registered for redaction before anything is rendered."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from reconciler.config import Settings
 from reconciler.gitrepo import ManifestRepo
 from reconciler.manifests import Desired
-from reconciler.redaction import register_desired, secret_names
+from reconciler.redaction import register_desired
 from reconciler.state import open_state
 from reconciler.state.base import StateStore
 
@@ -32,11 +32,10 @@ def manifest_repo(settings: Settings) -> ManifestRepo:
     return ManifestRepo(settings.repo)
 
 
-def secret_env(
-    settings: Settings, desired: Desired, environments: Sequence[str] = ()
-) -> dict[str, str]:
-    """The secret values plan may fingerprint. Every secret the manifests refer to (in
-    all environments) is registered first, so no output can show one."""
-    register_desired(desired, settings.env)
-    names = secret_names(desired, environments)
+def secret_env(settings: Settings, desired: Desired) -> dict[str, str]:
+    """The secret values plan may fingerprint: those of every secret the manifests refer
+    to, read from the documents (`referenced_names`, a superset of what the instances
+    name; a fingerprint is looked up by name), not by walking every instance. All are
+    registered first, so no output can show one."""
+    names = register_desired(desired, settings.env)
     return {n: settings.env[n] for n in names if n in settings.env}

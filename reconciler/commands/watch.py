@@ -51,7 +51,7 @@ class WatchSession:
                 commit=self.cache.repo.head(),
                 dirty=True,
                 environments=self.environments or None,
-                secret_env=secret_env(self.settings, desired, self.environments),
+                secret_env=secret_env(self.settings, desired),
             )
         elapsed = (time.perf_counter() - started) * 1000
         self.write(plan_view.human(plan, color=False).rstrip("\n"))
