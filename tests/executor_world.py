@@ -15,6 +15,20 @@ from reconciler.state.sqlite import SQLiteState
 
 ENV = "dev"
 PROVIDERS = {"mem": ProviderConfig(name="mem", type="memory", environment=ENV)}
+#: The same environment as manifests, on the `local` provider (`registry`), for tests
+#: that go through loading and planning too.
+REPO_ENV = """apiVersion: reconciler/v1
+kind: Environment
+metadata: {name: dev}
+spec: {description: test}
+---
+apiVersion: reconciler/v1
+kind: Provider
+metadata: {name: registry}
+spec:
+  type: local
+  environments: [dev]
+"""
 
 
 def desired_of(*insts: Instance) -> dict[InstanceKey, Instance]:

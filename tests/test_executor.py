@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import pytest
 from conftest import commit_all, init_repo, run_cli, write_files
-from executor_world import ENV, PROVIDERS, apply, desired_of, outcomes, plan_of
+from executor_world import ENV, PROVIDERS, REPO_ENV, apply, desired_of, outcomes, plan_of
 
 from reconciler.errors import ProviderError, ReconcilerError, StateError
 from reconciler.executor import (
@@ -519,19 +519,6 @@ def test_memory_provider_health_sequence_and_faults() -> None:
 
 
 # -- through the CLI: --rollback-on-failure with the local provider --------------------
-
-REPO_ENV = """apiVersion: reconciler/v1
-kind: Environment
-metadata: {name: dev}
-spec: {description: test}
----
-apiVersion: reconciler/v1
-kind: Provider
-metadata: {name: registry}
-spec:
-  type: local
-  environments: [dev]
-"""
 
 REPO_DEPLOYMENT = """apiVersion: reconciler/v1
 kind: Deployment

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import init_repo, write_files
+from executor_world import REPO_ENV
 
 from reconciler.commands.apply import ApplyOptions, run_apply
 from reconciler.config import load_settings
@@ -82,16 +83,7 @@ def test_nested_and_concurrent_blocks_share_one_deferral() -> None:
 
 REPO = {
     ".gitignore": ".reconciler/\n",
-    "manifests/all.yaml": """apiVersion: reconciler/v1
-kind: Environment
-metadata: {name: dev}
-spec: {description: dev}
----
-apiVersion: reconciler/v1
-kind: Provider
-metadata: {name: registry}
-spec: {type: local, environments: [dev]}
-"""
+    "manifests/all.yaml": REPO_ENV
     + "".join(
         f"""---
 apiVersion: reconciler/v1

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import init_repo, write_files
+from executor_world import REPO_ENV
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -83,16 +84,6 @@ def test_a_reference_in_a_list_under_a_shared_mapping() -> None:
     assert secret_locations("text") == [] and secret_locations(None) == []
 
 
-REPO = """apiVersion: reconciler/v1
-kind: Environment
-metadata: {name: dev}
-spec: {description: dev}
----
-apiVersion: reconciler/v1
-kind: Provider
-metadata: {name: registry}
-spec: {type: local, environments: [dev]}
-"""
 DEPLOYMENT = """---
 apiVersion: reconciler/v1
 kind: Deployment
@@ -113,7 +104,7 @@ def test_a_plan_walks_only_the_specs_of_what_changed(tmp_path: Path) -> None:
 
     def manifests(first_model: str) -> None:
         models = {"d0": first_model, "d1": "gpt-4o", "d2": "gpt-4o"}
-        text = REPO + "".join(DEPLOYMENT % item for item in models.items())
+        text = REPO_ENV + "".join(DEPLOYMENT % item for item in models.items())
         write_files(repo, {"manifests/all.yaml": text, ".gitignore": ".reconciler/\n"})
 
     manifests("gpt-4o")
