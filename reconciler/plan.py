@@ -288,10 +288,10 @@ def _replace_reason(
 
 
 def _secret_fingerprints(
-    inst: Instance, env: Mapping[str, str], key: bytes
+    names: Iterable[str], env: Mapping[str, str], key: bytes
 ) -> dict[str, str | None]:
     """NAME → keyed fingerprint of its current value (None when not set here)."""
-    return {name: _fingerprint(key, env.get(name)) for name in inst.secret_names}
+    return {name: _fingerprint(key, env.get(name)) for name in names}
 
 
 @lru_cache(maxsize=256)
@@ -304,17 +304,6 @@ def _rotated(recorded: Mapping[str, str | None], current: Mapping[str, str | Non
     return sorted(
         n for n, fp in current.items() if fp is not None and recorded.get(n) not in (None, fp)
     )
-
-
-def _rotated_since(recorded: Mapping[str, str | None], env: Mapping[str, str], key: bytes) -> bool:
-    """For an instance whose spec is the one recorded: whether a secret it names has
-    changed value since. Its names are the record's (the same spec), so its spec need
-    not be walked; as `_rotated`, a value unknown on either side is no change."""
-    for name, was in recorded.items():
-        now = _fingerprint(key, env.get(name))
-        if was is not None and now is not None and now != was:
-            return True
-    return False
 
 
 def _qualify_replace(ch: Change, rule: DeleteRule, old_provider: str) -> None:
@@ -346,7 +335,7 @@ def plan_environment(
     ep = EnvironmentPlan(environment=env, serial=serial, protected=protected)
     upserts: list[Change] = []
     for key, inst in desired.items():
-        fps = _secret_fingerprints(inst, secret_env, fingerprint_key)
+        fps = _secret_fingerprints(inst.secret_names, secret_env, fingerprint_key)
         known_fps = {k: v for k, v in fps.items() if v is not None}
         rec = recorded.get(key)
         if rec is None:
@@ -492,7 +481,10 @@ def make_plan(
             if (a := index.get(k)) is not None
             and a.provider == inst.provider
             and a.spec_hash == inst.hash()
-            and not _rotated_since(a.secret_fingerprints, env_vars, key)
+            # The spec is the one recorded, so are its secret names: no walk of it.
+            and not _rotated(
+                a.secret_fingerprints, _secret_fingerprints(a.secret_fingerprints, env_vars, key)
+            )
         }
         recorded = store.applied(env, keys=[k for k in index if k not in same])
         immutable: dict[str, dict[str, str]] = {}

@@ -201,7 +201,7 @@ def describe(e: Exception, deadline: Deadline | None = None) -> str:
             return "host not found"
         if "certificate verify failed" in text:  # OpenSSL's reason: a fixed phrase
             why = text.partition("certificate verify failed")[2].split("(_ssl")[0]
-            why = why.strip(" :")
+            why = why.strip(" :.")
             return "TLS certificate not trusted" + (f" ({why})" if why else "")
         if "[ssl" in text:
             return "TLS handshake failed"

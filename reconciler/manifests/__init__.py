@@ -59,8 +59,8 @@ def full_collections_deferred() -> Iterator[None]:
     """Planning keeps what it builds (a change per instance) but also leaves reference
     cycles (each field diff's), so the GC cannot simply be paused. Young collections
     go on and free those cycles; full ones, which rescan everything built so far
-    each time, wait until the block ends (at 100,000 instances they were 1.2 s of
-    planning's 10.6). Nested and concurrent blocks share one deferral."""
+    each time, wait until the block ends. Nested and concurrent blocks share one
+    deferral."""
     global _deferred, _threshold
     with _deferred_lock:
         if not _deferred:
