@@ -148,6 +148,8 @@ def test_promotion_matrix_page(site: tuple[DashboardRepo, Server], page: object)
 
     page.get_by_label("only differing or pending").check()  # type: ignore[attr-defined]
     page.get_by_role("button", name="Filter").click()  # type: ignore[attr-defined]
+    # The click only starts the navigation: wait until the filtered page has loaded.
+    page.wait_for_url(re.compile(r"/matrix\?.*only=changed"))  # type: ignore[attr-defined]
     rows = page.locator("table.matrix tbody th[scope=row]").all_inner_texts()  # type: ignore[attr-defined]
     assert rows == ["support-chat", "ticket-summarizer"]
 
