@@ -10,7 +10,7 @@ import io
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -358,15 +358,27 @@ def test_a_terminal_shows_a_live_line_per_waiting_instance_until_it_is_healthy()
         assert watch.health is not None
         watch.health(HealthEvent(ch["chat"], HealthStatus("Progressing", "Endpoint is pending"), 1))
         watch.health(HealthEvent(ch["embed"], HealthStatus("Progressing"), 1))
-        time.sleep(0.3)  # the view redraws ten times a second
-        shown = screen.getvalue()
-        assert "dev: deployment.chat waiting: Progressing (Endpoint is pending)" in shown
-        assert "dev: deployment.embed waiting: Progressing" in shown
+        lines = (
+            "dev: deployment.chat waiting: Progressing (Endpoint is pending)",
+            "dev: deployment.embed waiting: Progressing",
+        )
+        _redrawn(screen, lambda shown: all(line in shown for line in lines))
         watch.health(HealthEvent(ch["chat"], HealthStatus("Healthy"), 2))
         watch.health(HealthEvent(ch["embed"], None, 2))
+        # The first frame written after this point may have been drawn before the events;
+        # every frame after it (and the last, drawn when the view closes) is drawn after.
         mark = len(screen.getvalue())
-        time.sleep(0.3)
+        _redrawn(screen, lambda shown: len(shown) > mark)
+        mark = len(screen.getvalue())
     assert "waiting" not in screen.getvalue()[mark:], "settled instances leave the view"
+
+
+def _redrawn(screen: Terminal, seen: Callable[[str], bool]) -> None:
+    """Waits for the view's refresh thread (ten frames a second) to have drawn `seen`."""
+    deadline = time.monotonic() + 30
+    while not seen(screen.getvalue()):
+        assert time.monotonic() < deadline, f"not drawn within 30 s:\n{screen.getvalue()}"
+        time.sleep(0.02)
 
 
 def test_elsewhere_the_log_lines_are_the_view() -> None:
