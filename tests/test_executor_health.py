@@ -312,16 +312,17 @@ def test_the_run_deadline_fails_a_waiting_change_and_skips_what_had_not_started(
     mem = MemoryProvider()
     chat = deployment("chat", ready=60)
     mem.set_health(chat.key, ["Progressing"])
-    result = apply(store, mem, desired_of(chat, schedule("nightly", chat)), run_timeout=0.3)
+    desired = desired_of(chat, schedule("nightly", chat))
+    result = apply(store, mem, desired, run_timeout=1.5)  # time to start chat on a busy host
     assert result.outcome == "failed"
     assert result.message is not None
     assert result.message.startswith(
-        "the run deadline of 0.3 s (--run-timeout / RECONCILER_RUN_TIMEOUT) passed; "
+        "the run deadline of 1.5 s (--run-timeout / RECONCILER_RUN_TIMEOUT) passed; "
         "deployment.chat: still Progressing when the run deadline"
     )
     assert outcomes(result) == {"deployment.chat": "failed", "schedule.nightly": "skipped"}
     (run,) = store.runs(ENV)
-    assert run.outcome == "failed" and "run deadline of 0.3 s" in run.details["deadline"]
+    assert run.outcome == "failed" and "run deadline of 1.5 s" in run.details["deadline"]
     assert store.lock_holder(ENV) is None
 
 
