@@ -278,7 +278,7 @@ def test_a_blocked_environment_is_reported_once_per_new_commit(
         second = remote.push(deployments(["chat"], envs="production", model="gpt-4o"), "bump")
         now = checks()
         agent.wait_until(lambda: checks() >= now + 4, "four more passes")
-        got = hooks.received()
+        got = hooks.wait_for(lambda got: len(got) >= 2)  # sent from the notifier's thread
         assert len(got) == 2, got
         assert second[:12] in got[1]["title"] and "needs 1 approval" in got[1]["message"]
         assert len(agent.events("blocked")) == 2
