@@ -92,8 +92,26 @@ def test_https_is_verified_by_default(tls: tuple[str, Path]) -> None:
     with client as c, pytest.raises(ProviderError) as e:
         c.request("GET", f"{url}/x")
     assert e.value.message == (
-        f"api (GET {url}/x): TLS certificate not trusted (self-signed certificate) after 1 attempt"
+        f"api (GET {url}/x): TLS certificate not trusted (self-signed certificate)"
     )
+
+
+def test_an_untrusted_certificate_is_not_retried(tls: tuple[str, Path]) -> None:
+    """Waiting does not make a certificate trusted: one handshake, no backoff, for any
+    method (as go-retryablehttp does not retry a certificate verification failure)."""
+    url, _ = tls
+    waits: list[float] = []
+    client = HttpClient(
+        label="api", error=ProviderError, retry=Retry(retries=4), sleep=waits.append
+    )
+    with client as c:
+        for method in ("GET", "POST"):
+            with pytest.raises(ProviderError) as e:
+                c.request(method, f"{url}/x", json={})
+            assert e.value.message == (
+                f"api ({method} {url}/x): TLS certificate not trusted (self-signed certificate)"
+            )
+    assert waits == []
 
 
 def test_https_with_a_trusted_certificate_and_plain_http_share_a_transport(

@@ -43,6 +43,7 @@ returns the answer once its status is in `ok`, and raises `error(message)` other
   repeat): other transport failures (reset, closed unanswered, a deadline passed
   while sending or waiting) and 5xx but 501/505. A POST whose answer was lost may
   have been applied, so it is reported, not repeated.
+- Never retried: an untrusted TLS certificate (waiting does not make it trusted).
 - Waits: `Retry-After` (seconds or an HTTP date) or a rate-limit reset, clamped at
   `Retry.retry_after_cap`; else exponential backoff with full jitter. At most
   `Retry.retries` retries and `Retry.max_wait` seconds of waiting in total.

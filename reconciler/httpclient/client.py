@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.utils
 import math
 import random
+import ssl
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class Retry:
     statuses: frozenset[int] = frozenset()
 
 
-FailureKind = Literal["status", "exhausted", "unsafe", "wait", "invalid"]
+FailureKind = Literal["status", "exhausted", "unsafe", "wait", "invalid", "permanent"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class Failure:
     kind: `status` (an answer outside `ok`, not retried), `exhausted` (still failing
     after every attempt), `unsafe` (a transport failure of a request that may have
     been applied, so not retried), `wait` (retrying needs a longer wait than
-    allowed; `problem` says so), `invalid` (an answer the caller could not use).
+    allowed; `problem` says so), `invalid` (an answer the caller could not use),
+    `permanent` (no answer, for a reason waiting cannot mend: an untrusted certificate).
     """
 
     kind: FailureKind
@@ -199,9 +201,9 @@ def describe(e: Exception, deadline: Deadline | None = None) -> str:
             return "connection refused"
         if "name or service" in text or "nodename" in text or "getaddrinfo" in text:
             return "host not found"
-        if "certificate verify failed" in text:  # OpenSSL's reason: a fixed phrase
-            why = text.partition("certificate verify failed")[2].split("(_ssl")[0]
-            why = why.strip(" :.")
+        untrusted = _untrusted_certificate(e)
+        if untrusted is not None:
+            why = (untrusted.verify_message or "").strip(" .")
             return "TLS certificate not trusted" + (f" ({why})" if why else "")
         if "[ssl" in text:
             return "TLS handshake failed"
@@ -213,6 +215,17 @@ def describe(e: Exception, deadline: Deadline | None = None) -> str:
     if "reset" in text:
         return "connection reset"
     return f"transport error ({type(e).__name__})"
+
+
+def _untrusted_certificate(e: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a connect error (httpx raises it
+    from httpcore's, raised from ssl's), if that is what it was."""
+    seen: BaseException | None = e
+    for _ in range(8):  # a chain is a few links; never follow a cycle for ever
+        if seen is None or isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass
@@ -314,6 +327,7 @@ class HttpClient:
         and rate-limited 403s, whatever the method; transport failures and 5xx (but
         501/505) only when `idempotent` (default: the method is GET, HEAD, OPTIONS,
         PUT or DELETE), since a POST whose answer was lost may have been applied.
+        An untrusted certificate is never retried.
         """
         method = method.upper()
         safe = method in IDEMPOTENT if idempotent is None else idempotent
@@ -334,6 +348,8 @@ class HttpClient:
                 problem, broken = describe(got.error, got.deadline), got
                 if not safe and not got.not_sent:
                     raise fail("unsafe", problem, attempt, broken=got)
+                if _untrusted_certificate(got.error) is not None:
+                    raise fail("permanent", problem, attempt, broken=got)
                 delay = self._backoff(attempt - 1)
             if attempt > self.retry.retries:
                 raise fail("exhausted", problem, attempt, broken=broken, response=_resp(got))
