@@ -179,6 +179,30 @@ def test_drift_detected_and_healed(api: FakeDeployApi, tmp_path: Path) -> None:
     assert json.loads(out)[0]["trigger"] == "heal"
 
 
+def test_drift_status_and_heal_use_the_provider_settings_of_the_applied_commit(
+    api: FakeDeployApi, tmp_path: Path
+) -> None:
+    """A commit that only points the provider at another host changes no plan, so no
+    gate looks at it: `drift`, `status` and `apply --heal` still read and write where
+    the recorded objects were written, and the token never goes to the new host."""
+    repo = make_repo(tmp_path / "r", api.url, 1)
+    assert cli(repo, "apply")[0] == 0
+    with FakeDeployApi() as elsewhere:
+        write_files(repo, {"manifests/provider.yaml": PROVIDER % elsewhere.url})
+        commit_all(repo, "point the provider elsewhere")
+        code, out = cli(repo, "plan")
+        assert code == 0 and "no changes" in out.lower(), out
+        api.tamper("deployments", "dev", "svc-000", options={"temperature": 0.9})
+        code, out = cli(repo, "drift")
+        assert code == 2, out
+        assert "options.temperature: recorded 0.2, live 0.9" in out
+        code, out = cli(repo, "status")
+        assert code == 0, out
+        assert cli(repo, "apply", "--heal")[0] == 0
+        assert api.get("deployments", "dev", "svc-000")["options"] == {"temperature": 0.2}
+        assert elsewhere.requests == [], "the token went where nobody approved"
+
+
 def test_secrets_reach_the_provider_but_never_state_or_logs(
     api: FakeDeployApi, tmp_path: Path
 ) -> None:

@@ -8,27 +8,35 @@ from dataclasses import dataclass, field
 
 from reconciler import drift as detection
 from reconciler.commands.context import open_store
-from reconciler.commands.live import read_health
+from reconciler.commands.live import Providers, ProvidersOfRecord, read_health
 from reconciler.config import Settings
 from reconciler.drift import DriftReport
 from reconciler.errors import EXIT_ERROR, EXIT_OK
 from reconciler.executor import EnvironmentResult, ProgressFn
 from reconciler.load import load
+from reconciler.state.base import StateStore
+
+
+def providers_of_record(settings: Settings, store: StateStore) -> Providers:
+    """Live reads and heals go where the recorded objects were written: see
+    ProvidersOfRecord. The checkout's own settings serve only an environment last
+    applied from a working tree."""
+    return ProvidersOfRecord(settings).get(store, load(settings), uncommitted=True)
 
 
 def drift(settings: Settings, environments: Sequence[str] = ()) -> DriftReport:
     """Drift of every recorded instance, and each one's health."""
-    loaded = load(settings)
     with open_store(settings, read_only=True) as store:
+        providers = providers_of_record(settings, store)
         report = detection.detect_drift(
             store,
-            loaded.desired.providers,
+            providers,
             repo_root=settings.repo,
             env=settings.env,
             environments=environments,
         )
         for env in report.environments:
-            reads = read_health(settings, loaded.desired.providers, env, store.applied(env))
+            reads = read_health(settings, providers, env, store.applied(env))
             report.health.update(reads.health)
             report.health_errors.update(reads.unreadable)
         return report
@@ -52,11 +60,11 @@ def heal(
     progress: ProgressFn | None = None,
 ) -> HealReport:
     """Re-apply the recorded spec of every drifted or missing instance (trigger `heal`)."""
-    loaded = load(settings)
     with open_store(settings) as store:
+        providers = providers_of_record(settings, store)
         found = detection.detect_drift(
             store,
-            loaded.desired.providers,
+            providers,
             repo_root=settings.repo,
             env=settings.env,
             environments=environments,
@@ -64,7 +72,7 @@ def heal(
         results = detection.heal(
             store,
             found,
-            loaded.desired.providers,
+            providers,
             repo_root=settings.repo,
             env=settings.env,
             break_lock=break_lock,

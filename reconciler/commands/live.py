@@ -48,16 +48,27 @@ class ProvidersOfRecord:
         self.settings = settings
         self._loaded: Loaded | None = None
 
-    def get(self, store: StateStore, current: Loaded | None = None) -> Providers:
-        """By environment; one that was never applied from a commit has none (it
-        holds no recorded object to read). `current` is reused when it is that
-        commit; a commit that no longer loads raises its ReconcilerError."""
+    def get(
+        self, store: StateStore, current: Loaded | None = None, *, uncommitted: bool = False
+    ) -> Providers:
+        """By environment; one that was never applied has none (it holds no recorded
+        object to read). `current` is reused when it is that commit; a commit that no
+        longer loads raises its ReconcilerError.
+
+        One last applied from a working tree (no commit: a plain directory, `watch
+        --apply`) has no settings to find again. It is read with `current`'s when
+        `uncommitted` (the CLI, reading its operator's own checkout) or when `current`
+        has no commit either (a plain directory: no history to distrust); else it has
+        none."""
         out: dict[str, Mapping[str, ProviderConfig]] = {}
         for env in store.environments():
             last = store.last_applied_run(env)
-            if last is None or last.commit is None:
+            if last is None:
                 continue
-            out[env] = self._at(last.commit, current).providers.get(env, {})
+            if last.commit is not None:
+                out[env] = self._at(last.commit, current).providers.get(env, {})
+            elif current is not None and (uncommitted or current.commit is None):
+                out[env] = current.desired.providers.get(env, {})
         return out
 
     def _at(self, commit: str, current: Loaded | None) -> Desired:

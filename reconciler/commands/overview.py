@@ -224,7 +224,11 @@ def overview(
     with open_store(settings, read_only=True) as store:
         loaded, plan, _ = build_plan(settings, store, ref=ref)
         state = (
-            read_live(settings, store, ProvidersOfRecord(settings).get(store, loaded))
+            read_live(
+                settings,
+                store,
+                ProvidersOfRecord(settings).get(store, loaded, uncommitted=True),
+            )
             if live
             else None
         )

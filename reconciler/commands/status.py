@@ -91,15 +91,16 @@ def status(
 
 
 def add_health(settings: Settings, store: StateStore, report: StatusReport) -> None:
-    """Ask each row's provider for its health (configured as the manifests say now); a
-    row whose health cannot be read says why instead."""
+    """Ask each row's provider for its health, configured as at the commit the row was
+    applied from (see ProvidersOfRecord); a row whose health cannot be read says why
+    instead."""
+    from reconciler.commands.drift import providers_of_record
     from reconciler.commands.live import read_health
-    from reconciler.load import load
 
     if not report.rows:
         return
     try:
-        desired = load(settings).desired
+        providers = providers_of_record(settings, store)
     except ReconcilerError as e:
         why = f"cannot read the manifests for the provider settings: {e.message}"
         report.rows[:] = [replace(r, health_error=why) for r in report.rows]
@@ -107,7 +108,7 @@ def add_health(settings: Settings, store: StateStore, report: StatusReport) -> N
     health: dict[InstanceKey, HealthStatus] = {}
     unreadable: dict[InstanceKey, str] = {}
     for env in dict.fromkeys(r.key.environment for r in report.rows):
-        reads = read_health(settings, desired.providers, env, store.applied(env))
+        reads = read_health(settings, providers, env, store.applied(env))
         health.update(reads.health)
         unreadable.update(reads.unreadable)
     fill_health(report, health, unreadable)
