@@ -8,20 +8,11 @@ from dataclasses import dataclass, field
 
 from reconciler import drift as detection
 from reconciler.commands.context import open_store
-from reconciler.commands.live import Providers, ProvidersOfRecord, read_health
+from reconciler.commands.live import providers_of_record, read_health
 from reconciler.config import Settings
 from reconciler.drift import DriftReport
 from reconciler.errors import EXIT_ERROR, EXIT_OK
 from reconciler.executor import EnvironmentResult, ProgressFn
-from reconciler.load import load
-from reconciler.state.base import StateStore
-
-
-def providers_of_record(settings: Settings, store: StateStore) -> Providers:
-    """Live reads and heals go where the recorded objects were written: see
-    ProvidersOfRecord. The checkout's own settings serve only an environment last
-    applied from a working tree."""
-    return ProvidersOfRecord(settings).get(store, load(settings), uncommitted=True)
 
 
 def drift(settings: Settings, environments: Sequence[str] = ()) -> DriftReport:

@@ -79,6 +79,12 @@ class ProvidersOfRecord:
         return self._loaded.desired
 
 
+def providers_of_record(settings: Settings, store: StateStore) -> Providers:
+    """The CLI's: the settings of record, and the checkout's own for an environment
+    last applied from a working tree."""
+    return ProvidersOfRecord(settings).get(store, load(settings), uncommitted=True)
+
+
 def read_live(
     settings: Settings,
     store: StateStore,

@@ -94,8 +94,7 @@ def add_health(settings: Settings, store: StateStore, report: StatusReport) -> N
     """Ask each row's provider for its health, configured as at the commit the row was
     applied from (see ProvidersOfRecord); a row whose health cannot be read says why
     instead."""
-    from reconciler.commands.drift import providers_of_record
-    from reconciler.commands.live import read_health
+    from reconciler.commands.live import providers_of_record, read_health
 
     if not report.rows:
         return
