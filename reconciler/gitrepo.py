@@ -316,6 +316,17 @@ class ManifestRepo:
         out = self._git("rev-list", "--topo-order", "--reverse", f"{base}..{target}")
         return out.split()
 
+    def ancestry(self, target: str, *, first_parent: bool = False) -> list[str]:
+        """Every commit reachable from `target` (or only its first-parent chain), oldest
+        first: an environment with nothing recorded has all of them behind it."""
+        args = ["rev-list", "--topo-order", "--reverse"]
+        if first_parent:
+            args.append("--first-parent")
+        return self._git(*args, target).split()
+
+    def parent_count(self, sha: str) -> int:
+        return len(self._commit(sha).parents)
+
     def first_parent_chain(self, tip: str, count: int) -> list[str]:
         """`tip` and its first-parent ancestors, `count` commits in all (a rebase merge
         puts a pull request's commits on the base branch as such a chain)."""

@@ -58,6 +58,19 @@ def copy_example(dest: Path) -> Path:
     return dest
 
 
+def squash_to_root(repo: Path, message: str) -> str:
+    """Commit the work tree as the repository's only commit: an environment with nothing
+    recorded has every commit since its declaration judged, and tests that first apply a
+    protected one review that single commit (see `FakeGitHub.adopt`)."""
+    git(repo, "add", "-A")
+    if git(repo, "status", "--porcelain"):
+        git(repo, "commit", "-q", "-m", message)
+    tree = git(repo, "write-tree")
+    root = git(repo, "commit-tree", tree, "-m", message)
+    git(repo, "reset", "-q", "--hard", root)
+    return root
+
+
 @dataclass
 class Result:
     code: int

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from conftest import Result, commit_all, copy_example, git, run_cli
+from conftest import Result, commit_all, copy_example, git, run_cli, squash_to_root
 from fakes.deploy_api import FakeDeployApi
 from fakes.forge import FakeGitHub
 
@@ -156,6 +156,15 @@ class World:
                 self.gh.add_review(number, reviewer, "APPROVED", commit_id=head)
         return PR(number, head, merged, shas)
 
+    def adopt(self, sha: str, *, approve: Sequence[str], number: int = 100) -> None:
+        """`sha`, already on main, as an approved pull request merged by fast-forward (the
+        repository's setup went through review: an environment with nothing recorded has
+        every commit behind it judged)."""
+        if self.approvals_file is not None:
+            self.file_pr(number, "dave", sha, sha, [sha], approve)
+            return
+        self.gh.adopt(sha, approve=approve, number=number)
+
     def file_pr(
         self,
         number: int,
@@ -246,11 +255,12 @@ def world(
             "file": "approvals: {source: file}\n",
         }[source]
         (repo / "reconciler.yaml").write_text(config)
-        commit_all(repo, "test setup")
+        setup = squash_to_root(repo, "test setup")
         w = World(repo, gh, api)
         if source == "file":
             w.approvals_file = tmp_path / "approvals.json"  # outside the repo
             w.env["RECONCILER_APPROVALS_FILE"] = str(w.approvals_file)
+        w.adopt(setup, approve=("alice", "bob", "carol"))
         approvers = ("alice", "bob", "carol") if chat_risk == "critical" else ("alice", "bob")
         w.pr(1, [chat_tokens(400, 401)], approve=approvers)
         r = w.cli("apply", *baseline)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import commit_all, git, run_cli
+from conftest import commit_all, git, run_cli, squash_to_root
 from fakes.forge import FakeGitHub
 
 from reconciler.forge import PLAN_COMMENT_MARKER
@@ -20,7 +20,7 @@ def gh() -> Iterator[FakeGitHub]:
 
 
 @pytest.fixture
-def repo(example_repo: Path) -> Path:
+def repo(example_repo: Path, gh: FakeGitHub) -> Path:
     """The example with production on the local provider (its vendor deployments left
     out) and without its deploy window."""
     providers = example_repo / "manifests/providers.yaml"
@@ -37,7 +37,7 @@ def repo(example_repo: Path) -> Path:
         "approvals: {source: github, repository: acme/manifests}\n"
     )
     (example_repo / "manifests/deployments/hosted.yaml").unlink()  # the vendors' deployments
-    commit_all(example_repo, "test setup")
+    gh.adopt(squash_to_root(example_repo, "test setup"), approve=("alice", "bob"))
     return example_repo
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from conftest import Result, commit_all, copy_example, git, run_cli
+from conftest import Result, commit_all, copy_example, git, run_cli, squash_to_root
 from fakes.deploy_api import FakeDeployApi
 from fakes.forge import T0
 from fakes.gitlab import GUEST, MAINTAINER, REPORTER, FakeGitLab
@@ -185,8 +185,18 @@ def world(tmp_path: Path, *, production: str = PRODUCTION) -> Iterator[GitLabWor
             f"approvals: {{source: gitlab, repository: {gl.project_path}}}\n"
         )
         (repo / HOSTED).unlink()  # production's vendor deployments: no stand-ins here
-        commit_all(repo, "test setup")
+        setup = squash_to_root(repo, "test setup")
         w = GitLabWorld(repo, gl, api)
+        # the setup went through review: with nothing recorded, every commit since
+        # production's declaration is judged
+        w.register(
+            100,
+            [setup],
+            [Commit([])],
+            author="dave",
+            approve=("alice", "bob", "carol"),
+            merged=setup,
+        )
         w.mr(1, Commit([chat_tokens(400, 401)]))
         r = w.cli("apply")
         assert r.code == 0, r.out + r.err

@@ -13,11 +13,10 @@ from typing import Any
 
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
-from reconciler.gate.policy import Policy, policy_document
+from reconciler.gate.policy import Policy, policy_at
 from reconciler.gitrepo import ManifestRepo
 from reconciler.instances import canonical_json
 from reconciler.load import Loaded, load
-from reconciler.manifests.models import EnvironmentSpec
 
 
 @dataclass
@@ -77,19 +76,43 @@ class History:
         snap = self.snapshot(sha)
         if snap.loaded is None:
             raise ReconcilerError(f"the manifests at {sha[:12]} do not load: {snap.error}")
-        entry = snap.loaded.desired.manifests.environments.get(environment)
-        if entry is None:
+        if environment not in snap.loaded.desired.environments:
             return None
-        return Policy(entry.model.spec, snap.loaded.approvals, f"commit {sha[:12]}")
+        loaded = snap.loaded
+        return policy_at(loaded.desired, loaded.approvals, environment, f"commit {sha[:12]}")
+
+    def policy_steps(self, before: str, environment: str) -> list[tuple[str, Policy | None]]:
+        """The commits on `before`'s first-parent chain (itself included) that declared,
+        changed or removed `environment`'s policy, oldest first, with the policy after
+        each. A commit that does not load declares nothing: it is compared past."""
+        steps: list[tuple[str, Policy | None]] = []
+        last: Policy | None = None
+        for sha in self._repo.ancestry(before, first_parent=True):
+            parent = self._repo.first_parent(sha)
+            if parent is not None and parent in self._snapshots and sha not in self._snapshots:
+                read = self._snapshots[parent].loaded
+                if read is not None and not _touches(
+                    self._repo.changed_paths(sha), read.paths_read
+                ):
+                    self._snapshots[sha] = self._snapshots[parent]
+                    continue
+            if self.snapshot(sha).loaded is None:
+                continue
+            now = self.policy(sha, environment)
+            if (now is None) != (last is None) or (
+                now is not None and last is not None and not now.same_as(last)
+            ):
+                steps.append((sha, now))
+            last = now
+        return steps
 
 
 def _signature(loaded: Loaded | None, environment: str) -> str | None:
     if loaded is None or environment not in loaded.desired.environments:
         return None
     desired = loaded.desired
-    spec: EnvironmentSpec = desired.policy(environment)
     parts: dict[str, Any] = {
-        "policy": policy_document(spec, loaded.approvals),
+        "policy": policy_at(desired, loaded.approvals, environment, "").document,
         "instances": {
             f"{k.kind}/{k.name}": (inst.provider, inst.hash())
             for k, inst in sorted(desired.instances.get(environment, {}).items())

@@ -1,27 +1,55 @@
 """The policy of record: what an environment is judged by is never what the change under
 judgement says (docs/design.md, "The gate").
 
-A policy is the environment's spec (protection, approvals, deploy windows, overrides)
-plus the approval settings of `reconciler.yaml` (where approvals come from). Every run
-records the policy it applied; the newest applied run's is the policy of record.
+A policy is everything that decides who must approve a change and where an environment's
+data may go: the environment's spec (protection, approvals, deploy windows, overrides,
+sync, notify), the approval settings of `reconciler.yaml` (where approvals come from), the
+settings of every provider the environment uses (URL, credential variables, any config),
+and the environment variables its manifests read. Every run records the policy it applied;
+the newest applied run's is the policy of record.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.config import ApprovalsConfig
+from reconciler.instances import ProviderConfig
+from reconciler.manifests import Desired
 from reconciler.manifests.models import EnvironmentSpec
+from reconciler.vocabulary import RISKS
 
 
-def policy_document(spec: EnvironmentSpec, approvals: ApprovalsConfig) -> dict[str, Any]:
-    """The recorded form: the spec without its description, and the approval source.
-    The `file` source's path is not part of it: it never comes from the repo."""
+def provider_documents(providers: Mapping[str, ProviderConfig]) -> dict[str, Any]:
+    """The provider settings an environment resolves to, as recorded in its policy."""
+    return {
+        name: {
+            "type": pc.type,
+            "config": pc.config,
+            "credentials": dict(sorted(pc.credentials.items())),
+            **({"models": list(pc.models)} if pc.models is not None else {}),
+        }
+        for name, pc in sorted(providers.items())
+    }
+
+
+def policy_document(
+    spec: EnvironmentSpec,
+    approvals: ApprovalsConfig,
+    providers: Mapping[str, Any] | None = None,
+    variables: list[str] | None = None,
+) -> dict[str, Any]:
+    """The recorded form: the spec without its description, the approval source, the
+    provider settings and the variables read. The `file` source's path is not part of
+    it: it never comes from the repo."""
     return {
         "environment": spec.model_dump(mode="json", by_alias=True, exclude={"description"}),
         "approvals": {"source": approvals.source, "repository": approvals.repository},
+        "providers": dict(providers or {}),
+        "variables": sorted(variables or ()),
     }
 
 
@@ -31,15 +59,33 @@ class Policy:
 
     spec: EnvironmentSpec
     approvals: ApprovalsConfig
-    #: "run <id> (commit <sha>)", "commit <sha> (before the change)", "the change itself"
+    #: "run <id> (commit <sha>)", "commit <sha>", "the change itself"
     origin: str
+    #: Provider settings by name (`provider_documents`).
+    providers: Mapping[str, Any] = field(default_factory=dict)
+    #: The environment variables the environment's manifests read (secrets, tokens).
+    variables: tuple[str, ...] = ()
+    #: False for a policy recorded before providers and variables were part of it: it
+    #: says nothing about them, so it never equals a policy that does (fail closed).
+    complete: bool = True
 
     @property
     def document(self) -> dict[str, Any]:
-        return policy_document(self.spec, self.approvals)
+        doc = policy_document(self.spec, self.approvals, self.providers, list(self.variables))
+        if not self.complete:
+            doc.pop("providers")
+            doc.pop("variables")
+        return doc
 
     def same_as(self, other: Policy) -> bool:
         return _canonical(self.document) == _canonical(other.document)
+
+    def needs_approvals(self) -> bool:
+        """Whether any change at all could need an approval under this policy."""
+        a = self.spec.approvals
+        return any(a.required_for(r) for r in RISKS) or any(
+            a.required_for(r, is_rollback=True) for r in RISKS
+        )
 
     @classmethod
     def from_document(cls, doc: dict[str, Any], origin: str) -> Policy:
@@ -51,9 +97,32 @@ class Policy:
         try:
             spec = EnvironmentSpec.model_validate(doc["environment"], strict=False)
             approvals = ApprovalsConfig.model_validate(doc["approvals"], strict=False)
+            complete = "providers" in doc and "variables" in doc
+            providers = dict(doc.get("providers") or {})
+            variables = tuple(str(v) for v in doc.get("variables") or ())
         except (KeyError, TypeError, ValidationError) as e:
             raise StateError(f"the policy recorded by {origin} cannot be read: {e}") from None
-        return cls(spec, approvals, origin)
+        return cls(spec, approvals, origin, providers, variables, complete)
+
+
+def variables_read(desired: Desired, env: str) -> list[str]:
+    """Every environment variable `env`'s manifests make the reconciler read: its
+    providers' credential variables and its instances' `secretEnv` references."""
+    names = {v for pc in desired.providers.get(env, {}).values() for v in pc.credentials.values()}
+    for inst in desired.instances.get(env, {}).values():
+        names.update(inst.secret_names)
+    return sorted(names)
+
+
+def policy_at(desired: Desired, approvals: ApprovalsConfig, env: str, origin: str) -> Policy:
+    """`env`'s policy as the manifests of one commit (or working tree) declare it."""
+    return Policy(
+        desired.policy(env),
+        approvals,
+        origin,
+        provider_documents(desired.providers.get(env, {})),
+        tuple(variables_read(desired, env)),
+    )
 
 
 def _canonical(doc: dict[str, Any]) -> str:

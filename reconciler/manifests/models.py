@@ -130,6 +130,10 @@ class EnvironmentSpec(StrictModel):
     sync: SyncPolicy | None = None
     #: Where the agent sends notices about this environment.
     notify: list[NotifyTarget] = Field(default_factory=list)
+    #: The environment variables this environment's manifests may read (`secretEnv`
+    #: references, provider credentials). Unset: whatever they name, each still part of
+    #: the policy (docs/design.md, "The gate").
+    secrets: list[EnvVarName] | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset_agent_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
@@ -142,6 +146,8 @@ class EnvironmentSpec(StrictModel):
                 data.pop("sync", None)
             if not self.notify:
                 data.pop("notify", None)
+            if self.secrets is None:
+                data.pop("secrets", None)
         return data
 
 

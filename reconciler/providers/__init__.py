@@ -73,7 +73,7 @@ def plan_time_problems(
     (`Provider.validate`: no network), located at the field a `Problem` names (plain
     strings at the instance's document); and two instances that one provider would map
     to the same vendor object (`Provider.identity`), in any environments."""
-    problems: list[Diagnostic] = []
+    problems: list[Diagnostic] = variable_problems(desired, env)
     claimed: dict[tuple[str, str], Instance] = {}
     for envname, configs in desired.providers.items():
         made = {
@@ -105,6 +105,96 @@ def plan_time_problems(
         finally:
             for provider in made.values():
                 provider.close()
+    return problems
+
+
+#: Variables no manifest may read, whatever its environment allows: the forge's and the
+#: CI runner's own tokens, and the reconciler's own settings (RECONCILER_*). The operator
+#: adds names with RECONCILER_RESERVED_VARIABLES (comma-separated).
+RESERVED_VARIABLES = frozenset(
+    {
+        "GITHUB_TOKEN",
+        "GH_TOKEN",
+        "GITLAB_TOKEN",
+        "GL_TOKEN",
+        "CI_JOB_TOKEN",
+        "CI_JOB_JWT",
+        "CI_JOB_JWT_V1",
+        "CI_JOB_JWT_V2",
+        "CI_REGISTRY_PASSWORD",
+        "CI_DEPLOY_PASSWORD",
+        "ACTIONS_RUNTIME_TOKEN",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+        "ACTIONS_ID_TOKEN_REQUEST_URL",
+        "PGPASSWORD",
+    }
+)
+RESERVED_VARIABLES_ENV = "RECONCILER_RESERVED_VARIABLES"
+
+
+def reserved_variable(name: str, env: Mapping[str, str]) -> bool:
+    extra = {v.strip() for v in env.get(RESERVED_VARIABLES_ENV, "").split(",") if v.strip()}
+    return name.upper().startswith("RECONCILER_") or name in RESERVED_VARIABLES or name in extra
+
+
+def variable_problems(desired: Desired, env: Mapping[str, str]) -> list[Diagnostic]:
+    """Each variable a manifest names that its environment may not read: a reserved
+    one (never), or one outside the environment's `secrets` list when it has one."""
+    problems: list[Diagnostic] = []
+    seen: set[tuple[str, str, str]] = set()
+
+    def refuse(envname: str, name: str, where: Diagnostic) -> None:
+        spec = desired.policy(envname)
+        if reserved_variable(name, env):
+            why = (
+                f"{name} is reserved (the forge's, the CI runner's or the reconciler's own); "
+                "no manifest may read it"
+            )
+        elif spec.secrets is not None and name not in spec.secrets:
+            why = (
+                f"environment {envname!r} may not read {name}: add it to the Environment's "
+                "spec.secrets (a policy change, reviewed as one)"
+            )
+        else:
+            return
+        key = (where.path, f"{where.line}:{where.col}", name)
+        if key not in seen:
+            seen.add(key)
+            problems.append(Diagnostic(where.path, where.line, where.col, why))
+
+    for envname in desired.environments:
+        for name in desired.policy(envname).secrets or ():
+            if reserved_variable(name, env):
+                declared = desired.manifests.environments[envname]
+                pos = locate(declared.raw, ["spec", "secrets"])
+                problems.append(
+                    Diagnostic(
+                        declared.path,
+                        pos.line,
+                        pos.col,
+                        f"{name} is reserved: no manifest may read it",
+                    )
+                )
+        first: dict[str, Instance] = {}
+        for inst in desired.instances.get(envname, {}).values():
+            first.setdefault(inst.provider, inst)
+            if inst.source is None:
+                continue
+            for path, name in inst.secret_locations:
+                refuse(envname, name, _located(desired, inst, Problem("", path), ""))
+        for pname, pc in desired.providers.get(envname, {}).items():
+            doc = desired.manifests.by_kind("Provider").get(pname)
+            for key, name in pc.credentials.items():
+                if doc is None:
+                    continue
+                user = first.get(pname)
+                if user is not None and user.source is not None:
+                    at = Problem("", ("credentials", key), "provider")
+                    where = _located(desired, user, at, "")
+                else:
+                    pos = locate(doc.raw, ["spec", "credentials", key])
+                    where = Diagnostic(doc.path, pos.line, pos.col, "")
+                refuse(envname, name, where)
     return problems
 
 

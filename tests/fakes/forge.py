@@ -407,6 +407,14 @@ class FakeGitHub(FakeForge):
                 self.link_commit(sha, number)
         return pr
 
+    def adopt(self, sha: str, *, approve: Sequence[str], number: int = 100) -> None:
+        """`sha`, already on the default branch, as a pull request by dave merged by
+        fast-forward and approved by `approve` (a repository set up through review)."""
+        self.add_pull_request(number, author="dave", head_sha=sha, merge_commit_sha=sha)
+        self.add_commit(number, sha, author="dave")
+        for reviewer in approve:
+            self.add_review(number, reviewer, "APPROVED", commit_id=sha)
+
     def link_commit(self, sha: str, *numbers: int) -> None:
         """`GET commits/{sha}/pulls` lists these pull requests."""
         listed = self.commit_pulls.setdefault(sha, [])

@@ -1,0 +1,471 @@
+"""The gate's judgement: a pure function of facts (docs/design.md, "The gate").
+
+`judge(facts)` imports nothing from git, state, forges, loading or planning: the facts
+builder (`gate/facts.py`) asks each of those once per environment, and everything that
+decides the verdict — which policies are in force, which commits are covered by which
+pull request, who counted — happens here, over data. Table-driven tests call it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from reconciler import schedules
+from reconciler.approvals.evaluate import Verdict, evaluate
+from reconciler.approvals.facts import PullRequestFacts
+from reconciler.gate.policy import Policy
+from reconciler.manifests.models import EnvironmentSpec
+from reconciler.vocabulary import Risk
+
+#: `apply` deploys a commit; `preview` judges a pull request's head before its merge
+#: (`reconciler approvals`, the commit status); `working_tree` is `watch --apply`.
+Mode = Literal["apply", "preview", "working_tree"]
+#: An approval source by what names it: (source, repository).
+SourceKey = tuple[str, str | None]
+
+
+def source_key(policy: Policy) -> SourceKey:
+    return (policy.approvals.source, policy.approvals.repository)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pull request that may cover a commit, with what git says about it."""
+
+    number: int
+    facts: PullRequestFacts
+    #: The forge lists this pull request for the commit (not only a hint: `--pr`, the CI
+    #: event's pull request).
+    listed: bool = False
+    #: Its merge result is part of what is applied: the target, an ancestor of it, or a
+    #: commit with exactly its tree.
+    result_applied: bool = False
+    #: The commit is on the first-parent chain of a single-parent merge result, within as
+    #: many commits as the pull request has: where a rebase merge puts its copies.
+    on_rebase_chain: bool = False
+
+
+@dataclass(frozen=True)
+class CommitFacts:
+    """One commit that changes the environment, and the pull requests that may cover it,
+    by approval source."""
+
+    sha: str
+    candidates: Mapping[SourceKey, tuple[Candidate, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyStep:
+    """A commit of the deploy branch's first-parent history that changed the environment's
+    policy (declared it, changed it, or removed it: `after` None)."""
+
+    commit: CommitFacts
+    after: Policy | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Another environment whose policy of record reads a variable this change adds."""
+
+    variable: str
+    environment: str
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the verdict on one environment depends on."""
+
+    environment: str
+    mode: Mode
+    #: The commit judged (None: a working tree).
+    commit: str | None
+    #: The policy the change declares.
+    new: Policy
+    #: The policy recorded with the environment's last applied run.
+    recorded: Policy | None
+    #: With no recorded policy: the environment's policy changes on the deploy branch's
+    #: first-parent history up to the change, oldest first.
+    history: tuple[PolicyStep, ...] = ()
+    #: The commit of the environment's last applied run.
+    base: str | None = None
+    #: False when the target does not descend from `base`.
+    base_descends: bool = True
+    #: The commits whose changes reach the environment (oldest first).
+    relevant: tuple[CommitFacts, ...] = ()
+    #: The highest of each change's new and recorded risk.
+    plan_risk: Risk = "low"
+    #: The commit exactly reverts earlier ones and the plan is their inverse.
+    rollback: bool = False
+    #: When windows are judged (None: approvals only).
+    now: datetime | None = None
+    override_window: bool = False
+    #: The deploy branch, by approval source.
+    deploy_branch: Mapping[SourceKey, str] = field(default_factory=dict)
+    #: Approval sources that exist (a policy may name `none`).
+    sources: frozenset[SourceKey] = frozenset()
+    #: Team membership, by source: (org, team, user) → "active" / "pending" / "none".
+    membership: Mapping[SourceKey, Mapping[tuple[str, str, str], str]] = field(default_factory=dict)
+    claims: tuple[Claim, ...] = ()
+    #: A fact could not be read (a forge or state error): the environment is blocked.
+    problem: str | None = None
+
+
+@dataclass
+class Coverage:
+    """One commit that changes the environment, and the pull request covering it."""
+
+    commit: str
+    pull_request: int | None = None
+    #: The covering (or last candidate) pull request's verdict under each policy.
+    verdicts: list[Verdict] = field(default_factory=list)
+    #: Why candidate pull requests did not count.
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def covered(self) -> bool:
+        return self.pull_request is not None
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "pullRequest": self.pull_request,
+            "covered": self.covered,
+            "verdicts": [v.as_dict() for v in self.verdicts],
+            "problems": list(self.problems),
+        }
+
+
+@dataclass
+class GateResult:
+    environment: str
+    passed: bool
+    #: One line per reason the environment is blocked.
+    reasons: list[str] = field(default_factory=list)
+    #: The next step for each reason (a command, a setting, a doc section).
+    fixes: list[str] = field(default_factory=list)
+    #: The verdict on the pull request that brought the target commit (what the run
+    #: records as its pull request and approvers).
+    verdict: Verdict | None = None
+    window: schedules.WindowVerdict | None = None
+    #: True when a closed window was overridden (recorded in the run).
+    window_overridden: bool = False
+    policy: Policy | None = None
+    #: Every policy the change is judged by (the policy of record first).
+    policies: list[Policy] = field(default_factory=list)
+    #: True when the change alters the policy (judged by both, as critical).
+    policy_changed: bool = False
+    #: The policy this change would leave in force (recorded by its run).
+    new_policy: dict[str, Any] | None = None
+    risk: Risk = "low"
+    rollback: bool = False
+    #: Approvals needed (the most any policy asks).
+    required: int = 0
+    coverage: list[Coverage] = field(default_factory=list)
+
+    @property
+    def approvers(self) -> list[str]:
+        """Everyone whose approval counted, over every covering pull request."""
+        seen: dict[str, None] = {}
+        for c in self.coverage:
+            if c.covered:
+                for v in c.verdicts:
+                    seen.update(dict.fromkeys(v.approved_by))
+        return list(seen)
+
+    def refuse(self, reason: str, fix: str) -> None:
+        self.reasons.append(reason)
+        self.fixes.append(fix)
+
+    def document(self) -> dict[str, Any]:
+        """`approvals --json`: the policy of record and where it came from, the commits
+        covered and by which pull request, who counted, who did not and why."""
+        return {
+            "passed": self.passed,
+            "reasons": list(self.reasons),
+            "refusals": [
+                {"reason": r, "fix": f} for r, f in zip(self.reasons, self.fixes, strict=True)
+            ],
+            "required": self.required,
+            "verdict": self.verdict.as_dict() if self.verdict else None,
+            "risk": self.risk,
+            "rollback": self.rollback,
+            "policy": None
+            if self.policy is None
+            else {
+                "origin": self.policy.origin,
+                "changed": self.policy_changed,
+                "document": self.policy.document,
+                "alsoJudgedBy": [p.origin for p in self.policies[1:]],
+            },
+            "coverage": [c.document() for c in self.coverage],
+        }
+
+
+# -- the verdict -----------------------------------------------------------------------
+
+FIX_APPROVALS = "get the pull request approved (`reconciler approvals --env {env}` says by whom)"
+FIX_DIRECT = (
+    "land the change through a pull request into the deploy branch, approved under the "
+    'policy of record (docs/design.md, "Change-set coverage")'
+)
+
+
+def judge(facts: Facts) -> GateResult:
+    """May this environment's change be applied? Every reason it may not, with a fix."""
+    result = GateResult(facts.environment, passed=False, new_policy=facts.new.document)
+    if facts.problem is not None:
+        result.refuse(
+            f"cannot read approvals, refusing: {facts.problem}",
+            "fix the forge or state access named here, then run the command again",
+        )
+        return result
+    in_force = policies_in_force(facts)
+    record = in_force[0] if in_force else _alone(facts.new)
+    result.policy = record
+    result.policy_changed = any(not p.same_as(facts.new) for p in in_force)
+    policies = [*in_force] if in_force else [record]
+    if result.policy_changed:
+        policies.append(facts.new)
+    claimed = [c.policy for c in facts.claims]
+    result.policies = [*policies, *claimed]
+    result.risk = "critical" if result.policy_changed else facts.plan_risk
+    if facts.now is not None:
+        _check_windows(result, policies, facts)
+    result.rollback = facts.rollback
+    _check_approvals(result, facts, record)
+    result.passed = not result.reasons
+    return result
+
+
+def _alone(new: Policy) -> Policy:
+    return Policy(
+        new.spec,
+        new.approvals,
+        "the change itself (the environment is new)",
+        new.providers,
+        new.variables,
+    )
+
+
+def policies_in_force(facts: Facts) -> list[Policy]:
+    """The policy of record, or with none recorded, every policy the environment has had
+    on the deploy branch that no reviewed change replaced (the newest trusted first).
+
+    History is replayed: the environment's first declaration is in force as declared; a
+    later change replaces the policies in force only when a pull request covers it,
+    approved under each of them and the new one (at critical risk); an unreviewed change
+    adds its policy to those in force and lifts nothing. So two direct pushes (the first
+    lowering `required`) leave the first push's predecessor in force."""
+    if facts.recorded is not None:
+        return [facts.recorded]
+    in_force: list[Policy] = []
+    for step in facts.history:
+        after = step.after
+        if not in_force:
+            if after is not None:
+                in_force = [after]
+            continue
+        if after is not None and all(p.same_as(after) for p in in_force):
+            continue
+        judged_by = [*in_force, *([after] if after is not None else [])]
+        needed = max(p.spec.approvals.required_for("critical") for p in judged_by)
+        if (
+            needed == 0
+            or _cover(step.commit, judged_by, "critical", False, facts, in_force[0]).covered
+        ):
+            in_force = [after] if after is not None else []
+        elif after is not None and not any(p.same_as(after) for p in in_force):
+            in_force.append(after)
+    # The newest trusted policy names the approval source: it leads.
+    return in_force
+
+
+def _check_windows(result: GateResult, policies: list[Policy], facts: Facts) -> None:
+    assert facts.now is not None
+    for policy in policies:
+        spec = policy.spec
+        if not spec.windows:
+            continue
+        wv = schedules.evaluate_windows(windows_of(spec), facts.now)
+        result.window = wv
+        if wv.open:
+            continue
+        if facts.override_window and spec.allow_override:
+            result.window_overridden = True
+            continue
+        zone = wv.window.timezone if wv.window else "UTC"
+        reopen = (
+            f"; it opens at {schedules.format_both(wv.next_open, zone)}"
+            if wv.next_open is not None
+            else ""
+        )
+        whose = "" if len(policies) == 1 else f" of {policy.origin}"
+        fix = (
+            "wait for the window, or in an emergency apply with --override-window (recorded)"
+            if spec.allow_override
+            else "wait for the window (this environment does not allow --override-window)"
+        )
+        result.refuse(f"outside its deploy window{whose}: {wv.reason}{reopen}", fix)
+
+
+def windows_of(spec: EnvironmentSpec) -> list[schedules.Window]:
+    out = []
+    for w in spec.windows:
+        duration = schedules.parse_duration(w.duration)
+        if w.allow is not None:
+            out.append(schedules.Window("allow", w.allow, duration, w.timezone))
+        elif w.deny is not None:
+            out.append(schedules.Window("deny", w.deny, duration, w.timezone))
+    return out
+
+
+def _check_approvals(result: GateResult, facts: Facts, record: Policy) -> None:
+    env = facts.environment
+    policies = result.policies
+    needed = max(
+        p.spec.approvals.required_for(result.risk, is_rollback=result.rollback) for p in policies
+    )
+    result.required = needed
+    if facts.mode == "working_tree":
+        if needed or any(p.spec.protected for p in policies):
+            result.refuse(
+                "the working tree is applied only to environments that need no approvals "
+                f"and are not protected ({_describe(result)})",
+                f"commit the change and apply the commit: `reconciler apply --env {env}`",
+            )
+        return
+    if needed == 0:
+        return
+    what = f"needs {needed} approval{'s' if needed != 1 else ''} ({_describe(result)})"
+    if source_key(record) not in facts.sources:
+        result.refuse(
+            f"{what}, but the policy of record ({record.origin}) names no approval source",
+            "an approval source is part of the policy, so the change that adds it cannot "
+            "use it: set approvals.source in reconciler.yaml in a change of its own, apply "
+            'it, then this one (README, "Approvals")',
+        )
+        return
+    if facts.commit is None:
+        result.refuse(f"{what}, and only a commit can be approved", "commit the change")
+        return
+    if facts.base is not None and not facts.base_descends:
+        result.refuse(
+            f"{what}, but {facts.commit[:12]} does not descend from the recorded state "
+            f"({facts.base[:12]})",
+            "roll back with a revert commit instead (`reconciler rollback`)",
+        )
+        return
+    for commit in facts.relevant:
+        result.coverage.append(
+            _cover(commit, policies, result.risk, result.rollback, facts, record)
+        )
+    last = result.coverage[-1] if result.coverage else None
+    if last is not None and last.verdicts:
+        result.verdict = last.verdicts[0]
+    uncovered = [c for c in result.coverage if not c.covered]
+    if not uncovered:
+        return
+    if len(facts.relevant) == 1 and uncovered[0].verdicts:
+        v = next((v for v in uncovered[0].verdicts if not v.passed), uncovered[0].verdicts[-1])
+        prefix = "the change alters the policy: " if result.policy_changed else ""
+        result.refuse(prefix + v.summary(), FIX_APPROVALS.format(env=env))
+        return
+    names = ", ".join(
+        f"{c.commit[:7]} ({'; '.join(c.problems) or 'no approved pull request'})" for c in uncovered
+    )
+    since = "since the recorded state" if facts.base is not None else "in the environment's history"
+    n = len(uncovered)
+    result.refuse(
+        f"{what}: {n} commit{'s' if n != 1 else ''} {since} "
+        f"{'are' if n != 1 else 'is'} not covered by an approved pull request into the "
+        f"deploy branch: {names}",
+        FIX_DIRECT,
+    )
+
+
+def _cover(
+    commit: CommitFacts,
+    policies: list[Policy],
+    risk: Risk,
+    rollback: bool,
+    facts: Facts,
+    record: Policy,
+) -> Coverage:
+    """Which pull request (from the policy of record's source) covers `commit`: merged
+    into the deploy branch, its merge result applied, the commit its own, and approved
+    under every policy."""
+    cover = Coverage(commit.sha)
+    key = source_key(record)
+    candidates = commit.candidates.get(key, ())
+    members = facts.membership.get(key, {})
+
+    def is_member(org: str, team: str, user: str) -> str:
+        return members.get((org, team, user), "none")
+
+    deploy = facts.deploy_branch.get(key, "")
+    for cand in candidates:
+        why = _unbound(cand, commit.sha, deploy, facts)
+        if why is not None:
+            cover.problems.append(f"#{cand.number} {why}")
+            continue
+        verdicts = [
+            evaluate(
+                p.spec.approvals,
+                cand.facts,
+                risk=risk,
+                is_rollback=rollback,
+                is_member=is_member,
+            )
+            for p in policies
+        ]
+        cover.verdicts = verdicts
+        if all(v.passed for v in verdicts):
+            cover.pull_request = cand.number
+            cover.problems.clear()
+            return cover
+        failing = next(v for v in verdicts if not v.passed)
+        cover.problems.append(f"#{cand.number}: {failing.summary()}")
+    if not candidates:
+        cover.problems.append("no pull request: a direct push")
+    return cover
+
+
+def _unbound(cand: Candidate, sha: str, deploy: str, facts: Facts) -> str | None:
+    """Why pull request `cand` cannot count for commit `sha`, or None when it can. It
+    counts only for its merge result and its own commits (never the commits below its
+    merge); a rebase merge's copies of its commits only where the forge itself lists the
+    pull request for them."""
+    pr = cand.facts
+    if pr.base_ref != deploy:
+        return f"is into {pr.base_ref or 'an unknown branch'}, not the deploy branch {deploy}"
+    own = {c.sha for c in pr.commits} | {pr.head_sha}
+    if not pr.merged:
+        if facts.mode == "preview" and pr.head_sha == facts.commit and sha in own:
+            return None  # the pull request under review, judged as if merged now
+        return "is not merged"
+    result = pr.merge_commit_sha or pr.head_sha
+    if not cand.result_applied:
+        return f"was merged as {result[:12]}, which is not part of what is applied"
+    if sha == result or sha in own or (cand.listed and cand.on_rebase_chain):
+        return None
+    return f"does not contain {sha[:12]}"
+
+
+def _describe(result: GateResult) -> str:
+    assert result.policy is not None
+    parts = [f"risk {result.risk}"]
+    if result.rollback:
+        parts.append("rollback policy")
+    if result.policy_changed:
+        parts.append(
+            "the change alters the policy, so the policy of record and the new one both apply"
+        )
+    claims = [p.origin for p in result.policies if p.origin.startswith("environment ")]
+    if claims:
+        parts.append("it reads variables another environment's policy holds: " + ", ".join(claims))
+    parts.append(f"policy of record: {result.policy.origin}")
+    return "; ".join(parts)
