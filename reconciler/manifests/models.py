@@ -341,11 +341,48 @@ class LangfuseSettings(StrictModel):
     )
 
 
+class ReplicateSettings(StrictModel):
+    """Only for a provider of type `replicate` (a Replicate deployment). `model` is the
+    Replicate model (`owner/name`), `scaling.hardware` the hardware SKU (gpu-t4, cpu,
+    ...), `scaling.minReplicas`/`maxReplicas` the instance bounds, `enabled: false` a
+    deployment at 0 instances."""
+
+    deployment_name: Text | None = Field(
+        None,
+        description="The deployment's name under the provider's config.owner "
+        "(default: the deployment's name).",
+    )
+    version: Text | None = Field(
+        None, description="The model version to run: its 64-character id (required)."
+    )
+
+
+class TogetherSettings(StrictModel):
+    """Only for a provider of type `together` (a Together AI dedicated endpoint).
+    `model` is the model to serve, `scaling.hardware` the hardware id
+    (2x_nvidia_h100_80gb_sxm, ...), `scaling.minReplicas`/`maxReplicas` the autoscaling
+    bounds, `enabled: false` a stopped endpoint."""
+
+    inactive_timeout: Annotated[int, Field(ge=0)] | None = Field(
+        None,
+        description="Minutes without requests before Together stops the endpoint "
+        "(0 turns it off; left out, the endpoint's setting is kept).",
+    )
+    availability_zone: Text | None = Field(
+        None, description="Where the endpoint runs (set at creation only)."
+    )
+    disable_speculative_decoding: bool | None = Field(
+        None, description="Turn speculative decoding off (set at creation only)."
+    )
+
+
 #: Deployment block key → the provider type that reads it.
 PROVIDER_BLOCKS: dict[str, str] = {
     "azure": "azure-openai",
     "huggingface": "huggingface",
     "langfuse": "langfuse",
+    "replicate": "replicate",
+    "together": "together",
 }
 
 
@@ -366,6 +403,8 @@ class DeploymentFields(StrictModel):
     azure: AzureSettings | None = None
     huggingface: HuggingFaceSettings | None = None
     langfuse: LangfuseSettings | None = None
+    replicate: ReplicateSettings | None = None
+    together: TogetherSettings | None = None
 
 
 class DeploymentSpec(StrictModel):
@@ -386,6 +425,8 @@ class DeploymentSpec(StrictModel):
     azure: AzureSettings | None = None
     huggingface: HuggingFaceSettings | None = None
     langfuse: LangfuseSettings | None = None
+    replicate: ReplicateSettings | None = None
+    together: TogetherSettings | None = None
     overrides: dict[Slug, DeploymentFields] = Field(default_factory=dict)
 
 

@@ -35,7 +35,15 @@ from reconciler.manifests.yamlload import Pos, YamlProblem, YMap, load_documents
 M = TypeVar("M", bound=BaseModel)
 
 #: Provider types built in; plugins add theirs through the `reconciler.providers` group.
-BUILTIN_PROVIDER_TYPES = ("local", "http", "langfuse", "azure-openai", "huggingface")
+BUILTIN_PROVIDER_TYPES = (
+    "local",
+    "http",
+    "langfuse",
+    "azure-openai",
+    "huggingface",
+    "replicate",
+    "together",
+)
 
 _CONFIG_SECRET_KEYS = re.compile(r"^(api[-_]?key|token|secret|password|auth|authorization)$", re.I)
 
