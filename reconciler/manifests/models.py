@@ -376,6 +376,34 @@ class TogetherSettings(StrictModel):
     )
 
 
+class PredibaseSettings(StrictModel):
+    """Only for a provider of type `predibase` (a private Predibase deployment serving
+    LoRA adapters with LoRAX). `model` is the base model, `scaling.hardware` the
+    accelerator (fixed at creation), `scaling.minReplicas`/`maxReplicas` the replica
+    bounds; a field left out is left as Predibase has it."""
+
+    deployment_name: Text | None = Field(
+        None, description="The Predibase deployment's name (default: the deployment's name)."
+    )
+    cooldown_seconds: Annotated[int, Field(ge=600)] | None = Field(
+        None, description="Idle seconds before replicas scale down (Predibase: cooldownTime)."
+    )
+    scale_up_threshold: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Queued requests per replica before another is started."
+    )
+    quantization: Literal["none", "fp8", "bitsandbytes-nf4"] | None = Field(
+        None, description="Fixed at creation; left out, Predibase picks by model and accelerator."
+    )
+    max_total_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="The most tokens (prompt and completion) one request may use."
+    )
+    adapters: list[Text] | None = Field(
+        None,
+        description='Adapters loaded when a replica starts, as "repo/version" '
+        "(Predibase: preloadedAdapters); any other adapter is still served per request.",
+    )
+
+
 #: Deployment block key → the provider type that reads it.
 PROVIDER_BLOCKS: dict[str, str] = {
     "azure": "azure-openai",
@@ -383,6 +411,7 @@ PROVIDER_BLOCKS: dict[str, str] = {
     "langfuse": "langfuse",
     "replicate": "replicate",
     "together": "together",
+    "predibase": "predibase",
 }
 
 
@@ -405,6 +434,7 @@ class DeploymentFields(StrictModel):
     langfuse: LangfuseSettings | None = None
     replicate: ReplicateSettings | None = None
     together: TogetherSettings | None = None
+    predibase: PredibaseSettings | None = None
 
 
 class DeploymentSpec(StrictModel):
@@ -427,6 +457,7 @@ class DeploymentSpec(StrictModel):
     langfuse: LangfuseSettings | None = None
     replicate: ReplicateSettings | None = None
     together: TogetherSettings | None = None
+    predibase: PredibaseSettings | None = None
     overrides: dict[Slug, DeploymentFields] = Field(default_factory=dict)
 
 

@@ -43,6 +43,7 @@ BUILTIN_PROVIDER_TYPES = (
     "huggingface",
     "replicate",
     "together",
+    "predibase",
 )
 
 _CONFIG_SECRET_KEYS = re.compile(r"^(api[-_]?key|token|secret|password|auth|authorization)$", re.I)
