@@ -12,6 +12,7 @@ from fakes.azure_arm import FakeAzure
 from fakes.deploy_api import FakeDeployApi
 from fakes.hf_endpoints import FakeHuggingFace
 from fakes.langfuse import FakeLangfuse
+from fakes.predibase import FakePredibase
 
 from reconciler.instances import Instance, ProviderConfig
 from reconciler.providers.azure_openai import AzureOpenAIProvider
@@ -21,6 +22,7 @@ from reconciler.providers.http import HttpProvider
 from reconciler.providers.huggingface import HuggingFaceProvider
 from reconciler.providers.langfuse import LangfuseProvider
 from reconciler.providers.local import LocalProvider
+from reconciler.providers.predibase import PredibaseProvider
 
 SUB = "0b7e3a51-93c4-4e6a-9d7e-5f1d2c3b4a59"
 
@@ -117,6 +119,29 @@ def test_huggingface() -> None:
         config = ProviderConfig("hf", "huggingface", "production", cfg, {"tokenEnv": "T"})
         check_provider(
             lambda: HuggingFaceProvider(config, repo_root=Path("."), env={"T": "hf_tok"}),
+            first,
+            second,
+            settle=settled,
+        )
+
+
+def test_predibase() -> None:
+    scaling = {"minReplicas": 0, "maxReplicas": 1, "hardware": "a10_24gb_100"}
+    first, second = pair(
+        "pb",
+        {"model": "llama-3-1-8b-instruct", "scaling": scaling},
+        {
+            "model": "llama-3-1-8b-instruct",
+            "scaling": {**scaling, "maxReplicas": 2},
+            "predibase": {"cooldownSeconds": 900, "adapters": ["support-bot/1"]},
+        },
+    )
+    with FakePredibase("pb_tok", steps=2) as api:
+        config = ProviderConfig(
+            "pb", "predibase", "production", {"baseUrl": api.url}, {"tokenEnv": "T"}
+        )
+        check_provider(
+            lambda: PredibaseProvider(config, repo_root=Path("."), env={"T": "pb_tok"}),
             first,
             second,
             settle=settled,
