@@ -1,4 +1,4 @@
-"""What the vendor providers (langfuse, azure-openai, huggingface) share.
+"""What the vendor providers (langfuse, azure-openai, huggingface, predibase) share.
 
 Each reads its Provider's `config` and `credentials` once, collecting every problem as
 a located `Problem` (plan time, no network); makes its HTTP client on first use (so a
