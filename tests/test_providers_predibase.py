@@ -267,3 +267,22 @@ def test_no_token_in_any_error(pb: FakePredibase, make: Made) -> None:
     with pytest.raises(ProviderError, match="PREDIBASE_API_TOKEN is not set"):
         missing.read("Deployment", "support-llm", "production", None)
     assert all(TOKEN not in repr(r) for r in pb.requests)
+
+
+def test_two_environments_share_a_deployment_only_with_one_token(make: Made) -> None:
+    prod, staging = make("http://127.0.0.1:9"), make("http://127.0.0.1:9", "staging")
+    assert prod.identity(llm()) == staging.identity(llm("staging"))
+    other = Made(
+        PredibaseProvider,
+        "pb",
+        "predibase",
+        lambda url: {"baseUrl": url},
+        {"tokenEnv": "PREDIBASE_STAGING_TOKEN"},
+        {},
+    )
+    try:
+        assert other("http://127.0.0.1:9", "staging").identity(llm("staging")) != prod.identity(
+            llm()
+        )
+    finally:
+        other.close()

@@ -192,9 +192,13 @@ class PredibaseProvider(VendorProvider[Settings]):
         )
 
     def identity(self, inst: Instance) -> str | None:
+        """The tenant is the token's: two environments whose tokens come from one
+        variable are taken to share one, so they cannot both have a deployment's name."""
         if inst.kind != "Deployment":
             return None
-        return f"{self.settings.base_url}/v2/deployments/{deployment_name(inst.name, inst.spec)}"
+        s = self.settings
+        name = deployment_name(inst.name, inst.spec)
+        return f"{s.base_url}/v2/deployments/{name} with the token in {s.token_env}"
 
     def validate(self, inst: Instance) -> list[str | Problem]:
         problems: list[str | Problem] = list(self.problems)
