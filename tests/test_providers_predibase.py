@@ -153,9 +153,13 @@ def test_a_changed_accelerator_is_not_sent_as_an_update(pb: FakePredibase, make:
     with pytest.raises(ProviderError, match="Predibase sets it only at creation"):
         p.update(changed, pid)
     assert not [r for r in pb.requests if r.method == "PUT"]
-    assert PredibaseProvider.replace_reasons()["scaling.hardware"].startswith(
-        "Predibase cannot change a deployment's accelerator"
-    )
+    reasons = PredibaseProvider.replace_reasons()
+    assert reasons["scaling.hardware"].startswith("Predibase cannot change a deployment's accel")
+    assert set(reasons) == {
+        "scaling.hardware",
+        "predibase.quantization",
+        "predibase.deploymentName",
+    }
 
 
 def test_the_vendor_refuses_what_predibase_refuses(pb: FakePredibase, make: Made) -> None:
