@@ -38,7 +38,7 @@ spec:
 """
 
 Edit = tuple[str, str, str]  # (path, old text, new text)
-Merge = Literal["merge", "squash", "ff"]
+Merge = Literal["merge", "squash", "ff", "rebase"]
 
 
 @dataclass
@@ -138,12 +138,20 @@ class World:
         git(self.repo, "checkout", "-q", base)
         if merge == "merge":
             git(self.repo, "merge", "-q", "--no-ff", "-m", f"Merge #{number}", f"topic-{number}")
+        elif merge == "rebase":  # the forge copies the commits onto the base, one by one
+            copies = []
+            for sha in shas:
+                git(self.repo, "cherry-pick", sha)
+                copies.append(git(self.repo, "rev-parse", "HEAD"))
         elif merge == "squash":
             git(self.repo, "merge", "-q", "--squash", f"topic-{number}")
             git(self.repo, "commit", "-q", "-m", f"Change {number} (#{number})")
         else:
             git(self.repo, "merge", "-q", "--ff-only", f"topic-{number}")
         merged = git(self.repo, "rev-parse", "HEAD")
+        if register and merge == "rebase":  # GitHub lists the pull request for each copy
+            for copy in copies:
+                self.gh.link_commit(copy, number)
         if register and self.approvals_file is not None:
             self.file_pr(number, author, head, merged, shas, approve, base)
         elif register:
@@ -225,10 +233,11 @@ def world(
     chat_risk: str = "medium",
     source: Literal["github", "file"] = "github",
     baseline: Sequence[str] = (),
+    applied: bool = True,
 ) -> Iterator[World]:
     """The example repo, production on the deployment API and judged by `production`,
     with one approved change already applied everywhere (`apply *baseline`), so a policy
-    of record exists."""
+    of record exists; with `applied=False`, nothing applied yet."""
     with FakeGitHub() as gh, FakeDeployApi(token=API_TOKEN) as api:
         repo = copy_example(tmp_path / "repo")
         envs = repo / ENVS
@@ -261,10 +270,11 @@ def world(
             w.approvals_file = tmp_path / "approvals.json"  # outside the repo
             w.env["RECONCILER_APPROVALS_FILE"] = str(w.approvals_file)
         w.adopt(setup, approve=("alice", "bob", "carol"))
-        approvers = ("alice", "bob", "carol") if chat_risk == "critical" else ("alice", "bob")
-        w.pr(1, [chat_tokens(400, 401)], approve=approvers)
-        r = w.cli("apply", *baseline)
-        assert r.code == 0, r.out + r.err
-        assert api.get("deployments", "production", "support-chat") is not None
-        w.forget_requests()
+        if applied:
+            approvers = ("alice", "bob", "carol") if chat_risk == "critical" else ("alice", "bob")
+            w.pr(1, [chat_tokens(400, 401)], approve=approvers)
+            r = w.cli("apply", *baseline)
+            assert r.code == 0, r.out + r.err
+            assert api.get("deployments", "production", "support-chat") is not None
+            w.forget_requests()
         yield w

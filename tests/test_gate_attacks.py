@@ -436,3 +436,121 @@ def test_a_heal_does_not_move_the_recorded_state_past_an_unreviewed_push(w: Worl
     w.pr(8, notes("a typo\n"))
     out = blocked(w)
     assert sneaky[:7] in out
+
+
+# --- 6. trust from an unreviewed past, loose coverage, settings and variables (issue 23)
+
+
+def _strip_recorded_policies(w: World) -> None:
+    """The state as a version that recorded no policy left it (an upgrade)."""
+    import sqlite3
+
+    db = sqlite3.connect(w.repo / ".reconciler/state.db")
+    with db:
+        db.execute("UPDATE runs SET policy = NULL")
+    db.close()
+
+
+OPEN_THE_DOOR: Edit = (
+    ENVS,
+    "  protected: true\n  approvals:\n    required: 2\n",
+    "  approvals:\n    required: 0\n",
+)
+
+
+@pytest.mark.parametrize("past", ["never-applied", "upgraded"])
+def test_two_direct_pushes_do_not_reach_a_protected_environment(tmp_path: Path, past: str) -> None:
+    with world(tmp_path, applied=past == "upgraded") as w:
+        if past == "upgraded":
+            _strip_recorded_policies(w)
+        w.push("open the door", OPEN_THE_DOOR)
+        w.push("walk through", production_model("llama-3.1-8b-instruct"))
+        out = blocked(w)
+        assert "not covered" in out and "a direct push" in out, out
+
+
+def test_a_reviewed_policy_change_in_history_is_in_force(tmp_path: Path) -> None:
+    """The replay is not mere strictness: a relaxation that went through review holds."""
+    with world(tmp_path, applied=False) as w:
+        w.pr(2, [OPEN_THE_DOOR], approve=("alice", "bob", "carol"))  # critical: 3
+        w.push("then a direct push", production_model("llama-3.1-8b-instruct"))
+        r = w.apply_production()
+        assert r.code == 0, r.out + r.err
+
+
+def test_with_nothing_recorded_an_earlier_direct_push_does_not_ride_along(tmp_path: Path) -> None:
+    with world(tmp_path, applied=False) as w:
+        sneaky = w.push("tweak", production_model("llama-3.1-8b-instruct"))
+        w.pr(2, notes("a typo, fixed\n"))
+        out = blocked(w)
+        assert sneaky[:7] in out
+
+
+@pytest.mark.parametrize("merge", ["merge", "squash"])
+def test_a_pr_does_not_cover_the_direct_push_below_its_merge(w: World, merge: str) -> None:
+    sneaky = w.push("tweak", production_model("llama-3.1-8b-instruct"))
+    w.pr(9, notes("one\n"), notes("two\n"), merge=merge)  # type: ignore[arg-type]
+    out = blocked(w, "--pr", "9")
+    assert sneaky[:7] in out
+
+
+def test_a_rebase_merge_covers_its_copies_where_the_forge_lists_them(w: World) -> None:
+    w.pr(
+        9,
+        [production_model("llama-3.1-8b-instruct")],
+        [production_model("gpt-4o-mini", old="llama-3.1-8b-instruct")],
+        merge="rebase",
+    )
+    r = w.apply_production()
+    assert r.code == 0, r.out + r.err
+
+
+def test_moving_a_providers_url_is_a_change_that_needs_review(w: World) -> None:
+    from fakes.deploy_api import FakeDeployApi
+    from gate_world import API_TOKEN, PROVIDERS
+
+    with FakeDeployApi(token=API_TOKEN) as elsewhere:
+        w.push("move", (PROVIDERS, f'baseUrl: "{w.api.url}"', f'baseUrl: "{elsewhere.url}"'))
+        r = w.cli("plan", "--env", "production")
+        assert elsewhere.url in r.out and "provider registry" in r.out, r.out
+        w.pr(9, [chat_tokens(401, 402)])  # two approvals, not the three a policy change needs
+        out = blocked(w)
+        assert "alters the policy" in out
+        assert elsewhere.requests == [], "the token went to an unreviewed host"
+
+
+def test_an_open_environment_cannot_send_anothers_token_elsewhere(w: World) -> None:
+    """dev needs no approvals, but the token it would send is production's."""
+    from fakes.deploy_api import FakeDeployApi
+    from gate_world import API_TOKEN, PROVIDERS
+
+    with FakeDeployApi(token=API_TOKEN) as elsewhere:
+        exfil = (
+            "---\napiVersion: reconciler/v1\nkind: Provider\nmetadata: {name: exfil}\n"
+            f'spec:\n  type: http\n  environments: [dev]\n  config: {{baseUrl: "{elsewhere.url}"}}\n'
+            "  credentials: {tokenEnv: REGISTRY_TOKEN}\n"
+        )
+        w.push(
+            "exfiltrate",
+            (
+                PROVIDERS,
+                "  models: [gpt-4o, gpt-4o-mini, voyage-3-large, bge-reranker-v2, llama-3.1-8b-instruct]\n---\n# Production's",
+                "  models: [gpt-4o, gpt-4o-mini, voyage-3-large, bge-reranker-v2, llama-3.1-8b-instruct]\n"
+                + exfil
+                + "---\n# Production's",
+            ),
+            (CHAT, "  overrides:\n", "  overrides:\n    dev: {provider: exfil}\n"),
+        )
+        r = w.cli("apply", "--env", "dev")
+        assert r.code == 3, r.out + r.err
+        assert "environment production's policy of record" in r.out + r.err
+        assert elsewhere.requests == [], "production's token went to an unreviewed host"
+
+
+@pytest.mark.parametrize("name", ["GITHUB_TOKEN", "RECONCILER_NOTIFY_SLACK", "CI_JOB_TOKEN"])
+def test_no_manifest_reads_the_forges_or_the_reconcilers_own_variables(w: World, name: str) -> None:
+    leak = f"env: {{LOG_LEVEL: info, LEAK: {{secretEnv: {name}}}}}"
+    w.push("read it", (CHAT, "env: {LOG_LEVEL: info}", leak))
+    r = w.cli("validate")
+    assert r.code == 1, r.out + r.err
+    assert f"{name} is reserved" in r.err and "support-chat.yaml:" in r.err
