@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from reconciler.instances import Instance, InstanceKey
+from reconciler.config import ApprovalsConfig
+from reconciler.instances import Instance, InstanceKey, canonical_json
 from reconciler.manifests import Desired
+from reconciler.policy import policy_at
 from reconciler.providers.base import DeleteRule
 from reconciler.schedules import spec_next_runs
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
@@ -80,6 +82,10 @@ class EnvironmentPlan:
     protected: bool
     changes: list[Change] = field(default_factory=list)
     unchanged: int = 0
+    #: What the manifests change in the environment's policy against the policy of
+    #: record: provider settings, the variables read, approvals, windows. Nothing is
+    #: applied for them; the gate judges the next change as a policy change.
+    policy_changes: list[FieldDiff] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         c = {"create": 0, "update": 0, "replace": 0, "delete": 0}
@@ -120,6 +126,10 @@ class Plan:
                     "protected": e.protected,
                     "summary": {**e.counts(), "unchanged": e.unchanged},
                     "changes": [_change_dict(c) for c in e.changes],
+                    "policy_changes": [
+                        {"path": d.path, "before": d.before, "after": d.after}
+                        for d in e.policy_changes
+                    ],
                 }
                 for e in self.environments
             ],
@@ -423,6 +433,22 @@ def plan_environment(
     return ep
 
 
+def policy_changes(desired: Desired, store: StateStore, env: str) -> list[FieldDiff]:
+    """The policy the manifests declare against the policy of record, field by field
+    (without the approval source, which is read from reconciler.yaml). Nothing recorded:
+    none (everything is new); a policy recorded before provider settings and variables
+    were part of it shows them as added."""
+    last = store.last_applied_run(env)
+    if last is None or last.policy is None:
+        return []
+    before = {k: v for k, v in last.policy.items() if k != "approvals"}
+    after = policy_at(desired, ApprovalsConfig(), env, "").document
+    after.pop("approvals")
+    if canonical_json(before) == canonical_json(after):
+        return []  # the usual case: no field diff (nor deepdiff's import) needed
+    return field_diff(before, after)
+
+
 def _protected(desired: Desired, store: StateStore, env: str) -> bool:
     """Protected when the manifests say so *or* the policy of record did: a change
     cannot drop `protected` to delete freely in the same breath."""
@@ -510,6 +536,7 @@ def make_plan(
             )
         )
         plans[-1].unchanged += len(same)
+        plans[-1].policy_changes = policy_changes(desired, store, env)
     created = now or datetime.now(UTC)
     for ep in plans:
         for ch in ep.changes:

@@ -22,10 +22,10 @@ from reconciler.agent.notify import Notice, Notifier
 from reconciler.agent.policy import notify_targets, sync_policies
 from reconciler.config import ApprovalsConfig, load_settings
 from reconciler.errors import StateMovedError
-from reconciler.gate.policy import Policy, policy_document
 from reconciler.load import load
 from reconciler.log import register_secret
 from reconciler.manifests.models import EnvironmentSpec, NotifyTarget
+from reconciler.policy import Policy, policy_document
 from reconciler.state import open_state
 
 

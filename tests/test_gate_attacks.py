@@ -522,25 +522,16 @@ def test_moving_a_providers_url_is_a_change_that_needs_review(w: World) -> None:
 def test_an_open_environment_cannot_send_anothers_token_elsewhere(w: World) -> None:
     """dev needs no approvals, but the token it would send is production's."""
     from fakes.deploy_api import FakeDeployApi
-    from gate_world import API_TOKEN, PROVIDERS
+    from gate_world import API_TOKEN
 
     with FakeDeployApi(token=API_TOKEN) as elsewhere:
-        exfil = (
-            "---\napiVersion: reconciler/v1\nkind: Provider\nmetadata: {name: exfil}\n"
-            f'spec:\n  type: http\n  environments: [dev]\n  config: {{baseUrl: "{elsewhere.url}"}}\n'
+        (w.repo / "manifests/exfil.yaml").write_text(
+            "apiVersion: reconciler/v1\nkind: Provider\nmetadata: {name: exfil}\nspec:\n"
+            "  type: http\n  environments: [dev]\n"
+            f'  config: {{baseUrl: "{elsewhere.url}"}}\n'
             "  credentials: {tokenEnv: REGISTRY_TOKEN}\n"
         )
-        w.push(
-            "exfiltrate",
-            (
-                PROVIDERS,
-                "  models: [gpt-4o, gpt-4o-mini, voyage-3-large, bge-reranker-v2, llama-3.1-8b-instruct]\n---\n# Production's",
-                "  models: [gpt-4o, gpt-4o-mini, voyage-3-large, bge-reranker-v2, llama-3.1-8b-instruct]\n"
-                + exfil
-                + "---\n# Production's",
-            ),
-            (CHAT, "  overrides:\n", "  overrides:\n    dev: {provider: exfil}\n"),
-        )
+        w.push("exfiltrate", (CHAT, "  overrides:\n", "  overrides:\n    dev: {provider: exfil}\n"))
         r = w.cli("apply", "--env", "dev")
         assert r.code == 3, r.out + r.err
         assert "environment production's policy of record" in r.out + r.err

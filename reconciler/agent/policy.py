@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reconciler.errors import ReconcilerError
-from reconciler.gate.policy import Policy
 from reconciler.manifests import Desired
 from reconciler.manifests.models import NotifyTarget
+from reconciler.policy import Policy
 from reconciler.schedules import parse_duration
 from reconciler.state.base import StateStore
 

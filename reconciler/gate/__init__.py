@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from reconciler.gate.facts import DEPLOY_BRANCH_VAR, FactsBuilder, SourceFor
 from reconciler.gate.judge import Coverage, Facts, GateResult, Mode, judge, windows_of
-from reconciler.gate.policy import Policy
 from reconciler.plan import EnvironmentPlan
+from reconciler.policy import Policy
 
 __all__ = [
     "DEPLOY_BRANCH_VAR",

@@ -28,10 +28,10 @@ from reconciler.gate.judge import (
     SourceKey,
     source_key,
 )
-from reconciler.gate.policy import Policy, policy_at
 from reconciler.gitrepo import ManifestRepo
 from reconciler.load import Loaded
 from reconciler.plan import EnvironmentPlan, make_plan
+from reconciler.policy import Policy, policy_at
 from reconciler.state.base import StateStore
 from reconciler.vocabulary import Risk, as_risk, highest_risk
 

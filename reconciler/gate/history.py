@@ -13,10 +13,10 @@ from typing import Any
 
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
-from reconciler.gate.policy import Policy, policy_at
 from reconciler.gitrepo import ManifestRepo
 from reconciler.instances import canonical_json
 from reconciler.load import Loaded, load
+from reconciler.policy import Policy, policy_at
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from reconciler import schedules
 from reconciler.approvals.evaluate import Verdict, evaluate
 from reconciler.approvals.facts import PullRequestFacts
-from reconciler.gate.policy import Policy
 from reconciler.manifests.models import EnvironmentSpec
+from reconciler.policy import Policy
 from reconciler.vocabulary import Risk
 
 #: `apply` deploys a commit; `preview` judges a pull request's head before its merge

@@ -37,7 +37,7 @@ def human(plan: Plan, *, color: bool = False, width: int = 100) -> str:
         return _colored(plan, width)
     lines = [_head(plan)]
     for e in plan.environments:
-        lines += ["", _title(e)]
+        lines += ["", _title(e), *policy_lines(e)]
         for ch in e.changes:
             lines.append(_change_head(ch))
             lines += change_lines(ch, DETAIL_INDENT)
@@ -120,9 +120,44 @@ def _change_head(ch: Change) -> str:
     return f"  {SYMBOLS[ch.action]:>3} {ch.address}  ({ch.provider}, risk {ch.risk})"
 
 
+def policy_lines(e: EnvironmentPlan, indent: str = "    ") -> list[str]:
+    """The policy changes under an environment's title: where its data would go next."""
+    if not e.policy_changes:
+        return []
+    out = [
+        f"  ~ policy of {e.environment}: judged as a policy change (both policies, risk "
+        "critical); nothing is applied for it, it takes effect with the next applied change"
+    ]
+    for d in e.policy_changes:
+        out.append(f"{indent}{_policy_path(d.path)}: {_show(d.before)} -> {_show(d.after)}")
+    return out
+
+
+def _policy_path(path: str) -> str:
+    """`providers.registry.config.baseUrl` reads as `provider registry: config.baseUrl`."""
+    parts = path.split(".")
+    if parts[0] == "providers" and len(parts) > 1:
+        rest = ".".join(parts[2:]) or "(all settings)"
+        return f"provider {parts[1]}: {rest}"
+    if parts[0] == "environment":
+        return ".".join(parts[1:]) or "environment"
+    return path
+
+
+def _show(value: object) -> str:
+    return "(none)" if value is None else _json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
 def _total(plan: Plan) -> str:
     total = sum(len(e.changes) for e in plan.environments)
     refused = sum(1 for e in plan.environments for c in e.changes if c.refused)
+    policies = [e.environment for e in plan.environments if e.policy_changes]
+    if total == 0 and policies:
+        return (
+            "No changes to apply. The policy of "
+            + ", ".join(policies)
+            + " changes (see above): it takes effect with the next applied change."
+        )
     if total == 0:
         return "No changes. The recorded state matches the manifests."
     msg = f"{total} change{'s' if total != 1 else ''} in total."
@@ -136,6 +171,7 @@ def _blocks(plan: Plan) -> list[list[Line]]:
     blocks: list[list[Line]] = [[[(_head(plan), "bold")]]]
     for e in plan.environments:
         lines: list[Line] = [[], _title_parts(e)]
+        lines.extend([(line, "yellow")] for line in policy_lines(e))
         for ch in e.changes:
             lines.append(_change_parts(ch))
             lines.extend(
@@ -182,8 +218,11 @@ def markdown(plan: Plan, *, max_chars: int = MAX_COMMENT_CHARS) -> str:
             f"| {e.unchanged} |"
         )
     head.append("")
+    for e in plan.environments:
+        if e.policy_changes:
+            head += ["```diff", *(line.strip() for line in policy_lines(e)), "```", ""]
     if not plan.has_changes:
-        head.append("No changes. The recorded state matches the manifests.")
+        head.append(_total(plan))
         return "\n".join(head) + "\n"
     body = "\n".join(head) + "\n"
     budget = max_chars - _RESERVE
