@@ -2,6 +2,13 @@
 #
 #   docker build -t reconciler .
 #   docker run --rm reconciler --help
+#   docker run -d -p 127.0.0.1:8377:8377 --env-file agent.env reconciler
+#
+# The default command is the agent listening on 0.0.0.0 inside the container, so it
+# refuses to start (exit 1) without RECONCILER_DASHBOARD_TOKEN: pass it at run time
+# (`--env-file agent.env` or `-e RECONCILER_DASHBOARD_TOKEN`), never as a build
+# argument or in this file. It guards everything but /healthz, /metrics included
+# (docs/agent.md).
 #
 # Built from this checkout: the wheel of the distribution `ai-reconciler` is built in
 # the first stage and installed alone in the second, which runs as a non-root user and

@@ -106,7 +106,21 @@ Health = Annotated[
     typer.Option("--health/--no-health", help="Read each instance's health from its provider."),
 ]
 RunId = Annotated[str, typer.Argument(help="The run's id (from `reconciler history`).")]
-Host = Annotated[str, typer.Option("--host", help="Address to listen on.")]
+Host = Annotated[
+    str,
+    typer.Option(
+        "--host",
+        help="Address to listen on; beyond loopback only with RECONCILER_DASHBOARD_TOKEN set.",
+    ),
+]
+InsecureNoToken = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-token",
+        help="Listen beyond loopback without RECONCILER_DASHBOARD_TOKEN: anyone who can "
+        "reach the address reads every page, the API and /metrics (logged as a warning).",
+    ),
+]
 Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")]
 Refresh = Annotated[
     str, typer.Option("--refresh", help="How often live state is read again (30s, 5m).")

@@ -301,7 +301,10 @@ def test_forge_links(tmp_path: Path) -> None:
 def test_serve_refuses_bad_options_in_one_line(example_repo: Path) -> None:
     r = run_cli(["--repo", str(example_repo), "serve", "--refresh", "soon"])
     assert r.code == 1 and r.err.startswith("error: --refresh: ") and "Traceback" not in r.err
-    r = run_cli(["--repo", str(example_repo), "serve", "--host", "192.0.2.1", "--port", "1"])
+    r = run_cli(
+        ["--repo", str(example_repo), "serve", "--host", "192.0.2.1", "--port", "1"],
+        env={"RECONCILER_DASHBOARD_TOKEN": TOKEN},
+    )
     assert r.code == 1 and "cannot listen on 192.0.2.1:1" in r.err and "Traceback" not in r.err
 
 

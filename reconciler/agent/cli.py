@@ -51,6 +51,7 @@ def agent(
     dashboard: Dashboard = True,
     refresh: a.Refresh = "60s",
     stall_after: StallAfter = "15m",
+    insecure_no_token: a.InsecureNoToken = False,
 ) -> None:
     """Keep environments in sync with the deploy branch (their `sync` policy): apply what
     the gate allows, heal drift, notify; serve /metrics, /healthz and the dashboard.
@@ -68,5 +69,6 @@ def agent(
         dashboard=dashboard,
         refresh=refresh,
         stall_after=stall_after,
+        insecure_no_token=insecure_no_token,
     )
     done(run_agent(settings(), command, emit=emit))

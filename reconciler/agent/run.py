@@ -18,9 +18,10 @@ from reconciler.agent.notify import Notifier
 from reconciler.agent.server import HttpServer, make_app
 from reconciler.agent.source import DeployBranch
 from reconciler.config import Settings, load_settings
-from reconciler.dashboard.server import bind
+from reconciler.dashboard.security import TOKEN_VAR, check_listening
+from reconciler.dashboard.server import EXPOSED, bind
 from reconciler.errors import EXIT_OK, ConfigError
-from reconciler.log import get_logger
+from reconciler.log import get_logger, register_secret
 from reconciler.schedules import parse_duration
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from reconciler.dashboard.refresh import Refresher
 
 log = get_logger("reconciler.agent")
+
+#: What the agent shows to whoever reaches it (beyond `serve`'s pages: its metrics).
+AGENT_EXPOSED = f"/metrics and {EXPOSED}"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class AgentCommand:
     dashboard: bool
     refresh: str
     stall_after: str
+    insecure_no_token: bool = False
 
 
 def _seconds(flag: str, text: str) -> float:
@@ -76,26 +81,34 @@ def prepare(base: Settings, cmd: AgentCommand) -> tuple[Settings, DeployBranch]:
 
 
 def _dashboard(
-    settings: Settings, cmd: AgentCommand, ref: str, port: int
+    settings: Settings, cmd: AgentCommand, ref: str, port: int, token: str | None
 ) -> tuple[Starlette | None, Refresher | None]:
     if not cmd.dashboard:
         return None, None
     from reconciler.dashboard.app import loopback_hosts
     from reconciler.dashboard.app import make_app as dashboard_app
     from reconciler.dashboard.refresh import Refresher
-    from reconciler.dashboard.server import TOKEN_VAR
 
     refresher = Refresher(settings, ref=ref, interval=_seconds("--refresh", cmd.refresh))
     app = dashboard_app(
         settings,
         refresher=refresher,
-        token=settings.env.get(TOKEN_VAR) or None,
+        token=token,
         allowed_hosts=loopback_hosts(cmd.host, port),
     )
     return app, refresher
 
 
 def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
+    token = base.env.get(TOKEN_VAR) or None
+    if token:
+        register_secret(token)
+    warning = check_listening(
+        cmd.host,
+        token,
+        insecure_no_token=cmd.insecure_no_token,
+        what=AGENT_EXPOSED if cmd.dashboard else "/metrics",
+    )
     stall_after = _seconds("--stall-after", cmd.stall_after)
     settings, source = prepare(base, cmd)
     branch = source.branch
@@ -108,10 +121,17 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
         metrics=metrics,
         options=AgentOptions(environments=cmd.environments, stall_after=stall_after),
     )
+    from reconciler.dashboard.app import loopback_hosts
+
+    if warning is not None:
+        log.warning(warning)
     sock = bind(cmd.host, cmd.port)
     port = int(sock.getsockname()[1])
-    dashboard, refresher = _dashboard(settings, cmd, source.tracking_ref, port)
-    server = HttpServer(make_app(metrics, agent.health, dashboard), sock)
+    dashboard, refresher = _dashboard(settings, cmd, source.tracking_ref, port, token)
+    app = make_app(
+        metrics, agent.health, dashboard, token=token, allowed_hosts=loopback_hosts(cmd.host, port)
+    )
+    server = HttpServer(app, sock)
     previous = _on_stop_signals(agent)
     server.start()
     if refresher is not None:

@@ -1,6 +1,7 @@
 """The agent's HTTP side: `/healthz` (the loop's liveness, unauthenticated), `/metrics`
 (Prometheus text format) and, unless turned off, the dashboard's pages and JSON API
-(`reconciler serve`'s, with its token and Host checks) under `/`.
+(`reconciler serve`'s) under `/`. The dashboard's token and Host checks guard all of it
+but /healthz, /metrics included.
 
 uvicorn runs on a thread of its own on a socket bound before the loop starts, so the
 address logged is the one listened on (`--port 0` included) and signals stay with the
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,9 +24,17 @@ if TYPE_CHECKING:
 Health = Callable[[], tuple[int, dict[str, Any]]]
 
 
-def make_app(metrics: Metrics, health: Health, dashboard: Starlette | None) -> Starlette:
+def make_app(
+    metrics: Metrics,
+    health: Health,
+    dashboard: Starlette | None,
+    *,
+    token: str | None = None,
+    allowed_hosts: Collection[str] | None = None,
+) -> Starlette:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import BaseRoute, Mount, Route
@@ -45,7 +54,10 @@ def make_app(metrics: Metrics, health: Health, dashboard: Starlette | None) -> S
         Route("/metrics", prometheus),
         Mount("/", app=dashboard) if dashboard is not None else Route("/", nothing_here),
     ]
-    return Starlette(routes=routes)
+    from reconciler.dashboard.security import Guard
+
+    guard = Middleware(Guard, token=token, allowed_hosts=allowed_hosts)
+    return Starlette(routes=routes, middleware=[guard])
 
 
 class HttpServer:

@@ -58,9 +58,19 @@ def serve(
     port: a.Port = 8377,
     refresh: a.Refresh = "60s",
     ref: a.Ref = None,
+    insecure_no_token: a.InsecureNoToken = False,
 ) -> None:
-    """Read-only web dashboard and JSON API (token: RECONCILER_DASHBOARD_TOKEN)."""
+    """Read-only web dashboard and JSON API (token: RECONCILER_DASHBOARD_TOKEN, required
+    beyond loopback)."""
     from reconciler.cli_base import emit, settings
     from reconciler.dashboard.server import serve as run
 
-    run(settings(), host=host, port=port, refresh=refresh, ref=ref, emit=emit)
+    run(
+        settings(),
+        host=host,
+        port=port,
+        refresh=refresh,
+        ref=ref,
+        emit=emit,
+        insecure_no_token=insecure_no_token,
+    )

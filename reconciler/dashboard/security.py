@@ -1,5 +1,6 @@
 """What guards every response: the Host check (against DNS rebinding while bound to
-loopback), the optional bearer token (everything but /healthz), security headers.
+loopback), the bearer token (everything but /healthz), security headers; and what may
+listen where: beyond loopback only with a token (`check_listening`).
 
 A browser cannot send an Authorization header by itself, so /login trades the token
 for a cookie holding an HMAC of it (never the token), HttpOnly and SameSite=Strict.
@@ -18,6 +19,13 @@ from http.cookies import SimpleCookie
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reconciler.errors import ConfigError
+
+#: The bearer token of `serve` and `agent`, read from the environment (never a flag:
+#: ps shows flags).
+TOKEN_VAR = "RECONCILER_DASHBOARD_TOKEN"
+#: Listening beyond loopback without the token: only when asked for by this name.
+INSECURE_FLAG = "--insecure-no-token"
 COOKIE = "reconciler_session"
 OPEN_PATHS = frozenset({"/healthz", "/login"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -50,12 +58,35 @@ def session_value(token: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
+    """127.0.0.0/8, ::1 and `localhost`; any other name, 0.0.0.0, :: or "" is not (a
+    name may resolve anywhere, and the empty host is every interface)."""
+    if host.lower() in LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_listening(
+    host: str, token: str | None, *, insecure_no_token: bool, what: str
+) -> str | None:
+    """Before anything listens: beyond loopback, `what` (the pages, API and metrics) is
+    served only behind the token, unless the operator named the risk with INSECURE_FLAG.
+    Raises ConfigError (exit 1) for a refusal; returns the warning to log, if any."""
+    if token or is_loopback(host):
+        return None
+    shown = host or "every interface"
+    if not insecure_no_token:
+        raise ConfigError(
+            f"refusing to listen on {shown} without a token: set {TOKEN_VAR}, listen on "
+            f"127.0.0.1, or pass {INSECURE_FLAG}",
+            details=f"on {shown}, anyone who can reach the port would read {what}",
+        )
+    return (
+        f"listening on {shown} without a token ({INSECURE_FLAG}): anyone who can reach the "
+        f"port reads {what}"
+    )
 
 
 def login_page(message: str = "", *, next_path: str = "/") -> str:

@@ -7,14 +7,21 @@ import socket
 from typing import TYPE_CHECKING
 
 from reconciler.config import Settings
+from reconciler.dashboard.security import TOKEN_VAR, check_listening
 from reconciler.errors import ConfigError
+from reconciler.log import get_logger
 from reconciler.schedules import parse_duration
 
 if TYPE_CHECKING:
     from reconciler.dashboard.cli import Emit
 
-#: The dashboard's bearer token, read from the environment (never a flag: ps shows flags).
-TOKEN_VAR = "RECONCILER_DASHBOARD_TOKEN"
+log = get_logger("reconciler.dashboard")
+
+#: What `serve` shows to whoever reaches it.
+EXPOSED = (
+    "every page and /api/ document (environments, runs and their field diffs, plans, "
+    "approvers, drift)"
+)
 
 
 def serve(
@@ -25,7 +32,10 @@ def serve(
     refresh: str,
     ref: str | None,
     emit: Emit,
+    insecure_no_token: bool = False,
 ) -> None:
+    token = settings.env.get(TOKEN_VAR) or None
+    warning = check_listening(host, token, insecure_no_token=insecure_no_token, what=EXPOSED)
     import uvicorn
 
     from reconciler.dashboard.app import loopback_hosts, make_app
@@ -35,7 +45,8 @@ def serve(
         interval = parse_duration(refresh).total_seconds()
     except ValueError as e:
         raise ConfigError(f"--refresh: {e}") from None
-    token = settings.env.get(TOKEN_VAR) or None
+    if warning is not None:
+        log.warning(warning)
     refresher = Refresher(settings, ref=ref, interval=interval)
     sock = bind(host, port)
     sock.set_inheritable(True)
