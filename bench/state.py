@@ -1,7 +1,8 @@
 """Benchmarks of the state backends.
 
 One process (default): recording an apply of 25,000 changes in one environment, one
-`record_change` each (as the executor does), and reading one key back per change.
+`record_change` each (as the executor does), reading one key back per change, and the
+lock check the executor makes before each provider write (`check_lock`).
 
     python bench/state.py [--changes 25000] [--url sqlite:///state.db | postgresql]
 
@@ -99,11 +100,22 @@ def single_key_reads(store: StateStore, n: int) -> list[float]:
     return times
 
 
+def lock_checks(store: StateStore, n: int = 2000) -> list[float]:
+    times = []
+    with store.lock("bench", "r2"):
+        for _ in range(n):
+            started = time.perf_counter()
+            store.check_lock("bench")
+            times.append(time.perf_counter() - started)
+    return times
+
+
 def one_process(url: str, changes: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = open_state(url, repo_root=Path(tmp), env={})
         elapsed = record(store, changes)
         reads = single_key_reads(store, changes)
+        checks = lock_checks(store)
         store.close()
     print(f"state: {mask_url(url)}")
     print(
@@ -113,6 +125,11 @@ def one_process(url: str, changes: int) -> None:
     print(
         f"applied(keys=[k]): median {statistics.median(reads) * 1e6:.0f} us, "
         f"max {max(reads) * 1e6:.0f} us over {len(reads)} reads"
+    )
+    print(
+        f"check_lock (before each provider write): median "
+        f"{statistics.median(checks) * 1e6:.0f} us, max {max(checks) * 1e6:.0f} us over "
+        f"{len(checks)} checks"
     )
 
 

@@ -28,6 +28,13 @@ A run deadline (`run_timeout`) bounds the whole run: once it passes, no change s
 (each is recorded `skipped`, naming the deadline), waiting ones fail at once, and the
 run finishes `failed`, releasing the lock. Restoring after a failure is not cut short
 by it (putting back matters more); its waits are bounded by the readiness timeouts.
+
+A lost lock stops the run before its next provider call, not only at its next state
+write: every provider write is preceded by `StateStore.check_lock` (one round trip).
+Once it fails, no change starts (each is recorded `skipped`, naming the lost lock),
+waiting ones fail without another poll, nothing is restored (another run may hold the
+environment now), the run is recorded `failed` where the state still takes it, and the
+StateMovedError is raised (exit 4).
 """
 
 from __future__ import annotations
@@ -245,6 +252,8 @@ class Executor:
         #: Provider calls under way at once: the parallelism. A worker records its
         #: change after giving its slot back, so the slots stay busy with calls.
         self._slots = threading.BoundedSemaphore(self.parallelism)
+        #: Why the last run stopped calling providers: its lock was found lost.
+        self.lock_lost: StateError | None = None
 
     # -- one change ------------------------------------------------------------------
 
@@ -254,7 +263,8 @@ class Executor:
         """Apply one change: recorded at once when it needs no waiting, else handed back
         as `Waiting` (poll it with `poll`). A provider failure is the change's outcome;
         a state failure is raised (nothing can be recorded reliably any more). Once
-        `stop` is set, a change still waiting for a provider slot does not start."""
+        `stop` is set, a change still waiting for a provider slot does not start, nor
+        one whose lock is found lost (`_LockLost`) just before its provider call."""
         recorded = None
         if ch.action != "create":
             recorded = self.store.applied(ch.environment, (ch.key,)).get(ch.key)
@@ -262,8 +272,9 @@ class Executor:
             with self._slots:
                 if stop is not None and stop.is_set():
                     raise _NotStarted
+                self._check_lock(ch.environment)
                 provider_id = self._call_provider(ch, recorded)
-        except _NotStarted:
+        except (_NotStarted, _LockLost):
             raise
         except Exception as e:  # a provider plugin's bug must not lose the run record
             return self._record_failure(ch, run_id, _error_text(e))
@@ -344,6 +355,18 @@ class Executor:
             return self._fail_written(w, run_id, self._timed_out(w, now, retry))
         w.due = min(now + delay, w.deadline)
         return w
+
+    def _check_lock(self, environment: str) -> None:
+        """The lock is still this run's, else `_LockLost`. A state that cannot say so is
+        taken as a lost lock too: no provider call is made on a lock not known held."""
+        try:
+            self.store.check_lock(environment)
+        except StateError as e:
+            raise _LockLost(e) from None
+
+    def fail_waiting(self, w: Waiting, run_id: str, message: str) -> ChangeResult:
+        """Fail a waiting change without polling it again (its lock was lost)."""
+        return self._fail_written(w, run_id, message)
 
     def expire(self, w: Waiting, run_id: str) -> ChangeResult:
         """Fail a waiting change at once (the run deadline passed)."""
@@ -503,6 +526,7 @@ class Executor:
         Ctrl-C) stops new changes from starting and polls from being made; the calls
         under way finish and are recorded, then it is raised."""
         schedule = _Schedule(self, plan, run_id, commit)
+        self.lock_lost = None
         count = worker_count(self.parallelism, len(plan.changes))
         cap = self._concurrency({c.provider for c in plan.changes})
         workers = [
@@ -521,6 +545,7 @@ class Executor:
             for w in workers:
                 w.join()
             schedule.record_abandoned()
+            self.lock_lost = schedule.lost
         return schedule.results()
 
     def _concurrency(self, providers: set[str]) -> int | None:
@@ -573,6 +598,7 @@ class Executor:
 
     def _restore_one(self, res: ChangeResult, old: AppliedRecord | None, run_id: str) -> None:
         ch = res.change
+        self.store.check_lock(ch.environment)  # its failure is this restore's outcome
         if old is None:  # it was created: remove it
             inst = self.desired.get(ch.key)
             provider = inst.provider if inst else ch.provider
@@ -687,6 +713,14 @@ class _NotStarted(BaseException):
     """The run stopped while this change waited for a provider slot."""
 
 
+class _LockLost(BaseException):
+    """The run's lock was found lost just before a provider call (which was not made)."""
+
+    def __init__(self, error: StateError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class _Schedule:
     """One run's ready queue, shared by the workers. A worker settles the change it
     finished and takes the next ready one itself, so a change costs no hand-off to a
@@ -710,13 +744,21 @@ class _Schedule:
         self.done: dict[InstanceKey, ChangeResult] = {}
         self.busy = 0  # taken, not yet settled (waiting ones included)
         self.failure: BaseException | None = None
+        #: Set when the lock was found lost: nothing calls a provider after that.
+        self.lost: StateError | None = None
         self.stopping = threading.Event()
         self.cond = threading.Condition()
 
     def work(self) -> None:
         while (task := self._take()) is not None:
             try:
-                res = self._run(task)
+                try:
+                    res = self._run(task)
+                except _LockLost as lost:
+                    with self.cond:
+                        self.lost = self.lost or lost.error
+                    assert not isinstance(task, Waiting)  # only a write checks the lock
+                    res = self._not_started(task)
             except _NotStarted:
                 return
             except BaseException as e:  # e.g. a state write failed: stop the run
@@ -727,9 +769,18 @@ class _Schedule:
             else:
                 self._settle(res)
 
+    def _not_started(self, task: Change) -> ChangeResult:
+        assert self.lost is not None
+        return self.executor.skip_because(task, self.run_id, f"not started: {self.lost.message}")
+
     def _run(self, task: Change | Waiting) -> ChangeResult | Waiting:
         ex = self.executor
         deadline = ex.deadline
+        if self.lost is not None:  # no provider call any more, not even a health poll
+            if isinstance(task, Waiting):
+                why = f"not Healthy yet when the run stopped: {self.lost.message}"
+                return ex.fail_waiting(task, self.run_id, why)
+            return self._not_started(task)
         if isinstance(task, Waiting):
             if deadline is not None and deadline.passed():
                 return ex.expire(task, self.run_id)
@@ -945,7 +996,10 @@ class _Run:
             results = self.executor.run(plan, self.run_id, self.context.commit)
             failed = [r for r in results if r.outcome != "applied"]
             restored: list[ChangeResult] = []
-            if failed and self.rollback_on_failure:
+            lost = self.executor.lock_lost
+            if lost is not None:  # another run may hold the environment: put nothing back
+                self.details["lock_lost"] = lost.message
+            elif failed and self.rollback_on_failure:
                 restored = self.executor.restore(results, before, self.run_id)
                 self.details["rolled_back"] = [
                     r.change.address for r in restored if r.outcome == "applied"
@@ -967,6 +1021,8 @@ class _Run:
                 message = f"{deadline} passed; {message}"
                 self.details["deadline"] = f"{deadline} passed"
         self.store.finish_run(self.run_id, outcome, self.details)
+        if lost is not None:  # recorded `failed`, with the changes not started: now stop
+            raise lost
         return EnvironmentResult(
             environment=envname,
             outcome=outcome,

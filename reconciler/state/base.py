@@ -403,6 +403,14 @@ class StateStore(Protocol):
 
     def lock_holder(self, environment: str) -> LockInfo | None: ...
 
+    def check_lock(self, environment: str) -> None:
+        """Before each provider write of a run: raise StateMovedError (exit 4) when the
+        lock this store took for `environment` is no longer its own (broken by another
+        run's --break-lock, or, with PostgreSQL, its session lost), so the run stops
+        before calling a provider again instead of at its next write. Cheap: at most one
+        round trip. Nothing to check (passes) when this store does not hold the lock."""
+        ...
+
     def fingerprint_key(self, *, create: bool = True) -> bytes | None:
         """The key for secret fingerprints: RECONCILER_FINGERPRINT_KEY from the injected
         environment when set, else the state's own; None when the state has none yet and

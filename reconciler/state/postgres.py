@@ -14,7 +14,10 @@ advisory lock goes with it: the next apply finds the row without a session, take
 and marks the holder's run `interrupted`. A holder whose session lives is only taken over
 with `--break-lock`, which ends that session (`pg_terminate_backend`); the old holder's
 next write then fails with StateMovedError, because every write checks, under a row lock
-in its own transaction, that the lock row is still its own. Decisions about a lock are
+in its own transaction, that the lock row is still its own. Before each provider write
+the executor asks `check_lock`: one query on the lock's own session (kept alive with
+TCP keepalives from both ends), so a session lost to an idle timeout, a network cut or
+pg_terminate_backend stops the run before its next provider call. Decisions about a lock are
 made under a transaction-level advisory lock per environment, so the advisory lock and
 the row always change together. Do not put a transaction-pooling proxy (pgBouncer in
 transaction mode) between reconciler and the server: it would break session locks.
@@ -41,7 +44,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from reconciler.errors import ConfigError, LockedError, StateError
+from reconciler.errors import ConfigError, LockedError, StateError, StateMovedError
 from reconciler.instances import InstanceKey
 from reconciler.log import redact, register_secrets
 from reconciler.state.base import (
@@ -74,6 +77,21 @@ SESSION_END_TIMEOUT_S = 30
 #: closing its connection loses its lock in about a minute instead of hours.
 _LOCK_SESSION_OPTIONS = (
     "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+)
+#: The same from our side (libpq's parameters): a server or pooler that vanished, or a
+#: path that drops idle connections, fails the lock session's next check within about
+#: a minute instead of when the kernel gives up (hours). A URL's own values win.
+LOCK_SESSION_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+#: Whether the session running it still holds the advisory lock (classid, objid).
+_HOLDS_LOCK: LiteralString = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND pid = pg_backend_pid() AND objsubid = 1 AND classid = %s::bigint::oid "
+    "AND objid = %s::bigint::oid)"
 )
 
 _SCHEMA_V1: list[LiteralString] = [
@@ -159,6 +177,13 @@ _BUMP_SERIAL = (
     "INSERT INTO reconciler_serials VALUES (%s, 1) ON CONFLICT (environment) "
     "DO UPDATE SET serial = reconciler_serials.serial + 1"
 )
+
+
+def lock_session_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The connection parameters of a lock's session: the store's, with TCP keepalives
+    from both ends (the URL's own keepalive values win)."""
+    options = " ".join(o for o in (params.get("options") or "", _LOCK_SESSION_OPTIONS) if o)
+    return {**LOCK_SESSION_KEEPALIVES, **params, "options": options}
 
 
 def _dumps(obj: Any) -> str:
@@ -591,9 +616,36 @@ class PostgresState:
         with holding(self._held, me, partial(self._unlock, session)):
             yield me
 
+    def check_lock(self, environment: str) -> None:
+        """One round trip on the lock's own session: it is alive and still holds the
+        advisory lock (while it does, nobody can have taken the lock over, so the row is
+        still this run's). A session ended by the server, a pooler's idle timeout, a lost
+        connection or another run's --break-lock fails it."""
+        mine = self._held.get(environment)
+        if mine is None:
+            return
+        with self._mu:
+            session = self._sessions.get(environment)
+        key = self._key(f"lock\0{environment}")
+        why = "its PostgreSQL session is closed"
+        if session is not None and not session.closed:
+            try:
+                row = session.execute(_HOLDS_LOCK, (key >> 32, key & 0xFFFFFFFF)).fetchone()
+            except psycopg.Error as e:
+                text = redact(str(e).strip()).partition("\n")[0] or type(e).__name__
+                why = f"its PostgreSQL session ended: {text}"
+            else:
+                if row is not None and row[0]:
+                    return
+                why = "its PostgreSQL session no longer holds the advisory lock"
+        raise StateMovedError(
+            f"state moved: the lock of {environment!r} held by run {mine.run_id} was lost "
+            f"({why}); re-plan and apply again"
+        )
+
     def _open_session(self, what: str) -> psycopg.Connection[Any]:
         """The connection a lock lives on: it ends when this process does."""
-        params = {**self._params, "options": f"{self._params['options']} {_LOCK_SESSION_OPTIONS}"}
+        params = lock_session_params(self._params)
         try:
             return psycopg.connect(make_conninfo(**params), autocommit=True)
         except psycopg.Error as e:

@@ -610,6 +610,16 @@ class SQLiteState:
         with holding(self._held, me, self._unlock):
             yield me
 
+    def check_lock(self, environment: str) -> None:
+        """One read of the lock row: another process's --break-lock replaced it."""
+        if environment not in self._held:
+            return
+        with self._mu:
+            try:
+                self._check_held(self._db, environment)
+            except sqlite3.Error as e:
+                raise StateError(f"cannot read state {self.url}: {e}") from None
+
     def _unlock(self, me: LockInfo) -> None:
         with self._tx(f"unlock {me.environment!r}") as db:
             if me.same_holder(self._lock_row(db, me.environment)):

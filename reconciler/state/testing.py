@@ -559,6 +559,23 @@ def check_broken_lock_stops_the_old_holder(make_store: Stores) -> None:
 
 
 @_contract
+def check_a_broken_lock_fails_the_check_before_any_write(make_store: Stores) -> None:
+    """`check_lock` (asked before each provider call) sees a --break-lock at once."""
+    s1, s2 = make_store(), make_store()
+    s1.check_lock("dev")  # not held: nothing to check
+    with s1.lock("dev", "r1"):
+        s1.begin_run(_run("r1"))
+        s1.check_lock("dev")
+        s1.check_lock("staging")
+        with s2.lock("dev", "r2", break_lock=True):
+            e = _refused(lambda: s1.check_lock("dev"), StateMovedError, "a broken lock passed")
+            assert "lock of 'dev' held by run r1 was " in e.message and e.exit_code == 4
+            s2.check_lock("dev")
+    run = s2.run("r1")
+    assert run is not None and run.outcome == "interrupted" and run.changes == []
+
+
+@_contract
 def check_lock_of_a_dead_process_is_taken_over(make_store: Stores) -> None:
     child = _Child(make_store.factory, "die")
     assert child.wait() == 0, child.stderr()

@@ -478,6 +478,19 @@ class GitState:
         with holding(self._held, me, self._unlock):
             yield me
 
+    def check_lock(self, environment: str) -> None:
+        """Against the local ref (one `git rev-parse`): a --break-lock by another process
+        sharing this clone shows there at once. One made from another clone shows only
+        at this store's next push (every write compares and swaps the remote ref and
+        checks the lock); asking the remote before each provider call would cost a fetch
+        per change."""
+        if environment not in self._held:
+            return
+        with self._refs.mu:
+            if self._closed:
+                raise StateError(f"state {self.url} is closed")
+            self._check_held(self._refs.follow_local(), environment)
+
     def _unlock(self, me: LockInfo) -> None:
         path = lay.lock_path(me.environment)
 
