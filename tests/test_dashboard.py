@@ -15,6 +15,8 @@ from conftest import commit_all, run_cli, write_files
 from dashboard_fixture import HAND_EDITED_SECRET, REGISTRY_TOKEN, SECRET, DashboardRepo
 from dashboard_server import Server, start
 
+from reconciler.commands.apply import ApplyOptions
+from reconciler.commands.apply import apply as run_apply
 from reconciler.commands.live import LiveReport
 from reconciler.commands.overview import collect_overview
 from reconciler.commands.plan import build_plan
@@ -27,9 +29,13 @@ from reconciler.plan import Plan
 from reconciler.providers import HealthStatus
 from reconciler.state import open_state
 from reconciler.state.base import RunRecord
+from reconciler.views import overview as overview_view
 
 pytest_plugins = ["dashboard_site"]  # the served fixture repo (`site`)
 TOKEN = "dashboard-token-0a9f8e"
+#: A Wednesday afternoon: the example's production window (deny from Friday 17:00 to
+#: Monday 09:00, Europe/Berlin) is open.
+WEDNESDAY = datetime(2026, 12, 2, 15, 0, tzinfo=UTC)
 
 
 def cli_json(d: DashboardRepo, *args: str, expect: int = 0) -> Any:
@@ -227,7 +233,7 @@ def test_verdicts_are_a_parameter_and_fail_closed(applied_repo: Path) -> None:
     def frozen(plan: Plan) -> dict[str, list[str]]:
         return {"production": ["frozen for the holidays"]}
 
-    snap = Refresher(settings, verdicts=frozen, live=False).refresh()
+    snap = Refresher(settings, verdicts=frozen, live=False, clock=Clock(WEDNESDAY)).refresh()
     prod = next(e for e in snap.overview.environments if e.name == "production")
     assert prod.blocked == ["frozen for the holidays"]
     assert snap.overview.verdicts_as_of is not None
@@ -237,7 +243,7 @@ def test_verdicts_are_a_parameter_and_fail_closed(applied_repo: Path) -> None:
 
         raise ApprovalSourceError("forge unreachable")
 
-    snap = Refresher(settings, verdicts=broken, live=False).refresh()
+    snap = Refresher(settings, verdicts=broken, live=False, clock=Clock(WEDNESDAY)).refresh()
     blocked = {e.name: e.blocked for e in snap.overview.environments}
     assert blocked["production"] == ["cannot judge approvals, refusing: forge unreachable"]
     assert blocked["staging"] == blocked["production"]  # staging has pending changes too
@@ -245,6 +251,55 @@ def test_verdicts_are_a_parameter_and_fail_closed(applied_repo: Path) -> None:
 
 
 # -- the overview in process -----------------------------------------------------------
+
+DEV_SPEC = "metadata: {name: dev}\nspec:\n"
+RECORDED_WINDOW = '  windows: [{deny: "0 9 * * *", duration: 2h, timezone: UTC}]\n'
+
+
+@pytest.mark.parametrize(
+    "head_window",
+    ["", '  windows: [{deny: "0 9 * * *", duration: 10m, timezone: UTC}]\n'],
+    ids=["removed", "narrowed"],
+)
+def test_the_window_is_the_policy_of_records_not_the_branch_heads(
+    example_repo: Path, head_window: str
+) -> None:
+    """dev was applied under a deny window of 09:00-11:00 UTC; the branch head removes
+    or narrows it. At 09:30 the gate judges by the recorded window: closed. So must the
+    overview (and the dashboard's /api/overview, the same document)."""
+    envs = example_repo / "manifests/environments.yaml"
+    original = envs.read_text()
+    assert DEV_SPEC in original
+    envs.write_text(original.replace(DEV_SPEC, DEV_SPEC + RECORDED_WINDOW, 1))
+    commit_all(example_repo, "dev: no deploys from 09:00 to 11:00 UTC")
+    settings = load_settings(example_repo)
+    report = run_apply(settings, ApplyOptions(environments=["dev"], now=WEDNESDAY))
+    assert report.exit_code == 0 and report.results[0].outcome == "applied"
+
+    envs.write_text(original.replace(DEV_SPEC, DEV_SPEC + head_window, 1))
+    chat = example_repo / "manifests/deployments/support-chat.yaml"
+    chat.write_text(chat.read_text().replace("maxTokens: 400", "maxTokens: 500"))
+    commit_all(example_repo, "dev: deploy whenever; longer answers")
+
+    at_0930 = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
+    snap = Refresher(settings, verdicts=lambda p: {}, live=False, clock=Clock(at_0930)).refresh()
+    doc = json.loads(overview_view.json(snap.overview))
+    dev = next(e for e in doc["environments"] if e["name"] == "dev")
+    (run,) = json.loads(run_cli(["--repo", str(example_repo), "history", "--json"]).out)
+    window = dev["window"]
+    assert window is not None and window["open"] is False
+    assert window["policy"] == f"run {run['id']} (commit {run['commit'][:12]})"
+    assert window["reason"].startswith("inside deny window `0 9 * * *` for 2h (UTC)")
+    assert window["next_open"] == "2026-12-03T11:00:00+00:00"
+    assert dev["blocked"] == [
+        "outside its deploy window: " + window["reason"] + "; it opens at "
+        + window["next_open_local"]
+    ]  # fmt: skip
+    if head_window:
+        assert dev["head_window"]["open"] is True
+        assert dev["head_window"]["policy"] == "the deploy branch head"
+    else:
+        assert dev["head_window"] is None
 
 
 def test_matrix_highlights_differences_and_counts_degraded(applied_repo: Path) -> None:

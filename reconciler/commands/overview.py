@@ -2,6 +2,10 @@
 unhealthy or blocked and when its deploy window opens; and the promotion matrix
 (deployments × environments: model, prompt@version, health, pending change).
 
+The deploy window is the one the gate judges by: the policy of record's (recorded with
+the environment's last applied run), never the branch head's alone. A head that changes
+the windows is judged by both (as the gate does), so its closed window blocks too.
+
 The environments' chain is their declaration order: a cell is highlighted when it
 differs from the one in the environment declared before it ("in staging, not yet in
 production"). The dashboard serves this same report from its background refresh.
@@ -23,9 +27,11 @@ from reconciler.commands.show import commit_subject
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
 from reconciler.gate import windows_of
+from reconciler.gate.policy import Policy
 from reconciler.gitrepo import ManifestRepo
 from reconciler.instances import InstanceKey
 from reconciler.manifests import Desired
+from reconciler.manifests.models import EnvironmentSpec
 from reconciler.plan import Change, Plan
 from reconciler.state.base import AppliedRecord, StateStore
 from reconciler.vocabulary import ACTIONS
@@ -66,12 +72,19 @@ def approval_verdicts(settings: Settings) -> Verdicts:
     return verdicts
 
 
+#: Whose windows an environment with no recorded policy is shown with.
+HEAD_POLICY = "the deploy branch head (no policy recorded yet)"
+
+
 @dataclass(frozen=True)
 class WindowStatus:
     open: bool
     reason: str
     next_open: datetime | None
     timezone: str
+    #: Whose windows these are: "run <id> (commit <sha>)", the policy of record, or
+    #: HEAD_POLICY when no applied run recorded one.
+    policy: str = HEAD_POLICY
 
     def document(self) -> dict[str, Any]:
         nxt = self.next_open
@@ -80,7 +93,15 @@ class WindowStatus:
             "reason": self.reason,
             "next_open": nxt.isoformat() if nxt else None,
             "next_open_local": schedules.format_both(nxt, self.timezone) if nxt else None,
+            "policy": self.policy,
         }
+
+    @property
+    def blocked_reason(self) -> str:
+        reopen = self.document()["next_open_local"]
+        return f"outside its deploy window: {self.reason}" + (
+            f"; it opens at {reopen}" if reopen else ""
+        )
 
 
 @dataclass(frozen=True)
@@ -121,7 +142,11 @@ class EnvironmentOverview:
     pending: dict[str, int]
     live: LiveCounts | None
     blocked: list[str]
+    #: The window of the policy of record (see the module docstring).
     window: WindowStatus | None
+    #: The branch head's window when its windows differ from the policy of record's
+    #: (the gate judges a policy change by both); None when they are the same.
+    head_window: WindowStatus | None = None
 
     def document(self) -> dict[str, Any]:
         return {
@@ -138,6 +163,7 @@ class EnvironmentOverview:
             "live": self.live.document() if self.live else None,
             "blocked": self.blocked,
             "window": self.window.document() if self.window else None,
+            "head_window": self.head_window.document() if self.head_window else None,
         }
 
 
@@ -311,12 +337,7 @@ def _environment(
     spec = desired.policy(env) if declared else None
     runs = store.runs(env, limit=1)
     ep = next((p for p in plan.environments if p.environment == env), None)
-    window = None
-    if spec is not None and spec.windows:
-        wins = windows_of(spec)
-        wv = schedules.evaluate_windows(wins, now)
-        zone = wv.window.timezone if wv.window else wins[0].timezone
-        window = WindowStatus(wv.open, wv.reason, wv.next_open, zone)
+    window, head_window = _windows(store, env, spec, now)
     return EnvironmentOverview(
         name=env,
         description=spec.description if spec else None,
@@ -331,7 +352,39 @@ def _environment(
         live=None,
         blocked=[],
         window=window,
+        head_window=head_window,
     )
+
+
+def _windows(
+    store: StateStore, env: str, head: EnvironmentSpec | None, now: datetime
+) -> tuple[WindowStatus | None, WindowStatus | None]:
+    """The policy of record's window and, when the head's windows differ, the head's.
+    With no policy recorded the head's windows stand alone: the gate checks the change's
+    own policy whatever it compares it with. A recorded policy that cannot be read is a
+    closed window (the gate refuses such an environment too)."""
+    last = store.last_applied_run(env)
+    if last is None or last.policy is None:
+        return _window_of(head, now, HEAD_POLICY), None
+    at = f" (commit {last.commit[:12]})" if last.commit else ""
+    origin = f"run {last.id}{at}"
+    try:
+        record = Policy.from_document(last.policy, origin).spec
+    except ReconcilerError as e:
+        return WindowStatus(False, e.message, None, "UTC", origin), None
+    window = _window_of(record, now, origin)
+    if head is None or windows_of(head) == windows_of(record):
+        return window, None
+    return window, _window_of(head, now, "the deploy branch head")
+
+
+def _window_of(spec: EnvironmentSpec | None, now: datetime, origin: str) -> WindowStatus | None:
+    if spec is None or not spec.windows:
+        return None
+    wins = windows_of(spec)
+    wv = schedules.evaluate_windows(wins, now)
+    zone = wv.window.timezone if wv.window else wins[0].timezone
+    return WindowStatus(wv.open, wv.reason, wv.next_open, zone, origin)
 
 
 def _counts(live: LiveReport, env: str) -> LiveCounts:
@@ -360,11 +413,9 @@ def _blocked(
         return []
     reasons = list(dict.fromkeys(c.refused for c in ep.changes if c.refused))
     if e.window is not None and not e.window.open:
-        reopen = e.window.document()["next_open_local"]
-        reasons.append(
-            f"outside its deploy window: {e.window.reason}"
-            + (f"; it opens at {reopen}" if reopen else "")
-        )
+        reasons.append(e.window.blocked_reason)
+    if e.head_window is not None and not e.head_window.open:
+        reasons.append(f"{e.head_window.blocked_reason} (the branch head's new windows)")
     reasons.extend(verdicts.get(e.name, ()))
     return reasons
 

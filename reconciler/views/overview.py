@@ -60,13 +60,15 @@ def environment_lines(e: EnvironmentOverview) -> list[str]:
     pending = ", ".join(f"{n} to {a}" for a, n in e.pending.items() if n)
     lines.append(f"  pending: {pending or 'nothing'}")
     lines.extend(f"  blocked: {why}" for why in e.blocked)
-    if e.window is not None:
-        w = e.window.document()
-        state = "open" if e.window.open else "closed"
-        lines.append(
-            f"  deploy window: {state} ({e.window.reason})"
-            + (f", opens {w['next_open_local']}" if w["next_open_local"] else "")
-        )
+    for label, window in (("deploy window", e.window), ("head's window", e.head_window)):
+        if window is not None:
+            w = window.document()
+            state = "open" if window.open else "closed"
+            lines.append(
+                f"  {label}: {state} ({window.reason})"
+                + (f", opens {w['next_open_local']}" if w["next_open_local"] else "")
+                + f"; policy of {window.policy}"
+            )
     return lines
 
 
