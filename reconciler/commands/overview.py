@@ -361,8 +361,9 @@ def _windows(
 ) -> tuple[WindowStatus | None, WindowStatus | None]:
     """The policy of record's window and, when the head's windows differ, the head's.
     With no policy recorded the head's windows stand alone: the gate checks the change's
-    own policy whatever it compares it with. A recorded policy that cannot be read is a
-    closed window (the gate refuses such an environment too)."""
+    own policy in any case. (Which earlier policies it also holds in force then depends
+    on reviews, which only the forge can say: not replayed here.) A recorded policy that
+    cannot be read is a closed window (the gate refuses such an environment too)."""
     last = store.last_applied_run(env)
     if last is None or last.policy is None:
         return _window_of(head, now, HEAD_POLICY), None
