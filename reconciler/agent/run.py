@@ -18,7 +18,7 @@ from reconciler.agent.notify import Notifier
 from reconciler.agent.server import HttpServer, make_app
 from reconciler.agent.source import DeployBranch
 from reconciler.config import Settings, load_settings
-from reconciler.dashboard.security import TOKEN_VAR, check_listening
+from reconciler.dashboard.security import TOKEN_VAR, check_listening, loopback_hosts
 from reconciler.dashboard.server import EXPOSED, bind
 from reconciler.errors import EXIT_OK, ConfigError
 from reconciler.log import get_logger, register_secret
@@ -85,7 +85,6 @@ def _dashboard(
 ) -> tuple[Starlette | None, Refresher | None]:
     if not cmd.dashboard:
         return None, None
-    from reconciler.dashboard.app import loopback_hosts
     from reconciler.dashboard.app import make_app as dashboard_app
     from reconciler.dashboard.refresh import Refresher
 
@@ -121,8 +120,6 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
         metrics=metrics,
         options=AgentOptions(environments=cmd.environments, stall_after=stall_after),
     )
-    from reconciler.dashboard.app import loopback_hosts
-
     if warning is not None:
         log.warning(warning)
     sock = bind(cmd.host, cmd.port)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import math
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -369,12 +369,3 @@ def make_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts)
     return app
-
-
-def loopback_hosts(host: str, port: int) -> Sequence[str] | None:
-    """Host names a browser may use for a server bound to loopback (None: any)."""
-    from reconciler.dashboard.security import is_loopback
-
-    if not is_loopback(host):
-        return None
-    return ["localhost", "127.0.0.1", "[::1]", host]

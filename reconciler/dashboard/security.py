@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import html
 import ipaddress
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from http.cookies import SimpleCookie
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -66,6 +66,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def loopback_hosts(host: str, port: int) -> Sequence[str] | None:
+    """Host names a browser may use for a server bound to loopback (None: any)."""
+    if not is_loopback(host):
+        return None
+    return ["localhost", "127.0.0.1", "[::1]", host]
 
 
 def check_listening(

@@ -7,7 +7,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from reconciler.config import Settings
-from reconciler.dashboard.security import TOKEN_VAR, check_listening
+from reconciler.dashboard.security import TOKEN_VAR, check_listening, loopback_hosts
 from reconciler.errors import ConfigError
 from reconciler.log import get_logger
 from reconciler.schedules import parse_duration
@@ -38,7 +38,7 @@ def serve(
     warning = check_listening(host, token, insecure_no_token=insecure_no_token, what=EXPOSED)
     import uvicorn
 
-    from reconciler.dashboard.app import loopback_hosts, make_app
+    from reconciler.dashboard.app import make_app
     from reconciler.dashboard.refresh import Refresher
 
     try:
