@@ -27,12 +27,12 @@ from reconciler.commands.show import commit_subject
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
 from reconciler.gate import windows_of
-from reconciler.gate.policy import Policy
 from reconciler.gitrepo import ManifestRepo
 from reconciler.instances import InstanceKey
 from reconciler.manifests import Desired
 from reconciler.manifests.models import EnvironmentSpec
 from reconciler.plan import Change, Plan
+from reconciler.policy import Policy
 from reconciler.state.base import AppliedRecord, StateStore
 from reconciler.vocabulary import ACTIONS
 
