@@ -11,7 +11,9 @@ the newest applied run's is the policy of record.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +24,17 @@ from reconciler.manifests import Desired
 from reconciler.manifests.models import EnvironmentSpec
 from reconciler.vocabulary import RISKS
 
+_CONVENTIONAL_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def recorded_name(name: str) -> str:
+    """A variable's name as a policy records it. A "name" not written like a variable
+    (`tokenEnv: hunter2`) may be the credential itself, typed in the wrong place: the
+    record keeps a digest of it, never the text."""
+    if _CONVENTIONAL_VAR.match(name):
+        return name
+    return "(sensitive " + hashlib.sha256(name.encode()).hexdigest()[:16] + ")"
+
 
 def provider_documents(providers: Mapping[str, ProviderConfig]) -> dict[str, Any]:
     """The provider settings an environment resolves to, as recorded in its policy."""
@@ -29,7 +42,7 @@ def provider_documents(providers: Mapping[str, ProviderConfig]) -> dict[str, Any
         name: {
             "type": pc.type,
             "config": pc.config,
-            "credentials": dict(sorted(pc.credentials.items())),
+            "credentials": {k: recorded_name(v) for k, v in sorted(pc.credentials.items())},
             **({"models": list(pc.models)} if pc.models is not None else {}),
         }
         for name, pc in sorted(providers.items())
@@ -106,12 +119,35 @@ class Policy:
 
 
 def variables_read(desired: Desired, env: str) -> list[str]:
+    """The variables `env` reads, as its policy records them."""
+    return sorted(recorded_name(n) for n in variable_names(desired, env))
+
+
+def variable_names(desired: Desired, env: str) -> set[str]:
     """Every environment variable `env`'s manifests make the reconciler read: its
-    providers' credential variables and its instances' `secretEnv` references."""
+    providers' credential variables and the `secretEnv` references of its deployments'
+    `env` and its schedules' `input`. Read from the documents (a superset of what the
+    expanded instances resolve to, and far fewer values to walk)."""
+    from reconciler.instances import secret_refs
+    from reconciler.manifests.models import SecretRef
+
     names = {v for pc in desired.providers.get(env, {}).values() for v in pc.credentials.values()}
-    for inst in desired.instances.get(env, {}).values():
-        names.update(inst.secret_names)
-    return sorted(names)
+    for d in desired.manifests.deployments.values():
+        spec = d.model.spec
+        if env not in spec.environments:
+            continue
+        over = spec.overrides.get(env)
+        for block in (spec.env, over.env if over is not None and over.env else {}):
+            names.update(v.secret_env for v in block.values() if isinstance(v, SecretRef))
+    for sched in desired.manifests.schedules.values():
+        sspec = sched.model.spec
+        if env not in sspec.environments:
+            continue
+        sover = sspec.overrides.get(env)
+        names.update(secret_refs(sspec.input))
+        if sover is not None and sover.input:
+            names.update(secret_refs(sover.input))
+    return names
 
 
 def policy_at(desired: Desired, approvals: ApprovalsConfig, env: str, origin: str) -> Policy:

@@ -304,12 +304,19 @@ def _check_windows(result: GateResult, policies: list[Policy], facts: Facts) -> 
             else ""
         )
         whose = "" if len(policies) == 1 else f" of {policy.origin}"
+        hint = (
+            " (use --override-window in an emergency: it is recorded)"
+            if spec.allow_override
+            else " (this environment does not allow --override-window)"
+            if facts.override_window
+            else ""
+        )
         fix = (
             "wait for the window, or in an emergency apply with --override-window (recorded)"
             if spec.allow_override
             else "wait for the window (this environment does not allow --override-window)"
         )
-        result.refuse(f"outside its deploy window{whose}: {wv.reason}{reopen}", fix)
+        result.refuse(f"outside its deploy window{whose}: {wv.reason}{reopen}{hint}", fix)
 
 
 def windows_of(spec: EnvironmentSpec) -> list[schedules.Window]:

@@ -139,53 +139,57 @@ def reserved_variable(name: str, env: Mapping[str, str]) -> bool:
 
 def variable_problems(desired: Desired, env: Mapping[str, str]) -> list[Diagnostic]:
     """Each variable a manifest names that its environment may not read: a reserved
-    one (never), or one outside the environment's `secrets` list when it has one."""
-    problems: list[Diagnostic] = []
-    seen: set[tuple[str, str, str]] = set()
+    one (never), or one outside the environment's `secrets` list when it has one. The
+    names come from the documents; instances are walked only to place a refusal."""
+    from reconciler.policy import variable_names
 
-    def refuse(envname: str, name: str, where: Diagnostic) -> None:
-        spec = desired.policy(envname)
+    problems: list[Diagnostic] = []
+    seen: set[tuple[str, int, int, str]] = set()
+
+    def why(envname: str, name: str) -> str | None:
+        allowed = desired.policy(envname).secrets
         if reserved_variable(name, env):
-            why = (
+            return (
                 f"{name} is reserved (the forge's, the CI runner's or the reconciler's own); "
                 "no manifest may read it"
             )
-        elif spec.secrets is not None and name not in spec.secrets:
-            why = (
+        if allowed is not None and name not in allowed:
+            return (
                 f"environment {envname!r} may not read {name}: add it to the Environment's "
                 "spec.secrets (a policy change, reviewed as one)"
             )
-        else:
-            return
-        key = (where.path, f"{where.line}:{where.col}", name)
+        return None
+
+    def refuse(text: str, where: Diagnostic) -> None:
+        key = (where.path, where.line, where.col, text)
         if key not in seen:
             seen.add(key)
-            problems.append(Diagnostic(where.path, where.line, where.col, why))
+            problems.append(Diagnostic(where.path, where.line, where.col, text))
 
     for envname in desired.environments:
-        for name in desired.policy(envname).secrets or ():
+        declared = desired.manifests.environments[envname]
+        for name in declared.model.spec.secrets or ():
             if reserved_variable(name, env):
-                declared = desired.manifests.environments[envname]
                 pos = locate(declared.raw, ["spec", "secrets"])
-                problems.append(
-                    Diagnostic(
-                        declared.path,
-                        pos.line,
-                        pos.col,
-                        f"{name} is reserved: no manifest may read it",
-                    )
+                refuse(
+                    f"{name} is reserved: no manifest may read it",
+                    Diagnostic(declared.path, pos.line, pos.col, ""),
                 )
+        bad = {n: text for n in variable_names(desired, envname) if (text := why(envname, n))}
+        if not bad:
+            continue
         first: dict[str, Instance] = {}
         for inst in desired.instances.get(envname, {}).values():
             first.setdefault(inst.provider, inst)
             if inst.source is None:
                 continue
             for path, name in inst.secret_locations:
-                refuse(envname, name, _located(desired, inst, Problem("", path), ""))
+                if name in bad:
+                    refuse(bad[name], _located(desired, inst, Problem("", path), ""))
         for pname, pc in desired.providers.get(envname, {}).items():
             doc = desired.manifests.by_kind("Provider").get(pname)
             for key, name in pc.credentials.items():
-                if doc is None:
+                if doc is None or name not in bad:
                     continue
                 user = first.get(pname)
                 if user is not None and user.source is not None:
@@ -194,7 +198,7 @@ def variable_problems(desired: Desired, env: Mapping[str, str]) -> list[Diagnost
                 else:
                     pos = locate(doc.raw, ["spec", "credentials", key])
                     where = Diagnostic(doc.path, pos.line, pos.col, "")
-                refuse(envname, name, where)
+                refuse(bad[name], where)
     return problems
 
 

@@ -24,6 +24,8 @@ def human(report: ApplyReport) -> str:
             lines.append(f"{r.environment}: BLOCKED: {r.message}")
             if g is not None and g.verdict is not None:
                 lines.extend(f"    {line}" for line in g.verdict.explain())
+            if g is not None:
+                lines.extend(f"    next: {fix}" for fix in dict.fromkeys(g.fixes))
         else:
             c = r.counts()
             line = f"{r.environment}: {r.outcome} (run {r.run_id}): {c['applied']} applied"
