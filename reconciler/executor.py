@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ReconcilerError, StateError, StateMovedError
+from reconciler.httpclient import WaitDeadline, wait_deadline
 from reconciler.instances import Instance, InstanceKey, ProviderConfig
 from reconciler.log import get_logger, redact
 from reconciler.plan import Change, EnvironmentPlan
@@ -140,6 +141,9 @@ class RunDeadline:
 
     def passed(self, now: float | None = None) -> bool:
         return (time.monotonic() if now is None else now) >= self.at
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
 
     def __str__(self) -> str:
         return f"the run deadline of {self.seconds:g} s ({self.source})"
@@ -530,7 +534,7 @@ class Executor:
         count = worker_count(self.parallelism, len(plan.changes))
         cap = self._concurrency({c.provider for c in plan.changes})
         workers = [
-            threading.Thread(target=schedule.work, name=f"apply-{i}")
+            threading.Thread(target=self._worker(schedule), name=f"apply-{i}")
             for i in range(count if cap is None else max(1, min(count, cap)))
         ]
         for w in workers:
@@ -547,6 +551,19 @@ class Executor:
             schedule.record_abandoned()
             self.lock_lost = schedule.lost
         return schedule.results()
+
+    def _worker(self, schedule: _Schedule) -> Callable[[], None]:
+        """A worker's body: the schedule's work, with every HTTP retry wait bounded by
+        the run deadline (a server asking for a longer wait fails the call at once)."""
+        deadline = self.deadline
+        if deadline is None:
+            return schedule.work
+
+        def work() -> None:
+            with wait_deadline(WaitDeadline(deadline.left, str(deadline))):
+                schedule.work()
+
+        return work
 
     def _concurrency(self, providers: set[str]) -> int | None:
         """How many workers the run's providers can keep busy together; None: no

@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import structlog
 from fakes.deploy_api import FakeDeployApi
 
 from reconciler.errors import ProviderError, ReconcilerError
-from reconciler.httpclient import HttpClient, Retry, retry_after
+from reconciler.httpclient import HttpClient, Retry, WaitDeadline, retry_after, wait_deadline
 from reconciler.httpclient.transport import bypassed, proxies_from
 
 TOKEN = "tok-httpclient-7Hq2Zx"
@@ -132,8 +133,42 @@ def test_a_wait_over_the_total_limit_gives_up_without_waiting(
     c = make(retry={"retry_after_cap": None, "max_wait": 120.0})
     with pytest.raises(ProviderError) as e:
         c.request("GET", deployments(api))
-    assert "retrying needs a wait of 500s, over the limit of 120s in total" in e.value.message
+    assert (
+        "retrying needs a wait of 500s (the server's Retry-After: 500), over the limit of "
+        "120s in total" in e.value.message
+    )
     assert make.sleeps == []
+
+
+def test_a_long_retry_after_is_honoured_in_full_and_logged_with_its_reason(
+    api: FakeDeployApi, make: Made
+) -> None:
+    """A wait cut short (it used to be cut to 30 s) lands inside the server's window."""
+    api.fail_next(429, retry_after=60)
+    with structlog.testing.capture_logs() as logs:
+        make().request("GET", deployments(api))
+    assert make.sleeps == [60.0]
+    (line,) = [e for e in logs if e["event"] == "http.retry"]
+    assert line["wait"] == 60.0 and line["why"] == "the server's Retry-After: 60"
+    assert line["problem"] == "429 Too Many Requests"
+
+
+def test_a_wait_past_the_run_deadline_fails_at_once_naming_it(
+    api: FakeDeployApi, make: Made
+) -> None:
+    api.fail_next(429, retry_after=90)
+    run = WaitDeadline(lambda: 40.0, "the run deadline of 600 s (--run-timeout)")
+    with wait_deadline(run), pytest.raises(ProviderError) as e:
+        make().request("GET", deployments(api))
+    assert make.sleeps == [] and len(api.requests) == 1
+    assert e.value.message.endswith(
+        "429 Too Many Requests; retrying needs a wait of 90s (the server's Retry-After: 90), "
+        "past the run deadline of 600 s (--run-timeout) (40s left); not waiting"
+    )
+    api.fail_next(429, retry_after=30)  # within it: waited as asked
+    with wait_deadline(run):
+        make().request("GET", deployments(api))
+    assert make.sleeps == [30.0]
 
 
 def test_retries_are_bounded(api: FakeDeployApi, make: Made) -> None:

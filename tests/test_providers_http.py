@@ -15,7 +15,7 @@ from fakes.deploy_api import FakeDeployApi
 
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig
-from reconciler.providers.http import RETRY_AFTER_CAP, HttpProvider
+from reconciler.providers.http import MAX_RETRY_WAIT, HttpProvider
 
 TOKEN = "tok-Zq8xPvW3mK1"
 SECRET = "sk-secret-value-9f2a"
@@ -255,12 +255,17 @@ def test_429_retry_after_seconds_is_honoured(api: FakeDeployApi, make: Made) -> 
     assert make.sleeps == [7.0]
 
 
-def test_retry_after_http_date_and_cap(api: FakeDeployApi, make: Made) -> None:
+def test_retry_after_http_date_and_the_wait_limit(api: FakeDeployApi, make: Made) -> None:
     now = 1_750_000_000.0
     api.fail_next(503, retry_after=formatdate(now + 12, usegmt=True))
-    api.fail_next(429, retry_after=3600)
+    api.fail_next(429, retry_after=300)  # honoured in full, not cut to 30 s
     make(api.url, clock=lambda: now).read("Deployment", "chat", "production", None)
-    assert make.sleeps == [12.0, RETRY_AFTER_CAP]
+    assert make.sleeps == [12.0, 300.0]
+    api.fail_next(429, retry_after=3600)
+    with pytest.raises(ProviderError) as e:
+        make(api.url, clock=lambda: now).read("Deployment", "chat", "production", None)
+    assert make.sleeps == [12.0, 300.0]  # refused at once, not slept on
+    assert f"over the limit of {MAX_RETRY_WAIT:.0f}s in total" in e.value.message
 
 
 def test_connection_reset_is_retried(api: FakeDeployApi, make: Made) -> None:

@@ -293,3 +293,62 @@ def test_delete_rule_refuses_by_default_and_explains_delete_version() -> None:
         "langfuse.label",
         "langfuse.type",
     }
+
+
+class FakeTime:
+    """A clock that moves only when the provider sleeps: the test never waits."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def provider_on(lf: FakeLangfuse, t: FakeTime, **config: Any) -> LangfuseProvider:
+    return LangfuseProvider(
+        ProviderConfig(
+            "prompts", "langfuse", "production", {"host": lf.url, **config}, CREDENTIALS
+        ),
+        repo_root=Path("."),
+        env=ENV,
+        sleep=t.sleep,
+        clock=t.clock,
+    )
+
+
+def test_a_per_minute_rate_limit_is_waited_out_in_one_wait(lf: FakeLangfuse) -> None:
+    """Langfuse asks for the rest of its minute; a wait cut to 30 s lands inside the
+    window, gets another 429 and burns a retry."""
+    t = FakeTime()
+    lf.limit_per_minute(1, t.clock)
+    p = provider_on(lf, t)
+    try:
+        p.create(chat())  # the minute's one write
+        writes = len(lf.writes())
+        p.create(chat(template="Be brief."))
+    finally:
+        p.close()
+    assert t.sleeps == [60.0]
+    assert lf.throttled == 1 and len(lf.writes()) == writes + 2  # the refused one, then it
+
+
+def test_a_rate_limit_wait_past_the_budget_fails_at_once_saying_so(lf: FakeLangfuse) -> None:
+    t = FakeTime()
+    lf.limit_per_minute(1, t.clock)
+    p = provider_on(lf, t, maxRetryWaitSeconds=45)
+    try:
+        p.create(chat())
+        with pytest.raises(ProviderError) as e:
+            p.create(chat(template="Be brief."))
+    finally:
+        p.close()
+    assert t.sleeps == []
+    assert "retrying needs a wait of 60s (the server's Retry-After: 60), over the limit" in (
+        e.value.message
+    )

@@ -44,9 +44,14 @@ returns the answer once its status is in `ok`, and raises `error(message)` other
   while sending or waiting) and 5xx but 501/505. A POST whose answer was lost may
   have been applied, so it is reported, not repeated.
 - Never retried: an untrusted TLS certificate (waiting does not make it trusted).
-- Waits: `Retry-After` (seconds or an HTTP date) or a rate-limit reset, clamped at
-  `Retry.retry_after_cap`; else exponential backoff with full jitter. At most
-  `Retry.retries` retries and `Retry.max_wait` seconds of waiting in total.
+- Waits: `Retry-After` (seconds or an HTTP date) or a rate-limit reset, honoured in
+  full (a wait cut short lands inside the server's window and burns a retry;
+  `Retry.retry_after_cap` can still clamp it); else exponential backoff with full
+  jitter. At most `Retry.retries` retries and `Retry.max_wait` seconds of waiting in
+  total, and no wait reaching past the run's deadline (`with wait_deadline(...)`, set
+  by the executor): such a wait fails the request at once, saying how long the server
+  asked for and which limit it reaches past. Each wait is logged (`http.retry`, with
+  `wait` and `why`).
 - Messages: `"{label} ({METHOD} {url}): {problem}"`, e.g. `provider 'x' (POST
   https://…/deployments): 503 Service Unavailable after 5 attempts`, or `… 400 Bad
   Request: <the server's own message>`, or `… no answer within 10s after 1 attempt
@@ -72,11 +77,13 @@ from reconciler.httpclient.client import (
     Rng,
     Secret,
     Sleep,
+    WaitDeadline,
     describe,
     plural,
     rate_limit_reset,
     retry_after,
     server_message,
+    wait_deadline,
 )
 from reconciler.httpclient.transport import Deadline, DeadlineTransport, within
 
@@ -93,10 +100,12 @@ __all__ = [
     "Rng",
     "Secret",
     "Sleep",
+    "WaitDeadline",
     "describe",
     "plural",
     "rate_limit_reset",
     "retry_after",
     "server_message",
+    "wait_deadline",
     "within",
 ]

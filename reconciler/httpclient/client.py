@@ -10,7 +10,9 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC
 from functools import cached_property
@@ -23,6 +25,32 @@ from reconciler.httpclient.transport import Deadline, DeadlineTransport, within
 from reconciler.log import REDACTED, get_logger, redact, register_secret
 
 _log = get_logger("reconciler.http")
+
+
+@dataclass(frozen=True)
+class WaitDeadline:
+    """An outer deadline no wait between attempts may reach past: the run's. `left`
+    says how many seconds remain (its own clock: the executor's monotonic one);
+    `name` is how a message names it ("the run deadline of 600 s (--run-timeout)")."""
+
+    left: Callable[[], float]
+    name: str
+
+
+_wait_deadline: ContextVar[WaitDeadline | None] = ContextVar(
+    "reconciler_http_wait_deadline", default=None
+)
+
+
+@contextmanager
+def wait_deadline(deadline: WaitDeadline | None) -> Iterator[None]:
+    """Bound every retry wait of this thread's requests by `deadline` until exit."""
+    token = _wait_deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _wait_deadline.reset(token)
+
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
@@ -41,15 +69,17 @@ class Retry:
     """How often and how long to retry.
 
     Waits are `Retry-After` (seconds or an HTTP date) or a rate-limit reset when the
-    server gives one, clamped at `retry_after_cap` (None: not clamped); otherwise
+    server gives one, honoured in full unless `retry_after_cap` clamps them (a wait cut
+    short lands inside the server's window and only burns a retry); otherwise
     exponential backoff with full jitter, uniform(0, min(backoff_cap, backoff × 2ⁿ)).
-    A wait that would take the total waited past `max_wait` gives up instead.
+    A wait that would take the total waited past `max_wait`, or reach past the run's
+    deadline (`wait_deadline`), gives up at once instead, saying so.
     """
 
     retries: int = 4
     backoff: float = 0.5
     backoff_cap: float = 30.0
-    retry_after_cap: float | None = 30.0
+    retry_after_cap: float | None = None
     max_wait: float | None = None
     #: A rate limit with no hint of how long waits this × 2ⁿ (GitHub asks for at
     #: least a minute); None: the usual backoff.
@@ -340,9 +370,10 @@ class HttpClient:
             if isinstance(got, httpx.Response):
                 if got.status_code in ok:
                     return got
-                delay = self._status_delay(got, attempt - 1, safe)
-                if delay is None:
+                planned = self._status_delay(got, attempt - 1, safe)
+                if planned is None:
                     raise fail("status", _status_line(got), attempt, response=got)
+                delay, why = planned
                 problem, broken = _status_line(got), None
             else:
                 problem, broken = describe(got.error, got.deadline), got
@@ -350,16 +381,11 @@ class HttpClient:
                     raise fail("unsafe", problem, attempt, broken=got)
                 if _untrusted_certificate(got.error) is not None:
                     raise fail("permanent", problem, attempt, broken=got)
-                delay = self._backoff(attempt - 1)
+                delay, why = self._backoff(attempt - 1), "backoff"
             if attempt > self.retry.retries:
                 raise fail("exhausted", problem, attempt, broken=broken, response=_resp(got))
-            limit = self.retry.max_wait
-            if limit is not None and waited + delay > limit:
-                problem += (
-                    f"; retrying needs a wait of {delay:.0f}s, over the limit of "
-                    f"{limit:.0f}s in total"
-                )
-                raise fail("wait", problem, attempt, broken=broken)
+            if (over := self._over_limit(delay, why, waited)) is not None:
+                raise fail("wait", f"{problem}; {over}", attempt, broken=broken)
             _log.warning(
                 "http.retry",
                 client=self.label,
@@ -367,6 +393,7 @@ class HttpClient:
                 problem=self.scrub(problem),
                 attempt=attempt,
                 wait=round(delay, 3),
+                why=why,
             )
             self._sleep(delay)
             waited += delay
@@ -460,27 +487,56 @@ class HttpClient:
         r = self.retry
         return self._rng() * min(r.backoff_cap, r.backoff * 2.0**attempt)
 
-    def _hinted(self, seconds: float) -> float:
+    def _hinted(self, seconds: float, why: str) -> tuple[float, str]:
         cap = self.retry.retry_after_cap
-        return seconds if cap is None else min(seconds, cap)
+        if cap is None or seconds <= cap:
+            return seconds, why
+        return cap, f"{why}, cut to Retry.retry_after_cap {cap:g}s"
 
-    def _status_delay(self, resp: httpx.Response, attempt: int, safe: bool) -> float | None:
-        """How long to wait before retrying this answer; None: do not retry it."""
+    def _status_delay(
+        self, resp: httpx.Response, attempt: int, safe: bool
+    ) -> tuple[float, str] | None:
+        """How long to wait before retrying this answer, and why (for the log and a
+        message); None: do not retry it."""
         status = resp.status_code
-        hinted = retry_after(resp.headers.get("retry-after"), self._clock)
+        header = resp.headers.get("retry-after")
+        hinted = retry_after(header, self._clock)
+        asked = f"the server's Retry-After: {header.strip()}" if header is not None else ""
         if status in (403, 429):
             if hinted is None:
                 hinted = rate_limit_reset(resp, self._clock)
+                asked = "the server's rate-limit reset"
             if hinted is not None:
-                return self._hinted(hinted)
+                return self._hinted(hinted, asked)
             if status == 403 and "rate limit" not in server_message(resp).lower():
                 return None
             if self.retry.rate_limit_wait is not None:
-                return self._hinted(self.retry.rate_limit_wait * 2.0**attempt)
-            return self._backoff(attempt)
+                return self._hinted(
+                    self.retry.rate_limit_wait * 2.0**attempt, "rate limited, no hint: waiting"
+                )
+            return self._backoff(attempt), "backoff"
         refused = status == 408 or status in self.retry.statuses
         if refused or (safe and 500 <= status <= 599 and status not in _NOT_RETRIED_5XX):
-            return self._backoff(attempt) if hinted is None else self._hinted(hinted)
+            if hinted is None:
+                return self._backoff(attempt), "backoff"
+            return self._hinted(hinted, asked)
+        return None
+
+    def _over_limit(self, delay: float, why: str, waited: float) -> str | None:
+        """Why waiting `delay` more is not allowed, or None: past `Retry.max_wait` in
+        total, or past the run's deadline. Said at once rather than slept on."""
+        limit = self.retry.max_wait
+        if limit is not None and waited + delay > limit:
+            return (
+                f"retrying needs a wait of {delay:.0f}s ({why}), over the limit of "
+                f"{limit:.0f}s in total"
+            )
+        outer = _wait_deadline.get()
+        if outer is not None and delay > (left := outer.left()):
+            return (
+                f"retrying needs a wait of {delay:.0f}s ({why}), past {outer.name} "
+                f"({max(left, 0.0):.0f}s left); not waiting"
+            )
         return None
 
     def _default_explain(self, f: Failure) -> tuple[str, str | None]:

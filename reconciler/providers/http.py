@@ -8,7 +8,8 @@ name is adopted, updated or deleted only when it is the instance's own: its `nam
 APIs keep names unique across environments and ignore the `environment` query; their
 lookup may answer with another environment's object, which is never touched). Transient failures
 (connection errors, a passed deadline, 408/429/5xx) are retried with exponential
-backoff and full jitter, honouring `Retry-After` (see `reconciler.httpclient`).
+backoff and full jitter, honouring `Retry-After` in full up to MAX_RETRY_WAIT and the
+run's deadline (see `reconciler.httpclient`).
 `timeoutSeconds` is each request's total deadline: connect, send and the whole answer,
 however slowly a server sends it. Errors name the provider, the request and the
 status; they never carry the token or a secret value.
@@ -41,8 +42,10 @@ DEFAULT_PATHS: Mapping[str, str] = {
 }
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 4
-#: The longest wait a server's Retry-After can ask for.
-RETRY_AFTER_CAP = 30.0
+#: The longest one request waits between its attempts in total, a server's Retry-After
+#: included (asked for more, it fails at once saying so; a wait cut short would land
+#: inside the server's window and burn a retry).
+MAX_RETRY_WAIT = 600.0
 _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 30.0
 _MAX_RETRIES = 20
@@ -197,7 +200,7 @@ class HttpProvider(Provider):
                     retries=self._settings.retries,
                     backoff=_BACKOFF_BASE,
                     backoff_cap=_BACKOFF_CAP,
-                    retry_after_cap=RETRY_AFTER_CAP,
+                    max_wait=MAX_RETRY_WAIT,
                 ),
                 error=ProviderError,
                 auth_hint=f"check the token in {var}" if var else "no credentials.tokenEnv set",

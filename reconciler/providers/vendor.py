@@ -34,6 +34,12 @@ _MAX_RETRIES = 20
 POLL_LATER = (429, 503)
 #: The config key every vendor provider takes for the pause between health polls.
 POLL_INTERVAL_KEY = "pollIntervalSeconds"
+#: The config key every vendor provider takes for the longest one request may wait
+#: between its attempts in total, a server's Retry-After included.
+MAX_WAIT_KEY = "maxRetryWaitSeconds"
+#: Ten minutes: Langfuse's and ARM's limits are per minute; a longer wait is better
+#: reported than slept on (a run deadline, when set, bounds it further).
+DEFAULT_MAX_WAIT = 600.0
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -225,10 +231,11 @@ class VendorProvider(Provider, Generic[S]):
         self._client_lock = threading.Lock()
         self._client: HttpClient | None = None
         reader = ConfigReader(
-            config, self.config_keys() | {POLL_INTERVAL_KEY}, self.credential_keys()
+            config, self.config_keys() | {POLL_INTERVAL_KEY, MAX_WAIT_KEY}, self.credential_keys()
         )
         self.settings: S = self.read_settings(reader)
         self._poll_interval = reader.number(POLL_INTERVAL_KEY, float(self.poll_interval))
+        self._max_wait = reader.number(MAX_WAIT_KEY, DEFAULT_MAX_WAIT)
         self.problems: list[Problem] = reader.problems
 
     def polling_interval(self) -> float:
@@ -290,7 +297,7 @@ class VendorProvider(Provider, Generic[S]):
                 secrets=o.secrets,
                 deadline=o.deadline,
                 deadline_source="config.timeoutSeconds",
-                retry=Retry(retries=o.retries, statuses=o.statuses),
+                retry=Retry(retries=o.retries, statuses=o.statuses, max_wait=self._max_wait),
                 error=ProviderError,
                 auth_hint=o.auth_hint,
                 explain=(

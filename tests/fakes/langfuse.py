@@ -13,13 +13,17 @@ a prompt keeps its type, names and labels are checked as Langfuse checks them, a
 errors are `{message, error}`. HTTP Basic auth with a public and a secret key.
 
 Test controls: `move_label` (what a person does in the UI), `edit` (a version's
-content changed behind the reconciler's back), `prompt`, `versions`, `posts`.
+content changed behind the reconciler's back), `prompt`, `versions`, `posts`, and
+`limit_per_minute`: Langfuse Cloud's rate limit on every API but the prompt GETs
+(langfuse.com/faq/all/api-limits: "All other APIs", 30 requests a minute on Hobby;
+answered with 429 and `Retry-After`, the seconds to wait), on a clock the test moves.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -43,6 +47,11 @@ class FakeLangfuse(LoopbackServer):
         self._prompts: dict[str, list[dict[str, Any]]] = {}
         #: How many versions POST made, per prompt name.
         self.posts: dict[str, int] = {}
+        self._limit: int | None = None
+        self._clock: Callable[[], float] = lambda: 0.0
+        self._window: tuple[float, int] = (0.0, 0)  # (start, requests counted in it)
+        #: Requests refused by the rate limit.
+        self.throttled = 0
 
     # --- test controls -------------------------------------------------------------
 
@@ -65,11 +74,37 @@ class FakeLangfuse(LoopbackServer):
             assert found is not None
             found.update(copy(fields))
 
+    def limit_per_minute(self, requests: int, clock: Callable[[], float]) -> None:
+        """Allow `requests` non-GET requests per minute (a fixed window from the first
+        one, by `clock`); more get 429 with the seconds left in the window."""
+        with self.lock:
+            self._limit, self._clock, self._window = requests, clock, (clock(), 0)
+
+    def _throttled(self, req: Request) -> Answer | None:
+        if self._limit is None or req.method == "GET":
+            return None
+        now = self._clock()
+        start, used = self._window
+        if now - start >= 60.0:
+            start, used = now, 0
+        if used >= self._limit:
+            self.throttled += 1
+            wait = max(1, int(start + 60.0 - now + 0.999))
+            return Answer(
+                429,
+                {"message": "Rate limit exceeded", "error": "TooManyRequests"},
+                {"Retry-After": str(wait)},
+            )
+        self._window = (start, used + 1)
+        return None
+
     # --- the API -------------------------------------------------------------------
 
     def route(self, req: Request) -> Answer:
         if req.authorization != self._auth:
             return _error(401, "Invalid credentials", "UnauthorizedError")
+        if (limited := self._throttled(req)) is not None:
+            return limited
         if not req.path.startswith(PREFIX):
             return _error(404, f"no route for {req.path}", "NotFoundError")
         parts = [unquote(p) for p in req.path[len(PREFIX) :].split("/") if p]
