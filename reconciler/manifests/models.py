@@ -258,11 +258,30 @@ Timeout = Annotated[float, Field(gt=0)]
 # checks the values' shapes at plan time (`Provider.validate`).
 
 
+class AzureSku(StrictModel):
+    """An Azure OpenAI deployment's SKU, named as ARM (`sku`) and Terraform's
+    azurerm_cognitive_deployment (`sku { name, capacity }`) name it."""
+
+    name: Text = Field(
+        description="The SKU (deployment type): Standard, GlobalStandard, DataZoneStandard, "
+        "ProvisionedManaged, ..."
+    )
+    capacity: Annotated[int, Field(ge=1)] = Field(
+        1,
+        description="Thousands of tokens per minute for a standard SKU (100 is 100k TPM), "
+        "PTUs for a provisioned one.",
+    )
+
+
 class AzureSettings(StrictModel):
     """Only for a provider of type `azure-openai` (an Azure OpenAI deployment in
-    Azure Resource Manager). `model` is the model name, `scaling.hardware` the SKU
-    name (Standard, GlobalStandard, ProvisionedManaged, ...), `scaling.maxReplicas`
-    the SKU capacity."""
+    Azure Resource Manager). `model` is the model name, `sku` its SKU name and
+    capacity (`scaling.hardware` and `scaling.maxReplicas` are still read for them,
+    deprecated)."""
+
+    sku: AzureSku | None = Field(
+        None, description="The SKU: {name: GlobalStandard, capacity: 100} is 100k TPM."
+    )
 
     deployment_name: Text | None = Field(
         None,
@@ -278,6 +297,38 @@ class AzureSettings(StrictModel):
     ) = Field(None, description="When Azure may move the deployment to a newer model version.")
     rai_policy_name: Text | None = Field(
         None, description='The content filter (RAI policy), e.g. "Microsoft.DefaultV2".'
+    )
+
+
+class HuggingFaceImage(StrictModel):
+    """An Inference Endpoint's `model.image`: one of the engines Hugging Face runs, or
+    a container of your own (`custom`, with its URL, port and health route)."""
+
+    engine: Literal["huggingface", "tgi", "tei", "vllm", "sglang", "llamacpp", "custom"] = Field(
+        description="huggingface (the default toolkit), tgi, tei, vllm, sglang, llamacpp or custom."
+    )
+    url: Text | None = Field(
+        None, description="The container image, e.g. ghcr.io/acme/server:1.2 (custom: required)."
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        None, description="The port the container listens on (custom)."
+    )
+    health_route: Text | None = Field(
+        None, description='The path that answers 200 when ready, e.g. "/health" (custom).'
+    )
+
+
+class HuggingFaceRoute(StrictModel):
+    domain: Text | None = Field(None, description="A custom domain for the endpoint.")
+    path: Text | None = Field(None, description='A path prefix, e.g. "/v1".')
+
+
+class HuggingFaceAutoscaling(StrictModel):
+    metric: Literal["pendingRequests", "hardwareUsage"] = Field(
+        description="pendingRequests (per replica, over 20 s) or hardwareUsage (percent)."
+    )
+    threshold: Annotated[float, Field(gt=0)] = Field(
+        description="Scale up above this: e.g. 1.5 pending requests, or 80 (%)."
     )
 
 
@@ -318,6 +369,19 @@ class HuggingFaceSettings(StrictModel):
         None,
         description="Minutes without requests before scaling to zero "
         "(needs scaling.minReplicas: 0).",
+    )
+    image: HuggingFaceImage | None = Field(
+        None,
+        description="The serving engine or a custom container (left out: the endpoint keeps "
+        "the one it has; a new one gets Hugging Face's default).",
+    )
+    route: HuggingFaceRoute | None = Field(
+        None, description="A custom domain and path for the endpoint (left out: not changed)."
+    )
+    autoscaling: HuggingFaceAutoscaling | None = Field(
+        None,
+        description="What scales the replicas (left out: not changed; Hugging Face's "
+        "default is pendingRequests 1.5).",
     )
 
 
