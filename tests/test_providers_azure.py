@@ -5,16 +5,23 @@ tags, health from provisioningState, drift in the manifests' own field names."""
 
 from __future__ import annotations
 
+import random
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.credentials import AccessToken
 from fakes.azure_arm import API_VERSION, FakeAzure
-from vendor_world import Made
+from fakes.azure_identity import FakeManagedIdentity
+from vendor_world import FakeTime, Made
 
 from reconciler.errors import ProviderError
-from reconciler.instances import Instance
+from reconciler.instances import Instance, ProviderConfig
 from reconciler.plan import field_diff
 from reconciler.providers.azure_openai import AzureOpenAIProvider
 from reconciler.providers.base import Problem
@@ -299,8 +306,278 @@ def test_validate_names_each_problem_and_where(make: Made) -> None:
     assert ("azure", "deploymentName") in where and ("azure", "raiPolicyName") not in where
     no_sku = gpt(scaling={"minReplicas": 1, "maxReplicas": 1})
     assert any(
-        isinstance(x, Problem) and x.field == ("scaling", "hardware") for x in p.validate(no_sku)
+        isinstance(x, Problem) and x.field == ("azure",) and "needs azure.sku.name" in x.message
+        for x in p.validate(no_sku)
     )
     bad = make("https://management.azure.com", subscriptionId="not-a-guid", account=None)
     on_provider = {x.field for x in bad.validate(gpt()) if isinstance(x, Problem)}
     assert {("config", "subscriptionId"), ("config", "account")} <= on_provider
+
+
+# --- another operation on the account; one writer per account across processes --------
+
+
+def timed(
+    az: FakeAzure, t: FakeTime, tmp_path: Path, *, credential: Any = None, **config: Any
+) -> AzureOpenAIProvider:
+    cfg = {
+        "baseUrl": az.url,
+        "subscriptionId": SUB,
+        "resourceGroup": "ai-prod",
+        "account": "acme-openai",
+        "timeoutSeconds": 2,
+        **config,
+    }
+    creds = {} if credential is not None else {"tokenEnv": "AZURE_TOKEN"}
+    return AzureOpenAIProvider(
+        ProviderConfig("azure", "azure-openai", "production", cfg, creds),
+        repo_root=tmp_path,
+        env=ENV,
+        sleep=t.sleep,
+        clock=t.clock,
+        rng=random.Random(7),
+        credential=credential,
+    )
+
+
+def test_another_operation_on_the_account_is_waited_out(
+    az: FakeAzure, account: str, tmp_path: Path
+) -> None:
+    """Real ARM operations take a minute or more: 409s used to fail the apply after
+    about 19 s of backoff."""
+    az.operation_polls = 0
+    t = FakeTime()
+    az.busy_until(account, t.now + 150, t.clock)  # the portal, another CI job
+    p = timed(az, t, tmp_path)
+    try:
+        p.create(gpt())
+    finally:
+        p.close()
+    assert az.deployment(account, "chat-gpt-4o") is not None
+    assert 150 <= sum(t.sleeps) <= 150 + 60  # at most one capped wait past its end
+    assert az.conflicts == len(t.sleeps) <= 8  # backoff, not a tight loop
+
+
+def test_a_conflict_longer_than_the_operation_timeout_fails_saying_so(
+    az: FakeAzure, account: str, tmp_path: Path
+) -> None:
+    t = FakeTime()
+    az.busy_until(account, t.now + 10_000, t.clock)
+    p = timed(az, t, tmp_path, operationTimeoutSeconds=120)
+    try:
+        with pytest.raises(ProviderError) as e:
+            p.create(gpt())
+    finally:
+        p.close()
+    assert sum(t.sleeps) <= 120
+    assert "409 RequestConflict: the account was still busy with another operation" in (
+        e.value.message
+    )
+    assert "config.operationTimeoutSeconds (120s); apply again later" in e.value.message
+    assert az.deployment(account, "chat-gpt-4o") is None
+
+
+def test_writers_in_other_processes_are_serialised_by_the_account_lock(
+    az: FakeAzure, account: str, tmp_path: Path
+) -> None:
+    az.operation_polls = 0
+    t = FakeTime()
+    p = timed(az, t, tmp_path, operationTimeoutSeconds=30)
+    s = p.settings
+    lock = p.locks.path((s.base_url + s.account_path).lower())
+    assert lock.parent == tmp_path / ".reconciler" / "locks"
+    holder = subprocess.Popen(  # another reconciler process, in the middle of a write
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            f"os.makedirs({str(lock.parent)!r}, exist_ok=True)\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(ProviderError) as e:
+            p.create(gpt())
+        assert "another process kept writing to account 'acme-openai' for over 30s" in (
+            e.value.message
+        )
+        assert az.writes() == [] and 0 < sum(t.sleeps) <= 30
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+    p.create(gpt())  # released: the write goes ahead
+    assert az.deployment(account, "chat-gpt-4o") is not None
+    p.close()
+
+
+# --- authentication: azure-identity, tokens refreshed before they expire ---------------
+
+
+class CountingCredential:
+    """A TokenCredential (azure.core's protocol) handing out hour-long tokens on the
+    test's clock: the seam embedders and tests use; azure-identity's own classes are
+    used in the test after it."""
+
+    def __init__(self, t: FakeTime, az: FakeAzure) -> None:
+        self.t, self.az, self.calls = t, az, 0
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        assert scopes == ("https://management.azure.com/.default",)
+        self.calls += 1
+        token = f"entra-SECRET-{self.calls}"
+        expires = self.t.now + 3600
+        self.az.tokens[token] = expires
+        return AccessToken(token, int(expires))
+
+
+def test_an_expiring_token_is_refreshed_so_a_long_running_agent_keeps_working(
+    az: FakeAzure, account: str, tmp_path: Path
+) -> None:
+    az.operation_polls = 0
+    t = FakeTime()
+    az.accept({}, t.clock)
+    cred = CountingCredential(t, az)
+    p = timed(az, t, tmp_path, credential=cred)
+    try:
+        p.create(gpt())
+        t.now += 3000  # fifty minutes on: the token is still good
+        p.read("Deployment", "chat-gpt-4o", "production", None)
+        assert cred.calls == 1
+        t.now += 900  # an hour and five minutes: the first token has expired
+        p.update(
+            gpt(scaling={"minReplicas": 1, "maxReplicas": 80, "hardware": "GlobalStandard"}),
+            f"{account}/deployments/chat-gpt-4o",
+        )
+        assert cred.calls == 2
+    finally:
+        p.close()
+    assert az.deployment(account, "chat-gpt-4o")["sku"]["capacity"] == 80  # type: ignore[index]
+
+
+def test_default_chain_takes_a_managed_identity_token_from_azure_identity(
+    az: FakeAzure, account: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No tokenEnv: azure-identity's DefaultAzureCredential, here finding the managed
+    identity App Service gives an app (IDENTITY_ENDPOINT), on a loopback stand-in.
+    Tokens of 200 s (under the five-minute margin) make each request ask again."""
+    az.operation_polls = 0
+    with FakeManagedIdentity(lifetime=200) as mi:
+        for var in (
+            "AZURE_CLIENT_ID",
+            "AZURE_TENANT_ID",
+            "AZURE_CLIENT_SECRET",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_USERNAME",
+        ):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("IDENTITY_ENDPOINT", mi.endpoint)
+        monkeypatch.setenv("IDENTITY_HEADER", mi.header)
+        az.accept(mi.issued, time.time)
+        p = make_provider(az, tmp_path)
+        try:
+            assert p.validate(gpt()) == []
+            p.create(gpt())
+            p.read("Deployment", "chat-gpt-4o", "production", None)
+        finally:
+            p.close()
+        assert len(mi.issued) >= 2  # refreshed, by azure-identity, before expiry
+    assert az.deployment(account, "chat-gpt-4o") is not None
+
+
+def make_provider(az: FakeAzure, tmp_path: Path) -> AzureOpenAIProvider:
+    cfg = {
+        "baseUrl": az.url,
+        "subscriptionId": SUB,
+        "resourceGroup": "ai-prod",
+        "account": "acme-openai",
+        "timeoutSeconds": 5,
+    }
+    return AzureOpenAIProvider(
+        ProviderConfig("azure", "azure-openai", "production", cfg, {}),
+        repo_root=tmp_path,
+        env={},
+    )
+
+
+def test_authentication_settings_are_checked_where_written(make: Made) -> None:
+    p = make("https://management.azure.com", authentication="azure-identity")
+    where = {x.field: x.message for x in p.validate(gpt()) if isinstance(x, Problem)}
+    assert (
+        "credentials.tokenEnv is a static token, but config.authentication is "
+        in (where[("credentials", "tokenEnv")])
+    )
+    p = make("https://management.azure.com", lockDirectory="locks")
+    where = {x.field: x.message for x in p.validate(gpt()) if isinstance(x, Problem)}
+    assert "must be an absolute path" in where[("config", "lockDirectory")]
+
+
+# --- the SKU as Azure and Terraform name it -----------------------------------------------
+
+
+def sku_gpt(name: str = "GlobalStandard", capacity: int = 100) -> Instance:
+    inst = gpt()
+    spec = {k: v for k, v in inst.spec.items() if k != "scaling"}
+    spec["azure"] = {**spec["azure"], "sku": {"name": name, "capacity": capacity}}
+    return Instance(inst.environment, inst.kind, inst.name, inst.provider, spec)
+
+
+def test_the_sku_is_azure_sku_name_and_capacity(az: FakeAzure, account: str, make: Made) -> None:
+    p = make(az.url)
+    assert p.validate(sku_gpt()) == []
+    pid = p.create(sku_gpt())
+    assert az.deployment(account, "chat-gpt-4o")["sku"] == {  # type: ignore[index]
+        "name": "GlobalStandard",
+        "capacity": 100,
+    }
+    az.tamper(account, "chat-gpt-4o", "sku.capacity", 10)
+    live = p.read("Deployment", "chat-gpt-4o", "production", pid)
+    assert live is not None
+    diff = {
+        d.path: (d.before, d.after)
+        for d in field_diff(sku_gpt().body(), p.live_body(live, sku_gpt().body()))
+    }
+    assert diff == {"azure.sku.capacity": (100, 10)}
+    # The same deployment moved from the deprecated fields: an update, no write needed
+    # to change anything, and never a replace.
+    assert "scaling.hardware" not in p.replace_reasons()
+    assert "azure.sku.name" not in p.replace_reasons()
+
+
+def test_a_sku_name_change_is_refused_before_anything_is_written(
+    az: FakeAzure, account: str, make: Made
+) -> None:
+    p = make(az.url)
+    pid = p.create(sku_gpt())
+    writes = len(az.writes())
+    with pytest.raises(ProviderError) as e:
+        p.update(sku_gpt("Standard"), pid)
+    assert "cannot change a deployment's SKU in place (GlobalStandard → Standard" in (
+        e.value.message
+    )
+    assert "give it a new azure.deploymentName" in e.value.message
+    assert len(az.writes()) == writes
+
+
+def test_the_sku_in_both_places_or_nowhere_is_an_error_where_written(make: Made) -> None:
+    p = make("https://management.azure.com")
+    both = sku_gpt()
+    both = Instance(
+        both.environment,
+        both.kind,
+        both.name,
+        both.provider,
+        {**both.spec, "scaling": {"hardware": "Standard", "maxReplicas": 5}},
+    )
+    where = {x.field: x.message for x in p.validate(both) if isinstance(x, Problem)}
+    assert "`scaling` has no meaning next to azure.sku" in where[("scaling",)]
+    bad = sku_gpt("globalstandard")
+    where = {x.field: x.message for x in p.validate(bad) if isinstance(x, Problem)}
+    assert "did you mean 'GlobalStandard'" in where[("azure", "sku", "name")]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fakes.langfuse import FakeLangfuse
 from fakes.loopback import LOST
-from vendor_world import Made
+from vendor_world import FakeTime, Made
 
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig
@@ -293,21 +293,6 @@ def test_delete_rule_refuses_by_default_and_explains_delete_version() -> None:
         "langfuse.label",
         "langfuse.type",
     }
-
-
-class FakeTime:
-    """A clock that moves only when the provider sleeps: the test never waits."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def provider_on(lf: FakeLangfuse, t: FakeTime, **config: Any) -> LangfuseProvider:

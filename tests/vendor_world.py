@@ -3,6 +3,8 @@ whose waits are recorded instead of slept, closed when the test ends."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -30,6 +32,8 @@ class Made(Generic[P]):
         self.base, self.credentials, self.env = base, dict(credentials), dict(env)
         self.sleeps: list[float] = []
         self.made: list[P] = []
+        #: The providers' repository root (Azure's account locks go under it).
+        self.root = Path(tempfile.mkdtemp(prefix="vendor-world-"))
 
     def __call__(
         self,
@@ -42,7 +46,7 @@ class Made(Generic[P]):
         cfg = {**self.base(url), **config}
         p = self.cls(
             ProviderConfig(self.name, self.type_name, environment, cfg, dict(self.credentials)),
-            repo_root=Path("."),
+            repo_root=self.root,
             env=self.env if env is None else env,
             sleep=self.sleeps.append,
         )
@@ -52,3 +56,19 @@ class Made(Generic[P]):
     def close(self) -> None:
         for p in self.made:
             p.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class FakeTime:
+    """A clock that moves only when the provider sleeps: a test never waits for real."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds

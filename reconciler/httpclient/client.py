@@ -42,6 +42,12 @@ _wait_deadline: ContextVar[WaitDeadline | None] = ContextVar(
 )
 
 
+def current_wait_deadline() -> WaitDeadline | None:
+    """The outer deadline this thread's waits are bounded by, if any (a provider
+    waiting on its own, e.g. for a busy Azure account, honours it too)."""
+    return _wait_deadline.get()
+
+
 @contextmanager
 def wait_deadline(deadline: WaitDeadline | None) -> Iterator[None]:
     """Bound every retry wait of this thread's requests by `deadline` until exit."""
@@ -280,7 +286,7 @@ class HttpClient:
         label: str,
         base_url: str | None = None,
         headers: Mapping[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
+        auth: tuple[str, str] | httpx.Auth | None = None,
         secrets: Iterable[str] = (),
         deadline: float = 30.0,
         deadline_source: str | None = None,
@@ -304,7 +310,7 @@ class HttpClient:
         self._error = error
         self._explain = explain or self._default_explain
         self._secrets = [Secret(s) for s in secrets if s]
-        if auth is not None and auth[1]:
+        if isinstance(auth, tuple) and auth[1]:
             self._secrets.append(Secret(auth[1]))
         self._sleep = sleep
         self._clock = clock

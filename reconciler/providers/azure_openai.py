@@ -4,8 +4,10 @@ What maps to what (README "Azure OpenAI", docs/providers.md):
 
     ARM resource        .../accounts/{config.account}/deployments/{azure.deploymentName,
                         else the deployment's name}, api-version config.apiVersion
-    sku.name            scaling.hardware (Standard, GlobalStandard, ProvisionedManaged, ...)
-    sku.capacity        scaling.maxReplicas (thousands of tokens per minute, or PTUs)
+    sku.name            azure.sku.name (Standard, GlobalStandard, ProvisionedManaged, ...);
+                        before it, scaling.hardware (still read, deprecated)
+    sku.capacity        azure.sku.capacity (thousands of tokens per minute, or PTUs; default
+                        1); before it, scaling.maxReplicas (still read, deprecated)
     properties.model    {format: azure.modelFormat or OpenAI, name: model,
                          version: azure.modelVersion}
     properties.*        versionUpgradeOption, raiPolicyName from the `azure` block
@@ -14,15 +16,19 @@ What maps to what (README "Azure OpenAI", docs/providers.md):
 A write is `PUT` (create-or-update, so a repeat is harmless); it is a long-running
 operation, followed through `Azure-AsyncOperation` (or `Location`, or the resource's
 `provisioningState`) until it ends, `Retry-After` between polls, within
-config.operationTimeoutSeconds. Writes to one account are serialised (one at a time
-per account in this process) and a `409 RequestConflict` ("another operation is being
-performed on the parent resource") is retried with backoff. Before updating or
-deleting, the live deployment's tags must name this environment and deployment: one
-made by hand, or by another environment, is never touched.
+config.operationTimeoutSeconds. Writes to one account are serialised (azure_auth.
+AccountLocks: a lock per account in this process, a file lock across processes on this
+machine), and a `409 RequestConflict` ("another operation is being performed on the
+parent resource": another CI job, the portal) is waited out with backoff, bounded by
+the same operation timeout. Azure cannot change a deployment's SKU name in place: an
+update that would is refused before anything is written (give it another
+azure.deploymentName). Before updating or deleting, the live deployment's tags must
+name this environment and deployment: one made by hand, or by another environment,
+is never touched.
 
-The bearer token (an Entra ID token for https://management.azure.com) comes from the
-environment variable `credentials.tokenEnv` names: `az account get-access-token
---resource https://management.azure.com --query accessToken -o tsv`.
+Authentication (azure_auth): azure-identity's credential chain (service principal,
+workload identity, managed identity, Azure CLI) with tokens refreshed before they
+expire, unless the Provider names `credentials.tokenEnv`, a static token.
 
 API: Azure/azure-rest-api-specs `specification/cognitiveservices/resource-manager/
 Microsoft.CognitiveServices/stable/2024-10-01/cognitiveservices.json` (Deployments_*),
@@ -31,21 +37,32 @@ and ARM's "Track asynchronous Azure operations".
 
 from __future__ import annotations
 
+import random
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
 
-from reconciler.instances import Instance
+from reconciler.httpclient import current_wait_deadline
+from reconciler.instances import Instance, ProviderConfig
+from reconciler.log import get_logger
+from reconciler.providers.azure_auth import (
+    AccountLocks,
+    CredentialAuth,
+    TokenCredential,
+    default_credential,
+)
 from reconciler.providers.base import HealthStatus, LiveObject, Problem
 from reconciler.providers.vendor import (
     POLL_LATER,
     ClientOptions,
+    Clock,
     ConfigReader,
+    Sleep,
     VendorProvider,
     get_path,
     overlay,
@@ -53,6 +70,8 @@ from reconciler.providers.vendor import (
     unused_fields,
 )
 from reconciler.vocabulary import Health
+
+log = get_logger("reconciler.providers.azure")
 
 API_VERSION = "2024-10-01"
 BASE_URL = "https://management.azure.com"
@@ -102,6 +121,11 @@ DEFAULT_OPERATION_TIMEOUT = 900.0
 #: Seconds between polls of an operation when Azure gives no Retry-After.
 POLL = 5.0
 POLL_CAP = 60.0
+#: Waiting out a 409 RequestConflict: the first wait, doubled each time up to the cap
+#: (real operations take a minute or more), with jitter, unless Azure says Retry-After.
+CONFLICT_WAIT = 5.0
+CONFLICT_WAIT_CAP = 60.0
+AUTHENTICATIONS = ("azure-identity", "token")
 _UNUSED = {
     "prompt": "an Azure OpenAI deployment serves a model; a prompt belongs to the "
     "application (or a langfuse provider)",
@@ -111,15 +135,6 @@ _UNUSED = {
     "timeoutSeconds": "an Azure OpenAI deployment has no request timeout",
     "enabled": "an Azure OpenAI deployment cannot be switched off; remove it instead",
 }
-
-_locks_guard = threading.Lock()
-_account_locks: dict[str, threading.Lock] = {}
-
-
-def account_lock(account_url: str) -> threading.Lock:
-    """One lock per account: ARM refuses a second write while one is in progress."""
-    with _locks_guard:
-        return _account_locks.setdefault(account_url.lower(), threading.Lock())
 
 
 @dataclass(frozen=True)
@@ -132,7 +147,9 @@ class Settings:
     timeout: float
     retries: int
     operation_timeout: float
+    authentication: str
     token_env: str
+    lock_directory: str
 
     @property
     def account_path(self) -> str:
@@ -143,6 +160,19 @@ class Settings:
 
 
 def read_settings(r: ConfigReader) -> Settings:
+    token = "tokenEnv" in r.pc.credentials
+    authentication = r.choice(
+        "authentication", "token" if token else "azure-identity", AUTHENTICATIONS
+    )
+    if authentication == "azure-identity" and token:
+        r.problem(
+            ("credentials", "tokenEnv"),
+            "credentials.tokenEnv is a static token, but config.authentication is "
+            "azure-identity: remove one",
+        )
+    lock_dir = r.text("lockDirectory") if "lockDirectory" in r.pc.config else ""
+    if lock_dir and not lock_dir.startswith("/"):
+        r.problem(("config", "lockDirectory"), "config.lockDirectory must be an absolute path")
     return Settings(
         base_url=r.url("baseUrl", BASE_URL),
         subscription=r.text(
@@ -167,7 +197,9 @@ def read_settings(r: ConfigReader) -> Settings:
         timeout=r.number("timeoutSeconds", DEFAULT_TIMEOUT),
         retries=r.integer("retries", DEFAULT_RETRIES),
         operation_timeout=r.number("operationTimeoutSeconds", DEFAULT_OPERATION_TIMEOUT),
-        token_env=r.credential("tokenEnv", "AZURE_TOKEN"),
+        authentication=authentication,
+        token_env=r.credential("tokenEnv", "AZURE_TOKEN") if authentication == "token" else "",
+        lock_directory=lock_dir,
     )
 
 
@@ -180,10 +212,30 @@ def deployment_name(name: str, spec: Mapping[str, Any]) -> str:
     return str(block(spec).get("deploymentName") or name)
 
 
+def sku_of(spec: Mapping[str, Any]) -> tuple[str | None, int, str, str]:
+    """(name, capacity, name's field, capacity's field): from `azure.sku`, else from
+    the deprecated `scaling.hardware` / `scaling.maxReplicas`."""
+    sku = block(spec).get("sku")
+    if isinstance(sku, Mapping):
+        return (
+            sku.get("name"),
+            int(sku.get("capacity") or 1),
+            "azure.sku.name",
+            "azure.sku.capacity",
+        )
+    scaling = spec.get("scaling") or {}
+    return (
+        scaling.get("hardware"),
+        int(scaling.get("maxReplicas") or 1),
+        "scaling.hardware",
+        "scaling.maxReplicas",
+    )
+
+
 def arm_body(name: str, environment: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     """The PUT body (`Deployment` in the spec) for a deployment's spec."""
     b = block(spec)
-    scaling = spec.get("scaling") or {}
+    sku_name, capacity, _, _ = sku_of(spec)
     model: dict[str, Any] = {"format": b.get("modelFormat") or "OpenAI", "name": spec.get("model")}
     if b.get("modelVersion"):
         model["version"] = b["modelVersion"]
@@ -192,7 +244,7 @@ def arm_body(name: str, environment: str, spec: Mapping[str, Any]) -> dict[str, 
         if b.get(key):
             props[key] = b[key]
     return {
-        "sku": {"name": scaling.get("hardware"), "capacity": scaling.get("maxReplicas", 1)},
+        "sku": {"name": sku_name, "capacity": capacity},
         "tags": {TAG_ENVIRONMENT: environment, TAG_DEPLOYMENT: name},
         "properties": props,
     }
@@ -209,7 +261,8 @@ def _arm_error(data: Any) -> tuple[str, str]:
 class AzureOpenAIProvider(VendorProvider[Settings]):
     """Deployments in one Azure OpenAI (Cognitive Services) account; config:
     subscriptionId, resourceGroup, account, apiVersion, baseUrl, timeoutSeconds,
-    retries, operationTimeoutSeconds; credentials: tokenEnv."""
+    retries, operationTimeoutSeconds, authentication, lockDirectory; credentials:
+    tokenEnv (a static token; without it, azure-identity's chain)."""
 
     type_name: ClassVar[str] = "azure-openai"
     replace_fields: ClassVar[Mapping[str, str]] = {
@@ -217,13 +270,39 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
         "changes in place)",
         "azure.modelFormat": "the model format belongs to the model",
         "azure.deploymentName": "the name is the deployment's address in its account",
-        "scaling.hardware": "Azure does not move a deployment to another SKU (deployment "
-        "type) in place",
     }
+    # The SKU name cannot change in place either; it is not listed here because moving
+    # from the deprecated scaling.hardware to azure.sku.name (the same value under
+    # another name) must not plan a replace: `update` compares it with the live SKU
+    # and refuses a real change before writing anything.
     #: create and update return once ARM's operation has ended; this bounds the wait
     #: for `Succeeded` after that (a deployment may set readinessTimeoutSeconds).
     readiness_timeout: ClassVar[float] = 900.0
     poll_interval: ClassVar[float] = 10.0
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        repo_root: Path,
+        env: Mapping[str, str],
+        sleep: Sleep | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        credential: TokenCredential | None = None,
+    ) -> None:
+        super().__init__(config, repo_root=repo_root, env=env, sleep=sleep, clock=clock, rng=rng)
+        #: The azure-identity credential (made on first use unless given: tests and
+        #: embedders pass their own).
+        self._credential = credential
+        directory = self.settings.lock_directory or str(repo_root / ".reconciler" / "locks")
+        self.locks = AccountLocks(Path(directory), sleep=self._sleep_now, clock=self._now)
+
+    def _sleep_now(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+    def _now(self) -> float:
+        return self.clock()
 
     @classmethod
     def config_keys(cls) -> frozenset[str]:
@@ -237,6 +316,8 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
                 "timeoutSeconds",
                 "retries",
                 "operationTimeoutSeconds",
+                "authentication",
+                "lockDirectory",
             }
         )
 
@@ -249,6 +330,19 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
 
     def client_options(self) -> ClientOptions:
         s = self.settings
+        if s.authentication == "azure-identity":
+            credential = self._credential or default_credential()
+            return ClientOptions(
+                base_url=s.base_url,
+                deadline=s.timeout,
+                retries=s.retries,
+                headers={},
+                auth=CredentialAuth(credential, f"provider {self.name!r}", self._now),
+                auth_hint=(
+                    f"the token from {type(credential).__name__} was refused: check the "
+                    "identity's role on the account (Cognitive Services Contributor)"
+                ),
+            )
         token = secret_from_env(
             self._env,
             s.token_env,
@@ -262,8 +356,10 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
             retries=s.retries,
             headers={"Authorization": f"Bearer {token}"},
             secrets=(token,),
-            statuses=frozenset({409}),
-            auth_hint=f"check the token in {s.token_env}: ARM tokens expire after about an hour",
+            auth_hint=(
+                f"check the token in {s.token_env}: ARM tokens expire after about an hour "
+                "(without credentials.tokenEnv, azure-identity fetches and refreshes them)"
+            ),
         )
 
     # -- addresses -------------------------------------------------------------------------
@@ -386,17 +482,72 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
             raise self.error(what, f"provisioningState {state}")
         return state == "Succeeded", resp
 
-    def _put(self, inst: Instance, path: str) -> str:
-        body = arm_body(inst.name, inst.environment, inst.spec)
-        what = f"PUT {path}"
-        with account_lock(self.settings.base_url + self.settings.account_path):
+    def _writer(self) -> Any:
+        """Hold the account's write lock (this process's threads, then other processes
+        on this machine), waiting at most the operation timeout."""
+        s = self.settings
+        return self.locks.hold(
+            s.base_url + s.account_path, s.account, s.operation_timeout, f"provider {self.name!r}"
+        )
+
+    def _write(self, method: str, path: str, body: Any, ok: tuple[int, ...]) -> httpx.Response:
+        """One write, a 409 RequestConflict (another operation on the account: another
+        CI job, the portal) waited out with backoff for at most the operation timeout."""
+        started = self.clock()
+        limit = self.settings.operation_timeout
+        attempt = 0
+        while True:
             resp = self.http().request(
-                "PUT",
+                method,
                 path.lstrip("/"),
                 params={"api-version": self.settings.api_version},
                 json=body,
-                ok=(200, 201),
+                ok=(*ok, 409),
             )
+            if resp.status_code != 409:
+                return resp
+            code, message = _arm_error(_json(resp))
+            what = f"{method} {path}"
+            if code not in ("RequestConflict", "Conflict", ""):
+                raise self.error(what, f"409 {code}: {message}".rstrip(": "))
+            hinted = resp.headers.get("retry-after")
+            ceiling = min(CONFLICT_WAIT_CAP, CONFLICT_WAIT * 2.0**attempt)
+            delay = (
+                _retry_after(resp)
+                if hinted is not None
+                else ceiling / 2 + self._random.random() * ceiling / 2
+            )
+            waited = self.clock() - started
+            outer = current_wait_deadline()
+            if outer is not None and delay > outer.left():
+                raise self.error(
+                    what,
+                    f"409 {code or 'Conflict'}: the account is busy with another operation, "
+                    f"and waiting {delay:.0f}s more would pass {outer.name}: {message}",
+                )
+            if waited + delay > limit:
+                raise self.error(
+                    what,
+                    f"409 {code or 'Conflict'}: the account was still busy with another "
+                    f"operation after {waited:.0f}s, and waiting {delay:.0f}s more would pass "
+                    f"config.operationTimeoutSeconds ({limit:g}s); apply again later: {message}",
+                )
+            log.warning(
+                "azure.conflict.wait",
+                provider=self.name,
+                request=what,
+                wait=round(delay, 3),
+                waited=round(waited, 3),
+                why="409 RequestConflict: another operation is running on the account",
+            )
+            self.sleep(delay)
+            attempt += 1
+
+    def _put(self, inst: Instance, path: str) -> str:
+        body = arm_body(inst.name, inst.environment, inst.spec)
+        what = f"PUT {path}"
+        with self._writer():
+            resp = self._write("PUT", path, body, (200, 201))
             data = self.http().json_object(resp)
             self._wait(resp, path, what, deleting=False)
         ident = data.get("id")
@@ -436,18 +587,7 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
                     ("azure",),
                 )
             )
-        scaling = spec.get("scaling")
-        sku = scaling.get("hardware") if isinstance(scaling, Mapping) else None
-        if not sku:
-            problems.append(
-                Problem(
-                    f"{label} needs scaling.hardware, the SKU name (e.g. GlobalStandard), and "
-                    "scaling.maxReplicas, its capacity",
-                    ("scaling", "hardware"),
-                )
-            )
-        elif problem := _sku_problem(str(sku)):
-            problems.append(Problem(problem, ("scaling", "hardware")))
+        problems.extend(_sku_problems(label, spec))
         return problems
 
     # -- the contract ------------------------------------------------------------------------
@@ -492,6 +632,15 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
                 f"recorded as {provider_id}, but the manifests now address {path}; that is a "
                 "replace, which `reconciler plan` shows: re-plan",
             )
+        want, _, field, _ = sku_of(inst.spec)
+        have = get_path(live, "sku.name")
+        if have is not None and want != have:
+            raise self.error(
+                inst.key.address,
+                f"Azure cannot change a deployment's SKU in place ({have} → {want}, "
+                f"{field}); nothing was changed. To move it, give it a new "
+                "azure.deploymentName: the plan then shows a replace",
+            )
         self._put(inst, path)
 
     def delete(self, kind: str, name: str, environment: str, provider_id: str | None) -> None:
@@ -500,26 +649,22 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
         if live is None:
             return
         self._check_owner(live, name, environment)
-        with account_lock(self.settings.base_url + self.settings.account_path):
-            resp = self.http().request(
-                "DELETE",
-                path.lstrip("/"),
-                params={"api-version": self.settings.api_version},
-                ok=(200, 202, 204),
-            )
+        with self._writer():
+            resp = self._write("DELETE", path, None, (200, 202, 204))
             self._wait(resp, path, f"DELETE {path}", deleting=True)
 
     def live_body(self, live: LiveObject, recorded: Mapping[str, Any]) -> dict[str, Any]:
         want = arm_body(str(recorded.get("name")), str(recorded.get("environment")), recorded)
         have = live.body
+        _, _, name_field, capacity_field = sku_of(recorded)
         fields: list[tuple[str, Any, Any]] = [
             (
                 "model",
                 get_path(want, "properties.model.name"),
                 get_path(have, "properties.model.name"),
             ),
-            ("scaling.hardware", get_path(want, "sku.name"), get_path(have, "sku.name")),
-            ("scaling.maxReplicas", get_path(want, "sku.capacity"), get_path(have, "sku.capacity")),
+            (name_field, get_path(want, "sku.name"), get_path(have, "sku.name")),
+            (capacity_field, get_path(want, "sku.capacity"), get_path(have, "sku.capacity")),
             (
                 "azure.modelFormat",
                 get_path(want, "properties.model.format"),
@@ -539,17 +684,46 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
         return overlay(recorded, fields)
 
 
-def _sku_problem(sku: str) -> str | None:
-    if not SKU.fullmatch(sku):
-        return f"scaling.hardware {sku!r} is not an Azure SKU name (letters and digits)"
-    if sku not in KNOWN_SKUS:
-        same = [k for k in KNOWN_SKUS if k.lower() == sku.lower()]
-        if same:
-            return (
-                f"scaling.hardware {sku!r}: Azure SKU names are case-sensitive; "
-                f"did you mean {same[0]!r}?"
+def _sku_problems(label: str, spec: Mapping[str, Any]) -> list[str | Problem]:
+    """The SKU: `azure.sku.name` and `.capacity`, as ARM and Terraform's azurerm name
+    them; or, deprecated but still read, `scaling.hardware` and `scaling.maxReplicas`.
+    Both at once is an error: which one counts would be a guess."""
+    sku = block(spec).get("sku")
+    scaling = spec.get("scaling")
+    if isinstance(sku, Mapping):
+        if isinstance(scaling, Mapping):
+            return [
+                Problem(
+                    f"{label}: `scaling` has no meaning next to azure.sku (the SKU is the "
+                    "deployment's scale): remove it",
+                    ("scaling",),
+                )
+            ]
+        at: tuple[str | int, ...] = ("azure", "sku", "name")
+        name, field = sku.get("name"), "azure.sku.name"
+    else:
+        at, field = ("scaling", "hardware"), "scaling.hardware"
+        name = scaling.get("hardware") if isinstance(scaling, Mapping) else None
+    if not name:
+        return [
+            Problem(
+                f"{label} needs azure.sku.name, the SKU (e.g. GlobalStandard), and "
+                "azure.sku.capacity, its capacity (thousands of tokens per minute, or PTUs)",
+                ("azure",),
             )
-    return None
+        ]
+    name = str(name)
+    if not SKU.fullmatch(name):
+        return [Problem(f"{field} {name!r} is not an Azure SKU name (letters and digits)", at)]
+    same = [k for k in KNOWN_SKUS if k.lower() == name.lower() and k != name]
+    if same:
+        return [
+            Problem(
+                f"{field} {name!r}: Azure SKU names are case-sensitive; did you mean {same[0]!r}?",
+                at,
+            )
+        ]
+    return []
 
 
 def _json(resp: httpx.Response) -> Any:

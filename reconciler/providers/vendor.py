@@ -181,7 +181,9 @@ class ClientOptions:
     retries: int
     headers: Mapping[str, str]
     secrets: tuple[str, ...] = ()
-    auth: tuple[str, str] | None = None
+    #: HTTP Basic (user, password), or an httpx.Auth that sets each request's header
+    #: (a token that is refreshed: Azure's).
+    auth: tuple[str, str] | httpx.Auth | None = None
     statuses: frozenset[int] = frozenset()
     auth_hint: str | None = None
     #: The vendor's own words in an error answer, when the client's usual reading of

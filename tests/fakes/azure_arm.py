@@ -17,14 +17,19 @@ the pinned api-version and the bearer token. An operation ends after
 `operation_polls` polls of its status.
 
 Test controls: `add_account`, `deployment`, `tamper`, `put_by_hand`,
-`fail_next_operation`, `conflicts` (409s answered), `peak_busy`.
+`fail_next_operation`, `conflicts` (409s answered), `peak_busy`, `busy_until` (another
+operation, from another CI job or the portal, runs on an account until a time on the
+test's clock), `accept` (Entra tokens with their expiry: one past it is 401
+ExpiredAuthenticationToken, as ARM answers an hour-old token).
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -81,6 +86,11 @@ class FakeAzure(LoopbackServer):
         self.conflicts = 0
         #: The most accounts with an operation running at once.
         self.peak_busy = 0
+        #: account path (lower case) → until when (by `clock`) someone else's operation runs.
+        self._held: dict[str, float] = {}
+        self.clock: Callable[[], float] = time.time
+        #: Entra tokens and their expiry (by `clock`); empty: only `token`, for ever.
+        self.tokens: dict[str, float] = {}
 
     # --- test controls -------------------------------------------------------------
 
@@ -112,6 +122,16 @@ class FakeAzure(LoopbackServer):
         with self.lock:
             self._store(account_path, name, copy(body), "Succeeded")
 
+    def busy_until(self, account_path: str, until: float, clock: Callable[[], float]) -> None:
+        with self.lock:
+            self._held[account_path.lower()] = until
+            self.clock = clock
+
+    def accept(self, tokens: dict[str, float], clock: Callable[[], float]) -> None:
+        with self.lock:
+            self.tokens = tokens
+            self.clock = clock
+
     def fail_next_operation(self, message: str) -> None:
         with self.lock:
             self._failures.append(message)
@@ -119,7 +139,17 @@ class FakeAzure(LoopbackServer):
     # --- the API -------------------------------------------------------------------
 
     def route(self, req: Request) -> Answer:
-        if req.authorization != f"Bearer {self.token}":
+        bearer = (req.authorization or "").removeprefix("Bearer ")
+        if self.tokens:
+            if bearer not in self.tokens:
+                return _error(401, "InvalidAuthenticationToken", "The access token is invalid.")
+            if self.clock() >= self.tokens[bearer]:
+                return _error(
+                    401,
+                    "ExpiredAuthenticationToken",
+                    "The access token expiry UTC time is earlier than current UTC time.",
+                )
+        elif req.authorization != f"Bearer {self.token}":
             return _error(401, "InvalidAuthenticationToken", "The access token is invalid.")
         if req.query.get("api-version") != API_VERSION:
             return _error(
@@ -150,7 +180,11 @@ class FakeAzure(LoopbackServer):
             if found is None:
                 return _error(404, "DeploymentNotFound", f"The deployment '{name}' was not found.")
             return Answer(200, copy(found))
-        if req.method in ("PUT", "DELETE") and account_path.lower() in self._busy:
+        held = self._held.get(account_path.lower())
+        if held is not None and self.clock() >= held:
+            del self._held[account_path.lower()]
+            held = None
+        if req.method in ("PUT", "DELETE") and (account_path.lower() in self._busy or held):
             self.conflicts += 1
             return _error(
                 409,
