@@ -14,7 +14,7 @@ from vendor_world import Made
 
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance
-from reconciler.plan import field_diff
+from reconciler.plan import FieldDiff, field_diff
 from reconciler.providers.base import Problem
 from reconciler.providers.huggingface import HuggingFaceProvider
 
@@ -320,3 +320,90 @@ def test_a_409_on_create_adopts_our_own_endpoint(hf: FakeHuggingFace, make: Made
     assert hf.creates == {"reranker": 1}
     live = hf.endpoint("acme", "reranker")
     assert live is not None and live["compute"]["scaling"]["maxReplica"] == 6
+
+
+# --- engine, route, autoscaling; never resetting what the manifest leaves out -------------
+
+
+def test_an_engine_picked_in_the_ui_survives_an_update_that_names_none(
+    hf: FakeHuggingFace, make: Made
+) -> None:
+    """Every write used to send the default engine ({huggingface: {}}), the framework
+    pytorch and the size x1, switching back what someone chose in the UI."""
+    p = make(hf.url)
+    pid = p.create(reranker())
+    vllm = {"vllm": {"url": "vllm/vllm-openai:v0.6.3", "tensorParallelSize": 1}}
+    hf.tamper("acme", "reranker", "model.image", vllm)  # picked in the UI
+    hf.tamper("acme", "reranker", "compute.instanceSize", "x4")
+    p.update(reranker(scaling={"minReplicas": 1, "maxReplicas": 6, "hardware": "nvidia-a10g"}), pid)
+    put = [r for r in hf.requests if r.method == "PUT"][-1]
+    assert "image" not in put.body["model"] and "framework" not in put.body["model"]
+    assert "instanceSize" not in put.body["compute"]
+    live = hf.endpoint("acme", "reranker")
+    assert live is not None
+    assert live["model"]["image"] == vllm and live["compute"]["instanceSize"] == "x4"
+    assert live["compute"]["scaling"]["maxReplica"] == 6
+    # Not in the manifest, so not drift either.
+    found = p.read("Deployment", "reranker", "production", pid)
+    assert found is not None
+    assert field_diff(reranker().body(), p.live_body(found, reranker().body())) == [
+        FieldDiff("scaling.maxReplicas", 4, 6)
+    ]
+
+
+def served(**block: Any) -> Instance:
+    inst = reranker()
+    hb = {**inst.spec["huggingface"], **block}
+    return Instance(
+        inst.environment, inst.kind, inst.name, inst.provider, {**inst.spec, "huggingface": hb}
+    )
+
+
+def test_engine_route_and_autoscaling_metric_are_written_and_drift(
+    hf: FakeHuggingFace, make: Made
+) -> None:
+    p = make(hf.url)
+    inst = served(
+        image={
+            "engine": "custom",
+            "url": "ghcr.io/acme/ranker:1.2",
+            "port": 8080,
+            "healthRoute": "/healthz",
+        },
+        route={"path": "/v1"},
+        autoscaling={"metric": "hardwareUsage", "threshold": 80},
+    )
+    assert p.validate(inst) == []
+    pid = p.create(inst)
+    post = next(r for r in hf.requests if r.method == "POST")
+    assert post.body["model"]["image"] == {
+        "custom": {"url": "ghcr.io/acme/ranker:1.2", "port": 8080, "healthRoute": "/healthz"}
+    }
+    assert post.body["compute"]["scaling"]["measure"] == {"hardwareUsage": 80}
+    assert post.body["route"] == {"path": "/v1"}
+    found = p.read("Deployment", "reranker", "production", pid)
+    assert found is not None and field_diff(inst.body(), p.live_body(found, inst.body())) == []
+    hf.tamper("acme", "reranker", "model.image", {"huggingface": {}})
+    hf.tamper("acme", "reranker", "compute.scaling.measure", {"pendingRequests": 1.5})
+    found = p.read("Deployment", "reranker", "production", pid)
+    assert found is not None
+    diff = {d.path: d.after for d in field_diff(inst.body(), p.live_body(found, inst.body()))}
+    assert diff == {
+        "huggingface.image": {"engine": "huggingface"},
+        "huggingface.autoscaling.metric": "pendingRequests",
+        "huggingface.autoscaling.threshold": 1.5,
+    }
+    p.update(served(image={"engine": "vllm"}), pid)  # heal, to another engine
+    live = hf.endpoint("acme", "reranker")
+    assert live is not None and live["model"]["image"] == {"vllm": {}}
+
+
+def test_engine_fields_are_checked_where_written(make: Made) -> None:
+    p = make("https://api.endpoints.huggingface.cloud")
+    inst = served(image={"engine": "custom"}, route={"path": "v1"})
+    where = {x.field: x.message for x in p.validate(inst) if isinstance(x, Problem)}
+    assert "needs image.url" in where[("huggingface", "image")]
+    assert "must start with '/'" in where[("huggingface", "route", "path")]
+    inst = served(image={"engine": "tgi", "port": 80})
+    where = {x.field: x.message for x in p.validate(inst) if isinstance(x, Problem)}
+    assert "is for a custom container" in where[("huggingface", "image", "port")]

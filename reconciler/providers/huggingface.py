@@ -5,12 +5,16 @@ What maps to what (README "Hugging Face Inference Endpoints", docs/providers.md)
     endpoint         /v2/endpoint/{config.namespace}/{huggingface.endpointName, else the
                      deployment's name}
     model            repository: huggingface.repository, else `model`; revision, task and
-                     framework (default pytorch) from the block; the managed image
+                     framework (default pytorch) from the block
+    model.image      huggingface.image: {engine: huggingface|tgi|tei|vllm|sglang|llamacpp|
+                     custom, url, port, healthRoute} → {<engine>: {url, port, healthRoute}}
     model.env        `env`'s plain values; model.secrets: its secret references, with the
                      values taken from this process's environment
     compute          instanceType: scaling.hardware; instanceSize: huggingface.instanceSize
                      (default x1); accelerator: gpu for nvidia-*, neuron for inf2/trn*,
-                     else cpu; scaling: minReplicas, maxReplicas, scaleToZeroTimeout
+                     else cpu; scaling: minReplicas, maxReplicas, scaleToZeroTimeout,
+                     measure {huggingface.autoscaling.metric: threshold}
+    route            huggingface.route {domain, path}
     provider, type   vendor, region and type from the block, else the provider's config,
                      else aws, us-east-1, authenticated
     tags             reconciler-env:<environment>, reconciler-deployment:<name> (whose it is)
@@ -18,7 +22,10 @@ What maps to what (README "Hugging Face Inference Endpoints", docs/providers.md)
 
 Creating is GET then POST when absent (the name is the address; a POST whose answer
 was lost is found by the next GET, never made twice); updating is PUT with the managed
-parts (`compute`, `model`, `tags`). Both return at once: the endpoint then goes
+parts (`compute`, `model`, `tags`, `route`), a partial body that carries only what the
+manifest sets: an engine, framework, instance size, autoscaling metric or route picked
+in the UI stays as it is unless the manifest names one (a create fills in Hugging
+Face's defaults: the huggingface engine, pytorch, x1). Both return at once: the endpoint then goes
 pending → initializing → running, which `status()` reports (running with a URL is
 Healthy; failed and updateFailed are Degraded; paused and scaledToZero Suspended).
 Before updating or deleting, the endpoint's tags must name this environment and
@@ -33,7 +40,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -75,6 +82,19 @@ HEALTH: dict[str, Health] = {
     "paused": "Suspended",
     "scaledToZero": "Suspended",
 }
+#: huggingface.image.engine → the key of the API's `model.image` union.
+ENGINES: Mapping[str, str] = {
+    "huggingface": "huggingface",
+    "tgi": "tgi",
+    "tei": "tei",
+    "vllm": "vllm",
+    "sglang": "sglang",
+    "llamacpp": "llamacpp",
+    "custom": "custom",
+}
+DEFAULT_IMAGE: Mapping[str, Any] = {"huggingface": {}}
+DEFAULT_FRAMEWORK = "pytorch"
+DEFAULT_SIZE = "x1"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 4
 _UNUSED = {
@@ -137,9 +157,35 @@ def tags(name: str, environment: str) -> list[str]:
     return [f"{TAG_ENVIRONMENT}{environment}", f"{TAG_DEPLOYMENT}{name}"]
 
 
+def image_of(b: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`model.image` for huggingface.image, or None when the manifest names none."""
+    image = b.get("image")
+    if not isinstance(image, Mapping) or image.get("engine") not in ENGINES:
+        return None
+    fields = {k: image[k] for k in ("url", "port", "healthRoute") if image.get(k) is not None}
+    return {ENGINES[str(image["engine"])]: fields}
+
+
+def measure_of(b: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`compute.scaling.measure` for huggingface.autoscaling, or None when not set."""
+    auto = b.get("autoscaling")
+    if not isinstance(auto, Mapping) or not auto.get("metric"):
+        return None
+    return {str(auto["metric"]): auto.get("threshold")}
+
+
+def route_of(b: Mapping[str, Any]) -> dict[str, Any] | None:
+    route = b.get("route")
+    if not isinstance(route, Mapping):
+        return None
+    return {k: route[k] for k in ("domain", "path") if route.get(k) is not None} or None
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    """What one deployment's spec asks of Hugging Face (secret values not resolved)."""
+    """What one deployment's spec asks of Hugging Face (secret values not resolved):
+    only the fields the manifest sets, so that an update never resets what it does
+    not name. `defaults` fills in Hugging Face's defaults for a create."""
 
     name: str
     type: str
@@ -149,6 +195,13 @@ class Endpoint:
     model: dict[str, Any]
     tags: list[str]
     enabled: bool
+    route: dict[str, Any] | None = None
+
+    def defaults(self) -> Endpoint:
+        """The create payload's parts: the server needs an image, a framework and a size."""
+        model = {"image": dict(DEFAULT_IMAGE), "framework": DEFAULT_FRAMEWORK, **self.model}
+        compute = {"instanceSize": DEFAULT_SIZE, **self.compute}
+        return replace(self, model=model, compute=compute)
 
 
 def endpoint(name: str, environment: str, spec: Mapping[str, Any], settings: Settings) -> Endpoint:
@@ -161,31 +214,38 @@ def endpoint(name: str, environment: str, spec: Mapping[str, Any], settings: Set
     }
     if b.get("scaleToZeroTimeout") is not None:
         scale["scaleToZeroTimeout"] = b["scaleToZeroTimeout"]
+    if (measure := measure_of(b)) is not None:
+        scale["measure"] = measure
     env = spec.get("env") or {}
     model: dict[str, Any] = {
         "repository": b.get("repository") or spec.get("model"),
-        "framework": b.get("framework") or "pytorch",
-        "revision": b.get("revision"),
-        "image": {"huggingface": {}},
         "env": {k: v for k, v in env.items() if secret_ref(v) is None},
         "secrets": {k: v for k, v in env.items() if secret_ref(v) is not None},
     }
-    if b.get("task"):  # the server refuses a null task: leave it out
-        model["task"] = b["task"]
+    # Only what the manifest sets: the server refuses a null task, and a default sent
+    # on every write would switch back an engine or framework picked in the UI.
+    for key in ("framework", "revision", "task"):
+        if b.get(key):
+            model[key] = b[key]
+    if (image := image_of(b)) is not None:
+        model["image"] = image
+    compute: dict[str, Any] = {
+        "accelerator": accelerator(hardware),
+        "instanceType": hardware,
+        "scaling": scale,
+    }
+    if b.get("instanceSize"):
+        compute["instanceSize"] = b["instanceSize"]
     return Endpoint(
         name=endpoint_name(name, spec),
         type=str(b.get("type") or settings.type),
         vendor=str(b.get("vendor") or settings.vendor),
         region=str(b.get("region") or settings.region),
-        compute={
-            "accelerator": accelerator(hardware),
-            "instanceType": hardware,
-            "instanceSize": b.get("instanceSize") or "x1",
-            "scaling": scale,
-        },
+        compute=compute,
         model=model,
         tags=tags(name, environment),
         enabled=spec.get("enabled", True) is not False,
+        route=route_of(b),
     )
 
 
@@ -272,6 +332,33 @@ class HuggingFaceProvider(VendorProvider[Settings]):
             hint = "" if b.get("endpointName") else " (set huggingface.endpointName)"
             problems.append(Problem(f"{name!r} is not an endpoint name: {ENDPOINT_HINT}{hint}", at))
         problems.extend(self._check_compute(spec, b, label))
+        image = b.get("image")
+        if isinstance(image, Mapping):
+            if image.get("engine") == "custom" and not image.get("url"):
+                problems.append(
+                    Problem(
+                        "huggingface.image.engine custom needs image.url, the container image",
+                        ("huggingface", "image"),
+                    )
+                )
+            for key in ("port", "healthRoute"):
+                if image.get(key) is not None and image.get("engine") != "custom":
+                    problems.append(
+                        Problem(
+                            f"huggingface.image.{key} is for a custom container (engine: "
+                            "custom); Hugging Face's engines set their own",
+                            ("huggingface", "image", key),
+                        )
+                    )
+        route = b.get("route")
+        path = route.get("path") if isinstance(route, Mapping) else None
+        if path is not None and not str(path).startswith("/"):
+            problems.append(
+                Problem(
+                    f"huggingface.route.path {path!r} must start with '/'",
+                    ("huggingface", "route", "path"),
+                )
+            )
         for key in ("vendor", "region", "task", "framework"):
             value = b.get(key)
             if value is not None and not SLUG.fullmatch(str(value)):
@@ -389,9 +476,10 @@ class HuggingFaceProvider(VendorProvider[Settings]):
     def _write(self, inst: Instance, live: Mapping[str, Any] | None) -> str:
         e = endpoint(inst.name, inst.environment, inst.spec, self.settings)
         client = self.http()
-        model = self._secrets(inst, e)
         if live is None:
-            body = {
+            e = e.defaults()
+            model = self._secrets(inst, e)
+            body: dict[str, Any] = {
                 "name": e.name,
                 "type": e.type,
                 "provider": {"vendor": e.vendor, "region": e.region},
@@ -399,6 +487,8 @@ class HuggingFaceProvider(VendorProvider[Settings]):
                 "model": model,
                 "tags": e.tags,
             }
+            if e.route is not None:
+                body["route"] = e.route
             # Not retried once sent (it may have been made): the next run's GET finds it.
             resp = client.request(
                 "POST",
@@ -411,7 +501,10 @@ class HuggingFaceProvider(VendorProvider[Settings]):
             written = client.json_object(resp)
         else:
             self._check_owner(live, inst.name, inst.environment)
+            model = self._secrets(inst, e)
             body = {"compute": e.compute, "model": model, "tags": e.tags}
+            if e.route is not None:
+                body["route"] = e.route
             written = client.json_object(client.request("PUT", self._path(e.name), json=body))
         self._power(e, written)
         return f"{self.settings.namespace}/{e.name}"
@@ -490,16 +583,10 @@ class HuggingFaceProvider(VendorProvider[Settings]):
         repo_path = "huggingface.repository" if b.get("repository") else "model"
         fields: list[tuple[str, Any, Any]] = [
             (repo_path, want.model["repository"], get_path(have, "model.repository")),
-            ("huggingface.framework", want.model["framework"], get_path(have, "model.framework")),
             (
                 "scaling.hardware",
                 want.compute["instanceType"],
                 get_path(have, "compute.instanceType"),
-            ),
-            (
-                "huggingface.instanceSize",
-                want.compute["instanceSize"],
-                get_path(have, "compute.instanceSize"),
             ),
             (
                 "scaling.minReplicas",
@@ -516,16 +603,58 @@ class HuggingFaceProvider(VendorProvider[Settings]):
             ("huggingface.type", want.type, have.get("type")),
             ("enabled", want.enabled, get_path(have, "status.state") != "paused"),
         ]
-        # Left out of the manifests, Hugging Face may fill these in: only set ones drift.
+        # Left out of the manifests, Hugging Face (or someone in its UI) picks these: only
+        # set ones drift, since only set ones are written.
         for key, path in (
+            ("framework", "model.framework"),
+            ("instanceSize", "compute.instanceSize"),
             ("revision", "model.revision"),
             ("task", "model.task"),
             ("scaleToZeroTimeout", "compute.scaling.scaleToZeroTimeout"),
         ):
             if b.get(key) is not None:
                 fields.append((f"huggingface.{key}", b[key], get_path(have, path)))
+        if "image" in want.model:
+            fields.append(("huggingface.image", b.get("image"), _image_back(have, b.get("image"))))
+        if "measure" in want.compute["scaling"]:
+            fields.append(
+                (
+                    "huggingface.autoscaling",
+                    b.get("autoscaling"),
+                    _measure_back(get_path(have, "compute.scaling.measure"), b.get("autoscaling")),
+                )
+            )
+        if want.route is not None:
+            raw = have.get("route")
+            live_route: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+            fields += [
+                (f"huggingface.route.{k}", v, live_route.get(k, ABSENT))
+                for k, v in want.route.items()
+            ]
         fields += _env_fields(recorded.get("env") or {}, have)
         return overlay(recorded, fields)
+
+
+def _image_back(have: Mapping[str, Any], wanted: Any) -> Any:
+    """The live `model.image` in the manifest's shape ({engine, url, ...}), or the
+    wanted value itself when they say the same."""
+    image = get_path(have, "model.image")
+    if not isinstance(image, Mapping) or len(image) != 1:
+        return image
+    ((key, fields),) = image.items()
+    engine = next((e for e, k in ENGINES.items() if k == key), key)
+    out: dict[str, Any] = {"engine": engine}
+    if isinstance(fields, Mapping):
+        out.update({k: fields[k] for k in ("url", "port", "healthRoute") if k in fields})
+    return wanted if out == wanted else out
+
+
+def _measure_back(measure: Any, wanted: Any) -> Any:
+    if not isinstance(measure, Mapping) or len(measure) != 1:
+        return measure
+    ((metric, threshold),) = measure.items()
+    out = {"metric": metric, "threshold": threshold}
+    return wanted if out == wanted else out
 
 
 def _env_fields(env: Mapping[str, Any], have: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
-from .loopback import Answer, LoopbackServer, Request, copy, merge
+from .loopback import Answer, LoopbackServer, Request, copy
 
 #: vendor → region → [(accelerator, instanceType, sizes)]
 CATALOGUE: dict[str, dict[str, list[tuple[str, str, tuple[str, ...]]]]] = {
@@ -47,8 +47,12 @@ CATALOGUE: dict[str, dict[str, list[tuple[str, str, tuple[str, ...]]]]] = {
 }
 TYPES = ("public", "protected", "authenticated", "private")
 UPDATABLE = frozenset({"compute", "model", "route", "tags", "cacheHttpResponses"})
-#: Fields of the endpoint that a PUT replaces whole rather than merges.
-WHOLE = ("env", "secrets", "tags", "image")
+#: Fields of the endpoint that a PUT replaces whole rather than merges (an image and
+#: an autoscaling measure are unions: one engine, one metric).
+WHOLE = ("env", "secrets", "tags", "image", "measure")
+#: The `model.image` union's engines, and the autoscaling metrics.
+ENGINES = frozenset({"huggingface", "custom", "tgi", "tei", "vllm", "sglang", "llamacpp"})
+MEASURES = frozenset({"pendingRequests", "hardwareUsage"})
 
 
 def _error(status: int, message: str) -> Answer:
@@ -158,13 +162,7 @@ class FakeHuggingFace(LoopbackServer):
     def _update(self, key: tuple[str, str], current: dict[str, Any], body: Any) -> Answer:
         if not isinstance(body, dict) or not set(body) <= UPDATABLE:
             return _error(400, "only compute, model, route, tags and cacheHttpResponses update")
-        merged = dict(current)
-        for k, v in body.items():
-            if isinstance(v, dict) and isinstance(current.get(k), dict):
-                merged[k] = merge(current[k], {x: y for x, y in v.items() if x not in WHOLE})
-                merged[k].update({x: y for x, y in v.items() if x in WHOLE})
-            else:
-                merged[k] = v
+        merged = _merge(current, body)
         if problem := _invalid(merged):
             return _error(400, problem)
         current.clear()
@@ -259,6 +257,18 @@ class FakeHuggingFace(LoopbackServer):
         )
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A partial PUT: nested objects merged, but the WHOLE fields replaced as sent."""
+    out = dict(base)
+    for k, v in over.items():
+        cur = out.get(k)
+        if k not in WHOLE and isinstance(v, dict) and isinstance(cur, dict):
+            out[k] = _merge(cur, v)
+        else:
+            out[k] = copy(v)
+    return out
+
+
 def _invalid(body: dict[str, Any]) -> str | None:
     """What the service would refuse in a create payload (or a merged update)."""
     if body.get("type") not in TYPES:
@@ -285,6 +295,16 @@ def _invalid(body: dict[str, Any]) -> str | None:
         return "scaleToZeroTimeout needs minReplica 0"
     if not model.get("repository") or not model.get("framework") or "image" not in model:
         return "model needs repository, framework and image"
+    image = model["image"]
+    if not isinstance(image, dict) or len(image) != 1 or not set(image) <= ENGINES:
+        return f"model.image must be one of {', '.join(sorted(ENGINES))}"
+    if "custom" in image and not (image["custom"] or {}).get("url"):
+        return "a custom image needs a url"
+    measure = scaling.get("measure")
+    if measure is not None and (
+        not isinstance(measure, dict) or len(measure) != 1 or not set(measure) <= MEASURES
+    ):
+        return "scaling.measure is one of pendingRequests, hardwareUsage"
     if "task" in model and model["task"] is None:
         return "model.task cannot be null"
     return None
