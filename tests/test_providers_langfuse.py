@@ -337,3 +337,45 @@ def test_a_rate_limit_wait_past_the_budget_fails_at_once_saying_so(lf: FakeLangf
     assert "retrying needs a wait of 60s (the server's Retry-After: 60), over the limit" in (
         e.value.message
     )
+
+
+def test_the_label_and_where_it_comes_from_are_said_for_the_plan() -> None:
+    """The label defaulted to the environment's name silently, while Langfuse's SDKs
+    fetch `production` when asked for none: the plan line says which label and why."""
+
+    def note(environment: str, body: dict[str, Any], **config: Any) -> str | None:
+        pc = ProviderConfig(
+            "prompts", "langfuse", environment, {"host": "https://x", **config}, CREDENTIALS
+        )
+        return LangfuseProvider.plan_note(pc, "Deployment", "support-chat", body)
+
+    body = chat().spec
+    assert note("prod", body) == (
+        "Langfuse prompt 'support/agent', label 'prod' (the environment's name, by default; "
+        "Langfuse's SDKs fetch 'production' when no label is given: set langfuse.label or "
+        "config.label to choose)"
+    )
+    assert note("production", body) == (
+        "Langfuse prompt 'support/agent', label 'production' (the environment's name, by "
+        "default; what Langfuse's SDKs fetch unasked)"
+    )
+    assert note("prod", body, label="production") == (
+        "Langfuse prompt 'support/agent', label 'production' (the provider's config.label)"
+    )
+    labelled = {**body, "langfuse": {"promptName": "support/agent", "label": "canary"}}
+    assert note("prod", labelled, label="production") == (
+        "Langfuse prompt 'support/agent', label 'canary' (langfuse.label)"
+    )
+    assert (
+        LangfuseProvider.plan_note(
+            ProviderConfig("prompts", "langfuse", "prod", {}, CREDENTIALS), "Schedule", "x", {}
+        )
+        is None
+    )
+
+
+def test_the_default_label_is_still_the_environments_name(lf: FakeLangfuse, make: Made) -> None:
+    """Kept for existing users: changing it would move every label they have."""
+    p = make(lf.url, "staging")
+    assert p.create(chat("staging")) == "support/agent|staging"
+    assert lf.prompt("support/agent", label="staging") is not None

@@ -137,6 +137,15 @@ class Provider(abc.ABC):
         refused on this vendor, or what deleting it means. Default: plainly allowed."""
         return DeleteRule()
 
+    @classmethod
+    def plan_note(
+        cls, config: ProviderConfig, kind: str, name: str, body: Mapping[str, Any]
+    ) -> str | None:
+        """Plan time, no network: what the object `body` describes becomes at the vendor,
+        when the manifests leave part of it to a default a reader could mistake (shown
+        on the plan's create and update lines). Default: nothing to say."""
+        return None
+
     def identity(self, inst: Instance) -> str | None:
         """The vendor-side object `inst` maps to (e.g. an account and a deployment
         name), so that plan time can refuse two instances that would share one; None

@@ -3,7 +3,10 @@
 What maps to what (README "Langfuse", docs/providers.md):
 
     prompt name   langfuse.promptName, else the deployment's name
-    label         langfuse.label, else config.label, else the environment's name
+    label         langfuse.label, else config.label, else the environment's name (the
+                  plan says which: Langfuse's SDKs fetch `production` when asked for no
+                  label, so an environment named otherwise that applications read
+                  unlabelled wants config.label: production)
     type          langfuse.type: text (default), or chat (the template as one system message)
     prompt        the resolved template of `prompt: name@version`
     config        {"model": model, and options in OpenAI's names: temperature, top_p,
@@ -51,6 +54,8 @@ from reconciler.providers.vendor import (
 
 API = "api/public/v2/prompts"
 LATEST = "latest"
+#: The label Langfuse's SDKs (get_prompt / getPrompt) and the API fetch when none is given.
+SDK_DEFAULT_LABEL = "production"
 LABEL_PATTERN = re.compile(r"[a-z0-9_.-]{1,36}")
 LABEL_HINT = (
     "Langfuse labels are 1 to 36 lowercase letters, digits, '_', '-' or '.', and `latest` "
@@ -173,6 +178,20 @@ def target(
     )
 
 
+def label_source(b: Mapping[str, Any], config_label: str | None, environment: str) -> str:
+    """Where a deployment's label comes from, in words for the plan."""
+    if b.get("label"):
+        return "(langfuse.label)"
+    if config_label:
+        return "(the provider's config.label)"
+    if environment == SDK_DEFAULT_LABEL:
+        return "(the environment's name, by default; what Langfuse's SDKs fetch unasked)"
+    return (
+        f"(the environment's name, by default; Langfuse's SDKs fetch {SDK_DEFAULT_LABEL!r} "
+        "when no label is given: set langfuse.label or config.label to choose)"
+    )
+
+
 def template_of(version: Mapping[str, Any]) -> Any:
     """A version's prompt as one template: a chat prompt of one system message gives
     that message's text; anything else is returned as it is."""
@@ -287,6 +306,19 @@ class LangfuseProvider(VendorProvider[Settings]):
         return DeleteRule(
             note=f"deletes the version of prompt {t.prompt_name!r} labelled {t.label!r} "
             "(Langfuse cannot take a label off a version); fails if another label points at it"
+        )
+
+    @classmethod
+    def plan_note(
+        cls, config: ProviderConfig, kind: str, name: str, body: Mapping[str, Any]
+    ) -> str | None:
+        if kind != "Deployment":
+            return None
+        label = config.config.get("label")
+        settings_label = label if isinstance(label, str) and label else None
+        t = target(name, config.environment, body, settings_label)
+        return f"Langfuse prompt {t.prompt_name!r}, label {t.label!r} " + label_source(
+            block(body), settings_label, config.environment
         )
 
     # -- the API ---------------------------------------------------------------------------
