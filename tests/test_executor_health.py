@@ -21,6 +21,7 @@ from reconciler.executor import (
     HealthEvent,
     readiness_timeout,
 )
+from reconciler.httpclient import current_wait_deadline
 from reconciler.instances import Instance
 from reconciler.providers.base import HealthStatus, RetryAfter
 from reconciler.providers.testing import MemoryProvider
@@ -336,6 +337,31 @@ def test_after_the_run_deadline_no_change_starts(store: SQLiteState) -> None:
     assert mem.calls_of("create") == []
     assert store.applied(ENV) == {}
     assert store.lock_holder(ENV) is None
+
+
+class DeadlineSeeing(MemoryProvider):
+    """Records the outer deadline its HTTP retry waits would be bounded by."""
+
+    seen: ClassVar[list[tuple[str, float] | None]] = []
+
+    def create(self, inst: Instance) -> str:
+        outer = current_wait_deadline()
+        self.seen.append(None if outer is None else (outer.name, outer.left()))
+        return super().create(inst)
+
+
+def test_provider_calls_wait_no_longer_than_the_run_deadline(store: SQLiteState) -> None:
+    """A Retry-After past the run deadline fails the call at once (reconciler.httpclient)
+    instead of sleeping through the deadline: the workers carry it to the client."""
+    DeadlineSeeing.seen = []
+    mem = DeadlineSeeing()
+    apply(store, mem, desired_of(deployment("chat", ready=None)), run_timeout=600)
+    apply(store, mem, desired_of(deployment("chat", ready=None), deployment("rag", ready=None)))
+    (bounded, unbounded) = DeadlineSeeing.seen
+    assert bounded is not None and unbounded is None
+    name, left = bounded
+    assert name == "the run deadline of 600 s (--run-timeout / RECONCILER_RUN_TIMEOUT)"
+    assert 0 < left <= 600
 
 
 # -- the live view ------------------------------------------------------------------------

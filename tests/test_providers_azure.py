@@ -581,3 +581,22 @@ def test_the_sku_in_both_places_or_nowhere_is_an_error_where_written(make: Made)
     bad = sku_gpt("globalstandard")
     where = {x.field: x.message for x in p.validate(bad) if isinstance(x, Problem)}
     assert "did you mean 'GlobalStandard'" in where[("azure", "sku", "name")]
+
+
+def test_moving_from_the_deprecated_fields_is_a_plain_update(
+    az: FakeAzure, account: str, make: Made
+) -> None:
+    p = make(az.url)
+    old = gpt(scaling={"minReplicas": 1, "maxReplicas": 100, "hardware": "GlobalStandard"})
+    pid = p.create(old)
+    new = sku_gpt("GlobalStandard", 100)
+    reasons = p.replace_reasons()
+    diff = field_diff(old.body(), new.body())
+    assert diff and not any(d.path.startswith(tuple(reasons)) for d in diff)  # no replace
+    p.update(new, pid)
+    assert az.deployment(account, "chat-gpt-4o")["sku"] == {  # type: ignore[index]
+        "name": "GlobalStandard",
+        "capacity": 100,
+    }
+    live = p.read("Deployment", "chat-gpt-4o", "production", pid)
+    assert live is not None and field_diff(new.body(), p.live_body(live, new.body())) == []
