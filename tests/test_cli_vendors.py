@@ -284,6 +284,23 @@ def test_a_langfuse_rename_is_a_replace_refused_like_its_delete(w: World) -> Non
     assert w.cli("apply")[0] == 3
 
 
+def test_the_plan_says_which_langfuse_label_a_deployment_gets_and_why(w: World) -> None:
+    change = w.plan()["support-chat"]
+    assert change["reason"] == (
+        "Langfuse prompt 'support/agent', label 'production' (the environment's name, by "
+        "default; what Langfuse's SDKs fetch unasked)"
+    )
+    assert "reason" not in w.plan()["reranker"] or w.plan()["reranker"]["reason"] is None
+    w.edit(
+        "manifests/support-chat.yaml",
+        "promptName: support/agent",
+        "promptName: support/agent, label: canary",
+    )
+    code, out = w.cli("plan")
+    assert code == 0, out
+    assert "# Langfuse prompt 'support/agent', label 'canary' (langfuse.label)" in out
+
+
 def test_plan_time_errors_are_located_and_need_no_network(w: World) -> None:
     w.langfuse.stop()  # nothing is asked of a vendor to validate
     providers = w.repo / "manifests/providers.yaml"

@@ -13,6 +13,7 @@ from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
 from reconciler.load import Loaded, load
 from reconciler.manifests import full_collections_deferred, gc_paused
+from reconciler.manifests.expand import Desired
 from reconciler.plan import Plan, make_plan
 from reconciler.state.base import StateStore
 
@@ -62,7 +63,27 @@ def build_plan(
             secret_env=secrets,
             persist_key=persist_key,
         )
+    add_provider_notes(plan, loaded.desired)
     return Built(loaded, plan, secrets)
+
+
+def add_provider_notes(plan: Plan, desired: Desired) -> None:
+    """Each create, update or replace line gets what its provider says the object
+    becomes at the vendor where the manifests leave it to a default (`plan_note`:
+    Langfuse's label). Done here, after planning, so the planner stays as it is."""
+    from reconciler.providers import provider_class
+
+    for ep in plan.environments:
+        providers = desired.providers.get(ep.environment, {})
+        instances = desired.instances.get(ep.environment, {})
+        for ch in ep.changes:
+            pc = providers.get(ch.provider)
+            inst = instances.get(ch.key)
+            if ch.action == "delete" or pc is None or inst is None:
+                continue
+            note = provider_class(pc.type).plan_note(pc, ch.kind, ch.name, inst.spec)
+            if note and note not in (ch.reason or ""):
+                ch.reason = f"{ch.reason}; {note}" if ch.reason else note
 
 
 def plan(settings: Settings, opts: PlanOptions) -> Plan:
