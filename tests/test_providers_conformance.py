@@ -3,11 +3,13 @@ against its own store or stand-in; a broken provider is caught."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.credentials import AccessToken
 from fakes.azure_arm import FakeAzure
 from fakes.deploy_api import FakeDeployApi
 from fakes.hf_endpoints import FakeHuggingFace
@@ -142,6 +144,65 @@ def test_predibase() -> None:
         )
         check_provider(
             lambda: PredibaseProvider(config, repo_root=Path("."), env={"T": "pb_tok"}),
+            first,
+            second,
+            settle=settled,
+        )
+
+
+class HourTokens:
+    """A TokenCredential (azure.core's protocol) whose tokens the ARM stand-in accepts."""
+
+    def __init__(self, az: FakeAzure) -> None:
+        self.az = az
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        token = f"entra-{len(self.az.tokens) + 1}"
+        self.az.tokens[token] = time.time() + 3600
+        return AccessToken(token, int(time.time()) + 3600)
+
+
+def test_azure_openai_with_its_sku_block_and_azure_identity(tmp_path: Path) -> None:
+    sku = {"modelVersion": "2024-08-06"}
+    first, second = pair(
+        "azure",
+        {"model": "gpt-4o", "azure": {**sku, "sku": {"name": "GlobalStandard", "capacity": 10}}},
+        {"model": "gpt-4o", "azure": {**sku, "sku": {"name": "GlobalStandard", "capacity": 20}}},
+    )
+    with FakeAzure("unused", retry_after="0") as az:
+        az.add_account(SUB, "rg", "acme")
+        az.accept({}, time.time)
+        cred = HourTokens(az)
+        cfg = {"baseUrl": az.url, "subscriptionId": SUB, "resourceGroup": "rg", "account": "acme"}
+        config = ProviderConfig("azure", "azure-openai", "production", cfg, {})
+        check_provider(
+            lambda: AzureOpenAIProvider(config, repo_root=tmp_path, env={}, credential=cred),
+            first,
+            second,
+        )
+
+
+def test_huggingface_with_an_engine_a_route_and_an_autoscaling_metric() -> None:
+    scaling = {"minReplicas": 1, "maxReplicas": 1, "hardware": "nvidia-l4"}
+    block = {
+        "image": {"engine": "vllm"},
+        "route": {"path": "/v1"},
+        "autoscaling": {"metric": "pendingRequests", "threshold": 2},
+    }
+    first, second = pair(
+        "hf",
+        {"model": "BAAI/bge-reranker-v2-m3", "scaling": scaling, "huggingface": block},
+        {
+            "model": "BAAI/bge-reranker-v2-m3",
+            "scaling": scaling,
+            "huggingface": {**block, "image": {"engine": "tgi"}},
+        },
+    )
+    with FakeHuggingFace("hf_tok", steps=2) as hf:
+        cfg = {"baseUrl": hf.url, "namespace": "acme"}
+        config = ProviderConfig("hf", "huggingface", "production", cfg, {"tokenEnv": "T"})
+        check_provider(
+            lambda: HuggingFaceProvider(config, repo_root=Path("."), env={"T": "hf_tok"}),
             first,
             second,
             settle=settled,
