@@ -514,9 +514,11 @@ def test_authentication_settings_are_checked_where_written(make: Made) -> None:
         "credentials.tokenEnv is a static token, but config.authentication is "
         in (where[("credentials", "tokenEnv")])
     )
-    p = make("https://management.azure.com", lockDirectory="locks")
+    p = make("https://management.azure.com", lockDirectory="/tmp/x")  # the operator's
     where = {x.field: x.message for x in p.validate(gpt()) if isinstance(x, Problem)}
-    assert "must be an absolute path" in where[("config", "lockDirectory")]
+    assert "unknown config key 'lockDirectory'" in where[("config", "lockDirectory")]
+    p = make("https://management.azure.com", env={**ENV, "RECONCILER_LOCK_DIR": "/run/locks"})
+    assert p.locks.directory == Path("/run/locks")
 
 
 # --- the SKU as Azure and Terraform name it -----------------------------------------------

@@ -15,7 +15,9 @@ Authentication: an Entra ID token for https://management.azure.com, either
 One writer per account: ARM refuses a second write on an account while one runs (409
 RequestConflict). Within a process, a lock per account; across processes on one
 machine, an exclusive `flock` on a file named after the account in the lock directory
-(`<repo>/.reconciler/locks` unless config.lockDirectory says otherwise). Processes on
+(`<repo>/.reconciler/locks`, or the absolute path in RECONCILER_LOCK_DIR: the
+operator's choice, never a manifest's, since a change under review must not choose
+where apply creates files). Processes on
 other machines (two CI runners) are not serialised by it: their 409s are waited out,
 bounded by config.operationTimeoutSeconds.
 """
@@ -27,7 +29,7 @@ import fcntl
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -48,6 +50,16 @@ ARM_SCOPE = "https://management.azure.com/.default"
 REFRESH_MARGIN = 300.0
 #: Seconds between two tries for another process's account lock.
 LOCK_POLL = 1.0
+#: The environment variable naming the account locks' directory (an absolute path).
+LOCK_DIR_ENV = "RECONCILER_LOCK_DIR"
+
+
+def lock_directory(repo_root: Path, env: Mapping[str, str]) -> Path:
+    """Where account locks live: RECONCILER_LOCK_DIR when it is an absolute path (a
+    relative one would depend on the working directory: ignored for the default),
+    else `<repo>/.reconciler/locks`."""
+    value = env.get(LOCK_DIR_ENV, "")
+    return Path(value) if value.startswith("/") else repo_root / ".reconciler" / "locks"
 
 
 class TokenCredential(Protocol):
@@ -162,7 +174,7 @@ class AccountLocks:
         except OSError as e:
             raise ProviderError(
                 f"{label}: cannot open the write lock of account {account!r} at {path}: "
-                f"{e.strerror} (config.lockDirectory)"
+                f"{e.strerror} ({LOCK_DIR_ENV})"
             ) from None
         try:
             started = self._clock()

@@ -55,6 +55,7 @@ from reconciler.providers.azure_auth import (
     CredentialAuth,
     TokenCredential,
     default_credential,
+    lock_directory,
 )
 from reconciler.providers.base import HealthStatus, LiveObject, Problem
 from reconciler.providers.vendor import (
@@ -149,7 +150,6 @@ class Settings:
     operation_timeout: float
     authentication: str
     token_env: str
-    lock_directory: str
 
     @property
     def account_path(self) -> str:
@@ -170,9 +170,6 @@ def read_settings(r: ConfigReader) -> Settings:
             "credentials.tokenEnv is a static token, but config.authentication is "
             "azure-identity: remove one",
         )
-    lock_dir = r.text("lockDirectory") if "lockDirectory" in r.pc.config else ""
-    if lock_dir and not lock_dir.startswith("/"):
-        r.problem(("config", "lockDirectory"), "config.lockDirectory must be an absolute path")
     return Settings(
         base_url=r.url("baseUrl", BASE_URL),
         subscription=r.text(
@@ -199,7 +196,6 @@ def read_settings(r: ConfigReader) -> Settings:
         operation_timeout=r.number("operationTimeoutSeconds", DEFAULT_OPERATION_TIMEOUT),
         authentication=authentication,
         token_env=r.credential("tokenEnv", "AZURE_TOKEN") if authentication == "token" else "",
-        lock_directory=lock_dir,
     )
 
 
@@ -261,7 +257,7 @@ def _arm_error(data: Any) -> tuple[str, str]:
 class AzureOpenAIProvider(VendorProvider[Settings]):
     """Deployments in one Azure OpenAI (Cognitive Services) account; config:
     subscriptionId, resourceGroup, account, apiVersion, baseUrl, timeoutSeconds,
-    retries, operationTimeoutSeconds, authentication, lockDirectory; credentials:
+    retries, operationTimeoutSeconds, authentication; credentials:
     tokenEnv (a static token; without it, azure-identity's chain)."""
 
     type_name: ClassVar[str] = "azure-openai"
@@ -295,8 +291,9 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
         #: The azure-identity credential (made on first use unless given: tests and
         #: embedders pass their own).
         self._credential = credential
-        directory = self.settings.lock_directory or str(repo_root / ".reconciler" / "locks")
-        self.locks = AccountLocks(Path(directory), sleep=self._sleep_now, clock=self._now)
+        self.locks = AccountLocks(
+            lock_directory(repo_root, env), sleep=self._sleep_now, clock=self._now
+        )
 
     def _sleep_now(self, seconds: float) -> None:
         self.sleep(seconds)
@@ -317,7 +314,6 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
                 "retries",
                 "operationTimeoutSeconds",
                 "authentication",
-                "lockDirectory",
             }
         )
 
