@@ -101,6 +101,16 @@ class SyncPolicy(StrictModel):
     self_heal: bool = False
     #: How often live state is compared with the recorded state (default: `interval`).
     drift_interval: SyncInterval | None = None
+    #: The static shard whose agents (`reconciler agent --shard NAME`) sync it.
+    shard: Slug | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_shard(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Left out while unset, so policies recorded before it existed compare equal."""
+        data = handler(self)
+        if isinstance(data, dict) and self.shard is None:
+            data.pop("shard", None)
+        return data
 
 
 #: What the agent tells a notification target about.
