@@ -190,6 +190,53 @@ def configure(*, fmt: _Format | None = None, verbosity: int = 0, in_ci: bool = F
     _level = max(logging.DEBUG, min(logging.CRITICAL, level))
     _setting = (fmt, _level)
     _generation += 1
+    _route_foreign(logging.WARNING if verbosity < 2 else _level)
+
+
+def json_lines() -> bool:
+    """True when every line on stderr must be a JSON object (`--log-format json`)."""
+    return _setting is not None and _setting[0] == "json"
+
+
+class _Foreign(logging.Handler):
+    """Lines of other libraries' loggers (the database driver's, the HTTP server's,
+    warnings, a thread's uncaught exception): written as ours, in the same format and
+    through the same redaction, never as loose text on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string in a library's log call
+            message = str(record.msg)
+        kw: dict[str, Any] = {"logger": record.name}
+        if record.exc_info and record.exc_info[0] is not None:
+            kw["exc_info"] = record.exc_info
+        method = {
+            logging.DEBUG: "debug",
+            logging.INFO: "info",
+            logging.WARNING: "warning",
+        }.get(record.levelno, "error")
+        Logger(record.name)._write(method, record.levelno, message, kw)
+
+
+def _route_foreign(level: int) -> None:
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if isinstance(h, _Foreign)), None)
+    if handler is None:
+        handler = _Foreign()
+        root.addHandler(handler)
+    handler.setLevel(level)
+    root.setLevel(min(root.level or logging.WARNING, level))
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_died
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+    Logger("reconciler").exception("a thread ended with an error", thread=name, exc_info=exc)
 
 
 def _structlog() -> Any:
@@ -206,8 +253,11 @@ def _structlog() -> Any:
 
 def _apply(structlog: Any, fmt: _Format, level: int) -> None:
     renderer: Any
+    # JSON: the traceback becomes a field (one line, redacted); the console shows it.
+    tracebacks: list[Any] = []
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
+        tracebacks = [structlog.processors.format_exc_info]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
@@ -215,6 +265,7 @@ def _apply(structlog: Any, fmt: _Format, level: int) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *tracebacks,
             _redact_processor,
             renderer,
             _redact_rendered,

@@ -108,7 +108,9 @@ class AgentProcess:
         self._mu = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        first = self.wait_for_line(lambda line: line.startswith("agent: "))
+        first = self.wait_for_line(
+            lambda line: line.startswith("agent: ") or '"agent started"' in line
+        )
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", first)
         assert found, first
         self.base = f"http://127.0.0.1:{found.group(1)}"

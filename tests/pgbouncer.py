@@ -62,7 +62,9 @@ def pgbouncer(server_url: str, *, mode: str, pool_size: int = 5) -> Iterator[str
         for p in (root, root / "users.txt", root / "pgbouncer.ini"):
             os.chown(p, owner.pw_uid, owner.pw_gid)
     proc = subprocess.Popen(
-        [*run_as, binary, str(root / "pgbouncer.ini")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [*run_as, binary, str(root / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"postgresql://{quote(user)}:{quote(password)}@127.0.0.1:{port}/{params['dbname']}"
     try:

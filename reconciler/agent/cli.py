@@ -41,6 +41,38 @@ StallAfter = Annotated[
 ]
 
 
+Workers = Annotated[
+    int, typer.Option("--workers", help="Environments worked at once (each on its own schedule).")
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="Only this shard: NAME (environments whose sync.shard is NAME) or "
+        "label=value[,label=value] (the Environment's labels).",
+    ),
+]
+Dynamic = Annotated[
+    bool,
+    typer.Option(
+        "--dynamic",
+        help="Share the environments with the other --dynamic agents on this postgresql:// "
+        "state (rendezvous hashing over the live members).",
+    ),
+]
+Heartbeat = Annotated[
+    str, typer.Option("--heartbeat", help="How often members beat and look at each other (5s).")
+]
+AssignBy = Annotated[
+    str,
+    typer.Option(
+        "--assign-by",
+        help="What --dynamic gives out: environment, or account (environments writing to "
+        "the same provider account go to one agent).",
+    ),
+]
+
+
 @commands.command()
 def agent(
     clone: Clone = None,
@@ -52,6 +84,11 @@ def agent(
     refresh: a.Refresh = "60s",
     stall_after: StallAfter = "15m",
     insecure_no_token: a.InsecureNoToken = False,
+    workers: Workers = 4,
+    shard: ShardOpt = None,
+    dynamic: Dynamic = False,
+    heartbeat: Heartbeat = "5s",
+    assign_by: AssignBy = "environment",
 ) -> None:
     """Keep environments in sync with the deploy branch (their `sync` policy): apply what
     the gate allows, heal drift, notify; serve /metrics, /healthz and the dashboard.
@@ -70,5 +107,10 @@ def agent(
         refresh=refresh,
         stall_after=stall_after,
         insecure_no_token=insecure_no_token,
+        workers=workers,
+        shard=shard,
+        dynamic=dynamic,
+        heartbeat=heartbeat,
+        assign_by=assign_by,
     )
     done(run_agent(settings(), command, emit=emit))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import git
 from git.exc import InvalidGitRepositoryError, NoSuchPathError
 
+from reconciler.agent.cluster import Coordinator, Shard, StateProbe
 from reconciler.agent.loop import Agent, AgentOptions
 from reconciler.agent.metrics import Metrics
 from reconciler.agent.notify import Notifier
@@ -21,8 +22,9 @@ from reconciler.config import Settings, load_settings
 from reconciler.dashboard.security import TOKEN_VAR, check_listening, loopback_hosts
 from reconciler.dashboard.server import EXPOSED, bind
 from reconciler.errors import EXIT_OK, ConfigError
-from reconciler.log import get_logger, register_secret
+from reconciler.log import get_logger, json_lines, register_secret
 from reconciler.schedules import parse_duration
+from reconciler.state.members import check_session_locks
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -48,6 +50,11 @@ class AgentCommand:
     refresh: str
     stall_after: str
     insecure_no_token: bool = False
+    workers: int = 4
+    shard: str | None = None
+    dynamic: bool = False
+    heartbeat: str = "5s"
+    assign_by: str = "environment"
 
 
 def _seconds(flag: str, text: str) -> float:
@@ -98,6 +105,20 @@ def _dashboard(
     return app, refresher
 
 
+def _options(cmd: AgentCommand, stall_after: float) -> AgentOptions:
+    if cmd.workers < 1:
+        raise ConfigError(f"--workers {cmd.workers}: give at least 1")
+    if cmd.assign_by not in ("environment", "account"):
+        raise ConfigError(f"--assign-by {cmd.assign_by!r}: environment or account")
+    return AgentOptions(
+        environments=cmd.environments,
+        stall_after=stall_after,
+        workers=cmd.workers,
+        shard=Shard.parse(cmd.shard) if cmd.shard is not None else None,
+        assign_by=cmd.assign_by,
+    )
+
+
 def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
     token = base.env.get(TOKEN_VAR) or None
     if token:
@@ -109,37 +130,84 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
         what=AGENT_EXPOSED if cmd.dashboard else "/metrics",
     )
     stall_after = _seconds("--stall-after", cmd.stall_after)
+    heartbeat = _seconds("--heartbeat", cmd.heartbeat)
+    if heartbeat <= 0:
+        raise ConfigError(f"--heartbeat {cmd.heartbeat}: must be more than 0s")
+    options = _options(cmd, stall_after)
     settings, source = prepare(base, cmd)
+    postgres = settings.state_url.startswith(("postgresql://", "postgres://"))
+    if cmd.dynamic and not postgres:
+        raise ConfigError(
+            "--dynamic needs a postgresql:// state: agents find each other there "
+            f"(the state is {settings.state_url.split(':', 1)[0]}://)"
+        )
+    if postgres:
+        check_session_locks(settings.state_url)
     branch = source.branch
     metrics = Metrics()
     notifier = Notifier(settings.env)
+    agent_ref: list[Agent] = []
+
+    def wake() -> None:
+        if agent_ref:
+            agent_ref[0].wake()
+
+    coordinator = (
+        Coordinator(settings.state_url, heartbeat=heartbeat, on_change=wake)
+        if cmd.dynamic
+        else None
+    )
+    probe = StateProbe(settings, period=min(options.wake, heartbeat), on_change=wake)
     agent = Agent(
         settings,
         source,
         notifier=notifier,
         metrics=metrics,
-        options=AgentOptions(environments=cmd.environments, stall_after=stall_after),
+        options=options,
+        coordinator=coordinator,
+        probe=probe,
     )
+    agent_ref.append(agent)
     if warning is not None:
         log.warning(warning)
     sock = bind(cmd.host, cmd.port)
     port = int(sock.getsockname()[1])
     dashboard, refresher = _dashboard(settings, cmd, source.tracking_ref, port, token)
     app = make_app(
-        metrics, agent.health, dashboard, token=token, allowed_hosts=loopback_hosts(cmd.host, port)
+        metrics,
+        agent.health,
+        dashboard,
+        ready=agent.readiness,
+        token=token,
+        allowed_hosts=loopback_hosts(cmd.host, port),
     )
     server = HttpServer(app, sock)
     previous = _on_stop_signals(agent)
+    probe.start()
+    if coordinator is not None:
+        coordinator.start()
     server.start()
     if refresher is not None:
         refresher.start()
     shown = f"[{cmd.host}]" if ":" in cmd.host else cmd.host
-    emit(
-        f"agent: deploying {branch} of origin from {source.root}; "
-        f"http://{shown}:{port}/healthz, /metrics{', the dashboard at /' if dashboard else ''} "
-        "(SIGTERM stops)\n",
-        err=True,
-    )
+    url = f"http://{shown}:{port}/"
+    if json_lines():  # every line on stderr is then a JSON object, this one too
+        log.info(
+            "agent started",
+            branch=branch,
+            clone=str(source.root),
+            url=url,
+            port=port,
+            shard=str(options.shard) if options.shard else None,
+            member=coordinator.name if coordinator else None,
+        )
+    else:
+        emit(
+            f"agent: deploying {branch} of origin from {source.root}; "
+            f"{url}healthz, /readyz, /metrics{', the dashboard at /' if dashboard else ''} "
+            "(SIGTERM stops)\n",
+            err=True,
+        )
     try:
         agent.run()
     finally:
@@ -147,6 +215,9 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
             signal.signal(sig, handler)
         if refresher is not None:
             refresher.stop()
+        probe.stop()
+        if coordinator is not None:
+            coordinator.stop()
         notifier.close()
         server.stop()
     log.info("stopped")

@@ -1,4 +1,5 @@
-"""The agent's HTTP side: `/healthz` (the loop's liveness, unauthenticated), `/metrics`
+"""The agent's HTTP side: `/healthz` (the loop's liveness), `/readyz` (the state, the
+forge and each environment's last pass; both unauthenticated), `/metrics`
 (Prometheus text format) and, unless turned off, the dashboard's pages and JSON API
 (`reconciler serve`'s) under `/`. The dashboard's token and Host checks guard all of it
 but /healthz, /metrics included.
@@ -29,6 +30,7 @@ def make_app(
     health: Health,
     dashboard: Starlette | None,
     *,
+    ready: Health | None = None,
     token: str | None = None,
     allowed_hosts: Collection[str] | None = None,
 ) -> Starlette:
@@ -43,6 +45,10 @@ def make_app(
         status, doc = health()
         return JSONResponse(doc, status, headers={"Cache-Control": "no-store"})
 
+    def readyz(request: Request) -> Response:
+        status, doc = (ready or health)()
+        return JSONResponse(doc, status, headers={"Cache-Control": "no-store"})
+
     def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -51,6 +57,7 @@ def make_app(
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
         Route("/metrics", prometheus),
         Mount("/", app=dashboard) if dashboard is not None else Route("/", nothing_here),
     ]
@@ -68,7 +75,12 @@ class HttpServer:
 
         self.sock = sock
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, server_header=False, lifespan="off"
+            app,
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            lifespan="off",
+            log_config=None,  # its lines go through reconciler.log (JSON, redacted)
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

@@ -108,9 +108,7 @@ def check_session_locks(url: str, *, wait: float = 5.0) -> None:
     except psycopg.Error as e:
         raise _error(url, "open the state", e) from None
     try:
-        row = first.execute(
-            "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (key,)
-        ).fetchone()
+        row = first.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (key,)).fetchone()
         assert row is not None
         if not row[0]:
             raise StateError(f"cannot check session locks on {mask_url(url)}: key in use")
