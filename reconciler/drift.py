@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,8 +172,10 @@ def detect_drift(
     repo_root: Path,
     env: Mapping[str, str],
     environments: Sequence[str] = (),
+    parallelism: int = 1,
 ) -> DriftReport:
-    """Read every recorded instance from its provider and compare field by field."""
+    """Read every recorded instance from its provider and compare field by field;
+    `parallelism` reads at once per environment (each read is a round trip)."""
     report = DriftReport()
     key = store.fingerprint_key(create=False) or b""  # none stored: nothing to match
     register_secret(key.decode(errors="replace"))
@@ -182,24 +186,38 @@ def detect_drift(
         items: list[DriftItem] = []
         report.serials[envname] = store.serial(envname)
         try:
-            for k, rec in sorted(store.applied(envname).items()):
-                try:
-                    provider = clients.get(rec.provider)
-                    live = provider.read(k.kind, k.name, k.environment, rec.provider_id)
-                    # A vendor holding part of the body maps it back onto the record.
-                    body = None if live is None else provider.live_body(live, rec.spec)
-                except ReconcilerError as e:
-                    items.append(DriftItem(k, rec.provider, "unreadable", error=e.message))
-                    continue
-                if body is None:
-                    items.append(DriftItem(k, rec.provider, "missing"))
-                    continue
-                diff = field_diff(rec.spec, _normalise_live(body, rec, key, env))
-                items.append(DriftItem(k, rec.provider, "drifted" if diff else "in-sync", diff))
+            compare = partial(_compare, clients, key, env)
+            records = sorted(store.applied(envname).items())
+            if parallelism > 1 and len(records) > 1:
+                with ThreadPoolExecutor(min(parallelism, len(records))) as pool:
+                    items = list(pool.map(compare, records))  # in the records' order
+            else:
+                items = [compare(r) for r in records]
         finally:
             clients.close()
         report.environments[envname] = items
     return report
+
+
+def _compare(
+    clients: ProviderPool,
+    key: bytes,
+    env: Mapping[str, str],
+    item: tuple[InstanceKey, AppliedRecord],
+) -> DriftItem:
+    """One recorded instance read from its provider and compared with its record."""
+    k, rec = item
+    try:
+        provider = clients.get(rec.provider)
+        live = provider.read(k.kind, k.name, k.environment, rec.provider_id)
+        # A vendor holding part of the body maps it back onto the record.
+        body = None if live is None else provider.live_body(live, rec.spec)
+    except ReconcilerError as e:
+        return DriftItem(k, rec.provider, "unreadable", error=e.message)
+    if body is None:
+        return DriftItem(k, rec.provider, "missing")
+    diff = field_diff(rec.spec, _normalise_live(body, rec, key, env))
+    return DriftItem(k, rec.provider, "drifted" if diff else "in-sync", diff)
 
 
 def heal_context(store: StateStore, environment: str) -> RunContext:

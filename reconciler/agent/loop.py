@@ -430,7 +430,9 @@ class Agent:
             t.next_sync = self.clock() + t.sync.interval
         self.metrics.checks.labels(env).inc()
         log.debug("sync check", environment=env, commit=commit)
-        opts = ApplyOptions(environments=(env,), commit=commit, trigger="agent")
+        opts = ApplyOptions(
+            environments=(env,), commit=commit, trigger="agent", loaded=current.loaded
+        )
         started = self.clock()
         with open_store(self.settings) as store:
             report = run_apply(
@@ -555,6 +557,7 @@ class Agent:
                 repo_root=self.settings.repo,
                 env=self.settings.env,
                 environments=[env],
+                parallelism=self.settings.parallelism,
             )
             self.metrics.drift_checks.labels(env).inc()
             items = found.environments.get(env, [])

@@ -46,6 +46,9 @@ class ApplyOptions:
     trigger: Trigger = "apply"
     #: Each run's deadline in seconds (`--run-timeout`); None: the settings' own.
     run_timeout: float | None = None
+    #: The commit already loaded (the agent's, once per fetched commit): planned without
+    #: reading it again when it is the commit applied.
+    loaded: Loaded | None = None
 
 
 @dataclass
@@ -221,6 +224,7 @@ def _committed_plan(settings: Settings, store: StateStore, opts: ApplyOptions) -
         environments=opts.environments,
         allow_delete=opts.allow_delete,
         persist_key=True,
+        loaded=opts.loaded if opts.loaded is not None and opts.loaded.commit == ref else None,
     )
     loaded = built.loaded
     if ref is not None and ref == head and (dirty := repo.dirty_paths(loaded.paths_read)):

@@ -42,6 +42,7 @@ def build_plan(
     environments: Sequence[str] = (),
     allow_delete: bool = False,
     persist_key: bool = False,
+    loaded: Loaded | None = None,
 ) -> Built:
     """Load the manifests at `ref` (or the working tree) and plan them against `store`.
     Only apply passes `persist_key` (making the fingerprint key is a write)."""
@@ -49,7 +50,8 @@ def build_plan(
     # waits (`gc_paused`). Planning leaves cycles (field diffs): only full
     # collections wait (at 100,000 instances: 11.1 s -> 9.8 s).
     with gc_paused():
-        loaded = load(settings, ref)
+        if loaded is None:  # else the caller loaded `ref` already (the agent)
+            loaded = load(settings, ref)
         secrets = secret_env(settings, loaded.desired)
     with full_collections_deferred():
         plan = make_plan(
