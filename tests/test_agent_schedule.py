@@ -4,6 +4,7 @@ doubles its pause; `--shard` selectors; work keys by provider account."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -118,3 +119,41 @@ def test_shard_selectors(repo: tuple[Path, str]) -> None:
     assert work_key(desired, "a", "account") == work_key(desired, "b", "account")
     assert work_key(desired, "a", "account") != work_key(desired, "c", "account")
     assert work_key(desired, "a", "environment") != work_key(desired, "b", "environment")
+
+
+def test_foreign_loggers_and_thread_errors_are_json_lines_through_redaction(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+    import threading
+
+    from reconciler import log
+
+    secret = "pw-foreign-logger-5e6f7a"
+    hook = threading.excepthook
+    try:
+        log.configure(fmt="json")
+        log.register_secret(secret)
+        logging.getLogger("psycopg.pool").warning(
+            "error connecting in 'pool-1': password=%s\nsecond line", secret
+        )
+
+        def boom() -> None:
+            raise RuntimeError(f"thread failed with {secret}")
+
+        t = threading.Thread(target=boom, name="worker")
+        t.start()
+        t.join()
+        logging.getLogger("noisy").info("below the foreign threshold")
+    finally:
+        threading.excepthook = hook
+        log.forget_secrets()
+    lines = capsys.readouterr().err.splitlines()
+    docs = [json.loads(line) for line in lines]
+    assert [d["event"].split(":")[0] for d in docs] == [
+        "error connecting in 'pool-1'",
+        "a thread ended with an error",
+    ]
+    assert docs[0]["logger"] == "psycopg.pool" and docs[0]["level"] == "warning"
+    assert docs[1]["thread"] == "worker" and "RuntimeError" in docs[1]["exception"]
+    assert secret not in "\n".join(lines)

@@ -105,6 +105,8 @@ class Track:
     #: The last pass: its outcome, and when it ended.
     last: str | None = None
     last_at: datetime | None = None
+    #: What the step under way found (becomes `last` when it ends).
+    result: str | None = None
 
 
 class Agent:
@@ -183,6 +185,8 @@ class Agent:
 
     def _sleep_for(self) -> float:
         dues = [self.next_fetch]
+        if len(self.busy) >= self.options.workers:  # a pass ending wakes the loop
+            return max(0.0, min(self.next_fetch - self.clock(), self.options.wake))
         mine = self.owned()
         for env, t in self.tracks.items():
             if env not in mine or env in self.busy:
@@ -209,12 +213,17 @@ class Agent:
         now = self.clock()
         mine = self.owned()
         fetched = True
-        if now >= self.next_fetch or self._due(now, mine, syncs=True):
+        free = self.options.workers - len(self.busy)
+        if now >= self.next_fetch or (free > 0 and self._due(now, mine, syncs=True)):
             fetched = self._fetch(now)
             mine = self.owned()
         work = self._due(now, mine, syncs=fetched) + self._due(now, mine, syncs=False)
         current = Pass(self.commit, self.loaded)
-        for t in {t.sync.environment: t for t in reversed(work)}.values():  # each once
+        # Only as many as there are free workers, the longest overdue first: a pass is
+        # started with the newest commit and the current assignment, never queued on
+        # a stale one.
+        work = sorted({t.sync.environment: t for t in work}.values(), key=self._due_at)
+        for t in work[: max(0, free)]:
             if self.stopping:
                 return
             self._dispatch(t, current, now)
@@ -227,6 +236,10 @@ class Agent:
             and env not in self.busy
             and ((t.sync.auto and t.next_sync <= now) if syncs else t.next_drift <= now)
         ]
+
+    @staticmethod
+    def _due_at(t: Track) -> float:
+        return min(t.next_sync if t.sync.auto else t.next_drift, t.next_drift)
 
     def _dispatch(self, t: Track, current: Pass, now: float) -> None:
         """One environment's pass (sync when due, then drift when due) on the pool."""
@@ -262,9 +275,10 @@ class Agent:
         env = t.sync.environment
         began = datetime.now(UTC)
         outcome = "error"
+        t.result = None
         try:
             step(t)
-            outcome = t.last or "ok"
+            outcome = t.result or "ok"
         except AgentStopping:
             outcome = "interrupted"
             self.metrics.runs.labels(env, trigger, "interrupted").inc()
@@ -441,7 +455,7 @@ class Agent:
             result = report.results[0]
             trigger = self._trigger(store, result)
             self._count(env, trigger, result, self.clock() - started)
-            t.last = result.outcome
+            t.result = result.outcome
             t.said.pop("state", None)
             if result.outcome == "blocked":
                 gate = report.gates.get(env)
@@ -543,7 +557,7 @@ class Agent:
             return
         with open_store(self.settings) as store:
             try:  # where the recorded objects were written: see ProvidersOfRecord
-                providers = self._of_record.get(store, current.loaded)
+                providers = self._of_record.get(store, current.loaded, environments=[env])
             except ReconcilerError as e:
                 message = f"cannot load the commit it was applied from: {e.message}"
                 commit = current.commit
@@ -564,6 +578,7 @@ class Agent:
             self._unreadable(t, [i for i in items if i.status == "unreadable"])
             drifted = [i for i in items if i.status in ("drifted", "missing")]
             t.drifted = len(drifted)
+            t.result = "drifted" if drifted else "in-sync"
             self.metrics.drifted.labels(env).set(len(drifted))
             if not drifted:
                 t.said.pop("drifted", None)
@@ -604,9 +619,11 @@ class Agent:
                 t.drifted = 0
                 self.metrics.drifted.labels(env).set(0)
                 t.said.pop("drifted", None)
+                t.result = "healed"
                 log.info("healed", environment=env, run=result.run_id)
                 self._tell(store, env, notices.healed(env, result), current.loaded)
             elif result.outcome == "failed":
+                t.result = "failed"
                 message = f"healing failed: {result.message}"
                 self._failed(
                     t,

@@ -4,7 +4,7 @@ them on a background interval, never while answering a request."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +49,12 @@ class ProvidersOfRecord:
         self._loaded: Loaded | None = None
 
     def get(
-        self, store: StateStore, current: Loaded | None = None, *, uncommitted: bool = False
+        self,
+        store: StateStore,
+        current: Loaded | None = None,
+        *,
+        uncommitted: bool = False,
+        environments: Collection[str] | None = None,
     ) -> Providers:
         """By environment; one that was never applied has none (it holds no recorded
         object to read). `current` is reused when it is that commit; a commit that no
@@ -59,9 +64,9 @@ class ProvidersOfRecord:
         --apply`) has no settings to find again. It is read with `current`'s when
         `uncommitted` (the CLI, reading its operator's own checkout) or when `current`
         has no commit either (a plain directory: no history to distrust); else it has
-        none."""
+        none. `environments`: only these (the agent's pass: one, not every recorded one)."""
         out: dict[str, Mapping[str, ProviderConfig]] = {}
-        for env in store.environments():
+        for env in store.environments() if environments is None else environments:
             last = store.last_applied_run(env)
             if last is None:
                 continue
