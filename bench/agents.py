@@ -129,6 +129,12 @@ class Agent:
                 self.proc.wait(10)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def applied(admin: str, schema: str) -> int:
     with psycopg.connect(admin, autocommit=True) as conn:
         try:
@@ -193,13 +199,18 @@ def one_config(
                 120,
             )
             wait(lambda: applied(pg.url, schema) > 0, "a first instance applied", 300)
+            pids = [a.proc.pid for a in agents]
+            cpu0 = sum(map(cpu_seconds, pids)), cpu_seconds(api.pid)
             before, t0 = applied(pg.url, schema), time.monotonic()
             after, t1 = before, t0
             while t1 - t0 < args.window and after < total:  # ends early when all is done
                 time.sleep(0.25)
                 after, t1 = applied(pg.url, schema), time.monotonic()
             rate = (after - before) / (t1 - t0)
+            cpu1 = sum(map(cpu_seconds, pids)), cpu_seconds(api.pid)
             out = {"rate": rate, "applied": float(after), "total": float(total)}
+            out["agents_cpu"] = (cpu1[0] - cpu0[0]) / (t1 - t0)
+            out["api_cpu"] = (cpu1[1] - cpu0[1]) / (t1 - t0)
             with psycopg.connect(pg.url, autocommit=True) as conn:
                 row = conn.execute(
                     "SELECT avg(extract(epoch FROM finished_at - started_at)) "  # type: ignore[arg-type]
@@ -256,7 +267,8 @@ def main() -> None:
             base = base or r["rate"]
             line = (
                 f"{n} agent(s): {r['rate']:7.1f} instances/s  ({r['rate'] / base:.2f}x one; "
-                f"{r['rate'] / (n * bound):.0%} of the bound; a run takes {r['run']:.2f} s)"
+                f"{r['rate'] / (n * bound):.0%} of the bound; a run takes {r['run']:.2f} s; "
+                f"CPU: agents {r['agents_cpu']:.2f} cores, API stand-in {r['api_cpu']:.2f})"
             )
             print(line, flush=True)
             if "takeover" in r:
