@@ -216,7 +216,10 @@ class _Foreign(logging.Handler):
             logging.INFO: "info",
             logging.WARNING: "warning",
         }.get(record.levelno, "error")
-        Logger(record.name)._write(method, record.levelno, message, kw)
+        try:
+            Logger(record.name)._write(method, record.levelno, message, kw)
+        except Exception:  # a log line must never break the library that wrote it
+            self.handleError(record)
 
 
 def _route_foreign(level: int) -> None:

@@ -4,13 +4,18 @@ doubles its pause; `--shard` selectors; work keys by provider account."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import threading
+from contextlib import redirect_stderr
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import commit_all, init_repo, write_files
 
+from reconciler import log
 from reconciler.agent.cluster import Shard, work_key
 from reconciler.agent.loop import Agent, AgentOptions, Pass, Track
 from reconciler.agent.metrics import Metrics
@@ -121,34 +126,32 @@ def test_shard_selectors(repo: tuple[Path, str]) -> None:
     assert work_key(desired, "a", "environment") != work_key(desired, "b", "environment")
 
 
-def test_foreign_loggers_and_thread_errors_are_json_lines_through_redaction(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    import logging
-    import threading
-
-    from reconciler import log
-
+def test_foreign_loggers_and_thread_errors_are_json_lines_through_redaction() -> None:
     secret = "pw-foreign-logger-5e6f7a"
     hook = threading.excepthook
+    err = io.StringIO()
+
+    def boom() -> None:
+        raise RuntimeError(f"thread failed with {secret}")
+
     try:
-        log.configure(fmt="json")
-        log.register_secret(secret)
-        logging.getLogger("psycopg.pool").warning(
-            "error connecting in 'pool-1': password=%s\nsecond line", secret
-        )
-
-        def boom() -> None:
-            raise RuntimeError(f"thread failed with {secret}")
-
-        t = threading.Thread(target=boom, name="worker")
-        t.start()
-        t.join()
-        logging.getLogger("noisy").info("below the foreign threshold")
-    finally:
+        with redirect_stderr(err):
+            log.configure(fmt="json")
+            log.register_secret(secret)
+            logging.getLogger("psycopg.pool").warning(
+                "error connecting in 'pool-1': password=%s\nsecond line", secret
+            )
+            t = threading.Thread(target=boom, name="worker")
+            t.start()
+            t.join()
+            logging.getLogger("noisy").info("below the foreign threshold")
+    finally:  # leave no handler writing to this test's stderr behind
         threading.excepthook = hook
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if isinstance(h, log._Foreign)]:
+            root.removeHandler(h)
         log.forget_secrets()
-    lines = capsys.readouterr().err.splitlines()
+    lines = err.getvalue().splitlines()
     docs = [json.loads(line) for line in lines]
     assert [d["event"].split(":")[0] for d in docs] == [
         "error connecting in 'pool-1'",
