@@ -478,6 +478,26 @@ class PredibaseSettings(StrictModel):
     )
 
 
+class ModalSettings(StrictModel):
+    """Only for a provider of type `modal` (a function `modal deploy` deployed; reconciler
+    manages its autoscaler, not its code). `scaling.minReplicas`/`maxReplicas` are the
+    function's min and max containers; a field left out is left as Modal has it."""
+
+    app: Text | None = Field(None, description="The deployed Modal app's name (required).")
+    function: Text | None = Field(None, description="The function's name in that app (required).")
+    environment: Text | None = Field(
+        None,
+        description="The Modal environment (default: the provider's config.environment, "
+        "else the workspace's default).",
+    )
+    buffer_containers: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Extra idle containers kept warm beyond current demand."
+    )
+    scaledown_window: Annotated[int, Field(ge=2, le=3600)] | None = Field(
+        None, description="Seconds an idle container waits before it scales down (2 to 3600)."
+    )
+
+
 #: Deployment block key → the provider type that reads it.
 PROVIDER_BLOCKS: dict[str, str] = {
     "azure": "azure-openai",
@@ -486,6 +506,7 @@ PROVIDER_BLOCKS: dict[str, str] = {
     "replicate": "replicate",
     "together": "together",
     "predibase": "predibase",
+    "modal": "modal",
 }
 
 
@@ -509,6 +530,7 @@ class DeploymentFields(StrictModel):
     replicate: ReplicateSettings | None = None
     together: TogetherSettings | None = None
     predibase: PredibaseSettings | None = None
+    modal: ModalSettings | None = None
 
 
 class DeploymentSpec(StrictModel):
@@ -532,6 +554,7 @@ class DeploymentSpec(StrictModel):
     replicate: ReplicateSettings | None = None
     together: TogetherSettings | None = None
     predibase: PredibaseSettings | None = None
+    modal: ModalSettings | None = None
     overrides: dict[Slug, DeploymentFields] = Field(default_factory=dict)
 
 

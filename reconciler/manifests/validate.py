@@ -44,6 +44,7 @@ BUILTIN_PROVIDER_TYPES = (
     "replicate",
     "together",
     "predibase",
+    "modal",
 )
 
 _CONFIG_SECRET_KEYS = re.compile(r"^(api[-_]?key|token|secret|password|auth|authorization)$", re.I)
