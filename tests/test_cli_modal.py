@@ -149,6 +149,25 @@ def test_adopt_then_a_reapply_writes_nothing_then_update_in_place(w: World) -> N
             assert SECRET.encode() not in data, f"the token secret is in {f.name}"
 
 
+def test_another_app_is_a_replacement_that_stops_the_old_one_and_says_so(w: World) -> None:
+    assert w.cli("apply")[0] == 0
+    w.md.deploy("chat-v2", {"serve": {}})
+    w.edit("app: chat-app", "app: chat-v2")
+    change = w.plan()["chat"]
+    assert change["action"] == "replace"
+    assert str(change["reason"]).startswith(
+        "modal.app cannot be changed in place on md: the app and function are the "
+        "deployment's address on Modal; stops Modal app 'chat-app': every function in it"
+    )
+    code, out = w.cli("apply")
+    assert code == 0, out
+    old, new = w.md.app("chat-app"), w.md.app("chat-v2")
+    assert old is not None and old.state == STOPPED
+    assert new is not None and new.tags == {"reconciler.serve": "production.chat"}
+    assert w.md.function("chat-v2", "serve").current()["max_containers"] == 4
+    assert w.cli("drift")[0] == 0
+
+
 def test_an_app_not_deployed_is_an_error_that_says_to_deploy_it(w: World) -> None:
     w.edit("app: chat-app", "app: chat-v2")
     code, out = w.cli("apply")
