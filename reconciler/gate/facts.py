@@ -182,15 +182,24 @@ class FactsBuilder:
         return changing or [commit]
 
     def _declared_since(self, env: str, commit: str) -> str | None:
-        """The parent of the commit that last declared `env` on `commit`'s first-parent
-        chain (None: declared since the root). With nothing recorded the environment
-        starts empty there, and every commit from its declaration on reaches it."""
-        chain = self.repo.ancestry(commit, first_parent=True)
-        for parent in reversed(chain[:-1]):
-            loaded = self.history.snapshot(parent).loaded
-            if loaded is not None and env not in loaded.desired.environments:
-                return parent
-        return None
+        """The parent of the commit that last declared `env` on the deploy branch's
+        first-parent history (None: declared by the root commit), or where the branch
+        stood before the change when the change declares it. With nothing recorded the
+        environment starts empty there, and every commit from its declaration on
+        reaches it."""
+        before = self._before_the_change()
+        if before is None:
+            return None
+        steps = self._policy_steps(before, env)
+        created = None
+        for i, (sha, after) in enumerate(steps):
+            if after is not None and (i == 0 or steps[i - 1][1] is None):
+                created = sha
+        if steps and steps[-1][1] is None:
+            created = None  # removed since: declared anew by the change
+        if created is None:
+            return before
+        return self.repo.first_parent(created)
 
     def _claims(self, env: str, new: Policy, recorded: Policy | None) -> list[Claim]:
         """Other environments whose policy of record reads a variable this change makes
