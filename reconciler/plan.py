@@ -86,6 +86,8 @@ class EnvironmentPlan:
     #: record: provider settings, the variables read, approvals, windows. Nothing is
     #: applied for them; the gate judges the next change as a policy change.
     policy_changes: list[FieldDiff] = field(default_factory=list)
+    #: What the gate will ask of this change (`plan` fills it in: gate.judge.Needs).
+    gate: dict[str, Any] | None = None
 
     def counts(self) -> dict[str, int]:
         c = {"create": 0, "update": 0, "replace": 0, "delete": 0}
@@ -126,6 +128,7 @@ class Plan:
                     "protected": e.protected,
                     "summary": {**e.counts(), "unchanged": e.unchanged},
                     "changes": [_change_dict(c) for c in e.changes],
+                    "gate": e.gate,
                     "policy_changes": [
                         {"path": d.path, "before": d.before, "after": d.after}
                         for d in e.policy_changes

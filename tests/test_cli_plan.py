@@ -185,6 +185,7 @@ def _normalise(text: str, repo: Path) -> str:
     text = text.replace(head, "<COMMIT>").replace(head[:7], "<SHORT>")
     text = re.sub(r'"created_at": "[^"]+"', '"created_at": "<TIME>"', text)
     text = re.sub(r"hmac-sha256:[0-9a-f]+", "hmac-sha256:<FP>", text)
+    text = re.sub(r"run \d{8}T\d{6}Z-[0-9a-f]+", "run <RUN>", text)
     return text
 
 
@@ -245,3 +246,13 @@ def test_validate_and_plan_ask_each_provider_to_check_its_instances(example_repo
         assert r.code == 1, r.out + r.err
         assert "manifests/deployments/support-chat.yaml:" in r.err
         assert "unknown config key 'timeoutSecs'" in r.err and "Traceback" not in r.err
+
+
+def test_plan_says_what_the_gate_will_need(example_repo: Path) -> None:
+    """Before apply asks: production's approvals (and a closed window, when it is)."""
+    r = cli(example_repo, "plan", "--env", "production")
+    assert r.code == 0, r.err
+    assert "gate: needs 2 approvals (risk high; nothing recorded" in r.out
+    r = cli(example_repo, "plan", "--env", "production", "--json")
+    gate = json.loads(r.out)["environments"][0]["gate"]
+    assert gate["required"] == 2 and gate["risk"] == "high"

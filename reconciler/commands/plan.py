@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,6 +44,7 @@ def build_plan(
     allow_delete: bool = False,
     persist_key: bool = False,
     loaded: Loaded | None = None,
+    now: datetime | None = None,
 ) -> Built:
     """Load the manifests at `ref` (or the working tree) and plan them against `store`.
     Only apply passes `persist_key` (making the fingerprint key is a write)."""
@@ -66,7 +68,27 @@ def build_plan(
             persist_key=persist_key,
         )
     add_provider_notes(plan, loaded.desired)
+    add_gate_needs(plan, loaded, store, now or datetime.now(UTC))
     return Built(loaded, plan, secrets)
+
+
+def add_gate_needs(plan: Plan, loaded: Loaded, store: StateStore, now: datetime) -> None:
+    """Each environment with something to apply says what the gate will ask of it
+    (approvals, a closed window), from the policy of record: before `apply` asks."""
+    from reconciler.gate.facts import risk_of
+    from reconciler.gate.judge import needs
+    from reconciler.policy import Policy, policy_at
+
+    for ep in plan.environments:
+        if not ep.changes and not ep.policy_changes:
+            continue
+        env = ep.environment
+        new = policy_at(loaded.desired, loaded.approvals, env, "the change itself")
+        last = store.last_applied_run(env)
+        recorded = None
+        if last is not None and last.policy is not None:
+            recorded = Policy.from_document(last.policy, f"run {last.id}")
+        ep.gate = needs(env, new, recorded, risk_of(ep), now).document()
 
 
 def add_provider_notes(plan: Plan, desired: Desired) -> None:

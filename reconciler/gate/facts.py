@@ -121,7 +121,7 @@ class FactsBuilder:
             recorded=recorded,
             base=base,
             base_descends=descends,
-            plan_risk=_risk(plan),
+            plan_risk=risk_of(plan),
             rollback=self._is_rollback(plan),
             now=self.now if windows else None,
             override_window=self.override_window,
@@ -353,7 +353,7 @@ def _named(policy: Policy, variables: list[str]) -> Policy:
     )
 
 
-def _risk(plan: EnvironmentPlan) -> Risk:
+def risk_of(plan: EnvironmentPlan) -> Risk:
     """The highest of each change's new and recorded risk (lowering a deployment's risk
     in the change under judgement lowers nothing)."""
     risks: list[str] = []

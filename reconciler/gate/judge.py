@@ -241,6 +241,60 @@ def judge(facts: Facts) -> GateResult:
     return result
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What the gate will ask of an environment's change, said before it is asked (in
+    `plan`): approvals under which policy, and whether a deploy window is closed. Read
+    from the policy of record alone (no forge): who approved is apply's question."""
+
+    required: int
+    risk: Risk
+    policy: str
+    policy_changed: bool = False
+    window: str | None = None
+
+    def line(self) -> str:
+        if self.required:
+            what = f"needs {self.required} approval{'s' if self.required != 1 else ''}"
+        else:
+            what = "needs no approvals"
+        why = f"risk {self.risk}" + (", the policy changes" if self.policy_changed else "")
+        text = f"gate: {what} ({why}; {self.policy})"
+        return text + (f"; {self.window}" if self.window else "")
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "summary": self.line(),
+            "required": self.required,
+            "risk": self.risk,
+            "policy": self.policy,
+            "policy_changed": self.policy_changed,
+            "window": self.window,
+        }
+
+
+def needs(env: str, new: Policy, recorded: Policy | None, plan_risk: Risk, now: datetime) -> Needs:
+    """`plan`'s forecast of the gate for one environment (see `Needs`). With nothing
+    recorded it reads the declared policy, and says so: the gate may hold earlier
+    policies of the deploy branch's history in force too."""
+    facts = Facts(env, "apply", None, new, recorded, plan_risk=plan_risk, now=now)
+    result = GateResult(env, passed=False)
+    record = recorded or _alone(new)
+    result.policy_changed = recorded is not None and not recorded.same_as(new)
+    policies = [record, new] if result.policy_changed else [record]
+    result.risk = "critical" if result.policy_changed else plan_risk
+    _check_windows(result, policies, facts)
+    required = max(p.spec.approvals.required_for(result.risk) for p in policies)
+    origin = (
+        f"policy of record: {record.origin}"
+        if recorded is not None
+        else "nothing recorded: the declared policy, and any earlier one history keeps in force"
+    )
+    return Needs(
+        required, result.risk, origin, result.policy_changed, "; ".join(result.reasons) or None
+    )
+
+
 def _alone(new: Policy) -> Policy:
     return Policy(
         new.spec,

@@ -121,10 +121,14 @@ def _change_head(ch: Change) -> str:
 
 
 def policy_lines(e: EnvironmentPlan, indent: str = "    ") -> list[str]:
-    """The policy changes under an environment's title: where its data would go next."""
+    """Under an environment's title: what the gate will need, and the policy changes
+    (where its data would go next)."""
+    out: list[str] = []
+    if e.gate is not None and (e.gate.get("required") or e.gate.get("window")):
+        out.append(f"  {e.gate['summary']}")
     if not e.policy_changes:
-        return []
-    out = [
+        return out
+    out += [
         f"  ~ policy of {e.environment}: judged as a policy change (both policies, risk "
         "critical); nothing is applied for it, it takes effect with the next applied change"
     ]
@@ -219,8 +223,8 @@ def markdown(plan: Plan, *, max_chars: int = MAX_COMMENT_CHARS) -> str:
         )
     head.append("")
     for e in plan.environments:
-        if e.policy_changes:
-            head += ["```diff", *(line.strip() for line in policy_lines(e)), "```", ""]
+        if said := policy_lines(e):
+            head += [f"**{e.environment}**", "```diff", *(line.strip() for line in said), "```", ""]
     if not plan.has_changes:
         head.append(_total(plan))
         return "\n".join(head) + "\n"
