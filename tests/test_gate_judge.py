@@ -277,3 +277,12 @@ def test_an_older_commit_than_the_recorded_one_is_refused() -> None:
 def test_the_working_tree_never_reaches_a_protected_environment() -> None:
     result = judge(facts(mode="working_tree", commit=None))
     assert not result.passed
+
+
+def test_the_operators_approval_source_is_the_way_out_of_a_policy_that_names_none() -> None:
+    sourceless = replace(STRICT, approvals=ApprovalsConfig())
+    row = commit("m" * 40, cand(MERGED))
+    stuck = judge(facts(row, recorded=sourceless, new=sourceless))
+    assert not stuck.passed and "RECONCILER_APPROVALS_SOURCE" in stuck.fixes[0]
+    out = judge(facts(row, recorded=sourceless, new=sourceless, operator_source=KEY))
+    assert out.passed, out.reasons

@@ -38,6 +38,12 @@ from reconciler.vocabulary import Risk, as_risk, highest_risk
 #: The approval source for an approval configuration (None: `source: none`).
 SourceFor = Callable[[ApprovalsConfig], ApprovalSource | None]
 DEPLOY_BRANCH_VAR = "RECONCILER_DEPLOY_BRANCH"
+OPERATOR_SOURCE_VAR = "RECONCILER_APPROVALS_SOURCE"
+OPERATOR_REPOSITORY_VAR = "RECONCILER_APPROVALS_REPOSITORY"
+
+
+def source_key_of(approvals: ApprovalsConfig) -> SourceKey:
+    return (approvals.source, approvals.repository)
 
 
 class FactsBuilder:
@@ -131,6 +137,10 @@ class FactsBuilder:
         if commit is None or not any(p.needs_approvals() for p in judged_by):
             return _with_history(facts, steps, {})
         keys = {source_key(p): p.approvals for p in (trusted or [new])}
+        operator = self._operator_source()
+        if operator is not None:
+            keys = {source_key_of(operator): operator}
+            facts = replace(facts, operator_source=source_key_of(operator))
         sources = {k: s for k, a in keys.items() if (s := self._source(a)) is not None}
         relevant = self._relevant(env, base, commit) if descends else []
         shas = [*relevant, *(sha for sha, _ in steps)]
@@ -160,6 +170,19 @@ class FactsBuilder:
                 if base is not None and base != commit:
                     return base
         return self.repo.first_parent(commit)
+
+    def _operator_source(self) -> ApprovalsConfig | None:
+        """RECONCILER_APPROVALS_SOURCE (and _REPOSITORY): where the operator, outside the
+        repo, says approvals come from; the only way out for a policy of record that
+        names none, since a change can never bring its own source."""
+        source = self.settings.env.get(OPERATOR_SOURCE_VAR)
+        if not source:
+            return None
+        repository = self.settings.env.get(OPERATOR_REPOSITORY_VAR) or None
+        try:
+            return ApprovalsConfig.model_validate({"source": source, "repository": repository})
+        except ValueError as e:
+            raise ReconcilerError(f"{OPERATOR_SOURCE_VAR}: {e}") from None
 
     def _policy_steps(self, before: str, env: str) -> list[tuple[str, Policy | None]]:
         if (before, env) not in self._steps:

@@ -110,8 +110,14 @@ class Facts:
     #: Team membership, by source: (org, team, user) → "active" / "pending" / "none".
     membership: Mapping[SourceKey, Mapping[tuple[str, str, str], str]] = field(default_factory=dict)
     claims: tuple[Claim, ...] = ()
+    #: Where the operator says approvals come from (RECONCILER_APPROVALS_SOURCE): it
+    #: wins over the source any policy names.
+    operator_source: SourceKey | None = None
     #: A fact could not be read (a forge or state error): the environment is blocked.
     problem: str | None = None
+
+    def source_for(self, record: Policy) -> SourceKey:
+        return self.operator_source or source_key(record)
 
 
 @dataclass
@@ -402,12 +408,17 @@ def _check_approvals(result: GateResult, facts: Facts, record: Policy) -> None:
     if needed == 0:
         return
     what = f"needs {needed} approval{'s' if needed != 1 else ''} ({_describe(result)})"
-    if source_key(record) not in facts.sources:
+    if facts.source_for(record) not in facts.sources:
+        fix = (
+            "a new environment is judged by what it declares: set approvals.source in "
+            "reconciler.yaml (github, gitlab or file) in this change"
+            if facts.recorded is None and not facts.history
+            else "the source is part of the policy, so no change can bring its own: the "
+            "operator sets RECONCILER_APPROVALS_SOURCE (and RECONCILER_APPROVALS_REPOSITORY) "
+            'where reconciler runs (README, "Approvals")'
+        )
         result.refuse(
-            f"{what}, but the policy of record ({record.origin}) names no approval source",
-            "an approval source is part of the policy, so the change that adds it cannot "
-            "use it: set approvals.source in reconciler.yaml in a change of its own, apply "
-            'it, then this one (README, "Approvals")',
+            f"{what}, but the policy of record ({record.origin}) names no approval source", fix
         )
         return
     if facts.commit is None:
@@ -460,7 +471,7 @@ def _cover(
     into the deploy branch, its merge result applied, the commit its own, and approved
     under every policy."""
     cover = Coverage(commit.sha)
-    key = source_key(record)
+    key = facts.source_for(record)
     candidates = commit.candidates.get(key, ())
     members = facts.membership.get(key, {})
 
