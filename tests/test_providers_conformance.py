@@ -51,7 +51,12 @@ def test_local(tmp_path: Path) -> None:
         {"model": "gpt-4o", "scaling": {"minReplicas": 1, "maxReplicas": 3, "hardware": "cpu"}},
     )
     config = ProviderConfig("local", "local", "production")
-    check_provider(lambda: LocalProvider(config, repo_root=tmp_path, env={}), first, second)
+    check_provider(
+        lambda: LocalProvider(config, repo_root=tmp_path, env={}),
+        first,
+        second,
+        invoke_input={"question": "hello?"},
+    )
 
 
 def test_http() -> None:
@@ -61,8 +66,12 @@ def test_http() -> None:
             "api", "http", "production", {"baseUrl": api.url}, {"tokenEnv": "T"}
         )
         check_provider(
-            lambda: HttpProvider(config, repo_root=Path("."), env={"T": "t0ken"}), first, second
+            lambda: HttpProvider(config, repo_root=Path("."), env={"T": "t0ken"}),
+            first,
+            second,
+            invoke_input={"question": "hello?"},
         )
+        assert api.runs == [("production", "conformance", {"question": "hello?"})]
 
 
 def test_langfuse() -> None:
@@ -81,8 +90,11 @@ def test_langfuse() -> None:
             {"publicKeyEnv": "P", "secretKeyEnv": "S"},
         )
         env = {"P": "pk", "S": "sk"}
-        check_provider(
-            lambda: LangfuseProvider(config, repo_root=Path("."), env=env), first, second
+        check_provider(  # langfuse cannot invoke: the check expects CannotInvoke
+            lambda: LangfuseProvider(config, repo_root=Path("."), env=env),
+            first,
+            second,
+            invoke_input={"name": "Ada"},
         )
 
 

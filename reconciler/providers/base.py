@@ -67,6 +67,40 @@ class LiveObject:
     body: dict[str, Any] = field(repr=False)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one invocation used, as the vendor reported them (None: not reported)."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class InvokeTarget:
+    """What is invoked: a deployment as it is recorded applied in one environment (the
+    spec of record, secrets as references), never an unapplied spec."""
+
+    environment: str
+    name: str
+    provider_id: str | None
+    spec: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What a deployment answered: its output (text, or JSON-like data), the usage the
+    vendor reported, and how long the call took in seconds."""
+
+    output: Any = field(repr=False)
+    usage: Usage = Usage()
+    latency: float = 0.0
+
+
+class CannotInvoke(ProviderError):
+    """The provider has no way to run a deployment (its vendor exposes none, or it was
+    not built yet): a clear error, exit 1."""
+
+
 class Provider(abc.ABC):
     """One configured provider for one environment; safe to call from several threads."""
 
@@ -179,6 +213,18 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def delete(self, kind: str, name: str, environment: str, provider_id: str | None) -> None:
         """Remove the object; one that is already gone counts as done."""
+
+    #: Whether `invoke` is implemented (the conformance check runs it when True).
+    can_invoke: ClassVar[bool] = False
+
+    def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
+        """Run the deployment once with `input`, within `deadline` seconds: optional.
+        Not idempotent (a model call costs), so an implementation never retries a
+        request that may have reached the vendor."""
+        raise CannotInvoke(
+            f"provider {self.name!r} (type {self.type_name}) cannot invoke a deployment: "
+            "it only puts deployments in place"
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release connections; the provider is not used afterwards."""

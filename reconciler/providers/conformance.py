@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.instances import Instance
-from reconciler.providers.base import Provider
+from reconciler.providers.base import CannotInvoke, Invocation, InvokeTarget, Provider
 
 Settle = Callable[[Provider, str], None]
 
@@ -48,14 +48,34 @@ def _drift(p: Provider, inst: Instance, ident: str) -> dict[str, tuple[Any, Any]
     return {d.path: (d.before, d.after) for d in field_diff(body, shown)}
 
 
+def check_invoke(p: Provider, inst: Instance, ident: str, invoke_input: Mapping[str, Any]) -> None:
+    """A provider that says it can invoke runs the object it wrote and reports usage
+    as counts or unknown (never negative); one that says it cannot raises CannotInvoke."""
+    target = InvokeTarget(inst.environment, inst.name, ident, inst.body())
+    if not p.can_invoke:
+        try:
+            p.invoke(target, invoke_input, 5.0)
+        except CannotInvoke:
+            return
+        raise ContractError("invoke() of a provider without can_invoke raises CannotInvoke")
+    got = p.invoke(target, invoke_input, 30.0)
+    _expect(isinstance(got, Invocation), "invoke() returns an Invocation")
+    _expect(got.output is not None, "invoke() returns an output")
+    for count in (got.usage.input_tokens, got.usage.output_tokens):
+        _expect(count is None or count >= 0, "usage counts are None or at least 0")
+    _expect(got.latency >= 0, "invoke() reports a latency of at least 0")
+
+
 def check_provider(
     make: Callable[[], Provider],
     first: Instance,
     second: Instance,
     *,
     settle: Settle | None = None,
+    invoke_input: Mapping[str, Any] | None = None,
 ) -> None:
-    """Run the contract against a provider made by `make` (closed at the end)."""
+    """Run the contract against a provider made by `make` (closed at the end). With
+    `invoke_input`, a Deployment is also invoked once it is written (`check_invoke`)."""
     _expect(first.key == second.key, "first and second are the same instance")
     k = first.key
     p = make()
@@ -75,6 +95,8 @@ def check_provider(
             settle(p, ident)
         diff = _drift(p, first, ident)
         _expect(not diff, f"a created object reads back as created (drift: {diff})")
+        if invoke_input is not None and k.kind == "Deployment":
+            check_invoke(p, first, ident, invoke_input)
         p.update(second, ident)
         if settle:
             settle(p, ident)

@@ -31,7 +31,14 @@ import httpx
 from reconciler.errors import ProviderError
 from reconciler.httpclient import HttpClient, Retry
 from reconciler.instances import Instance, ProviderConfig
-from reconciler.providers.base import LiveObject, Provider, resolve_secrets
+from reconciler.providers.base import (
+    Invocation,
+    InvokeTarget,
+    LiveObject,
+    Provider,
+    Usage,
+    resolve_secrets,
+)
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
@@ -121,6 +128,11 @@ def _parse(config: ProviderConfig) -> tuple[_Settings, list[str]]:
                 else:
                     paths[str(kind)] = path.rstrip("/")
     return _Settings(base_url, float(timeout), int(retries), paths), problems
+
+
+def _count(value: Any) -> int | None:
+    """A token count as the vendor reported it; anything but a count is unknown."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _same(live: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
@@ -336,6 +348,39 @@ class HttpProvider(Provider):
             provider_id = live.provider_id
         url = self._url(kind, "/" + quote(provider_id, safe=""))
         self._http().request("DELETE", url, ok=(200, 202, 204, 404))
+
+    can_invoke: ClassVar[bool] = True
+
+    def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
+        """`POST {path}/{id}/run` with `{"input": ...}`; the answer is `{"output": ...,
+        "usage": {"inputTokens", "outputTokens"}}` (docs/providers.md, "Running a
+        deployment"). Sent once: a run is not idempotent, so a request that may have
+        reached the server is never retried; its total deadline is the provider's
+        config.timeoutSeconds."""
+        ident = target.provider_id
+        if not ident:
+            live = self.read("Deployment", target.name, target.environment, None)
+            if live is None:
+                raise self._error(
+                    f"deployment.{target.name} in {target.environment!r}",
+                    "it does not exist (removed outside reconciler)",
+                )
+            ident = live.provider_id
+        url = self._url("Deployment", "/" + quote(ident, safe="") + "/run")
+        client = self._http()
+        started = time.monotonic()
+        # The request's total deadline is config.timeoutSeconds (the client's).
+        resp = client.request("POST", url, json={"input": dict(input)}, ok=(200,), idempotent=False)
+        latency = time.monotonic() - started
+        data = client.json_object(resp)
+        if "output" not in data:
+            raise client.invalid(resp, "200 answer has no `output`")
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        return Invocation(
+            data["output"],
+            Usage(_count(usage.get("inputTokens")), _count(usage.get("outputTokens"))),
+            latency,
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -28,7 +29,14 @@ from typing import Any, ClassVar
 
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig
-from reconciler.providers.base import LiveObject, Problem, Provider
+from reconciler.providers.base import (
+    Invocation,
+    InvokeTarget,
+    LiveObject,
+    Problem,
+    Provider,
+    Usage,
+)
 
 DEFAULT_PATH = ".reconciler/local-registry.db"
 #: The environment variable naming the registry file (an absolute path).
@@ -60,6 +68,26 @@ ON CONFLICT (environment, kind, name) DO UPDATE SET
     updated_at = CASE WHEN body = excluded.body THEN updated_at ELSE excluded.updated_at END
 RETURNING id
 """
+
+
+#: `{{ name }}` in a prompt template: replaced by the input's value of that name.
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
+
+
+def render(template: str, values: Mapping[str, Any]) -> str:
+    """The template with each `{{ name }}` replaced by `values[name]` (text as is,
+    anything else as JSON); a name the input lacks is an error, never left blank."""
+    missing = sorted({m for m in _PLACEHOLDER.findall(template) if m not in values})
+    if missing:
+        raise ProviderError(
+            f"the prompt template needs {', '.join(missing)}, which the input does not have"
+        )
+
+    def one(match: re.Match[str]) -> str:
+        value = values[match.group(1)]
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+    return _PLACEHOLDER.sub(one, template)
 
 
 def registry_problem(value: str | None) -> str | None:
@@ -239,6 +267,32 @@ class LocalProvider(Provider):
             "DELETE FROM objects WHERE environment = ? AND kind = ? AND name = ?",
             (environment, kind, name),
         )
+
+    can_invoke: ClassVar[bool] = True
+
+    def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
+        """Offline and deterministic, no model: the deployment's prompt template rendered
+        with the input (without a prompt, the model's name and the input as JSON), so a
+        first `run` works with nothing installed. Tokens are words, counted the same way
+        every time. The object must exist in the registry, as for any vendor."""
+        started = time.monotonic()
+        live = self.read("Deployment", target.name, target.environment, target.provider_id)
+        if live is None:
+            raise ProviderError(
+                f"provider {self.name!r} ({self.path}): deployment.{target.name} in "
+                f"{target.environment!r} does not exist (removed outside reconciler)"
+            )
+        spec = target.spec
+        prompt = spec.get("prompt")
+        template = prompt.get("template") if isinstance(prompt, Mapping) else None
+        if isinstance(template, str):
+            prompt_text = render(template, input)
+            output = prompt_text
+        else:
+            prompt_text = json.dumps(dict(input), sort_keys=True)
+            output = f"[{spec.get('model', '?')}] {prompt_text}"
+        usage = Usage(len(prompt_text.split()), len(output.split()))
+        return Invocation(output, usage, time.monotonic() - started)
 
     def close(self) -> None:
         with self._lock:

@@ -110,6 +110,8 @@ class FakeDeployApi(ThreadedServer):
         self._collections = {k: _Collection() for k in self.paths}
         self._faults: deque[_Fault] = deque()
         self._ids = itertools.count(1)
+        #: Every run asked for: (environment, name, input).
+        self.runs: list[tuple[str, str, Any]] = []
 
     # --- test controls ---------------------------------------------------------------
 
@@ -267,6 +269,8 @@ class FakeDeployApi(ThreadedServer):
                 if found is None:
                     return 404, {"error": "not found"}
                 return 200, c.objects[found]
+            if len(rest) == 2 and rest[1] == "run" and cname == "deployments":
+                return self._run(c, rest[0], method, body)
             if len(rest) != 1:
                 return 404, {"error": "not found"}
             ident = rest[0]
@@ -295,6 +299,29 @@ class FakeDeployApi(ThreadedServer):
                 return 204, None
             return 405, {"error": "method not allowed"}
 
+    def _run(self, c: _Collection, ident: str, method: str, body: Any) -> tuple[int, Any]:
+        """`POST .../deployments/{id}/run` (docs/providers.md): the answer is the
+        deployment's `runOutput` when a test set one (`{input.*}` filled in), else the
+        input echoed; `runFails` makes it answer 500 with that message."""
+        if method != "POST":
+            return 405, {"error": "method not allowed"}
+        obj = c.objects.get(ident)
+        if obj is None:
+            return 404, {"error": "not found"}
+        if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
+            return 422, {"error": "`input` must be a JSON object"}
+        self.runs.append((obj["environment"], obj["name"], body["input"]))
+        if obj.get("runFails"):
+            return 500, {"error": obj["runFails"]}
+        template = obj.get("runOutput")
+        output = (
+            template.format(input=_Attrs(body["input"]))
+            if isinstance(template, str)
+            else {"echo": body["input"], "model": obj.get("model")}
+        )
+        words = len(json.dumps(body["input"]).split())
+        return 200, {"output": output, "usage": {"inputTokens": words, "outputTokens": 7}}
+
     @staticmethod
     def _send(
         h: BaseHTTPRequestHandler, status: int, payload: Any, headers: Mapping[str, str] = {}
@@ -322,6 +349,16 @@ class FakeDeployApi(ThreadedServer):
                 h.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
+
+
+class _Attrs:
+    """`{input.name}` in a format string reads the input's `name`."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        return self._values.get(name, "")
 
 
 def _env_as_list(payload: Any) -> Any:
