@@ -375,7 +375,8 @@ class HttpProvider(Provider):
         data = client.json_object(resp)
         if "output" not in data:
             raise client.invalid(resp, "200 answer has no `output`")
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        reported = data.get("usage")
+        usage: Mapping[str, Any] = reported if isinstance(reported, dict) else {}
         return Invocation(
             data["output"],
             Usage(_count(usage.get("inputTokens")), _count(usage.get("outputTokens"))),
