@@ -125,3 +125,27 @@ Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: an
 Refresh = Annotated[
     str, typer.Option("--refresh", help="How often live state is read again (30s, 5m).")
 ]
+
+# --- run, executions, metrics ---------------------------------------------------------
+Deployment = Annotated[str, typer.Argument(help="The deployment's name.")]
+RunEnv = Annotated[str, typer.Option("--env", "-e", help="The environment it is applied in.")]
+Input = Annotated[str | None, typer.Option("--input", help="The input, a JSON object.")]
+InputFile = Annotated[
+    Path | None, typer.Option("--input-file", help="Read the input (a JSON object) from FILE.")
+]
+Deployments = Annotated[
+    list[str] | None, typer.Option("--deployment", "-d", help="Only this deployment (repeatable).")
+]
+ExecStatus = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--status",
+        help="Only this status (repeatable): pending, running, completed, "
+        "failed, missed, skipped, cancelled.",
+    ),
+]
+Since = Annotated[
+    str | None, typer.Option("--since", help="Only since: a duration back (30m, 6h, 2d) or a time.")
+]
+ExecLimit = Annotated[int, typer.Option("--limit", min=1, help="At most this many executions.")]
+ExecutionId = Annotated[str, typer.Argument(help="The execution's id.")]

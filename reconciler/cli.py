@@ -19,11 +19,13 @@ from reconciler import arguments as a
 from reconciler.cli_base import app, done, emit, options, settings
 from reconciler.cli_state import app as state_app
 from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
+from reconciler.runs import cli as runs_cli
 
 __all__ = ["app", "emit", "main", "settings"]
 app.add_typer(state_app, name="state")
 app.add_typer(dashboard.commands)  # overview, schedules, show, serve
 app.add_typer(agent.commands)  # agent
+app.add_typer(runs_cli.commands)  # run, executions, metrics
 
 
 @app.command()

@@ -55,6 +55,15 @@ def _inside_repo(path: str) -> str:
 RepoPath = Annotated[Text, AfterValidator(_inside_repo)]
 
 
+class ExecutionsConfig(StrictModel):
+    """How much of each execution is kept (reconciler.yaml `executions`)."""
+
+    #: Executions kept per environment; older finished ones are dropped.
+    keep: int = Field(default=10_000, ge=1)
+    #: Bytes of an input, a result or an error kept in state (and shown).
+    max_result_bytes: int = Field(default=64 * 1024, ge=256)
+
+
 class ConfigFile(StrictModel):
     """The schema of reconciler.yaml; every key is optional."""
 
@@ -64,6 +73,7 @@ class ConfigFile(StrictModel):
     parallelism: int = Field(default=8, ge=1, le=256)
     #: The run deadline of each apply, in seconds (none by default).
     run_timeout_seconds: float | None = Field(default=None, gt=0)
+    executions: ExecutionsConfig = Field(default_factory=ExecutionsConfig)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,8 @@ class Settings:
     run_timeout: float | None = None
     #: Where `run_timeout` came from, for the message when it passes.
     run_timeout_source: str = ""
+    #: reconciler.yaml's `executions` (RECONCILER_EXECUTIONS_KEEP overrides `keep`).
+    executions: ExecutionsConfig = field(default_factory=ExecutionsConfig)
 
 
 def _read_config_file(repo: Path) -> ConfigFile:
@@ -150,7 +162,24 @@ def load_settings(
         approvals_file=_approvals_file(approvals_file or env.get(APPROVALS_FILE_ENV)),
         run_timeout=run_timeout,
         run_timeout_source=run_timeout_source,
+        executions=_executions(env.get(EXECUTIONS_KEEP_ENV), cfg),
     )
+
+
+#: Overrides reconciler.yaml's `executions.keep`.
+EXECUTIONS_KEEP_ENV = "RECONCILER_EXECUTIONS_KEEP"
+
+
+def _executions(from_env: str | None, cfg: ConfigFile) -> ExecutionsConfig:
+    if not from_env:
+        return cfg.executions
+    try:
+        keep = int(from_env)
+    except ValueError:
+        keep = 0
+    if keep < 1:
+        raise ConfigError(f"{EXECUTIONS_KEEP_ENV} must be a whole number of at least 1")
+    return cfg.executions.model_copy(update={"keep": keep})
 
 
 def parse_run_timeout(text: str, source: str) -> float:

@@ -1,0 +1,70 @@
+"""`run`, `executions` and `metrics`; cli.py merges these into its own commands."""
+
+from __future__ import annotations
+
+import typer
+
+from reconciler import arguments as a
+
+commands = typer.Typer(add_completion=False, rich_markup_mode=None)
+executions_app = typer.Typer(add_completion=False, rich_markup_mode=None)
+commands.add_typer(executions_app, name="executions")
+
+
+@commands.command()
+def run(
+    deployment: a.Deployment,
+    env: a.RunEnv,
+    input_: a.Input = None,
+    input_file: a.InputFile = None,
+    as_json: a.Json = False,
+) -> None:
+    """Invoke a deployment as it is recorded applied in ENV; exit 0 completed, 1 failed."""
+    from reconciler.cli_base import done, emit, settings
+    from reconciler.commands.run import parse_input
+    from reconciler.commands.run import run as command
+    from reconciler.views import run as view
+
+    s = settings()
+    report = command(s, deployment, env, parse_input(input_, input_file))
+    emit(view.json(report) if as_json else view.human(report))
+    done(report.exit_code)
+
+
+@executions_app.callback(invoke_without_command=True)
+def executions(
+    ctx: typer.Context,
+    env: a.Env = None,
+    deployment: a.Deployments = None,
+    status: a.ExecStatus = None,
+    since: a.Since = None,
+    limit: a.ExecLimit = 100,
+    as_json: a.Json = False,
+) -> None:
+    """Recorded executions, newest first (`executions show ID`: one, whole)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from reconciler.cli_base import emit, settings
+    from reconciler.commands.executions import list_executions, parse_since
+    from reconciler.views import run as view
+
+    found = list_executions(
+        settings(),
+        environments=env or (),
+        deployments=deployment or (),
+        statuses=status or (),
+        since=parse_since(since),
+        limit=limit,
+    )
+    emit(view.list_json(found) if as_json else view.list_human(found))
+
+
+@executions_app.command("show")
+def show(execution_id: a.ExecutionId, as_json: a.Json = False) -> None:
+    """One execution whole: input, output, usage, cost, error."""
+    from reconciler.cli_base import emit, settings
+    from reconciler.commands.executions import show_execution
+    from reconciler.views import run as view
+
+    ex = show_execution(settings(), execution_id)
+    emit(view.json_document(ex) if as_json else view.execution_human(ex))
