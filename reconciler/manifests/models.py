@@ -241,6 +241,15 @@ class Scaling(StrictModel):
     # minReplicas <= maxReplicas is checked after overrides are merged (expand.py).
 
 
+class Pricing(StrictModel):
+    """What a deployment's tokens cost, for `reconciler run` and `metrics`: a cost is
+    shown only where a price is declared (unknown, never 0)."""
+
+    input_per_million_tokens: Annotated[float, Field(ge=0)]
+    output_per_million_tokens: Annotated[float, Field(ge=0)]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+
+
 class SecretRef(StrictModel):
     secret_env: EnvVarName
 
@@ -524,6 +533,7 @@ class DeploymentFields(StrictModel):
     readiness_timeout_seconds: Timeout | None = None
     enabled: bool | None = None
     risk: Risk | None = None
+    pricing: Pricing | None = None
     azure: AzureSettings | None = None
     huggingface: HuggingFaceSettings | None = None
     langfuse: LangfuseSettings | None = None
@@ -548,6 +558,7 @@ class DeploymentSpec(StrictModel):
     readiness_timeout_seconds: Timeout | None = None
     enabled: bool = True
     risk: Risk = "low"
+    pricing: Pricing | None = None
     azure: AzureSettings | None = None
     huggingface: HuggingFaceSettings | None = None
     langfuse: LangfuseSettings | None = None

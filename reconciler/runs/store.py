@@ -77,6 +77,23 @@ def reap(store: ExecutionStore, now: datetime | None = None) -> list[Execution]:
     return out
 
 
+def refuse_executions(target: ExecutionStore) -> None:
+    """`state migrate` never merges two histories of executions either."""
+    if target.find(Query(limit=1)):
+        raise StateError(
+            f"state {target.url} already has executions: refusing to merge two histories; "
+            "nothing was copied"
+        )
+
+
+def copy_executions(source: ExecutionStore, target: ExecutionStore) -> int:
+    """Every execution of `source` into `target` (`state migrate`), oldest first."""
+    found = source.find(Query(limit=None))[::-1]
+    if found:
+        target.import_executions(found)
+    return len(found)
+
+
 def open_executions(
     url: str, *, repo_root: Path, env: Mapping[str, str], read_only: bool = False
 ) -> ExecutionStore:

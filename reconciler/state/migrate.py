@@ -43,6 +43,8 @@ class MigrationReport:
     target: str
     environments: list[MigratedEnvironment]
     fingerprint_key: KeyOutcome
+    #: Executions copied with the state (reconciler/runs/store.py).
+    executions: int = 0
 
 
 def export_environment(store: StateStore, environment: str) -> EnvironmentState:

@@ -21,6 +21,8 @@ def human(report: MigrationReport) -> str:
         f"migrated {_n(len(report.environments), 'environment')} from {report.source} to "
         f"{report.target}; {_KEY[report.fingerprint_key]}"
     )
+    if report.executions:
+        lines.append(f"copied {_n(report.executions, 'execution')}")
     return "".join(line + "\n" for line in lines)
 
 

@@ -1,0 +1,167 @@
+"""`reconciler run`, `executions` and `state migrate` of executions, through the CLI as
+a real process, against the local registry and the http stand-in."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import commit_all
+from fakes.deploy_api import FakeDeployApi
+from run_world import TOKEN, as_json, cli, make_repo
+
+from reconciler.runs.model import INTERRUPTED
+
+
+@pytest.fixture
+def api() -> FakeDeployApi:
+    with FakeDeployApi(token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def repo(tmp_path: Path, api: FakeDeployApi) -> Path:
+    repo = make_repo(tmp_path / "repo", api.url)
+    assert cli(repo, "apply").code == 0
+    return repo
+
+
+def test_local_run_renders_the_applied_prompt_and_is_recorded(repo: Path) -> None:
+    r = cli(repo, "run", "chat", "--env", "dev", "--input", '{"question": "why?"}')
+    assert r.code == 0, r.err
+    assert "completed" in r.out and "Answer briefly: why?" in r.out
+    assert "tokens 3 in / 3 out" in r.out
+    listed = as_json(cli(repo, "executions", "--json"))
+    assert [(e["deployment"], e["status"], e["trigger"]) for e in listed] == [
+        ("chat", "completed", "manual")
+    ]
+    ex = listed[0]
+    assert ex["result"] == "Answer briefly: why?" and ex["usage"]["input_tokens"] == 3
+    assert ex["cost"] == pytest.approx(3 * 2.5e-6 + 3 * 10e-6) and ex["currency"] == "USD"
+    shown = cli(repo, "executions", "show", ex["id"])
+    assert shown.code == 0 and ex["applied_run"] in shown.out
+
+
+def test_run_invokes_what_is_applied_never_the_working_tree(repo: Path) -> None:
+    prompts = repo / "manifests" / "prompts.yaml"
+    prompts.write_text(prompts.read_text().replace("Answer briefly", "Ramble"))
+    commit_all(repo, "not applied yet")
+    r = cli(repo, "run", "chat", "--env", "dev", "--input", '{"question": "why?"}')
+    assert r.code == 0 and "Answer briefly: why?" in r.out and "Ramble" not in r.out
+
+
+def test_a_failing_run_exits_1_and_is_recorded_failed(repo: Path) -> None:
+    r = cli(repo, "run", "chat", "--env", "dev", "--input", '{"other": 1}')
+    assert r.code == 1
+    assert "failed" in r.out and "needs question" in r.out
+    (ex,) = as_json(cli(repo, "executions", "--status", "failed", "--json"))
+    assert ex["error"] and ex["result"] is None
+
+
+def test_bad_input_and_unknown_deployments_are_one_line_errors(repo: Path) -> None:
+    r = cli(repo, "run", "chat", "--env", "dev", "--input", "[1]")
+    assert r.code == 1 and "must be a JSON object" in r.err
+    r = cli(repo, "run", "nope", "--env", "dev")
+    assert r.code == 1 and "deployment.nope is not applied in 'dev'" in r.err
+    r = cli(repo, "executions", "show", "ex-unknown")
+    assert r.code == 1 and "no execution 'ex-unknown'" in r.err
+    r = cli(repo, "executions", "--since", "yesterday")
+    assert r.code == 1 and "--since" in r.err
+    assert as_json(cli(repo, "executions", "--json")) == []
+
+
+def test_http_run_against_the_stand_in(repo: Path, api: FakeDeployApi, tmp_path: Path) -> None:
+    (tmp_path / "in.json").write_text('{"question": "ping"}')
+    r = cli(repo, "run", "chat", "--env", "prod", "--input-file", str(tmp_path / "in.json"))
+    assert r.code == 0, r.err
+    assert api.runs == [("prod", "chat", {"question": "ping"})]
+    ex = as_json(cli(repo, "executions", "--env", "prod", "--json"))[0]
+    assert ex["provider"] == "registry" and ex["usage"] == {"input_tokens": 2, "output_tokens": 7}
+    assert '"echo": {"question": "ping"}' in ex["result"]
+
+
+def test_http_run_failure_is_recorded(repo: Path, api: FakeDeployApi) -> None:
+    api.tamper("deployments", "prod", "chat", runFails="model overloaded")
+    r = cli(repo, "run", "chat", "--env", "prod")
+    assert r.code == 1 and "model overloaded" in r.out
+    assert as_json(cli(repo, "executions", "--json"))[0]["status"] == "failed"
+
+
+def test_a_secret_echoed_by_the_model_is_redacted(repo: Path, api: FakeDeployApi) -> None:
+    api.tamper("deployments", "prod", "chat", runOutput=f"the token is {TOKEN}, {{input.q}}")
+    r = cli(repo, "run", "chat", "--env", "prod", "--input", '{"q": "ok"}', "--json")
+    assert r.code == 0 and TOKEN not in r.out
+    assert as_json(r)["result"].startswith("the token is ")
+    for args in (["executions", "--json"], ["executions"]):
+        assert TOKEN not in cli(repo, *args).out
+    db = (repo / ".reconciler" / "state.db").read_bytes()
+    assert TOKEN.encode() not in db
+
+
+def test_a_large_result_is_capped(repo: Path, api: FakeDeployApi) -> None:
+    (repo / "reconciler.yaml").write_text("executions: {maxResultBytes: 1000}\n")
+    commit_all(repo, "cap")
+    r = cli(repo, "run", "chat", "--env", "dev", "--input", '{"question": "' + "é" * 3000 + '"}')
+    assert r.code == 0
+    ex = as_json(cli(repo, "executions", "--json"))[0]
+    assert ex["truncated"] and ex["result_bytes"] > 6000 and len(ex["result"].encode()) <= 1000
+    assert len(ex["input"].encode()) <= 1000
+
+
+def test_retention_keeps_the_newest(repo: Path) -> None:
+    for _ in range(4):
+        assert cli(repo, "run", "chat", "--env", "dev", "--input", '{"question": "x"}',
+                   env={"RECONCILER_EXECUTIONS_KEEP": "2"}).code == 0  # fmt: skip
+    assert len(as_json(cli(repo, "executions", "--json"))) == 2
+
+
+def test_kill_9_mid_execution_leaves_an_honest_record(repo: Path, api: FakeDeployApi) -> None:
+    arrived = threading.Event()
+    api.latency = 60.0  # the call is under way until the test stops the stand-in
+    original = api._handle
+
+    def handle(h):  # type: ignore[no-untyped-def]
+        if h.path.endswith("/run"):
+            arrived.set()
+        original(h)
+
+    api._handle = handle  # type: ignore[method-assign]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--repo", str(repo), "run", "chat", "--env", "prod"],
+        env={**os.environ, "REGISTRY_TOKEN": TOKEN},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert arrived.wait(60)
+        running = as_json(cli(repo, "executions", "--json"))
+        assert [e["status"] for e in running] == ["running"]
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    (ex,) = as_json(cli(repo, "executions", "--json"))
+    assert ex["status"] == "failed" and ex["error"] == INTERRUPTED and ex["finished_at"]
+
+
+@pytest.mark.parametrize("target", ["git", "postgres"])
+def test_state_migrate_takes_the_executions(
+    repo: Path, target: str, request: pytest.FixtureRequest
+) -> None:
+    assert cli(repo, "run", "chat", "--env", "dev", "--input", '{"question": "a"}').code == 0
+    before = as_json(cli(repo, "executions", "--json"))
+    url = (
+        "git://refs/reconciler/state"
+        if target == "git"
+        else request.getfixturevalue("postgres_url")
+    )
+    r = cli(repo, "state", "migrate", "--to", url)
+    assert r.code == 0 and "copied 1 execution" in r.out
+    after = as_json(cli(repo, "--state", url, "executions", "--json"))
+    assert after == before
+    r = cli(repo, "state", "migrate", "--to", url)
+    assert r.code == 1
