@@ -165,3 +165,34 @@ def test_state_migrate_takes_the_executions(
     assert after == before
     r = cli(repo, "state", "migrate", "--to", url)
     assert r.code == 1
+
+
+def test_metrics_per_deployment_and_environment(repo: Path, api: FakeDeployApi) -> None:
+    for q in ("a", "b b", "c c c"):
+        assert (
+            cli(repo, "run", "chat", "--env", "dev", "--input", f'{{"question": "{q}"}}').code == 0
+        )
+    assert cli(repo, "run", "chat", "--env", "dev", "--input", "{}").code == 1
+    assert cli(repo, "run", "chat", "--env", "prod", "--input", '{"q": 1}').code == 0
+    rows = {r["environment"]: r for r in as_json(cli(repo, "metrics", "--json"))}
+    dev = rows["dev"]
+    assert (dev["requests"], dev["completed"], dev["failed"]) == (4, 3, 1)
+    assert dev["success_rate"] == 0.75
+    assert dev["tokens"] == {"input": 3 + 4 + 5, "output": 3 + 4 + 5, "unreported_calls": 0}
+    assert dev["cost"] == pytest.approx(12 * 2.5e-6 + 12 * 10e-6) and dev["currency"] == "USD"
+    assert dev["latency_ms"]["p50"] <= dev["latency_ms"]["p95"] <= dev["latency_ms"]["p99"]
+    assert rows["prod"]["requests"] == 1
+    only = as_json(cli(repo, "metrics", "--env", "prod", "--json"))
+    assert [r["environment"] for r in only] == ["prod"]
+    out = cli(repo, "metrics").out
+    assert "dev" in out and "75.0" in out and "USD" in out
+
+
+def test_an_undeclared_price_is_unknown_never_zero(tmp_path: Path, api: FakeDeployApi) -> None:
+    repo = make_repo(tmp_path / "plain", api.url, pricing=False)
+    assert cli(repo, "apply", "--env", "dev").code == 0
+    r = cli(repo, "run", "chat", "--env", "dev", "--input", '{"question": "x"}')
+    assert "cost unknown (no price declared)" in r.out
+    (row,) = as_json(cli(repo, "metrics", "--json"))
+    assert row["cost"] is None and row["cost_unknown_calls"] == 1
+    assert "unknown" in cli(repo, "metrics").out

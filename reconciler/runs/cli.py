@@ -68,3 +68,22 @@ def show(execution_id: a.ExecutionId, as_json: a.Json = False) -> None:
 
     ex = show_execution(settings(), execution_id)
     emit(view.json_document(ex) if as_json else view.execution_human(ex))
+
+
+@commands.command()
+def metrics(
+    env: a.Env = None,
+    deployment: a.Deployments = None,
+    since: a.Since = None,
+    as_json: a.Json = False,
+) -> None:
+    """Requests, success rate, latency p50/p95/p99, tokens and cost per deployment."""
+    from reconciler.cli_base import emit, settings
+    from reconciler.commands.executions import parse_since
+    from reconciler.commands.metrics import metrics as command
+    from reconciler.views import metrics as view
+
+    report = command(
+        settings(), environments=env or (), deployments=deployment or (), since=parse_since(since)
+    )
+    emit(view.json(report) if as_json else view.human(report))
