@@ -588,6 +588,7 @@ class ScheduleFields(StrictModel):
     start_at: Text | None = None
     end_at: Text | None = None
     concurrency: Literal["allow", "forbid", "replace"] | None = None
+    starting_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
 
 
 class ScheduleSpec(StrictModel):
@@ -601,6 +602,9 @@ class ScheduleSpec(StrictModel):
     start_at: Text | None = None
     end_at: Text | None = None
     concurrency: Literal["allow", "forbid", "replace"] = "allow"
+    #: A fire that could not start within this many seconds of its time is recorded
+    #: `missed` instead of run late (Kubernetes CronJob's startingDeadlineSeconds).
+    starting_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     overrides: dict[Slug, ScheduleFields] = Field(default_factory=dict)
 
 

@@ -31,6 +31,7 @@ import itertools
 import json
 import socket
 import struct
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
@@ -112,6 +113,10 @@ class FakeDeployApi(ThreadedServer):
         self._ids = itertools.count(1)
         #: Every run asked for: (environment, name, input).
         self.runs: list[tuple[str, str, Any]] = []
+        #: When set, a run is answered only once the event is set (a call under way).
+        self.run_gate: threading.Event | None = None
+        #: Set whenever a run arrives.
+        self.run_arrived = threading.Event()
 
     # --- test controls ---------------------------------------------------------------
 
@@ -311,6 +316,14 @@ class FakeDeployApi(ThreadedServer):
         if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
             return 422, {"error": "`input` must be a JSON object"}
         self.runs.append((obj["environment"], obj["name"], body["input"]))
+        self.run_arrived.set()
+        gate = self.run_gate
+        if gate is not None:
+            self.lock.release()  # others are served meanwhile
+            try:
+                gate.wait(60)
+            finally:
+                self.lock.acquire()
         if obj.get("runFails"):
             return 500, {"error": obj["runFails"]}
         template = obj.get("runOutput")

@@ -1,0 +1,344 @@
+"""Schedules fire: the engine that runs each applied Schedule of each environment at its
+fire times, with its `input`, as an execution with trigger `schedule`.
+
+What it promises (docs/design.md, "Executions"):
+- Only what is recorded applied fires: the Schedule's spec of record, its deployment's
+  applied record, the provider settings of record.
+- Exactly once per (schedule, environment, fire time): the execution is recorded with
+  that fire key before anything is called, and state refuses a second (a UNIQUE column;
+  a file on a compare-and-swapped ref). Several engines on one state (agents sharing a
+  PostgreSQL database) never double-fire.
+- Fires are looked for after the schedule's last recorded fire (or, never fired, after
+  it was applied), so a fire missed while no engine ran is found by the next one: the
+  latest runs late unless `startingDeadlineSeconds` has passed since its time, then it
+  is recorded `missed`; older missed fires are recorded `missed` (as a Kubernetes
+  CronJob, which starts at most one late job). At most `MAX_CATCH_UP` are recorded.
+- `concurrency` is the CronJob's: `allow` runs beside one still running; `forbid`
+  records the new fire `skipped`; `replace` marks the running one `cancelled` (its late
+  answer is dropped: status changes are compare-and-set) and runs the new one.
+- A schedule whose deployment is suspended (or disabled) records `skipped`; one whose
+  deployment is no longer applied records `failed`, saying so. Nothing here raises out
+  of a tick for one schedule's trouble.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from reconciler.commands.live import Providers
+from reconciler.config import Settings
+from reconciler.errors import ReconcilerError
+from reconciler.instances import InstanceKey
+from reconciler.log import get_logger, redact
+from reconciler.providers import make_provider
+from reconciler.providers.base import Provider, resolve_secrets
+from reconciler.runs.execute import Limits, describe_input, execute
+from reconciler.runs.model import Execution, Holder, Query, iso, new_id
+from reconciler.runs.store import ExecutionStore
+from reconciler.schedules import spec_next_runs
+from reconciler.state.base import AppliedRecord, StateStore
+
+log = get_logger("reconciler.fire")
+
+Clock = Callable[[], datetime]
+#: Missed fires recorded per schedule at once; older ones are not looked for.
+MAX_CATCH_UP = 100
+#: How far back a schedule that has not fired for long is looked at.
+LOOK_BACK = timedelta(days=7)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def fires_between(spec: Mapping[str, Any], since: datetime, now: datetime) -> list[datetime]:
+    """The schedule's fire times in (since, now], the latest `MAX_CATCH_UP` of them."""
+    start = max(since, now - LOOK_BACK)
+    out: list[datetime] = []
+    while True:
+        batch = spec_next_runs(spec, start, 500)
+        out += [t for t in batch if t <= now]
+        if len(batch) < 500 or batch[-1] > now:
+            return out[-MAX_CATCH_UP:]
+        start = batch[-1]
+        out = out[-MAX_CATCH_UP:]
+
+
+def _log_failure(future: Future[Execution]) -> None:
+    """A call's own failure is recorded in its execution; this is for the store failing
+    under it (the execution then stays `running` until its process is gone)."""
+    error = future.exception()
+    if error is not None:
+        log.error("schedule.record_failed", error=redact(str(error)))
+
+
+@dataclass
+class _Tracked:
+    record: AppliedRecord
+    next_fire: datetime | None
+
+
+class FireEngine:
+    """Fires due schedules on `tick(now)`; the calls run on a pool of `parallelism`
+    threads, so one slow deployment never delays another's fire."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        executions: ExecutionStore,
+        *,
+        parallelism: int | None = None,
+        limits: Limits | None = None,
+        environments: tuple[str, ...] = (),
+    ) -> None:
+        self.settings = settings
+        #: Open for the engine's life (calls under way record into it); closed with it.
+        self.executions = executions
+        self.limits = limits or Limits(
+            settings.executions.max_result_bytes, settings.executions.keep
+        )
+        self.environments = environments
+        self.pool = ThreadPoolExecutor(
+            max_workers=parallelism or settings.parallelism, thread_name_prefix="fire"
+        )
+        self.holder = Holder.me()
+        self._providers: dict[tuple[str, str, str], Provider] = {}
+        self._mu = threading.Lock()
+        self._serials: dict[str, int] | None = None
+        self._tracked: dict[InstanceKey, _Tracked] = {}
+        self._last_tick: datetime | None = None
+
+    # -- what is due -----------------------------------------------------------------
+
+    def _refresh(self, state: StateStore, now: datetime) -> None:
+        """Re-read the applied schedules when the state moved (its serials)."""
+        serials = state.serials()
+        if serials == self._serials:
+            return
+        self._serials = serials
+        tracked: dict[InstanceKey, _Tracked] = {}
+        for env in state.environments():
+            if self.environments and env not in self.environments:
+                continue
+            for key, rec in state.applied(env).items():
+                if key.kind != "Schedule" or rec.spec.get("enabled") is False:
+                    continue
+                old = self._tracked.get(key)
+                same = old is not None and old.record.spec_hash == rec.spec_hash
+                # A new or changed schedule is looked at now: a fire since it was applied
+                # (or since its last recorded fire) may be due already.
+                tracked[key] = _Tracked(rec, old.next_fire if same and old else now)
+        self._tracked = tracked
+
+    def next_due(self) -> datetime | None:
+        """When the earliest tracked schedule fires next (None: nothing scheduled)."""
+        dues = [t.next_fire for t in self._tracked.values() if t.next_fire is not None]
+        return min(dues, default=None)
+
+    def tick(
+        self, state: StateStore, providers: Providers, now: datetime
+    ) -> list[Future[Execution]]:
+        """Record and start every fire due at `now`; the futures end with each call."""
+        executions = self.executions
+        self._refresh(state, now)
+        started: list[Future[Execution]] = []
+        for key, t in self._tracked.items():
+            if t.next_fire is None or t.next_fire > now:
+                continue
+            try:
+                started += self._schedule(t.record, state, executions, providers, now)
+            except ReconcilerError as e:
+                log.error(
+                    "schedule.error",
+                    schedule=key.address,
+                    env=key.environment,
+                    error=redact(e.message),
+                )
+            nxt = spec_next_runs(t.record.spec, now, 1)
+            t.next_fire = nxt[0] if nxt else None
+        return started
+
+    # -- one schedule ----------------------------------------------------------------
+
+    def _since(self, rec: AppliedRecord, executions: ExecutionStore) -> datetime:
+        last = executions.find(Query(environments=(rec.environment,), schedule=rec.name, limit=1))
+        applied = rec.applied_at
+        if last and last[0].fire_time is not None:
+            return max(last[0].fire_time, applied)
+        return applied
+
+    def _schedule(
+        self,
+        rec: AppliedRecord,
+        state: StateStore,
+        executions: ExecutionStore,
+        providers: Providers,
+        now: datetime,
+    ) -> list[Future[Execution]]:
+        fires = fires_between(rec.spec, self._since(rec, executions), now)
+        if not fires:
+            return []
+        deadline = rec.spec.get("startingDeadlineSeconds")
+        for t in fires[:-1]:
+            self._record(
+                executions,
+                rec,
+                t,
+                now,
+                "missed",
+                "a later fire was due when it was found (only the latest missed fire runs late)",
+            )
+        last = fires[-1]
+        if isinstance(deadline, int) and (now - last).total_seconds() > deadline:
+            self._record(
+                executions,
+                rec,
+                last,
+                now,
+                "missed",
+                f"not started within startingDeadlineSeconds ({deadline}) of its time",
+            )
+            return []
+        future = self._fire(rec, last, state, executions, providers, now)
+        return [] if future is None else [future]
+
+    def _new(self, rec: AppliedRecord, fire_time: datetime, now: datetime) -> Execution:
+        ex = Execution(
+            new_id(now),
+            rec.environment,
+            str(rec.spec.get("deployment")),
+            "schedule",
+            "pending",
+            now,
+            schedule=rec.name,
+            fire_time=fire_time,
+        )
+        ex.holder = self.holder
+        ex.input = describe_input(rec.spec.get("input") or {}, self.limits)
+        return ex
+
+    def _record(
+        self,
+        executions: ExecutionStore,
+        rec: AppliedRecord,
+        fire_time: datetime,
+        now: datetime,
+        status: str,
+        why: str,
+    ) -> Execution | None:
+        """A fire that does not call anything, recorded once (its fire key)."""
+        ex = self._new(rec, fire_time, now)
+        ex.status = status  # type: ignore[assignment]
+        ex.error = why
+        ex.finished_at = now
+        if not executions.add(ex):
+            return None
+        log.info(
+            "schedule.fire",
+            schedule=rec.name,
+            env=rec.environment,
+            fire_time=iso(fire_time),
+            status=status,
+            reason=why,
+        )
+        return ex
+
+    def _fire(
+        self,
+        rec: AppliedRecord,
+        fire_time: datetime,
+        state: StateStore,
+        executions: ExecutionStore,
+        providers: Providers,
+        now: datetime,
+    ) -> Future[Execution] | None:
+        env = rec.environment
+        dep_name = str(rec.spec.get("deployment"))
+        dep_key = InstanceKey(env, "Deployment", dep_name)
+        dep = state.applied(env, [dep_key]).get(dep_key)
+        if dep is None:
+            self._record(
+                executions,
+                rec,
+                fire_time,
+                now,
+                "failed",
+                f"deployment.{dep_name} is no longer applied in {env!r}",
+            )
+            return None
+        if dep.spec.get("suspended") is True or dep.spec.get("enabled") is False:
+            state_word = "suspended" if dep.spec.get("suspended") is True else "disabled"
+            self._record(
+                executions,
+                rec,
+                fire_time,
+                now,
+                "skipped",
+                f"deployment.{dep_name} is {state_word} in {env!r}",
+            )
+            return None
+        policy = rec.spec.get("concurrency") or "allow"
+        if policy != "allow":
+            under_way = executions.find(
+                Query((env,), schedule=rec.name, statuses=("pending", "running"), limit=None)
+            )
+            if under_way and policy == "forbid":
+                self._record(
+                    executions,
+                    rec,
+                    fire_time,
+                    now,
+                    "skipped",
+                    f"concurrency forbid: execution {under_way[0].id} is still running",
+                )
+                return None
+            if under_way and policy == "replace":
+                for old in under_way:
+                    prior = old.status
+                    old.status, old.finished_at = "cancelled", now
+                    old.error = f"replaced by the fire at {iso(fire_time)} (concurrency replace)"
+                    executions.transition(old, (prior,))
+        ex = self._new(rec, fire_time, now)
+        try:
+            data = resolve_secrets(dict(rec.spec.get("input") or {}), self.settings.env)
+            provider = self._provider(providers, env, dep.provider)
+        except ReconcilerError as e:
+            self._record(executions, rec, fire_time, now, "failed", e.message)
+            return None
+        if not executions.add(ex):
+            return None  # another engine recorded this fire: it runs it
+        log.info(
+            "schedule.fire", schedule=rec.name, env=env, fire_time=iso(fire_time), execution=ex.id
+        )
+        future = self.pool.submit(
+            execute, executions, ex, provider, dep, data, limits=self.limits, new=False
+        )
+        future.add_done_callback(_log_failure)
+        return future
+
+    def _provider(self, providers: Providers, env: str, name: str) -> Provider:
+        config = providers.get(env, {}).get(name)
+        if config is None:
+            raise ReconcilerError(
+                f"provider {name!r} is not declared for {env!r} in the commit it was applied from"
+            )
+        key = (env, name, repr(config))
+        with self._mu:
+            made = self._providers.get(key)
+            if made is None:
+                made = make_provider(config, repo_root=self.settings.repo, env=self.settings.env)
+                self._providers[key] = made
+            return made
+
+    def close(self, *, wait: bool = True) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=not wait)
+        with self._mu:
+            for p in self._providers.values():
+                p.close()
+            self._providers.clear()
+        self.executions.close()
