@@ -23,6 +23,7 @@ from reconciler.dashboard.security import TOKEN_VAR, check_listening, loopback_h
 from reconciler.dashboard.server import EXPOSED, bind
 from reconciler.errors import EXIT_OK, ConfigError
 from reconciler.log import get_logger, json_lines, register_secret
+from reconciler.runs.firer import Firer
 from reconciler.schedules import parse_duration
 from reconciler.state.members import check_session_locks
 
@@ -186,6 +187,8 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
     probe.start()
     if coordinator is not None:
         coordinator.start()
+    firer = Firer(settings, environments=cmd.environments)  # schedules fire (runs/fire.py)
+    firer.start()
     server.start()
     if refresher is not None:
         refresher.start()
@@ -218,6 +221,7 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
         probe.stop()
         if coordinator is not None:
             coordinator.stop()
+        firer.stop()
         notifier.close()
         server.stop()
     log.info("stopped")

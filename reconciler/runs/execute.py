@@ -5,6 +5,7 @@ redacted, capped and recorded, whatever happens."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -114,5 +115,22 @@ def execute(
     ex.finished_at = clock()
     if not store.transition(ex, ("running",)):
         return store.get(ex.id) or ex
-    store.prune(ex.environment, limits.keep)
+    if _prune_due(ex.environment):
+        store.prune(ex.environment, limits.keep)
     return ex
+
+
+#: Executions a process records per environment between two prunes: pruning scans the
+#: environment's newest `keep`, too much to do after every call of a busy schedule.
+PRUNE_EVERY = 50
+_recorded: dict[str, int] = {}
+_recorded_mu = threading.Lock()
+
+
+def _prune_due(environment: str) -> bool:
+    """True at a process's first execution of `environment` and every PRUNE_EVERY-th:
+    what is kept stays within `keep` + PRUNE_EVERY per process recording."""
+    with _recorded_mu:
+        n = _recorded.get(environment, 0)
+        _recorded[environment] = n + 1
+    return n % PRUNE_EVERY == 0

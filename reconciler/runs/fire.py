@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,15 +56,19 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def fires_between(spec: Mapping[str, Any], since: datetime, now: datetime) -> list[datetime]:
-    """The schedule's fire times in (since, now], the latest `MAX_CATCH_UP` of them."""
+def fires_between(
+    spec: Mapping[str, Any], since: datetime, now: datetime
+) -> tuple[list[datetime], datetime | None]:
+    """The schedule's fire times in (since, now], the latest `MAX_CATCH_UP` of them, and
+    its first fire after `now` (None: it ends)."""
     start = max(since, now - LOOK_BACK)
     out: list[datetime] = []
     while True:
-        batch = spec_next_runs(spec, start, 500)
+        batch = spec_next_runs(spec, start, 4)
         out += [t for t in batch if t <= now]
-        if len(batch) < 500 or batch[-1] > now:
-            return out[-MAX_CATCH_UP:]
+        later = [t for t in batch if t > now]
+        if later or len(batch) < 4:
+            return out[-MAX_CATCH_UP:], later[0] if later else None
         start = batch[-1]
         out = out[-MAX_CATCH_UP:]
 
@@ -75,6 +79,22 @@ def _log_failure(future: Future[Execution]) -> None:
     error = future.exception()
     if error is not None:
         log.error("schedule.record_failed", error=redact(str(error)))
+
+
+@dataclass
+class _Call:
+    execution: Execution
+    provider: Provider
+    deployment: AppliedRecord
+    data: dict[str, Any]
+
+
+@dataclass
+class _Batch:
+    """What one tick records together: fires that end as recorded, and calls to start."""
+
+    records: list[Execution] = field(default_factory=list)
+    calls: list[_Call] = field(default_factory=list)
 
 
 @dataclass
@@ -95,23 +115,27 @@ class FireEngine:
         parallelism: int | None = None,
         limits: Limits | None = None,
         environments: tuple[str, ...] = (),
+        clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
+        #: What a call's start and end are recorded with (tick's `now` says what is due).
+        self.clock = clock
         #: Open for the engine's life (calls under way record into it); closed with it.
         self.executions = executions
         self.limits = limits or Limits(
             settings.executions.max_result_bytes, settings.executions.keep
         )
         self.environments = environments
-        self.pool = ThreadPoolExecutor(
-            max_workers=parallelism or settings.parallelism, thread_name_prefix="fire"
-        )
+        self.parallelism = parallelism or settings.parallelism
+        self.pool = ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="fire")
         self.holder = Holder.me()
         self._providers: dict[tuple[str, str, str], Provider] = {}
         self._mu = threading.Lock()
         self._serials: dict[str, int] | None = None
         self._tracked: dict[InstanceKey, _Tracked] = {}
-        self._last_tick: datetime | None = None
+        self._applied: dict[str, dict[InstanceKey, AppliedRecord]] = {}
+        self._last_fire: dict[InstanceKey, datetime] = {}
+        self._fires_read: set[str] = set()
 
     # -- what is due -----------------------------------------------------------------
 
@@ -143,15 +167,20 @@ class FireEngine:
     def tick(
         self, state: StateStore, providers: Providers, now: datetime
     ) -> list[Future[Execution]]:
-        """Record and start every fire due at `now`; the futures end with each call."""
-        executions = self.executions
+        """Record and start every fire due at `now`; the futures end with each call.
+
+        Fires are recorded a batch at a time (one transaction per `parallelism` fires)
+        and each batch's calls start as soon as it is recorded, so the first calls do not
+        wait for every due schedule to be looked at."""
         self._refresh(state, now)
+        self._applied = {}
+        batch = _Batch()
         started: list[Future[Execution]] = []
         for key, t in self._tracked.items():
             if t.next_fire is None or t.next_fire > now:
                 continue
             try:
-                started += self._schedule(t.record, state, executions, providers, now)
+                self._schedule(t.record, state, providers, now, batch)
             except ReconcilerError as e:
                 log.error(
                     "schedule.error",
@@ -161,51 +190,101 @@ class FireEngine:
                 )
             nxt = spec_next_runs(t.record.spec, now, 1)
             t.next_fire = nxt[0] if nxt else None
+            if len(batch.calls) >= self.parallelism:
+                started += self._flush(batch)
+        return started + self._flush(batch)
+
+    def _flush(self, batch: _Batch) -> list[Future[Execution]]:
+        """Record the batch (one transaction), then start the calls that are ours: a
+        fire another engine recorded first is left to it."""
+        items = batch.records + [c.execution for c in batch.calls]
+        if not items:
+            return []
+        recorded = self.executions.add_many(items)
+        for ex, ok in zip(batch.records, recorded, strict=False):
+            if ok:
+                log.info(
+                    "schedule.fire",
+                    schedule=ex.schedule,
+                    env=ex.environment,
+                    fire_time=iso(ex.fire_time),
+                    status=ex.status,
+                    reason=ex.error,
+                )
+        started = []
+        for call, ok in zip(batch.calls, recorded[len(batch.records) :], strict=True):
+            if not ok:
+                continue
+            ex = call.execution
+            log.debug(
+                "schedule.fire",
+                schedule=ex.schedule,
+                env=ex.environment,
+                fire_time=iso(ex.fire_time),
+                execution=ex.id,
+            )
+            future = self.pool.submit(
+                execute,
+                self.executions,
+                ex,
+                call.provider,
+                call.deployment,
+                call.data,
+                limits=self.limits,
+                clock=self.clock,
+                new=False,
+            )
+            future.add_done_callback(_log_failure)
+            started.append(future)
+        if started:
+            log.info(
+                "schedules.fired",
+                calls=len(started),
+                schedules=sorted({c.execution.schedule or "" for c in batch.calls})[:10],
+            )
+        batch.records.clear()
+        batch.calls.clear()
         return started
 
     # -- one schedule ----------------------------------------------------------------
 
-    def _since(self, rec: AppliedRecord, executions: ExecutionStore) -> datetime:
-        last = executions.find(Query(environments=(rec.environment,), schedule=rec.name, limit=1))
-        applied = rec.applied_at
-        if last and last[0].fire_time is not None:
-            return max(last[0].fire_time, applied)
-        return applied
+    def _since(self, rec: AppliedRecord) -> datetime:
+        """After the schedule's last recorded fire (or when it was applied). Read from
+        the state once per schedule, then remembered: a fire another engine recorded
+        meanwhile is looked at again and refused by its fire key, never run twice."""
+        env = rec.environment
+        if env not in self._fires_read:
+            self._fires_read.add(env)
+            for name, at in self.executions.last_fires(env).items():
+                key = InstanceKey(env, "Schedule", name)
+                self._last_fire[key] = max(at, self._last_fire.get(key, at))
+        known = self._last_fire.get(rec.key)
+        return rec.applied_at if known is None else max(known, rec.applied_at)
 
     def _schedule(
         self,
         rec: AppliedRecord,
         state: StateStore,
-        executions: ExecutionStore,
         providers: Providers,
         now: datetime,
-    ) -> list[Future[Execution]]:
-        fires = fires_between(rec.spec, self._since(rec, executions), now)
+        batch: _Batch,
+    ) -> datetime | None:
+        """Add the schedule's due fires to `batch`; returns when it fires next."""
+        fires, upcoming = fires_between(rec.spec, self._since(rec), now)
         if not fires:
-            return []
+            return upcoming
+        self._last_fire[rec.key] = fires[-1]
         deadline = rec.spec.get("startingDeadlineSeconds")
         for t in fires[:-1]:
-            self._record(
-                executions,
-                rec,
-                t,
-                now,
-                "missed",
-                "a later fire was due when it was found (only the latest missed fire runs late)",
-            )
+            why = "a later fire was due when it was found (only the latest missed fire runs late)"
+            batch.records.append(self._ended(rec, t, now, "missed", why))
         last = fires[-1]
         if isinstance(deadline, int) and (now - last).total_seconds() > deadline:
-            self._record(
-                executions,
-                rec,
-                last,
-                now,
-                "missed",
-                f"not started within startingDeadlineSeconds ({deadline}) of its time",
-            )
-            return []
-        future = self._fire(rec, last, state, executions, providers, now)
-        return [] if future is None else [future]
+            why = f"not started within startingDeadlineSeconds ({deadline}) of its time"
+            batch.records.append(self._ended(rec, last, now, "missed", why))
+            return upcoming
+        self._fire(rec, last, state, providers, now, batch)
+        return upcoming
 
     def _new(self, rec: AppliedRecord, fire_time: datetime, now: datetime) -> Execution:
         ex = Execution(
@@ -222,30 +301,14 @@ class FireEngine:
         ex.input = describe_input(rec.spec.get("input") or {}, self.limits)
         return ex
 
-    def _record(
-        self,
-        executions: ExecutionStore,
-        rec: AppliedRecord,
-        fire_time: datetime,
-        now: datetime,
-        status: str,
-        why: str,
-    ) -> Execution | None:
-        """A fire that does not call anything, recorded once (its fire key)."""
+    def _ended(
+        self, rec: AppliedRecord, fire_time: datetime, now: datetime, status: str, why: str
+    ) -> Execution:
+        """A fire that calls nothing, recorded as it ends (once: its fire key)."""
         ex = self._new(rec, fire_time, now)
         ex.status = status  # type: ignore[assignment]
         ex.error = why
         ex.finished_at = now
-        if not executions.add(ex):
-            return None
-        log.info(
-            "schedule.fire",
-            schedule=rec.name,
-            env=rec.environment,
-            fire_time=iso(fire_time),
-            status=status,
-            reason=why,
-        )
         return ex
 
     def _fire(
@@ -253,73 +316,45 @@ class FireEngine:
         rec: AppliedRecord,
         fire_time: datetime,
         state: StateStore,
-        executions: ExecutionStore,
         providers: Providers,
         now: datetime,
-    ) -> Future[Execution] | None:
+        batch: _Batch,
+    ) -> None:
         env = rec.environment
         dep_name = str(rec.spec.get("deployment"))
         dep_key = InstanceKey(env, "Deployment", dep_name)
-        dep = state.applied(env, [dep_key]).get(dep_key)
+        if env not in self._applied:  # read once per tick, not once per schedule
+            self._applied[env] = state.applied(env)
+        dep = self._applied[env].get(dep_key)
+
+        def ended(status: str, why: str) -> None:
+            batch.records.append(self._ended(rec, fire_time, now, status, why))
+
         if dep is None:
-            self._record(
-                executions,
-                rec,
-                fire_time,
-                now,
-                "failed",
-                f"deployment.{dep_name} is no longer applied in {env!r}",
-            )
-            return None
+            return ended("failed", f"deployment.{dep_name} is no longer applied in {env!r}")
         if dep.spec.get("suspended") is True or dep.spec.get("enabled") is False:
-            state_word = "suspended" if dep.spec.get("suspended") is True else "disabled"
-            self._record(
-                executions,
-                rec,
-                fire_time,
-                now,
-                "skipped",
-                f"deployment.{dep_name} is {state_word} in {env!r}",
-            )
-            return None
+            word = "suspended" if dep.spec.get("suspended") is True else "disabled"
+            return ended("skipped", f"deployment.{dep_name} is {word} in {env!r}")
         policy = rec.spec.get("concurrency") or "allow"
         if policy != "allow":
-            under_way = executions.find(
+            under_way = self.executions.find(
                 Query((env,), schedule=rec.name, statuses=("pending", "running"), limit=None)
             )
             if under_way and policy == "forbid":
-                self._record(
-                    executions,
-                    rec,
-                    fire_time,
-                    now,
-                    "skipped",
-                    f"concurrency forbid: execution {under_way[0].id} is still running",
-                )
-                return None
-            if under_way and policy == "replace":
-                for old in under_way:
-                    prior = old.status
-                    old.status, old.finished_at = "cancelled", now
-                    old.error = f"replaced by the fire at {iso(fire_time)} (concurrency replace)"
-                    executions.transition(old, (prior,))
-        ex = self._new(rec, fire_time, now)
+                why = f"concurrency forbid: execution {under_way[0].id} is still running"
+                return ended("skipped", why)
+            for old in under_way if policy == "replace" else []:
+                prior = old.status
+                old.status, old.finished_at = "cancelled", now
+                old.error = f"replaced by the fire at {iso(fire_time)} (concurrency replace)"
+                self.executions.transition(old, (prior,))
         try:
             data = resolve_secrets(dict(rec.spec.get("input") or {}), self.settings.env)
             provider = self._provider(providers, env, dep.provider)
         except ReconcilerError as e:
-            self._record(executions, rec, fire_time, now, "failed", e.message)
-            return None
-        if not executions.add(ex):
-            return None  # another engine recorded this fire: it runs it
-        log.info(
-            "schedule.fire", schedule=rec.name, env=env, fire_time=iso(fire_time), execution=ex.id
-        )
-        future = self.pool.submit(
-            execute, executions, ex, provider, dep, data, limits=self.limits, new=False
-        )
-        future.add_done_callback(_log_failure)
-        return future
+            return ended("failed", e.message)
+        batch.calls.append(_Call(self._new(rec, fire_time, now), provider, dep, data))
+        return None
 
     def _provider(self, providers: Providers, env: str, name: str) -> Provider:
         config = providers.get(env, {}).get(name)

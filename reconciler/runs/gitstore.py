@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import git
@@ -76,6 +77,28 @@ class GitExecutions:
             return False
         return True
 
+    def add_many(self, executions: Sequence[Execution]) -> list[bool]:
+        self._writable()
+        recorded: list[bool] = []
+
+        def mutate(snap: Snapshot) -> Changes:
+            recorded.clear()
+            changes: Changes = {}
+            for ex in executions:
+                key = ex.fire_key
+                fire = None if key is None else _fire_path(key)
+                if fire is not None and (fire in snap.files or fire in changes):
+                    recorded.append(False)
+                    continue
+                changes[_path(ex)] = ex.to_json().encode()
+                if fire is not None:
+                    changes[fire] = ex.id.encode()
+                recorded.append(True)
+            return changes
+
+        self._refs.write(f"{len(executions)} executions", mutate, reevaluate=True, fresh=True)
+        return list(recorded)
+
     def transition(self, ex: Execution, from_statuses: Collection[str]) -> bool:
         self._writable()
 
@@ -106,6 +129,15 @@ class GitExecutions:
                 if ex is not None:
                     out.append(ex)
         out.sort(key=lambda e: (e.created_at, e.id), reverse=True)
+        return out
+
+    def last_fires(self, environment: str) -> dict[str, datetime]:
+        out: dict[str, datetime] = {}
+        for ex in self._all(self._snap()):
+            if ex.environment != environment or not ex.schedule or ex.fire_time is None:
+                continue
+            if ex.schedule not in out or ex.fire_time > out[ex.schedule]:
+                out[ex.schedule] = ex.fire_time
         return out
 
     def find(self, query: Query) -> list[Execution]:

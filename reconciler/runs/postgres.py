@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -103,6 +104,15 @@ class PostgresExecutions:
                 return False
         return True
 
+    def add_many(self, executions: Sequence[Execution]) -> list[bool]:
+        self._writable()
+        out = []
+        with self._mu, self._sql("record"), self._conn.transaction():
+            for ex in executions:
+                cur = self._conn.execute(_INSERT + " ON CONFLICT DO NOTHING", _row(ex))
+                out.append(cur.rowcount == 1)
+        return out
+
     def transition(self, ex: Execution, from_statuses: Collection[str]) -> bool:
         self._writable()
         with self._mu, self._sql("record"):
@@ -121,6 +131,17 @@ class PostgresExecutions:
                 "SELECT doc FROM reconciler_executions WHERE id = %s", (execution_id,)
             ).fetchone()
         return None if row is None else Execution.from_document(row[0])
+
+    def last_fires(self, environment: str) -> dict[str, datetime]:
+        if not self._exists:
+            return {}
+        with self._mu, self._sql("read"):
+            rows = self._conn.execute(
+                "SELECT schedule, MAX(doc->>'fire_time') FROM reconciler_executions "
+                "WHERE environment = %s AND schedule IS NOT NULL GROUP BY schedule",
+                (environment,),
+            ).fetchall()
+        return {name: datetime.fromisoformat(at) for name, at in rows if at}
 
     def find(self, query: Query) -> list[Execution]:
         if not self._exists:

@@ -35,12 +35,22 @@ class ExecutionStore(Protocol):
         exists already: another process fired it."""
         ...
 
+    def add_many(self, executions: Sequence[Execution]) -> list[bool]:
+        """`add` of each, in one transaction: what a tick of many due schedules records
+        before any call starts. True for each one recorded."""
+        ...
+
     def transition(self, ex: Execution, from_statuses: Collection[str]) -> bool:
         """Write `ex` whole, only if its recorded status is still one of
         `from_statuses`; False when it moved on (cancelled, reaped) meanwhile."""
         ...
 
     def get(self, execution_id: str) -> Execution | None: ...
+
+    def last_fires(self, environment: str) -> dict[str, datetime]:
+        """Each schedule's latest recorded fire time in `environment`: where the firing
+        engine looks for fires from (one read for every schedule)."""
+        ...
 
     def find(self, query: Query) -> list[Execution]:
         """Newest first."""
@@ -128,6 +138,8 @@ _SQLITE_SCHEMA = (
         fire_key TEXT UNIQUE, doc TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS executions_by_env ON executions (environment, created_at)",
     "CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status)",
+    "CREATE INDEX IF NOT EXISTS executions_by_schedule "
+    "ON executions (environment, schedule, created_at)",
 )
 
 
@@ -150,6 +162,13 @@ def where(query: Query, param: str = "?") -> tuple[str, list[object]]:
         clauses.append(f"created_at >= {param}")
         args.append(query.since.astimezone(UTC).isoformat(timespec="microseconds"))
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def _sqlite_row(ex: Execution) -> tuple[object, ...]:
+    return (
+        ex.id, ex.environment, ex.deployment, ex.schedule, ex.status,
+        ex.document()["created_at"], ex.fire_key, ex.to_json(),
+    )  # fmt: skip
 
 
 class SQLiteExecutions:
@@ -215,6 +234,29 @@ class SQLiteExecutions:
                 raise self._fail("record an execution", e) from None
         return True
 
+    def add_many(self, executions: Sequence[Execution]) -> list[bool]:
+        out = []
+        with self._mu:
+            db = self._writable()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for ex in executions:
+                        cur = db.execute(
+                            "INSERT OR IGNORE INTO executions (id, environment, deployment, "
+                            "schedule, status, created_at, fire_key, doc) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            _sqlite_row(ex),
+                        )
+                        out.append(cur.rowcount == 1)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise self._fail("record executions", e) from None
+        return out
+
     def transition(self, ex: Execution, from_statuses: Collection[str]) -> bool:
         marks = ", ".join("?" * len(from_statuses))
         with self._mu:
@@ -237,6 +279,17 @@ class SQLiteExecutions:
                 "SELECT doc FROM executions WHERE id = ?", (execution_id,)
             ).fetchone()
         return None if row is None else Execution.from_document(json.loads(row[0]))
+
+    def last_fires(self, environment: str) -> dict[str, datetime]:
+        if self._db is None:
+            return {}
+        with self._mu:
+            rows = self._db.execute(
+                "SELECT schedule, MAX(json_extract(doc, '$.fire_time')) FROM executions "
+                "WHERE environment = ? AND schedule IS NOT NULL GROUP BY schedule",
+                (environment,),
+            ).fetchall()
+        return {name: datetime.fromisoformat(at) for name, at in rows if at}
 
     def find(self, query: Query) -> list[Execution]:
         if self._db is None:

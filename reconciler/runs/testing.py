@@ -97,6 +97,24 @@ def check_a_fire_is_recorded_once(factory: Factory) -> None:
 
 
 @_check
+def check_many_are_recorded_at_once_each_fire_once(factory: Factory) -> None:
+    s = factory()
+    try:
+        _expect(s.add(_fire(1)), "a fire recorded")
+        later = _fire(4)
+        later.fire_time = T0 + timedelta(minutes=10)
+        got = s.add_many([_ex(2), _fire(3), later, _fire(5, "hourly"), _fire(6, "hourly")])
+        _expect(got == [True, False, True, True, False], f"add_many: {got}")
+        _expect(s.get("ex-0003") is None and s.get("ex-0006") is None, "refused ones unwritten")
+        fires = s.last_fires("dev")
+        _expect(fires == {"nightly": T0 + timedelta(minutes=10), "hourly": T0},
+                f"each schedule's latest fire: {fires}")  # fmt: skip
+        _expect(s.last_fires("prod") == {}, "per environment")
+    finally:
+        s.close()
+
+
+@_check
 def check_status_moves_only_from_what_it_was(factory: Factory) -> None:
     s = factory()
     try:

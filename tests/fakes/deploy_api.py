@@ -20,7 +20,8 @@ lost), "hang" (hold the request for `hang_seconds`, then close unanswered),
 "drip-headers" / "drip-body" (answer one byte every 0.8 s, for ever: `fakes.slow`).
 
 Standalone (for benchmarks): `python -m tests.fakes.deploy_api --port 0 --latency 0.05`
-prints the URL on its first line and serves until interrupted.
+prints the URL on its first line and serves until interrupted; `--run-latency S` makes
+each run (`POST .../run`) take S seconds more.
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ class FakeDeployApi(ThreadedServer):
         self._ids = itertools.count(1)
         #: Every run asked for: (environment, name, input).
         self.runs: list[tuple[str, str, Any]] = []
+        #: Seconds a run takes beyond `latency` (a model answering).
+        self.run_latency = 0.0
         #: When set, a run is answered only once the event is set (a call under way).
         self.run_gate: threading.Event | None = None
         #: Set whenever a run arrives.
@@ -318,10 +321,13 @@ class FakeDeployApi(ThreadedServer):
         self.runs.append((obj["environment"], obj["name"], body["input"]))
         self.run_arrived.set()
         gate = self.run_gate
-        if gate is not None:
+        if gate is not None or self.run_latency:
             self.lock.release()  # others are served meanwhile
             try:
-                gate.wait(60)
+                if self.run_latency:
+                    self._stopping.wait(self.run_latency)
+                if gate is not None:
+                    gate.wait(60)
             finally:
                 self.lock.acquire()
         if obj.get("runFails"):
@@ -398,8 +404,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--latency", type=float, default=0.0, help="seconds per request")
     p.add_argument("--token", default=None, help="require this bearer token")
+    p.add_argument("--run-latency", type=float, default=0.0, help="seconds per run")
     args = p.parse_args(argv)
     api = FakeDeployApi(token=args.token, latency=args.latency, host=args.host, port=args.port)
+    api.run_latency = args.run_latency
     api.start()
     print(api.url, flush=True)
     try:

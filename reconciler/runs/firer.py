@@ -1,0 +1,90 @@
+"""The firing engine on a thread of its own, beside a long-running process's loop
+(`reconciler agent`): it looks at the clock at least every `wake` seconds, and sleeps
+no later than the next fire, so a fire starts within a moment of its time."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+from reconciler.commands.live import ProvidersOfRecord
+from reconciler.config import Settings
+from reconciler.log import get_logger, redact
+from reconciler.runs.fire import Clock, FireEngine, utc_now
+from reconciler.runs.store import open_executions, reap
+from reconciler.state import open_state
+from reconciler.state.base import StateStore
+
+log = get_logger("reconciler.fire")
+
+
+class Firer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        environments: tuple[str, ...] = (),
+        clock: Clock = utc_now,
+        wake: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.environments = environments
+        self.clock = clock
+        self.wake = wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fire", daemon=True)
+        self._engine: FireEngine | None = None
+        self._of_record = ProvidersOfRecord(settings)
+        self._state: StateStore | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 60) -> None:
+        """Fire nothing more; wait for the calls under way to be recorded."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        s = self.settings
+        try:
+            executions = open_executions(s.state_url, repo_root=s.repo, env=s.env)
+        except Exception as e:  # the state unreachable: the agent's loop says so too
+            log.error("fire.cannot_start", error=redact(str(e)))
+            return
+        reap(executions)
+        engine = FireEngine(s, executions, environments=self.environments, clock=self.clock)
+        self._engine = engine
+        try:
+            while not self._stop.is_set():
+                now = self.clock()
+                try:
+                    self._tick(engine, now)
+                except Exception as e:  # a bug or the database gone must not end firing
+                    log.exception("fire.error", error=redact(str(e)))
+                    self._close_state()
+                self._stop.wait(self._sleep_for(engine, self.clock()))
+        finally:
+            self._close_state()
+            engine.close(wait=True)
+
+    def _tick(self, engine: FireEngine, now: datetime) -> None:
+        """One tick on a state store kept open between ticks (a fire should not wait for
+        a connection); one that has nothing yet is opened again, since a read-only SQLite
+        store opened before the file existed would never see it."""
+        s = self.settings
+        if self._state is None or not self._state.environments():
+            self._close_state()
+            self._state = open_state(s.state_url, repo_root=s.repo, env=s.env, read_only=True)
+        engine.tick(self._state, self._of_record.get(self._state), now)
+
+    def _close_state(self) -> None:
+        if self._state is not None:
+            self._state.close()
+            self._state = None
+
+    def _sleep_for(self, engine: FireEngine, now: datetime) -> float:
+        due = engine.next_due()
+        if due is None:
+            return self.wake
+        return max(0.0, min(self.wake, (due - now).total_seconds()))

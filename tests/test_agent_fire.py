@@ -1,0 +1,81 @@
+"""The agent as a real process fires an applied schedule at its time. Its clock is set
+with libfaketime (the process's own clock, nothing patched inside), starting a few
+seconds before the fire, so no test waits for a real minute."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from agent_world import PROVIDER, TOKEN, AgentProcess, Remote, deployments, environment
+from fakes.deploy_api import FakeDeployApi
+
+from reconciler.runs.model import Query
+from reconciler.runs.store import open_executions
+
+LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+START = "2030-01-07 10:00:50"  # UTC; the schedule fires at 10:01:00
+SCHEDULE = """apiVersion: reconciler/v1
+kind: Schedule
+metadata: {name: ten-past}
+spec:
+  environments: [dev]
+  deployment: chat
+  cron: "1 10 * * *"
+  input: {question: "are we there yet?"}
+  concurrency: forbid
+"""
+
+pytestmark = pytest.mark.skipif(
+    not LIB.exists() or shutil.which("faketime") is None, reason="libfaketime is not installed"
+)
+
+
+@pytest.fixture
+def api() -> Iterator[FakeDeployApi]:
+    with FakeDeployApi(token=TOKEN) as server:
+        yield server
+
+
+def test_the_agent_fires_a_schedule_at_its_time(
+    tmp_path: Path, api: FakeDeployApi, postgres_url: str
+) -> None:
+    remote = Remote(tmp_path)
+    remote.push(
+        {
+            "manifests/env.yaml": environment("dev", "  sync: {auto: true, interval: 1s}\n"),
+            "manifests/provider.yaml": PROVIDER % {"envs": "dev", "url": api.url},
+            "manifests/schedule.yaml": SCHEDULE,
+            ".gitignore": ".reconciler/\n",
+            **deployments(["chat"]),
+        },
+        "chat, fired ten past",
+    )
+    clock = {
+        "LD_PRELOAD": str(LIB),
+        "FAKETIME": f"@{START}",
+        "TZ": "UTC",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # timed waits stay real
+    }
+    clone = tmp_path / "clone"
+    with AgentProcess(remote, clone, postgres_url, env=clock) as agent:
+        assert api.run_arrived.wait(60), agent.output()[-4000:]
+        started = agent.events("schedule.fire")
+        assert started and started[0]["fire_time"].startswith("2030-01-07T10:01:00")
+        store = open_executions(postgres_url, repo_root=clone, env={})
+        try:
+            agent.wait_until(
+                lambda: [e.status for e in store.find(Query(("dev",)))] == ["completed"],
+                "the fire recorded completed",
+            )
+            (ex,) = store.find(Query(("dev",)))
+        finally:
+            store.close()
+        assert ex.trigger == "schedule" and ex.schedule == "ten-past"
+        assert ex.fire_time == datetime.fromisoformat("2030-01-07T10:01:00+00:00")
+        assert ex.started_at is not None and ex.started_at >= ex.fire_time
+        assert api.runs == [("dev", "chat", {"question": "are we there yet?"})]
+        assert agent.terminate() == 0
