@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import random
 import re
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +49,8 @@ from urllib.parse import quote
 
 import httpx
 
-from reconciler.httpclient import current_wait_deadline
+from reconciler.errors import ProviderError
+from reconciler.httpclient import HttpClient, Retry, current_wait_deadline
 from reconciler.instances import Instance, ProviderConfig
 from reconciler.log import get_logger
 from reconciler.providers.azure_auth import (
@@ -57,7 +60,16 @@ from reconciler.providers.azure_auth import (
     default_credential,
     lock_directory,
 )
-from reconciler.providers.base import HealthStatus, LiveObject, Problem
+from reconciler.providers.base import (
+    CannotInvoke,
+    HealthStatus,
+    Invocation,
+    InvokeTarget,
+    LiveObject,
+    Problem,
+    Usage,
+)
+from reconciler.providers.invoke import chat_messages, chat_options, chat_output, count
 from reconciler.providers.vendor import (
     POLL_LATER,
     ClientOptions,
@@ -75,6 +87,9 @@ from reconciler.vocabulary import Health
 log = get_logger("reconciler.providers.azure")
 
 API_VERSION = "2024-10-01"
+#: The data plane's api-version for chat completions (Azure OpenAI "REST API reference",
+#: the GA inference version).
+INFERENCE_API_VERSION = "2024-10-21"
 BASE_URL = "https://management.azure.com"
 TAG_ENVIRONMENT = "reconciler-environment"
 TAG_DEPLOYMENT = "reconciler-deployment"
@@ -294,6 +309,9 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
         self.locks = AccountLocks(
             lock_directory(repo_root, env), sleep=self._sleep_now, clock=self._now
         )
+        #: The data plane's client (runs), apart from ARM's: another host, another key.
+        self._data: HttpClient | None = None
+        self._data_lock = threading.Lock()
 
     def _sleep_now(self, seconds: float) -> None:
         self.sleep(seconds)
@@ -314,12 +332,14 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
                 "retries",
                 "operationTimeoutSeconds",
                 "authentication",
+                "inferenceUrl",
+                "inferenceApiVersion",
             }
         )
 
     @classmethod
     def credential_keys(cls) -> frozenset[str]:
-        return frozenset({"tokenEnv"})
+        return frozenset({"tokenEnv", "apiKeyEnv"})
 
     def read_settings(self, reader: ConfigReader) -> Settings:
         return read_settings(reader)
@@ -387,6 +407,84 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
         if code in PARENT_MISSING:
             raise self.error(f"GET {path}", f"404 {code}: {message}")
         return None
+
+    # -- running a deployment (the data plane) ----------------------------------------------
+
+    can_invoke: ClassVar[bool] = True
+
+    def _data_plane(self) -> HttpClient:
+        """A client for the account's endpoint, with the key credentials.apiKeyEnv names
+        (the ARM token is for management.azure.com only)."""
+        with self._data_lock:
+            if self._data is not None:
+                return self._data
+            var = self.config.credentials.get("apiKeyEnv")
+            if not var:
+                raise CannotInvoke(
+                    f"provider {self.name!r} cannot run a deployment without "
+                    "credentials.apiKeyEnv (the variable holding the account's API key)"
+                )
+            key = secret_from_env(self._env, var, self.name, "the Azure OpenAI account's key")
+            base = self.config.config.get("inferenceUrl")
+            if not isinstance(base, str) or not base:
+                base = f"https://{self.settings.account}.openai.azure.com"
+            self._data = HttpClient(
+                label=f"provider {self.name!r}",
+                base_url=base.rstrip("/"),
+                headers={"Accept": "application/json", "User-Agent": "reconciler", "api-key": key},
+                secrets=[key],
+                deadline=self.settings.timeout,
+                deadline_source="config.timeoutSeconds",
+                retry=Retry(retries=self.settings.retries),
+                error=ProviderError,
+                auth_hint=f"check the key in {var}",
+                env=self._env,
+                sleep=self.sleep,
+                clock=self.clock,
+                rng=self._random.random,
+            )
+            return self._data
+
+    def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
+        """Chat completions on the deployment's data plane: `POST {endpoint}/openai/
+        deployments/{name}/chat/completions?api-version=`, usage from the answer's
+        `usage` (prompt_tokens, completion_tokens). Sent once (a POST is retried only
+        when it never left, or on 429)."""
+        client = self._data_plane()
+        name = deployment_name(target.name, target.spec)
+        version = self.config.config.get("inferenceApiVersion") or INFERENCE_API_VERSION
+        body = {
+            "messages": chat_messages(target.spec, input),
+            **chat_options(target.spec),
+        }
+        started = time.monotonic()
+        resp = client.request(
+            "POST",
+            f"openai/deployments/{quote(name)}/chat/completions",
+            params={"api-version": version},
+            json=body,
+            ok=(200,),
+            idempotent=False,
+        )
+        latency = time.monotonic() - started
+        data = client.json_object(resp)
+        output = chat_output(data)
+        if output is None:
+            raise client.invalid(resp, "200 answer has no choices[0].message.content")
+        usage = data.get("usage") if isinstance(data.get("usage"), Mapping) else {}
+        assert isinstance(usage, Mapping)
+        return Invocation(
+            output,
+            Usage(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))),
+            latency,
+        )
+
+    def close(self) -> None:
+        with self._data_lock:
+            if self._data is not None:
+                self._data.close()
+                self._data = None
+        super().close()
 
     def _check_owner(self, live: Mapping[str, Any], name: str, environment: str) -> None:
         """The live deployment must carry this environment's and deployment's tags."""

@@ -39,6 +39,7 @@ from reconciler.providers.base import (
     Usage,
     resolve_secrets,
 )
+from reconciler.providers.invoke import count
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
@@ -128,11 +129,6 @@ def _parse(config: ProviderConfig) -> tuple[_Settings, list[str]]:
                 else:
                     paths[str(kind)] = path.rstrip("/")
     return _Settings(base_url, float(timeout), int(retries), paths), problems
-
-
-def _count(value: Any) -> int | None:
-    """A token count as the vendor reported it; anything but a count is unknown."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _same(live: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
@@ -379,7 +375,7 @@ class HttpProvider(Provider):
         usage: Mapping[str, Any] = reported if isinstance(reported, dict) else {}
         return Invocation(
             data["output"],
-            Usage(_count(usage.get("inputTokens")), _count(usage.get("outputTokens"))),
+            Usage(count(usage.get("inputTokens")), count(usage.get("outputTokens"))),
             latency,
         )
 

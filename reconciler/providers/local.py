@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -37,6 +36,7 @@ from reconciler.providers.base import (
     Provider,
     Usage,
 )
+from reconciler.providers.invoke import render
 
 DEFAULT_PATH = ".reconciler/local-registry.db"
 #: The environment variable naming the registry file (an absolute path).
@@ -68,26 +68,6 @@ ON CONFLICT (environment, kind, name) DO UPDATE SET
     updated_at = CASE WHEN body = excluded.body THEN updated_at ELSE excluded.updated_at END
 RETURNING id
 """
-
-
-#: `{{ name }}` in a prompt template: replaced by the input's value of that name.
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
-
-
-def render(template: str, values: Mapping[str, Any]) -> str:
-    """The template with each `{{ name }}` replaced by `values[name]` (text as is,
-    anything else as JSON); a name the input lacks is an error, never left blank."""
-    missing = sorted({m for m in _PLACEHOLDER.findall(template) if m not in values})
-    if missing:
-        raise ProviderError(
-            f"the prompt template needs {', '.join(missing)}, which the input does not have"
-        )
-
-    def one(match: re.Match[str]) -> str:
-        value = values[match.group(1)]
-        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-    return _PLACEHOLDER.sub(one, template)
 
 
 def registry_problem(value: str | None) -> str | None:
