@@ -12,6 +12,7 @@ import pytest
 from conftest import commit_all, init_repo, run_cli, write_files
 from fakes.azure_arm import FakeAzure
 from fakes.azure_openai_data import FakeAzureOpenAIData
+from fakes.hf_endpoints import FakeHuggingFace
 
 SUB = "0b7e3a51-93c4-4e6a-9d7e-5f1d2c3b4a59"
 ARM_TOKEN = "eyJ.arm-SECRET-token.x"
@@ -107,3 +108,56 @@ def test_azure_run_of_a_deployment_gone_fails_recorded(
                "properties.provisioningState", "Failed")  # fmt: skip
     code, out, _ = cli(repo, "run", "chat-gpt-4o", "--env", "production")
     assert code == 1 and "404" in out and "deployment for this resource does not exist" in out
+
+
+HF_TOKEN = "hf_SECRET0123456789abcdefgh"
+HF_MANIFESTS = """apiVersion: reconciler/v1
+kind: Environment
+metadata: {name: production}
+spec: {}
+---
+apiVersion: reconciler/v1
+kind: Provider
+metadata: {name: hf}
+spec:
+  type: huggingface
+  environments: [production]
+  config: {baseUrl: "%(hf)s", namespace: acme, timeoutSeconds: 5, pollIntervalSeconds: 0.05}
+  credentials: {tokenEnv: HF_TOKEN}
+---
+apiVersion: reconciler/v1
+kind: Deployment
+metadata: {name: llama}
+spec:
+  environments: [production]
+  provider: hf
+  model: meta-llama/Llama-3.1-8B-Instruct
+  scaling: {minReplicas: 1, maxReplicas: 1, hardware: nvidia-a10g}
+  huggingface: {task: text-generation}
+"""
+
+
+def test_huggingface_run_calls_the_endpoint_url(tmp_path: Path) -> None:
+    with FakeHuggingFace(HF_TOKEN, steps=1) as hf:
+        hf.serve_inference = True
+        repo = init_repo(tmp_path / "repo")
+        write_files(repo, {".gitignore": ".reconciler/\n",
+                           "manifests/all.yaml": HF_MANIFESTS % {"hf": hf.url}})  # fmt: skip
+        commit_all(repo, "hf")
+        env = {"HF_TOKEN": HF_TOKEN}
+        r = run_cli(["--repo", str(repo), "apply"], env=env)
+        assert r.code == 0, r.out + r.err
+        r = run_cli(["--repo", str(repo), "run", "llama", "--env", "production", "--json",
+                     "--input", '{"question": "why?"}'], env=env)  # fmt: skip
+        assert r.code == 0, r.err
+        ex = json.loads(r.out)
+        assert ex["result"] == 'echo: {"question": "why?"}'
+        assert ex["usage"] == {"input_tokens": None, "output_tokens": 3}
+        assert ex["cost"] is None  # no price declared: unknown
+        chat = '{"messages": [{"role": "user", "content": "hello"}]}'
+        r = run_cli(["--repo", str(repo), "run", "llama", "--env", "production", "--json",
+                     "--input", chat], env=env)  # fmt: skip
+        assert r.code == 0 and json.loads(r.out)["usage"] == {"input_tokens": 1, "output_tokens": 2}
+        paths = [q.path for q in hf.requests if q.path.startswith("/inference/")]
+        assert paths == ["/inference/llama", "/inference/llama/v1/chat/completions"]
+        assert HF_TOKEN not in r.out + r.err

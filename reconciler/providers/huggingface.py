@@ -39,13 +39,29 @@ https://api.endpoints.huggingface.cloud/v2; a bearer token (HF_TOKEN).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from reconciler.instances import Instance, ProviderConfig, secret_ref
-from reconciler.providers.base import DeleteRule, HealthStatus, LiveObject, Problem
+from reconciler.providers.base import (
+    DeleteRule,
+    HealthStatus,
+    Invocation,
+    InvokeTarget,
+    LiveObject,
+    Problem,
+    Usage,
+)
+from reconciler.providers.invoke import (
+    chat_messages,
+    chat_options,
+    chat_output,
+    count,
+    prompt_text,
+)
 from reconciler.providers.vendor import (
     ABSENT,
     POLL_LATER,
@@ -525,6 +541,68 @@ class HuggingFaceProvider(VendorProvider[Settings]):
         return name
 
     # -- the contract --------------------------------------------------------------------------
+
+    # -- running a deployment --------------------------------------------------------------
+
+    can_invoke: ClassVar[bool] = True
+
+    def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
+        """The endpoint's own URL (`status.url`, read from the API first: it must be this
+        deployment's and running). An input with chat `messages` goes to TGI's
+        OpenAI-compatible `POST {url}/v1/chat/completions` (usage from its `usage`);
+        anything else to `POST {url}` as `{"inputs": prompt, "parameters": {...,
+        "details": true}}` (the generated tokens from `details`; the prompt's are not
+        reported). Sent once."""
+        where = f"deployment.{target.name}"
+        live = self._get(self._name(target.name, target.provider_id))
+        if live is None:
+            raise self.error(where, "the endpoint does not exist (removed outside reconciler)")
+        self._check_owner(live, target.name, target.environment)
+        state, url = get_path(live, "status.state"), get_path(live, "status.url")
+        if state != "running" or not isinstance(url, str) or not url:
+            raise self.error(
+                where, f"the endpoint is {state or 'not running'}: it answers only when running"
+            )
+        client = self.http()
+        options = chat_options(target.spec)
+        started = time.monotonic()
+        if isinstance(input.get("messages"), list):
+            body = {"model": "tgi", "messages": chat_messages(target.spec, input), **options}
+            resp = client.request(
+                "POST",
+                url.rstrip("/") + "/v1/chat/completions",
+                json=body,
+                ok=(200,),
+                idempotent=False,
+            )
+            latency = time.monotonic() - started
+            data = client.json_object(resp)
+            output = chat_output(data)
+            if output is None:
+                raise client.invalid(resp, "200 answer has no choices[0].message.content")
+            raw = data.get("usage")
+            usage = raw if isinstance(raw, Mapping) else {}
+            used = Usage(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens")))
+            return Invocation(output, used, latency)
+        parameters: dict[str, Any] = {"details": True, "return_full_text": False}
+        renames = {"max_tokens": "max_new_tokens"}
+        parameters.update(
+            {
+                renames.get(k, k): v
+                for k, v in options.items()
+                if k in ("temperature", "top_p", "max_tokens", "stop", "seed")
+            }
+        )
+        body = {"inputs": prompt_text(target.spec, input), "parameters": parameters}
+        resp = client.request("POST", url, json=body, ok=(200,), idempotent=False)
+        latency = time.monotonic() - started
+        answer = client.json(resp)
+        first = answer[0] if isinstance(answer, list) and answer else answer
+        if not isinstance(first, Mapping) or "generated_text" not in first:
+            raise client.invalid(resp, "200 answer has no generated_text")
+        details = first.get("details")
+        generated = count(details.get("generated_tokens")) if isinstance(details, Mapping) else None
+        return Invocation(first["generated_text"], Usage(None, generated), latency)
 
     def read(
         self, kind: str, name: str, environment: str, provider_id: str | None

@@ -80,6 +80,9 @@ class FakeHuggingFace(LoopbackServer):
         self._holds = 0
         #: POSTs that made an endpoint, by name.
         self.creates: dict[str, int] = {}
+        #: When set, a running endpoint's `status.url` is this server's
+        #: `/inference/{name}`, which answers as Text Generation Inference does.
+        self.serve_inference = False
 
     # --- test controls -------------------------------------------------------------
 
@@ -117,6 +120,8 @@ class FakeHuggingFace(LoopbackServer):
         if req.authorization != f"Bearer {self.token}":
             return _error(401, "Invalid credentials in Authorization header")
         parts = [unquote(p) for p in req.path.split("/") if p]
+        if parts[:1] == ["inference"] and len(parts) >= 2 and req.method == "POST":
+            return self._infer(parts[1], parts[2:], req.body)
         if parts[:2] == ["v2", "provider"] and len(parts) == 3 and req.method == "GET":
             return Answer(200, _catalogue())
         if parts[:2] != ["v2", "endpoint"] or len(parts) < 3:
@@ -246,15 +251,46 @@ class FakeHuggingFace(LoopbackServer):
         else:
             obj["status"].update(state=state, message=f"Endpoint is {state}")
 
-    @staticmethod
-    def _running(obj: dict[str, Any]) -> None:
+    def _running(self, obj: dict[str, Any]) -> None:
         vendor, region = obj["provider"]["vendor"], obj["provider"]["region"]
+        url = f"https://{obj['name']}.{region}.{vendor}.endpoints.huggingface.cloud"
+        if self.serve_inference:
+            url = f"{self.url}/inference/{obj['name']}"
         obj["status"].update(
             state="running",
             message="Endpoint is ready",
-            url=f"https://{obj['name']}.{region}.{vendor}.endpoints.huggingface.cloud",
+            url=url,
             readyReplica=obj["compute"]["scaling"]["minReplica"] or 1,
         )
+
+    def _infer(self, name: str, rest: list[str], body: Any) -> Answer:
+        """Text Generation Inference on a running endpoint: `POST /` with `{"inputs",
+        "parameters"}` → `[{"generated_text", "details": {"generated_tokens"}}]`;
+        `POST /v1/chat/completions` (its OpenAI-compatible Messages API). The answer
+        echoes the prompt; tokens are words."""
+        running = [e for e in self._endpoints.values() if e["name"] == name]
+        if not running or running[0]["status"].get("state") != "running":
+            return _error(503, "Service Unavailable")
+        if not isinstance(body, dict):
+            return _error(422, "the body must be a JSON object")
+        if rest == ["v1", "chat", "completions"]:
+            messages = body.get("messages") or []
+            text = f"echo: {messages[-1].get('content') if messages else ''}"
+            prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+            return Answer(200, {
+                "object": "chat.completion", "model": "tgi",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
+                          "total_tokens": prompt + len(text.split())},
+            })  # fmt: skip
+        if rest:
+            return _error(404, "Not Found")
+        if not isinstance(body.get("inputs"), str):
+            return _error(422, "Input validation error: `inputs` must be a string")
+        text = f"echo: {body['inputs']}"
+        details = {"finish_reason": "eos_token", "generated_tokens": len(text.split())}
+        return Answer(200, [{"generated_text": text, "details": details}])
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
