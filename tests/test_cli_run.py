@@ -196,3 +196,23 @@ def test_an_undeclared_price_is_unknown_never_zero(tmp_path: Path, api: FakeDepl
     (row,) = as_json(cli(repo, "metrics", "--json"))
     assert row["cost"] is None and row["cost_unknown_calls"] == 1
     assert "unknown" in cli(repo, "metrics").out
+
+
+def test_a_suspended_deployment_is_stopped_and_takes_no_runs(
+    repo: Path, api: FakeDeployApi
+) -> None:
+    deployments = repo / "manifests" / "deployments.yaml"
+    text = deployments.read_text()
+    deployments.write_text(text.replace("prod: {provider: registry}",
+                                        "prod: {provider: registry, suspended: true}\n"
+                                        "    dev: {suspended: true}"))  # fmt: skip
+    commit_all(repo, "suspend chat")
+    r = cli(repo, "apply")
+    assert r.code == 0, r.out + r.err
+    assert api.get("deployments", "prod", "chat")["suspended"] is True  # type: ignore[index]
+    status = cli(repo, "status").out
+    assert status.count("Suspended") == 2, status
+    for env in ("dev", "prod"):
+        r = cli(repo, "run", "chat", "--env", env)
+        assert r.code == 1 and f"deployment.chat is suspended in '{env}'" in r.err
+    assert api.runs == [] and as_json(cli(repo, "executions", "--json")) == []

@@ -161,3 +161,20 @@ def test_huggingface_run_calls_the_endpoint_url(tmp_path: Path) -> None:
         paths = [q.path for q in hf.requests if q.path.startswith("/inference/")]
         assert paths == ["/inference/llama", "/inference/llama/v1/chat/completions"]
         assert HF_TOKEN not in r.out + r.err
+
+
+def test_suspending_where_the_vendor_cannot_is_refused_at_validate(
+    azure: tuple[Path, FakeAzure, FakeAzureOpenAIData],
+) -> None:
+    repo = azure[0]
+    path = repo / "manifests" / "all.yaml"
+    path.write_text(
+        path.read_text().replace("  provider: azure\n", "  provider: azure\n  suspended: true\n")
+    )
+    commit_all(repo, "suspend")
+    code, _, err = cli(repo, "validate")
+    assert code == 1
+    assert (
+        "manifests/all.yaml:" in err
+        and "cannot suspend a deployment: Azure OpenAI has no pause" in err
+    )

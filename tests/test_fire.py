@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import commit_all
 from fakes.deploy_api import FakeDeployApi
 from run_world import TOKEN, cli, make_repo
 
@@ -195,6 +196,26 @@ def test_concurrency_replace_cancels_the_running_one(tmp_path: Path, api: FakeDe
     final = {e.fire_time: e for e in w.executions()}
     assert final[t].status == "cancelled"  # its late answer did not overwrite it
     assert final[t + timedelta(minutes=10)].status == "completed"
+
+
+def test_a_suspended_deployment_s_fires_are_skipped(tmp_path: Path, api: FakeDeployApi) -> None:
+    w = world(tmp_path, api, schedule())
+    deployments = w.repo / "manifests" / "deployments.yaml"
+    deployments.write_text(
+        deployments.read_text().replace(
+            "{provider: registry}", "{provider: registry, suspended: true}"
+        )
+    )
+    commit_all(w.repo, "suspend")
+    assert cli(w.repo, "apply").code == 0
+    engine = w.engine()
+    try:
+        assert w.tick(engine, w.first_fire()) == []
+        (ex,) = w.executions()
+        assert ex.status == "skipped" and ex.error == "deployment.chat is suspended in 'prod'"
+        assert api.runs == []
+    finally:
+        engine.close()
 
 
 def test_a_deleted_deployment_is_recorded_not_crashed_on(

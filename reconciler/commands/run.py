@@ -84,6 +84,11 @@ def run(
                 f"deployment.{deployment} is not applied in {environment!r}: only what is "
                 "recorded applied runs (reconciler apply first; reconciler status shows what is)"
             )
+        if record.spec.get("suspended") is True:
+            raise ReconcilerError(
+                f"deployment.{deployment} is suspended in {environment!r}: it takes no runs "
+                "(set suspended: false and apply to resume it)"
+            )
         configs = providers_of_record(settings, store).get(environment, {})
         config = configs.get(record.provider)
         if config is None:

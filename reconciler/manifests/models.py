@@ -534,6 +534,7 @@ class DeploymentFields(StrictModel):
     enabled: bool | None = None
     risk: Risk | None = None
     pricing: Pricing | None = None
+    suspended: bool | None = None
     azure: AzureSettings | None = None
     huggingface: HuggingFaceSettings | None = None
     langfuse: LangfuseSettings | None = None
@@ -559,6 +560,9 @@ class DeploymentSpec(StrictModel):
     enabled: bool = True
     risk: Risk = "low"
     pricing: Pricing | None = None
+    #: Stopped where the vendor can (local: a flag; http: the API's own); refused at
+    #: validate on a provider that cannot. Its schedules record `skipped`.
+    suspended: bool | None = None
     azure: AzureSettings | None = None
     huggingface: HuggingFaceSettings | None = None
     langfuse: LangfuseSettings | None = None

@@ -87,6 +87,20 @@ def plan_time_problems(
                 problems.extend(
                     _located(desired, inst, p, f"{envname}: ") for p in provider.validate(inst)
                 )
+                refusal = type(provider).suspend_refusal
+                if inst.kind == "Deployment" and inst.spec.get("suspended") is True and refusal:
+                    problems.append(
+                        _located(
+                            desired,
+                            inst,
+                            Problem(
+                                f"provider {provider.name!r} ({provider.config.type}) cannot "
+                                f"suspend a deployment: {refusal}",
+                                ("suspended",),
+                            ),
+                            f"{envname}: ",
+                        )
+                    )
                 ident = provider.identity(inst)
                 if ident is None:
                     continue

@@ -411,6 +411,10 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
     # -- running a deployment (the data plane) ----------------------------------------------
 
     can_invoke: ClassVar[bool] = True
+    suspend_refusal: ClassVar[str | None] = (
+        "Azure OpenAI has no pause or scale to zero for a deployment (remove it, or lower "
+        "scaling.maxReplicas, its capacity)"
+    )
 
     def _data_plane(self) -> HttpClient:
         """A client for the account's endpoint, with the key credentials.apiKeyEnv names

@@ -214,6 +214,10 @@ class Provider(abc.ABC):
     def delete(self, kind: str, name: str, environment: str, provider_id: str | None) -> None:
         """Remove the object; one that is already gone counts as done."""
 
+    #: Why this provider cannot suspend a deployment (`suspended: true`), shown when
+    #: validate refuses one; None when it can (it then reports such an object's health
+    #: as Suspended). Refused unless a provider says otherwise: fail closed.
+    suspend_refusal: ClassVar[str | None] = "it has no way to suspend a deployment"
     #: Whether `invoke` is implemented (the conformance check runs it when True).
     can_invoke: ClassVar[bool] = False
 

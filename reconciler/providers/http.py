@@ -32,6 +32,7 @@ from reconciler.errors import ProviderError
 from reconciler.httpclient import HttpClient, Retry
 from reconciler.instances import Instance, ProviderConfig
 from reconciler.providers.base import (
+    HealthStatus,
     Invocation,
     InvokeTarget,
     LiveObject,
@@ -346,6 +347,18 @@ class HttpProvider(Provider):
         self._http().request("DELETE", url, ok=(200, 202, 204, 404))
 
     can_invoke: ClassVar[bool] = True
+    #: `suspended: true` goes in the body; the API stops the deployment (docs/providers.md).
+    suspend_refusal: ClassVar[str | None] = None
+
+    def status(
+        self, kind: str, name: str, environment: str, provider_id: str | None
+    ) -> HealthStatus:
+        live = self.read(kind, name, environment, provider_id)
+        if live is None:
+            return HealthStatus("Missing")
+        if live.body.get("suspended") is True:
+            return HealthStatus("Suspended", "suspended: true")
+        return HealthStatus("Healthy")
 
     def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
         """`POST {path}/{id}/run` with `{"input": ...}`; the answer is `{"output": ...,

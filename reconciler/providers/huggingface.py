@@ -545,6 +545,10 @@ class HuggingFaceProvider(VendorProvider[Settings]):
     # -- running a deployment --------------------------------------------------------------
 
     can_invoke: ClassVar[bool] = True
+    suspend_refusal: ClassVar[str | None] = (
+        "not built yet: Inference Endpoints can be paused (POST .../pause), but this "
+        "provider does not pause them; set scaling.minReplicas: 0 to scale to zero when idle"
+    )
 
     def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
         """The endpoint's own URL (`status.url`, read from the API first: it must be this

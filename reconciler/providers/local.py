@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig
 from reconciler.providers.base import (
+    HealthStatus,
     Invocation,
     InvokeTarget,
     LiveObject,
@@ -249,6 +250,18 @@ class LocalProvider(Provider):
         )
 
     can_invoke: ClassVar[bool] = True
+    #: A suspended deployment is a flag in its body: it reads as Suspended, takes no runs.
+    suspend_refusal: ClassVar[str | None] = None
+
+    def status(
+        self, kind: str, name: str, environment: str, provider_id: str | None
+    ) -> HealthStatus:
+        live = self.read(kind, name, environment, provider_id)
+        if live is None:
+            return HealthStatus("Missing")
+        if live.body.get("suspended") is True:
+            return HealthStatus("Suspended", "suspended: true")
+        return HealthStatus("Healthy")
 
     def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
         """Offline and deterministic, no model: the deployment's prompt template rendered

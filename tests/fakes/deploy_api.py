@@ -318,6 +318,8 @@ class FakeDeployApi(ThreadedServer):
             return 404, {"error": "not found"}
         if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
             return 422, {"error": "`input` must be a JSON object"}
+        if obj.get("suspended") is True:
+            return 409, {"error": f"deployment {obj['name']} is suspended"}
         self.runs.append((obj["environment"], obj["name"], body["input"]))
         self.run_arrived.set()
         gate = self.run_gate
