@@ -78,4 +78,7 @@ def test_the_agent_fires_a_schedule_at_its_time(
         assert ex.fire_time == datetime.fromisoformat("2030-01-07T10:01:00+00:00")
         assert ex.started_at is not None and ex.started_at >= ex.fire_time
         assert api.runs == [("dev", "chat", {"question": "are we there yet?"})]
+        labels = {"environment": "dev", "deployment": "chat"}
+        assert agent.metric("reconciler_executions_total", **labels, status="completed") == 1
+        assert agent.metric("reconciler_execution_latency_seconds_count", **labels) == 1
         assert agent.terminate() == 0

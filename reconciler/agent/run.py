@@ -187,7 +187,7 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
     probe.start()
     if coordinator is not None:
         coordinator.start()
-    firer = Firer(settings, environments=cmd.environments)  # schedules fire (runs/fire.py)
+    firer = Firer(settings, environments=cmd.environments, registry=metrics.registry)
     firer.start()
     server.start()
     if refresher is not None:

@@ -73,14 +73,6 @@ def fires_between(
         out = out[-MAX_CATCH_UP:]
 
 
-def _log_failure(future: Future[Execution]) -> None:
-    """A call's own failure is recorded in its execution; this is for the store failing
-    under it (the execution then stays `running` until its process is gone)."""
-    error = future.exception()
-    if error is not None:
-        log.error("schedule.record_failed", error=redact(str(error)))
-
-
 @dataclass
 class _Call:
     execution: Execution
@@ -116,10 +108,13 @@ class FireEngine:
         limits: Limits | None = None,
         environments: tuple[str, ...] = (),
         clock: Clock = utc_now,
+        observe: Callable[[Execution], None] | None = None,
     ) -> None:
         self.settings = settings
         #: What a call's start and end are recorded with (tick's `now` says what is due).
         self.clock = clock
+        #: Told of every execution this engine recorded, once it ended (metrics).
+        self.observe = observe
         #: Open for the engine's life (calls under way record into it); closed with it.
         self.executions = executions
         self.limits = limits or Limits(
@@ -202,6 +197,8 @@ class FireEngine:
             return []
         recorded = self.executions.add_many(items)
         for ex, ok in zip(batch.records, recorded, strict=False):
+            if ok and self.observe is not None:
+                self.observe(ex)
             if ok:
                 log.info(
                     "schedule.fire",
@@ -234,7 +231,7 @@ class FireEngine:
                 clock=self.clock,
                 new=False,
             )
-            future.add_done_callback(_log_failure)
+            future.add_done_callback(self._done)
             started.append(future)
         if started:
             log.info(
@@ -355,6 +352,15 @@ class FireEngine:
             return ended("failed", e.message)
         batch.calls.append(_Call(self._new(rec, fire_time, now), provider, dep, data))
         return None
+
+    def _done(self, future: Future[Execution]) -> None:
+        """A call's own failure is recorded in its execution; an error here is the store
+        failing under it (the execution then stays `running` until its process is gone)."""
+        error = future.exception()
+        if error is not None:
+            log.error("schedule.record_failed", error=redact(str(error)))
+        elif self.observe is not None:
+            self.observe(future.result())
 
     def _provider(self, providers: Providers, env: str, name: str) -> Provider:
         config = providers.get(env, {}).get(name)

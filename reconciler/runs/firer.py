@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from reconciler.commands.live import ProvidersOfRecord
 from reconciler.config import Settings
 from reconciler.log import get_logger, redact
 from reconciler.runs.fire import Clock, FireEngine, utc_now
+from reconciler.runs.prom import ExecutionMetrics
 from reconciler.runs.store import open_executions, reap
 from reconciler.state import open_state
 from reconciler.state.base import StateStore
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = get_logger("reconciler.fire")
 
@@ -26,6 +31,7 @@ class Firer:
         environments: tuple[str, ...] = (),
         clock: Clock = utc_now,
         wake: float = 1.0,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.environments = environments
@@ -35,6 +41,8 @@ class Firer:
         self._thread = threading.Thread(target=self._run, name="fire", daemon=True)
         self._engine: FireEngine | None = None
         self._of_record = ProvidersOfRecord(settings)
+        #: Executions on the agent's /metrics, when it gives its registry.
+        self.metrics = None if registry is None else ExecutionMetrics(registry)
         self._state: StateStore | None = None
 
     def start(self) -> None:
@@ -53,7 +61,10 @@ class Firer:
             log.error("fire.cannot_start", error=redact(str(e)))
             return
         reap(executions)
-        engine = FireEngine(s, executions, environments=self.environments, clock=self.clock)
+        observe = None if self.metrics is None else self.metrics.observe
+        engine = FireEngine(
+            s, executions, environments=self.environments, clock=self.clock, observe=observe
+        )
         self._engine = engine
         try:
             while not self._stop.is_set():
