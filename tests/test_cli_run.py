@@ -216,3 +216,27 @@ def test_a_suspended_deployment_is_stopped_and_takes_no_runs(
         r = cli(repo, "run", "chat", "--env", env)
         assert r.code == 1 and f"deployment.chat is suspended in '{env}'" in r.err
     assert api.runs == [] and as_json(cli(repo, "executions", "--json")) == []
+
+
+def test_the_dashboard_shows_executions_and_usage(repo: Path) -> None:
+    from dashboard_server import start
+
+    assert cli(repo, "run", "chat", "--env", "dev", "--input", '{"question": "a"}').code == 0
+    assert cli(repo, "run", "chat", "--env", "dev", "--input", "{}").code == 1
+    server = start(repo, {"REGISTRY_TOKEN": TOKEN}, "--refresh", "1s")
+    try:
+        page = server.get("/executions")
+        assert page.status_code == 200 and page.text.count("data-execution=") == 2
+        failed = server.get("/executions?env=dev&deployment=chat&status=failed")
+        assert failed.text.count("data-execution=") == 1 and "needs question" in failed.text
+        usage = server.get("/metrics")
+        assert usage.status_code == 200 and "<svg" in usage.text and "<script" not in usage.text
+        assert 'data-usage="dev/chat"' in usage.text and "success 50.0%" in usage.text
+        assert [e["status"] for e in server.get("/api/executions").json()] == [
+            "failed",
+            "completed",
+        ]
+        (row,) = server.get("/api/metrics").json()
+        assert row["requests"] == 2 and row["completed"] == 1
+    finally:
+        server.stop()

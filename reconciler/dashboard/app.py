@@ -32,6 +32,7 @@ from reconciler.dashboard.links import ForgeLinks, forge_links
 from reconciler.dashboard.refresh import HISTORY_DEFAULT, Refresher, Snapshot
 from reconciler.dashboard.security import COOKIE, Guard, login_page, session_value
 from reconciler.errors import ReconcilerError
+from reconciler.runs.model import STATUSES
 from reconciler.views import history as history_view
 from reconciler.views import show as show_view
 from reconciler.views.text import SYMBOLS, fmt, is_long, short, text_diff
@@ -46,8 +47,24 @@ NAV = (
     ("/matrix", "Promotion"),
     ("/history", "History"),
     ("/schedules", "Schedules"),
+    ("/executions", "Executions"),
+    ("/metrics", "Usage"),
     ("/drift", "Drift"),
 )
+
+
+def latency_chart(snap: Snapshot) -> list[dict[str, Any]]:
+    """Per usage row, its p50/p95/p99 as bar widths (0-100, against the slowest p99)."""
+    rows = snap.usage
+    top = max((r.latency(99) or 0.0 for r in rows), default=0.0) or 1.0
+    out = []
+    for r in rows:
+        bars = []
+        for p in (50, 95, 99):
+            value = r.latency(p)
+            bars.append({"p": p, "ms": value, "width": 0 if value is None else 100 * value / top})
+        out.append({"row": r, "bars": bars})
+    return out
 
 
 def _finalize(value: Any) -> Any:
@@ -203,6 +220,46 @@ class Dashboard:
             pager=pager,
         )
 
+    def executions(self, request: Request) -> Response:
+        """The newest executions, filtered like a log viewer (environment, deployment,
+        status), from the snapshot."""
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        q = request.query_params
+        env, dep, status = q.get("env") or None, q.get("deployment") or None, q.get("status")
+        rows = [
+            e
+            for e in snap.executions
+            if (env is None or e.environment == env)
+            and (dep is None or e.deployment == dep)
+            and (not status or e.status == status)
+        ]
+        pager = Pager(request, len(rows), HISTORY_PAGE)
+        return self.render(
+            request,
+            "executions.html",
+            snap,
+            title="Executions",
+            rows=rows[pager.start : pager.end],
+            env=env,
+            deployment=dep,
+            wanted=status,
+            environments=sorted({e.environment for e in snap.executions}),
+            statuses=STATUSES,
+            pager=pager,
+        )
+
+    def usage(self, request: Request) -> Response:
+        """Usage per deployment and environment over the last day, with each one's
+        latency percentiles drawn as bars (SVG rendered here: no JavaScript)."""
+        snap = self.snapshot(request)
+        if not isinstance(snap, Snapshot):
+            return snap
+        return self.render(
+            request, "metrics.html", snap, title="Usage (last 24 hours)", chart=latency_chart(snap)
+        )
+
     def drift(self, request: Request) -> Response:
         snap = self.snapshot(request)
         if not isinstance(snap, Snapshot):
@@ -351,7 +408,7 @@ def make_app(
             if own:
                 r.stop()
 
-    api = ("overview", "schedules", "status", "plan", "drift")
+    api = ("overview", "schedules", "status", "plan", "drift", "executions", "metrics")
     routes = [
         Route("/", d.environments),
         Route("/matrix", d.matrix),
@@ -359,6 +416,8 @@ def make_app(
         Route("/runs/{run_id}", d.run),
         Route("/schedules", d.schedules),
         Route("/drift", d.drift),
+        Route("/executions", d.executions),
+        Route("/metrics", d.usage),
         Route("/healthz", d.healthz),
         Route("/login", d.login, methods=["GET", "POST"]),
         *(Route(f"/api/{name}", d.document) for name in api),

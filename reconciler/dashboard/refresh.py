@@ -10,8 +10,10 @@ verdicts (the forge). A long-running agent drives `refresh()` itself instead of 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -34,17 +36,26 @@ from reconciler.errors import ReconcilerError
 from reconciler.instances import InstanceKey
 from reconciler.load import Loaded, load
 from reconciler.plan import Plan, make_plan
+from reconciler.runs.metrics import UsageRow
+from reconciler.runs.metrics import usage as collect_usage
+from reconciler.runs.model import Execution, Query
+from reconciler.runs.store import open_executions
 from reconciler.state.base import AppliedRecord, RunRecord, StateStore
 from reconciler.views import drift as drift_view
 from reconciler.views import history as history_view
 from reconciler.views import overview as overview_view
 from reconciler.views import plan as plan_view
+from reconciler.views import run as run_view
 from reconciler.views import schedules as schedules_view
 from reconciler.views import status as status_view
 
 Clock = Callable[[], datetime]
 #: What a history API call returns without `limit` (the CLI's default).
 HISTORY_DEFAULT = 50
+#: Executions a snapshot holds (the executions page and /api/executions).
+EXECUTIONS_LIMIT = 500
+#: What the metrics page aggregates: the last day's executions.
+USAGE_WINDOW = timedelta(days=1)
 
 
 def _utcnow() -> datetime:
@@ -69,6 +80,9 @@ class Snapshot:
     live: LiveReport | None
     #: The JSON documents of /api/*, rendered once and redacted.
     documents: dict[str, str] = field(default_factory=dict)
+    #: The newest executions (at most EXECUTIONS_LIMIT) and usage over the last day.
+    executions: list[Execution] = field(default_factory=list)
+    usage: list[UsageRow] = field(default_factory=list)
 
     def run(self, run_id: str) -> RunRecord | None:
         return next((r.run for r in self.history.rows if r.run.id == run_id), None)
@@ -120,6 +134,8 @@ class Refresher:
         self._problems: list[str] = []
         #: The recorded schedules of the last build (fire times are redone from them).
         self._schedules: dict[str, dict[InstanceKey, AppliedRecord]] = {}
+        #: (id, status) of the newest executions last read: read again when it moves.
+        self._executions_seen: list[tuple[str, str]] | None = None
         self._mu = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -196,14 +212,42 @@ class Refresher:
             if self.snapshot is not None and not (slow or moved):
                 if stale:  # only time passed: the fire times, not the whole snapshot
                     self.snapshot = self._reschedule(self.snapshot, now)
+                self.snapshot = self._with_executions(self.snapshot, now)
                 return self.snapshot
             loaded = self._load(ref, commit)
             snap = self._build(store, loaded, ref, now, slow=slow or moved)
+        self._executions_seen = None
+        snap = self._with_executions(snap, now)
         self._fingerprint = fp
         if slow or moved:
             self._slow_at = now
         self.snapshot = snap
         return snap
+
+    def _with_executions(self, snap: Snapshot, now: datetime) -> Snapshot:
+        """The snapshot with the newest executions, read again only when one was recorded
+        or ended since (executions move no state serial: a fire is not a run)."""
+        with closing(
+            open_executions(
+                self.settings.state_url,
+                repo_root=self.settings.repo,
+                env=self.settings.env,
+                read_only=True,
+            )
+        ) as store:
+            recent = store.find(Query(limit=EXECUTIONS_LIMIT))
+            newest: list[tuple[str, str]] = [(e.id, e.status) for e in recent]
+            if newest == self._executions_seen and snap.documents.get("executions"):
+                return snap
+            self._executions_seen = newest
+            usage = collect_usage(store.find(Query(since=now - USAGE_WINDOW, limit=None)))
+        docs = {
+            **snap.documents,
+            "executions": log.redact(run_view.list_json(recent)),
+            "metrics": log.redact(json.dumps([r.document() for r in usage], indent=2,
+                                             sort_keys=True) + "\n"),
+        }  # fmt: skip
+        return replace(snap, executions=recent, usage=usage, documents=docs)
 
     def _reschedule(self, snap: Snapshot, now: datetime) -> Snapshot:
         fresh = collect_schedules(self._schedules, now=now)
