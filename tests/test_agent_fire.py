@@ -17,7 +17,7 @@ from reconciler.runs.model import Query
 from reconciler.runs.store import open_executions
 
 LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
-START = "2030-01-07 10:00:35"  # UTC; the schedule fires at 10:01:00, 25 s on (a busy host starts slowly)
+START = "2030-01-07 10:00:35"  # UTC; the schedule fires 25 s on, at 10:01:00
 SCHEDULE = """apiVersion: reconciler/v1
 kind: Schedule
 metadata: {name: ten-past}
