@@ -65,6 +65,7 @@ def build_plan(
             environments=environments or None,
             allow_delete=allow_delete,
             secret_env=secrets,
+            now=now,
             persist_key=persist_key,
         )
     add_provider_notes(plan, loaded.desired)

@@ -29,13 +29,14 @@ from reconciler.commands.overview import (
     deploy_ref,
     judge_safely,
 )
+from reconciler.commands.plan import build_plan
 from reconciler.commands.schedules import SchedulesReport, collect_schedules
 from reconciler.commands.status import StatusReport, collect_status, fill_health
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
 from reconciler.instances import InstanceKey
 from reconciler.load import Loaded, load
-from reconciler.plan import Plan, make_plan
+from reconciler.plan import Plan
 from reconciler.runs.metrics import UsageRow
 from reconciler.runs.metrics import usage as collect_usage
 from reconciler.runs.model import Execution, Query
@@ -270,15 +271,7 @@ class Refresher:
     def _build(
         self, store: StateStore, loaded: Loaded, ref: str | None, now: datetime, *, slow: bool
     ) -> Snapshot:
-        plan = make_plan(
-            loaded.desired,
-            store,
-            commit=loaded.commit,
-            dirty=loaded.dirty,
-            ref=ref,
-            secret_env=secret_env(self.settings, loaded.desired),
-            now=now,
-        )
+        plan = build_plan(self.settings, store, ref=ref, loaded=loaded, now=now).plan
         envs = list(dict.fromkeys([*loaded.desired.environments, *store.environments()]))
         applied = {env: store.applied(env) for env in envs}
         self._schedules = {
