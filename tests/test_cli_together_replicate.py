@@ -304,7 +304,7 @@ def test_a_bad_token_fails_without_showing_it(w: World) -> None:
         "apply", env={"TOGETHER_API_KEY": TG_KEY + "-old", "REPLICATE_API_TOKEN": R8_TOKEN + "-old"}
     )
     assert code == 1
-    assert "check the key in TOGETHER_API_KEY" in out and "Invalid API key provided" in out
+    assert "check the token in TOGETHER_API_KEY" in out and "Invalid API key provided" in out
     assert "check the token in REPLICATE_API_TOKEN" in out
     assert TG_KEY not in out + err and R8_TOKEN not in out + err
 

@@ -46,9 +46,9 @@ from reconciler.providers.vendor import (
     ClientOptions,
     ConfigReader,
     VendorProvider,
+    bearer_options,
     get_path,
     overlay,
-    secret_from_env,
     unused_fields,
 )
 from reconciler.vocabulary import Health
@@ -169,16 +169,7 @@ class PredibaseProvider(VendorProvider[Settings]):
         return read_settings(reader)
 
     def client_options(self) -> ClientOptions:
-        s = self.settings
-        token = secret_from_env(self._env, s.token_env, self.name, "a Predibase API token")
-        return ClientOptions(
-            base_url=f"{s.base_url}/v2",
-            deadline=s.timeout,
-            retries=s.retries,
-            headers={"Authorization": f"Bearer {token}"},
-            secrets=(token,),
-            auth_hint=f"check the token in {s.token_env}",
-        )
+        return bearer_options(self, self.settings, "a Predibase API token", "/v2")
 
     # -- plan time ---------------------------------------------------------------------------
 

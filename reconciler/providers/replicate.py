@@ -50,9 +50,9 @@ from reconciler.providers.vendor import (
     ClientOptions,
     ConfigReader,
     VendorProvider,
+    bearer_options,
     get_path,
     overlay,
-    secret_from_env,
     unused_fields,
 )
 from reconciler.vocabulary import Health
@@ -214,16 +214,7 @@ class ReplicateProvider(VendorProvider[Settings]):
         return read_settings(reader)
 
     def client_options(self) -> ClientOptions:
-        s = self.settings
-        token = secret_from_env(self._env, s.token_env, self.name, "a Replicate API token")
-        return ClientOptions(
-            base_url=f"{s.base_url}/v1",
-            deadline=s.timeout,
-            retries=s.retries,
-            headers={"Authorization": f"Bearer {token}"},
-            secrets=(token,),
-            auth_hint=f"check the token in {s.token_env}",
-        )
+        return bearer_options(self, self.settings, "a Replicate API token", "/v1")
 
     # -- plan time ---------------------------------------------------------------------------
 

@@ -41,8 +41,8 @@ from reconciler.providers.vendor import (
     ClientOptions,
     ConfigReader,
     VendorProvider,
+    bearer_options,
     overlay,
-    secret_from_env,
     unused_fields,
 )
 from reconciler.vocabulary import Health
@@ -183,16 +183,7 @@ class TogetherProvider(VendorProvider[Settings]):
         return read_settings(reader)
 
     def client_options(self) -> ClientOptions:
-        s = self.settings
-        token = secret_from_env(self._env, s.token_env, self.name, "a Together API key")
-        return ClientOptions(
-            base_url=f"{s.base_url}/v1",
-            deadline=s.timeout,
-            retries=s.retries,
-            headers={"Authorization": f"Bearer {token}"},
-            secrets=(token,),
-            auth_hint=f"check the key in {s.token_env}",
-        )
+        return bearer_options(self, self.settings, "a Together API key", "/v1")
 
     # -- plan time ---------------------------------------------------------------------------
 

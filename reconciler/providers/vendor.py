@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 
@@ -189,6 +189,36 @@ class ClientOptions:
     #: The vendor's own words in an error answer, when the client's usual reading of
     #: `error`/`message` would miss them (Langfuse's `error` is a class name).
     server_message: Callable[[httpx.Response], str] | None = None
+
+
+class BearerSettings(Protocol):
+    """What a vendor whose API takes one bearer token reads from its config."""
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def token_env(self) -> str: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def retries(self) -> int: ...
+
+
+def bearer_options(
+    provider: VendorProvider[Any], settings: BearerSettings, what: str, path: str
+) -> ClientOptions:
+    """The client of a vendor whose API takes `Authorization: Bearer <token>` from the
+    variable `credentials.tokenEnv` names (`what` says what the token is), at
+    `baseUrl` + `path`."""
+    token = secret_from_env(provider._env, settings.token_env, provider.name, what)
+    return ClientOptions(
+        base_url=f"{settings.base_url}{path}",
+        deadline=settings.timeout,
+        retries=settings.retries,
+        headers={"Authorization": f"Bearer {token}"},
+        secrets=(token,),
+        auth_hint=f"check the token in {settings.token_env}",
+    )
 
 
 def explain_with(
