@@ -90,6 +90,9 @@ class ManifestRepo:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
         self._real_root = Path(os.path.realpath(self.root))
+        #: Root-relative targets of every symlink followed at a commit: a commit that
+        #: changes one changes what was read (the gate's history compares by path).
+        self.followed: set[str] = set()
         self._repo: git.Repo | None = None
         if _maybe_in_git(self.root):
             import git
@@ -201,6 +204,7 @@ class ManifestRepo:
             target = _inside(posixpath.join(posixpath.dirname(rel), link))
             if target is None:
                 raise OutsideRepoError(f"{rel} is a symlink to {link!r}, outside the repo")
+            self.followed.add(target)
             try:
                 node = tree / (self._prefix + target)
             except KeyError:

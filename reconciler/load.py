@@ -54,7 +54,7 @@ def load(settings: Settings, ref: str | None = None, *, paths: Sequence[str] = (
     register_desired(desired, settings.env)
     if problems := plan_time_problems(desired, repo_root=settings.repo, env=settings.env):
         raise ManifestError(problems)
-    read_paths = (CONFIG_FILE, *paths, *sorted(set(templates)))
+    read_paths = (CONFIG_FILE, *paths, *sorted(set(templates) | repo.followed))
     if ref is not None:
         return Loaded(desired, repo.resolve(ref), False, ref, read_paths, approvals)
     commit = repo.head()

@@ -119,8 +119,14 @@ class Policy:
 
 
 def variables_read(desired: Desired, env: str) -> list[str]:
-    """The variables `env` reads, as its policy records them."""
-    return sorted(recorded_name(n) for n in variable_names(desired, env))
+    """The variables `env` reads, as its policy records them, with the credentials its
+    providers take from their surroundings (`Provider.ambient_credentials`)."""
+    from reconciler.providers import provider_class
+
+    names = {recorded_name(n) for n in variable_names(desired, env)}
+    for pc in desired.providers.get(env, {}).values():
+        names.update(provider_class(pc.type).ambient_credentials(pc))
+    return sorted(names)
 
 
 def variable_names(desired: Desired, env: str) -> set[str]:

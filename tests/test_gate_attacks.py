@@ -538,10 +538,81 @@ def test_an_open_environment_cannot_send_anothers_token_elsewhere(w: World) -> N
         assert elsewhere.requests == [], "production's token went to an unreviewed host"
 
 
-@pytest.mark.parametrize("name", ["GITHUB_TOKEN", "RECONCILER_NOTIFY_SLACK", "CI_JOB_TOKEN"])
+@pytest.mark.parametrize(
+    "name", ["GITHUB_TOKEN", "RECONCILER_NOTIFY_SLACK", "CI_JOB_TOKEN", "AZURE_CLIENT_SECRET"]
+)
 def test_no_manifest_reads_the_forges_or_the_reconcilers_own_variables(w: World, name: str) -> None:
     leak = f"env: {{LOG_LEVEL: info, LEAK: {{secretEnv: {name}}}}}"
     w.push("read it", (CHAT, "env: {LOG_LEVEL: info}", leak))
     r = w.cli("validate")
     assert r.code == 1, r.out + r.err
     assert f"{name} is reserved" in r.err and "support-chat.yaml:" in r.err
+
+
+# --- 7. found by an attack on the rewritten gate --------------------------------------
+
+
+@pytest.mark.parametrize("past", ["never-applied", "upgraded"])
+def test_an_unrelated_history_does_not_declare_a_policy(tmp_path: Path, past: str) -> None:
+    """An orphan branch whose root declares production open: with nothing recorded the
+    policy comes from the deploy branch's history, never from the commit's own."""
+    from conftest import commit_all
+
+    with world(tmp_path, applied=past == "upgraded") as w:
+        if past == "upgraded":
+            _strip_recorded_policies(w)
+        git(w.repo, "checkout", "-q", "--orphan", "evil")
+        w.edit(OPEN_THE_DOOR, production_model("llama-3.1-8b-instruct"))
+        sha = commit_all(w.repo, "orphan root")
+        w.gh.link_commit(sha)
+        git(w.repo, "checkout", "-q", "main")
+        blocked(w, "--commit", sha)
+
+
+def test_an_upgraded_environment_still_claims_its_variables(w: World) -> None:
+    """production's runs were recorded without a policy: its history says it reads
+    REGISTRY_TOKEN, so an open dev cannot send that token to a host of its own."""
+    from fakes.deploy_api import FakeDeployApi
+    from gate_world import API_TOKEN
+
+    _strip_recorded_policies(w)
+    with FakeDeployApi(token=API_TOKEN) as elsewhere:
+        (w.repo / "manifests/exfil.yaml").write_text(
+            "apiVersion: reconciler/v1\nkind: Provider\nmetadata: {name: exfil}\nspec:\n"
+            "  type: http\n  environments: [dev]\n"
+            f'  config: {{baseUrl: "{elsewhere.url}"}}\n'
+            "  credentials: {tokenEnv: REGISTRY_TOKEN}\n"
+        )
+        w.push("exfiltrate", (CHAT, "  overrides:\n", "  overrides:\n    dev: {provider: exfil}\n"))
+        r = w.cli("apply", "--env", "dev")
+        assert r.code == 3, r.out + r.err
+        assert elsewhere.requests == [], "production's token went to an unreviewed host"
+
+
+def test_a_push_to_a_symlinks_target_is_a_change_to_cover(w: World) -> None:
+    """A manifest that is a symlink: a commit changing only its target changes what the
+    environment runs, even after a commit that touched nothing the manifests read."""
+    import os
+
+    from conftest import commit_all
+
+    linked = (
+        "apiVersion: reconciler/v1\nkind: Deployment\nmetadata: {name: linked}\nspec:\n"
+        "  environments: [production]\n  provider: registry\n  model: gpt-4o\n  risk: low\n"
+    )
+
+    def add_link(world: World) -> None:
+        (world.repo / "shared").mkdir()
+        (world.repo / "shared/linked.yaml").write_text(linked)
+        os.symlink("../../shared/linked.yaml", world.repo / "manifests/deployments/linked.yaml")
+
+    w.pr(2, add_link)
+    assert w.apply_production().code == 0
+    w.forget_requests()
+    git(w.repo, "checkout", "-q", "main")
+    (w.repo / "NOTES.txt").write_text("x\n")
+    w.gh.link_commit(commit_all(w.repo, "notes"))
+    sneaky = w.push("tweak", ("shared/linked.yaml", "model: gpt-4o", "model: gpt-4o-mini"))
+    w.pr(3, [chat_tokens(401, 402)])
+    out = blocked(w)
+    assert sneaky[:7] in out

@@ -286,3 +286,16 @@ def test_the_operators_approval_source_is_the_way_out_of_a_policy_that_names_non
     assert not stuck.passed and "RECONCILER_APPROVALS_SOURCE" in stuck.fixes[0]
     out = judge(facts(row, recorded=sourceless, new=sourceless, operator_source=KEY))
     assert out.passed, out.reasons
+
+
+def test_a_cloud_identity_the_runner_signs_in_with_is_a_variable_read(example_repo: Any) -> None:
+    """The example's azure provider names no token: azure-identity signs in from the
+    runner's surroundings, and production's policy says it reads that identity, so an
+    environment pointing an azure-openai provider elsewhere is claimed like any token."""
+    from reconciler.config import load_settings
+    from reconciler.load import load
+    from reconciler.policy import variables_read
+
+    loaded = load(load_settings(example_repo, env={}))
+    assert "AZURE_IDENTITY (ambient)" in variables_read(loaded.desired, "production")
+    assert "AZURE_IDENTITY (ambient)" not in variables_read(loaded.desired, "dev")

@@ -83,6 +83,7 @@ class FactsBuilder:
         self._branches: dict[SourceKey, str] = {}
         self._members: dict[tuple[SourceKey, str, str, str], str] = {}
         self._steps: dict[tuple[str, str], list[tuple[str, Policy | None]]] = {}
+        self._tip: dict[str, str | None] = {}
 
     @property
     def commit(self) -> str | None:
@@ -159,17 +160,38 @@ class FactsBuilder:
 
     def _before_the_change(self) -> str | None:
         """Where the deploy branch stood before the change: the target's first parent
-        when it is applied (it is on the deploy branch), else the merge base."""
+        when it is on the deploy branch, else (a pull request's head, a commit of another
+        branch or of an unrelated history) the merge base with it, or with no common
+        history the deploy branch's tip: a commit's own history is never where its
+        policy of record comes from unless the deploy branch holds it."""
         commit = self.target.commit
         if commit is None:
             return None
-        if self.mode == "preview":
+        tip = self._deploy_tip()
+        if tip is None:
+            return self.repo.first_parent(commit)
+        if self.mode != "preview" and (tip == commit or self.repo.is_ancestor(commit, tip)):
+            return self.repo.first_parent(commit)
+        base = self.repo.merge_base(commit, tip)
+        if base is not None and base != commit:
+            return base
+        return tip if base is None else self.repo.first_parent(commit)
+
+    def _deploy_tip(self) -> str | None:
+        """The deploy branch's newest commit in this clone (RECONCILER_DEPLOY_BRANCH, else
+        origin/HEAD, main or master), or None when none is found."""
+        if "tip" not in self._tip:
             branch = self.settings.env.get(DEPLOY_BRANCH_VAR)
-            for ref in filter(None, (branch, "origin/HEAD", "main", "master")):
-                base = self.repo.merge_base(commit, ref)
-                if base is not None and base != commit:
-                    return base
-        return self.repo.first_parent(commit)
+            names = [f"origin/{branch}", branch] if branch else ["origin/HEAD", "main", "master"]
+            found = None
+            for ref in names:
+                try:
+                    found = self.repo.resolve(ref)
+                    break
+                except GitError:
+                    continue
+            self._tip["tip"] = found
+        return self._tip["tip"]
 
     def _operator_source(self) -> ApprovalsConfig | None:
         """RECONCILER_APPROVALS_SOURCE (and _REPOSITORY): where the operator, outside the
@@ -236,16 +258,25 @@ class FactsBuilder:
         ):
             return []
         out: list[Claim] = []
+        before = self._before_the_change()
         for other in self.store.environments():
             if other == env:
                 continue
             last = self.store.last_applied_run(other)
-            if last is None or last.policy is None:
-                continue
-            theirs = Policy.from_document(last.policy, f"environment {other}'s policy of record")
-            shared = sorted(set(theirs.variables) & set(new.variables))
-            if shared and theirs.needs_approvals():
-                out.append(Claim(shared[0], other, _named(theirs, shared)))
+            if last is None:
+                continue  # holds no object: nothing of it to take (see docs/design.md)
+            if last.policy is not None:
+                theirs = [Policy.from_document(last.policy, f"run {last.id}")]
+            elif before is not None:  # recorded by a version without policies: replayed
+                theirs = [p for _, p in self._policy_steps(before, other) if p is not None]
+            else:
+                theirs = []
+            for policy in theirs:
+                shared = sorted(set(policy.variables) & set(new.variables))
+                if shared and policy.needs_approvals():
+                    named = f"environment {other}'s policy of record ({policy.origin})"
+                    out.append(Claim(shared[0], other, _named(policy, named, shared)))
+                    break
         return out
 
     def _is_rollback(self, plan: EnvironmentPlan) -> bool:
@@ -366,11 +397,11 @@ def _with_history(
     return replace(facts, history=history)
 
 
-def _named(policy: Policy, variables: list[str]) -> Policy:
+def _named(policy: Policy, origin: str, variables: list[str]) -> Policy:
     return Policy(
         policy.spec,
         policy.approvals,
-        f"{policy.origin} (it reads {', '.join(variables)})",
+        f"{origin} (it reads {', '.join(variables)})",
         policy.providers,
         policy.variables,
     )

@@ -141,6 +141,21 @@ RESERVED_VARIABLES = frozenset(
         "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
         "ACTIONS_ID_TOKEN_REQUEST_URL",
         "PGPASSWORD",
+        # cloud identities the runner itself signs in with (azure-identity, AWS, Google)
+        "AZURE_CLIENT_SECRET",
+        "AZURE_CLIENT_CERTIFICATE_PATH",
+        "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_PASSWORD",
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+        "MSI_ENDPOINT",
+        "MSI_SECRET",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "ACTIONS_RUNTIME_URL",
+        "ACTIONS_CACHE_URL",
     }
 )
 RESERVED_VARIABLES_ENV = "RECONCILER_RESERVED_VARIABLES"

@@ -341,6 +341,12 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
     def credential_keys(cls) -> frozenset[str]:
         return frozenset({"tokenEnv", "apiKeyEnv"})
 
+    @classmethod
+    def ambient_credentials(cls, config: ProviderConfig) -> tuple[str, ...]:
+        """Without a static token, azure-identity's chain (a managed or workload
+        identity, a service principal's AZURE_CLIENT_SECRET, the Azure CLI) signs in."""
+        return () if "tokenEnv" in config.credentials else ("AZURE_IDENTITY (ambient)",)
+
     def read_settings(self, reader: ConfigReader) -> Settings:
         return read_settings(reader)
 

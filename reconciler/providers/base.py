@@ -172,6 +172,14 @@ class Provider(abc.ABC):
         return DeleteRule()
 
     @classmethod
+    def ambient_credentials(cls, config: ProviderConfig) -> tuple[str, ...]:
+        """Credentials this provider takes from the process's surroundings without a
+        manifest naming a variable (a cloud identity), as names the gate can compare:
+        they are part of the environment's policy like any variable read, so another
+        environment sending them elsewhere needs this one's approvals. Default: none."""
+        return ()
+
+    @classmethod
     def plan_note(
         cls, config: ProviderConfig, kind: str, name: str, body: Mapping[str, Any]
     ) -> str | None:
