@@ -1,4 +1,5 @@
-"""Logging through structlog: console on a TTY, JSON lines in CI, secrets redacted.
+"""Logging through structlog: human lines unless CI is set (or --log-format json),
+JSON lines in CI, secrets redacted.
 
 The redaction boundary lives here: `redact` (text) and `redact_data` (structures) mask
 every registered secret value, whatever surrounds it, and every output path (stdout,
@@ -161,6 +162,15 @@ def _redact_processor(
     return event
 
 
+def _drop_none(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A field with no value says nothing (`error=None` on every applied change)."""
+    for k in [k for k, v in event.items() if v is None]:
+        del event[k]
+    return event
+
+
 def _redact_rendered(_logger: Any, _name: str, line: Any) -> Any:
     """Last pass over the rendered line: catches what a renderer added (a traceback)."""
     return redact(line) if isinstance(line, str) else line
@@ -184,8 +194,8 @@ def configure(*, fmt: _Format | None = None, verbosity: int = 0, in_ci: bool = F
     import (which loads rich's traceback and pretty printers) costs about 50 ms, which a
     quiet command would otherwise pay at every start."""
     global _setting, _level, _generation
-    if fmt is None:
-        fmt = "json" if in_ci or not sys.stderr.isatty() else "console"
+    if fmt is None:  # a pipe is still read by a person (`| tee`, `| less`): only CI wants JSON
+        fmt = "json" if in_ci else "console"
     level = logging.INFO - 10 * verbosity
     _level = max(logging.DEBUG, min(logging.CRITICAL, level))
     _setting = (fmt, _level)
@@ -269,6 +279,7 @@ def _apply(structlog: Any, fmt: _Format, level: int) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             *tracebacks,
+            _drop_none,
             _redact_processor,
             renderer,
             _redact_rendered,

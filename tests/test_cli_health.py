@@ -61,7 +61,9 @@ class World:
     hf: FakeHuggingFace
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        r = run_cli(["--repo", str(self.repo), *args], env={**ENV, **(env or {})})
+        r = run_cli(
+            ["--repo", str(self.repo), "--log-format", "json", *args], env={**ENV, **(env or {})}
+        )
         assert HF_TOKEN not in r.out + r.err, "the token leaked into the output"
         assert "Traceback" not in r.err, r.err
         return r.code, r.out, r.err
@@ -99,7 +101,7 @@ def w(tmp_path: Path) -> Iterator[World]:
 
 
 def events(err: str, name: str) -> list[dict[str, Any]]:
-    """The JSON log lines (stderr is not a terminal) with event `name`."""
+    """The JSON log lines (`--log-format json`) with event `name`."""
     out = []
     for line in err.splitlines():
         if line.startswith("{"):
@@ -129,7 +131,7 @@ def test_apply_waits_until_the_endpoint_runs_and_status_and_drift_show_health(
     assert w.state() == "running"
     # the create's own look-up, then pending, initializing ×2, running
     assert len(w.polls()) >= 5
-    seen = [(e["health"], e["message"]) for e in events(err, "health")]
+    seen = [(e["health"], e.get("message")) for e in events(err, "health")]
     assert seen == [
         ("Progressing", "Endpoint is pending"),
         ("Progressing", "Endpoint is initializing"),
