@@ -56,6 +56,14 @@ Paths = Annotated[list[str] | None, typer.Argument(help="Folders or files to che
 SchemaDir = Annotated[Path, typer.Option("--out", help="Folder for the schemas.")]
 Directory = Annotated[Path, typer.Argument(help="Where to create the repo.")]
 Ci = Annotated[str, typer.Option("--ci", help="Pipelines: github, gitlab or none.")]
+InitApprovals = Annotated[
+    str | None,
+    typer.Option(
+        "--approvals",
+        help="Where approvals come from: github, gitlab, file or none "
+        "(default: the --ci forge; file with --ci none).",
+    ),
+]
 
 # --- plan, approvals ------------------------------------------------------------------
 Markdown = Annotated[bool, typer.Option("--markdown", help="Print as a PR comment.")]
@@ -66,6 +74,18 @@ DetailedExitcode = Annotated[
 Comment = Annotated[bool, typer.Option("--comment", help="Post the plan to the PR.")]
 Commit = Annotated[str | None, typer.Option("--commit", help="The commit (default: CI's).")]
 Status = Annotated[bool, typer.Option("--status", help="Set the commit status.")]
+
+# --- approve --------------------------------------------------------------------------
+ApprovePr = Annotated[int, typer.Option("--pr", help="The pull request's number.")]
+Reviewer = Annotated[str, typer.Option("--reviewer", help="Who approves (their login).")]
+MergeCommit = Annotated[
+    str | None, typer.Option("--commit", help="The commit it was merged as (default: HEAD).")
+]
+PrAuthor = Annotated[
+    str | None,
+    typer.Option("--author", help="The author's login (default: the head commit's author)."),
+]
+Title = Annotated[str | None, typer.Option("--title", help="The pull request's title.")]
 
 # --- apply ----------------------------------------------------------------------------
 PlanFile = Annotated[Path | None, typer.Option("--plan", help="Apply this saved plan.")]

@@ -70,6 +70,15 @@ def _gitlab(env: Mapping[str, str]) -> CiContext:
     )
 
 
+def actor(env: Mapping[str, str]) -> str | None:
+    """Who started the CI job, as the forge names them (None outside CI)."""
+    if env.get("GITHUB_ACTIONS") == "true":
+        return env.get("GITHUB_ACTOR") or None
+    if env.get("GITLAB_CI") == "true":
+        return env.get("GITLAB_USER_LOGIN") or None
+    return None
+
+
 def append_step_summary(env: Mapping[str, str], markdown: str) -> None:
     """Add to the GitHub Actions job summary; a no-op anywhere else."""
     path = env.get("GITHUB_STEP_SUMMARY")

@@ -46,12 +46,15 @@ def schema(out_dir: a.SchemaDir = Path("schemas")) -> None:
 
 
 @app.command()
-def init(directory: a.Directory = Path("."), ci: a.Ci = "github") -> None:
-    """Scaffold a new manifests repo: config, one environment, provider and deployment."""
+def init(
+    directory: a.Directory = Path("."), ci: a.Ci = "github", approvals: a.InitApprovals = None
+) -> None:
+    """Scaffold a new manifests repo: config, dev and a protected production, a provider
+    and a deployment."""
     from reconciler.scaffold import init_repo
 
     directory.mkdir(parents=True, exist_ok=True)
-    emit("".join(f"created {p}\n" for p in init_repo(directory, ci=ci)))
+    emit("".join(f"created {p}\n" for p in init_repo(directory, ci=ci, approvals=approvals)))
     emit(f"next: cd {directory} && reconciler validate && reconciler plan\n")
 
 
@@ -100,19 +103,40 @@ def plan(
 
 @app.command()
 def approvals(
-    commit: a.Commit = None, pr: a.Pr = None, status: a.Status = False, as_json: a.Json = False
+    env: a.Env = None,
+    commit: a.Commit = None,
+    pr: a.Pr = None,
+    status: a.Status = False,
+    as_json: a.Json = False,
 ) -> None:
     """Judge approvals for each environment the change touches; exit 0 met, 3 not."""
     from reconciler.commands import approvals as command
     from reconciler.views import approvals as view
 
     s = settings()
-    report = command.judge(s, commit=commit, pull_request=pr)
+    report = command.judge(s, commit=commit, pull_request=pr, environments=tuple(env or ()))
     emit(view.json(report) if as_json else view.human(report))
     if status:
         command.post_status(s, report, log.redact(view.status_description(report)))
         emit(view.posted(report), err=True)
     done(report.exit_code)
+
+
+@app.command()
+def approve(
+    pr: a.ApprovePr,
+    reviewer: a.Reviewer,
+    commit: a.MergeCommit = None,
+    author: a.PrAuthor = None,
+    title: a.Title = None,
+) -> None:
+    """Record an approval in the approvals file (source: file), facts filled from git."""
+    from reconciler.commands.approve import ApproveOptions
+    from reconciler.commands.approve import approve as run
+    from reconciler.views import approvals as view
+
+    report = run(settings(), ApproveOptions(pr, reviewer, commit, author, title))
+    emit(view.approved(report))
 
 
 @app.command()

@@ -220,14 +220,15 @@ def _compare(
     return DriftItem(k, rec.provider, "drifted" if diff else "in-sync", diff)
 
 
-def heal_context(store: StateStore, environment: str) -> RunContext:
+def heal_context(store: StateStore, environment: str, applied_by: str | None = None) -> RunContext:
     """A heal puts recorded specs back: it records the commit and policy those specs
     were applied from, never the checkout's HEAD (which may hold changes nobody
     approved), and the gate skips heal runs when it looks for the recorded state."""
+    details = {"applied_by": applied_by} if applied_by else {}
     last = store.last_applied_run(environment)
     if last is None:
-        return RunContext(commit=None, trigger="heal")
-    return RunContext(commit=last.commit, trigger="heal", policy=last.policy)
+        return RunContext(commit=None, trigger="heal", details=details)
+    return RunContext(commit=last.commit, trigger="heal", policy=last.policy, details=details)
 
 
 def heal(
@@ -240,6 +241,7 @@ def heal(
     parallelism: int = 8,
     break_lock: bool = False,
     progress: ProgressFn | None = None,
+    applied_by: str | None = None,
 ) -> list[EnvironmentResult]:
     """Re-apply the recorded spec of every drifted or missing instance. Each run records
     its environment's last applied run's commit and policy (`heal_context`), never what
@@ -280,7 +282,7 @@ def heal(
                 providers=providers.get(envname, {}),
                 repo_root=repo_root,
                 env=env,
-                context=heal_context(store, envname),
+                context=heal_context(store, envname, applied_by),
                 parallelism=parallelism,
                 break_lock=break_lock,
                 progress=progress,

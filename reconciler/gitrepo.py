@@ -154,6 +154,17 @@ class ManifestRepo:
         except ValueError:
             return None
 
+    def identity(self) -> str | None:
+        """`user.name <user.email>` as git would sign a commit here (None: not set)."""
+        if self._repo is None:
+            return None
+        reader = self._repo.config_reader()
+        name = str(reader.get_value("user", "name", "")).strip()
+        email = str(reader.get_value("user", "email", "")).strip()
+        if name and email:
+            return f"{name} <{email}>"
+        return name or email or None
+
     def resolve(self, ref: str) -> str:
         return self._commit(ref).hexsha
 

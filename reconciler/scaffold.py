@@ -22,6 +22,10 @@ _RENAMES = {"gitignore": ".gitignore"}
 #: CI templates per forge: scaffold/_ci/<forge>/<file> → where the forge looks.
 CI_TARGETS = {"github": ".github/workflows/", "gitlab": "", "none": ""}
 _CI_RENAMES = {"gitlab-ci.yml": ".gitlab-ci.yml"}
+#: Approval sources `init --approvals` accepts, and the default for each --ci.
+APPROVAL_SOURCES = ("github", "gitlab", "file", "none")
+_DEFAULT_SOURCE = {"github": "github", "gitlab": "gitlab", "none": "file"}
+_SOURCE_LINE = b"  source: github "
 
 
 def _walk(node: Traversable, prefix: str = "") -> list[tuple[str, Traversable]]:
@@ -44,13 +48,23 @@ def installed_version() -> str:
         return __version__
 
 
-def init_repo(target: Path, *, ci: str = "github") -> list[Path]:
+def init_repo(target: Path, *, ci: str = "github", approvals: str | None = None) -> list[Path]:
     """Write the scaffold (and the `ci` forge's pipelines) into `target`; refuses to
-    overwrite anything."""
+    overwrite anything. `approvals` is the source reconciler.yaml names (default: the
+    forge of `ci`, or the approvals file without one)."""
     if ci not in CI_TARGETS:
         raise ReconcilerError(f"--ci must be one of {', '.join(CI_TARGETS)}, not {ci!r}")
+    source = approvals or _DEFAULT_SOURCE[ci]
+    if source not in APPROVAL_SOURCES:
+        raise ReconcilerError(
+            f"--approvals must be one of {', '.join(APPROVAL_SOURCES)}, not {source!r}"
+        )
     root = files("reconciler") / "scaffold"
     scaffold = [(rel, src.read_bytes()) for rel, src in _walk(root)]
+    scaffold = [
+        (rel, _with_source(data, source) if rel == "reconciler.yaml" else data)
+        for rel, data in scaffold
+    ]
     if ci != "none":
         version = installed_version().encode()
         scaffold += [
@@ -79,3 +93,9 @@ def init_repo(target: Path, *, ci: str = "github") -> list[Path]:
         git.Repo.init(target, initial_branch="main")
         written.append(target / ".git")
     return written
+
+
+def _with_source(config: bytes, source: str) -> bytes:
+    """The scaffold's reconciler.yaml naming `source` (the column of its comment kept)."""
+    assert _SOURCE_LINE in config, "the scaffold's reconciler.yaml names github"
+    return config.replace(_SOURCE_LINE, f"  source: {source} ".ljust(len(_SOURCE_LINE)).encode())

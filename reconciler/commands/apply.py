@@ -8,7 +8,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.commands.context import manifest_repo, open_store
+from reconciler.commands.context import (
+    applied_by,
+    manifest_repo,
+    open_store,
+    require_manifests,
+)
 from reconciler.commands.plan import Built, build_plan, load_plan_file
 from reconciler.config import Settings
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ReconcilerError, StateMovedError
@@ -81,6 +86,7 @@ def apply(
     progress: ProgressFn | None = None,
     health: HealthFn | None = None,
 ) -> ApplyReport:
+    require_manifests(settings)  # before the state is opened (and created)
     with open_store(settings) as store:
         return run_apply(settings, store, opts, progress=progress, health=health)
 
@@ -113,6 +119,7 @@ def _run_apply(
     else:
         loaded, plan, env_secrets = _committed_plan(settings, store, opts)
     context = trigger_context(loaded) if trigger_context else run_context(settings, loaded)
+    context.details.setdefault("applied_by", applied_by(settings))
     gate = Gate(
         settings=settings,
         store=store,

@@ -3,6 +3,7 @@ optionally posted as the `reconciler/approvals` commit status."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -53,13 +54,16 @@ def judge(
     *,
     commit: str | None,
     pull_request: int | None,
+    environments: Sequence[str] = (),
     now: datetime | None = None,
 ) -> ApprovalsReport:
     """Judge approvals (not windows: those apply when it is applied) per environment."""
     ctx = ci.detect(settings.env)
     pull_request = pull_request or ctx.pull_request
     with open_store(settings, read_only=True) as store:
-        loaded, plan, secrets = build_plan(settings, store, ref=commit or ctx.commit)
+        loaded, plan, secrets = build_plan(
+            settings, store, ref=commit or ctx.commit, environments=environments
+        )
         gate = Gate(
             settings=settings,
             store=store,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from reconciler import drift as detection
-from reconciler.commands.context import open_store
+from reconciler.commands.context import applied_by, open_store
 from reconciler.commands.live import providers_of_record, read_health
 from reconciler.config import Settings
 from reconciler.drift import DriftReport
@@ -69,5 +69,6 @@ def heal(
             break_lock=break_lock,
             parallelism=parallelism or settings.parallelism,
             progress=progress,
+            applied_by=applied_by(settings),
         )
     return HealReport(results)

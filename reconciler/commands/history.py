@@ -15,6 +15,14 @@ from reconciler.state.base import RunRecord, StateStore
 
 #: What `counts` tallies: applied changes by action, and failures.
 COUNTED = ("create", "update", "replace", "delete", "failed")
+#: How a count reads ("1 updated").
+COUNT_WORDS = {
+    "create": "created",
+    "update": "updated",
+    "replace": "replaced",
+    "delete": "deleted",
+    "failed": "failed",
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,19 @@ class HistoryRow:
                 counts["failed"] += 1
         return counts
 
+    @property
+    def applied_by(self) -> str | None:
+        """Who ran it (recorded since runs name them; older runs: None)."""
+        who = self.run.details.get("applied_by")
+        return who if isinstance(who, str) and who else None
+
+    @property
+    def summary(self) -> str:
+        """The counts in words: "1 created, 2 updated", or "no changes"."""
+        c = self.counts
+        words = [f"{c[k]} {COUNT_WORDS[k]}" for k in COUNTED if c[k]]
+        return ", ".join(words) or "no changes"
+
     def document(self) -> dict[str, Any]:
         """The documented `history --json` row (docs/history-format.md)."""
         run = self.run
@@ -48,6 +69,7 @@ class HistoryRow:
             "pull_request": run.pull_request,
             "author": run.author,
             "approvers": list(run.approvers),
+            "applied_by": self.applied_by,
             "counts": self.counts,
             "reverted_commits": list(run.reverted_commits),
             "reverted_runs": list(run.reverted_runs),

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from reconciler.commands.context import open_store, secret_env
+from reconciler.commands.context import open_store, require_manifests, secret_env
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
 from reconciler.load import Loaded, load
@@ -112,6 +112,8 @@ def add_provider_notes(plan: Plan, desired: Desired) -> None:
 
 
 def plan(settings: Settings, opts: PlanOptions) -> Plan:
+    if opts.ref is None:
+        require_manifests(settings)
     with open_store(settings, read_only=True) as store:
         _, p, _ = build_plan(
             settings,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json as _json
 from typing import Any
 
+from reconciler.approvals.evaluate import Verdict
 from reconciler.commands.approvals import ApprovalsReport
+from reconciler.commands.approve import ApproveReport
 from reconciler.gate import GateResult
 from reconciler.views.text import join_lines
 
@@ -15,15 +17,33 @@ def human(report: ApprovalsReport) -> str:
     if not report.verdicts:
         lines.append("no environment has changes: nothing needs approval")
     for e, g in report.verdicts.items():
-        if g.passed and g.verdict is None:
+        verdicts = _verdicts(g)
+        if g.passed and not verdicts:
             lines.append(f"{e}: no approvals required")
         elif g.passed:
-            lines.append(f"{e}: approved: {g.verdict.summary() if g.verdict else ''}")
+            lines.append(f"{e}: approved: {verdicts[-1].summary()}")
         else:
             lines.append(f"{e}: BLOCKED: {'; '.join(g.reasons)}")
-        if g.verdict is not None:
-            lines.extend(f"    {line}" for line in g.verdict.explain())
+        if len(verdicts) == 2:  # the change alters the policy: judged by both, say both
+            for label, v in zip(POLICY_LABELS, verdicts, strict=True):
+                lines.append(f"    {label}:")
+                lines.extend(f"      {line}" for line in v.explain())
+        elif verdicts:
+            lines.extend(f"    {line}" for line in verdicts[0].explain())
     return join_lines(lines)
+
+
+#: How each verdict is introduced when a change alters the policy (record, then new).
+POLICY_LABELS = ("Under the policy of record", "Under the policy this change sets")
+
+
+def _verdicts(g: GateResult) -> list[Verdict]:
+    """The verdicts to explain: one per policy the change is judged by (both when it
+    alters the policy), from the last commit judged; else the one verdict recorded."""
+    last = g.coverage[-1] if g.coverage else None
+    if g.policy_changed and last is not None and len(last.verdicts) == 2:
+        return list(last.verdicts)
+    return [g.verdict] if g.verdict is not None else []
 
 
 def document(report: ApprovalsReport) -> dict[str, Any]:
@@ -51,7 +71,8 @@ def status_description(report: ApprovalsReport) -> str:
 
 
 def _reason(g: GateResult) -> str:
-    return g.verdict.summary() if g.verdict is not None else "; ".join(g.reasons)
+    verdicts = _verdicts(g)
+    return verdicts[-1].summary() if verdicts else "; ".join(g.reasons)
 
 
 def posted(report: ApprovalsReport) -> str:
@@ -59,3 +80,16 @@ def posted(report: ApprovalsReport) -> str:
     if report.posted is None:
         return ""
     return f"status reconciler/approvals set on {report.posted.sha[:7]}: {report.posted.state}\n"
+
+
+def approved(report: ApproveReport) -> str:
+    """What `approve` recorded, and where."""
+    what = "updated" if report.updated else "recorded"
+    commits = f"{report.commits} commit{'s' if report.commits != 1 else ''}"
+    return (
+        f"{what}: {report.reviewer} approved pull request #{report.pull_request} "
+        f"by {report.author} (head {report.head_sha[:7]}, merged as "
+        f"{report.merge_commit_sha[:7]}, {commits})\n"
+        f"in {report.path}\n"
+        "next: reconciler approvals, then reconciler apply\n"
+    )

@@ -12,26 +12,40 @@ from reconciler.views.text import join_lines
 FLAGS = ("override_window", "broke_lock")
 
 
+HEADER = ("RUN", "ENVIRONMENT", "TRIGGER", "OUTCOME", "COMMIT", "APPLIED BY", "CHANGES")
+
+
 def human(report: HistoryReport) -> str:
     if not report.rows:
         return "No runs recorded yet.\n"
-    lines = []
-    for row in report.rows:
+    table = [HEADER] + [
+        (
+            row.run.id,
+            row.run.environment,
+            row.run.trigger,
+            row.run.outcome,
+            (row.run.commit or "—")[:7],
+            row.applied_by or "—",
+            row.summary,
+        )
+        for row in report.rows
+    ]
+    widths = [max(len(cells[i]) for cells in table) for i in range(len(HEADER) - 1)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)) + "  " + cells[-1]
+
+    lines = [line(HEADER)]
+    for row, cells in zip(report.rows, table[1:], strict=True):
         run = row.run
-        c = row.counts
-        commit = (run.commit or "-------")[:7]
-        subject = f" {row.subject}" if row.subject else ""
-        lines.append(
-            f"{run.id}  {run.environment:<12} {run.trigger:<8} {run.outcome:<8} {commit}{subject}"
-        )
-        who = ""
+        lines.append(line(cells))
+        about = [row.subject] if row.subject else []
         if run.pull_request is not None:
-            who = f"PR #{run.pull_request} by {run.author or '?'}"
-            who += f", approved by {', '.join(run.approvers)}" if run.approvers else ""
-        counts = f"+{c['create']} ~{c['update']} -/+{c['replace']} -{c['delete']}" + (
-            f" failed {c['failed']}" if c["failed"] else ""
-        )
-        lines.append(f"    {counts}" + (f"  {who}" if who else ""))
+            pr = f"PR #{run.pull_request} by {run.author or '?'}"
+            pr += f", approved by {', '.join(run.approvers)}" if run.approvers else ""
+            about.append(pr)
+        if about:
+            lines.append("    " + " · ".join(about))
         if run.trigger == "rollback" and run.reverted_commits:
             undone = ", ".join(s[:7] for s in run.reverted_commits)
             runs = ", ".join(run.reverted_runs) or "no recorded run"
