@@ -246,3 +246,39 @@ def test_phone_and_dark(site: tuple[DashboardRepo, Server], browser: object) -> 
             shoot(pg, f"{name}-dark-phone")
     finally:
         pg.close()
+
+
+def test_each_environment_says_where_it_stands_and_what_to_do(
+    site: tuple[DashboardRepo, Server], page: object
+) -> None:
+    """One line per environment (sync · health — next step), fix hints where something
+    is wrong, a skip link as the first stop of the keyboard, and no failed request."""
+    _, server = site
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)  # type: ignore[attr-defined]
+    page.on("console", lambda m: failed.append(m.text) if m.type == "error" else None)  # type: ignore[attr-defined]
+    visit(page, server, "/")
+
+    def status(env: str) -> str:
+        return str(card(page, env).locator(".status-line").inner_text())  # type: ignore[attr-defined]
+
+    assert status("dev").startswith("Synced · Healthy") and "nothing to do" in status("dev")
+    assert status("staging").startswith("Drifted")
+    assert "reconciler apply --heal --env staging" in status("staging")
+    prod = card(page, "production").locator(".status-line")  # type: ignore[attr-defined]
+    assert (
+        "blocked" in prod.inner_text()
+        and "reconciler approvals --env production" in prod.inner_text()
+    )
+    assert "bad" in (prod.get_attribute("class") or "")
+
+    page.keyboard.press("Tab")  # type: ignore[attr-defined]
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"  # type: ignore[attr-defined]
+    page.keyboard.press("Enter")  # type: ignore[attr-defined]
+    assert page.evaluate("document.activeElement.id") == "main"  # type: ignore[attr-defined]
+    shoot(page, "environments-status")
+
+    visit(page, server, "/drift")
+    fix = page.locator("#drift-staging .fix").inner_text()  # type: ignore[attr-defined]
+    assert "reconciler apply --heal --env staging" in fix
+    assert failed == []

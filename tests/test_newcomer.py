@@ -6,10 +6,13 @@ one; logs, global options and history read as a person expects."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 from conftest import commit_all, git, init_repo, run_cli
+from dashboard_server import start
 
 from reconciler.config import load_settings
 from reconciler.state import open_state
@@ -216,3 +219,46 @@ def test_history_has_a_header_readable_counts_and_who_applied(tmp_path: Path) ->
     assert oldest.split()[-4:] == ["—", "—", "no", "changes"]
     rows = json.loads(cli(repo, "history", "--env", "dev", "--json")[1])
     assert [r["applied_by"] for r in rows] == ["octocat", "Dev <dev@example.com>", None]
+
+
+# -- 9: the dashboard, over HTTP (the browser tests look at it too) ----------------------
+
+TOKEN = "newcomer-dashboard-token-77"
+
+
+def test_login_is_rate_limited_and_its_cookie_expires(tmp_path: Path) -> None:
+    repo, env = scaffold(tmp_path)
+    server = start(repo, {**env, "RECONCILER_DASHBOARD_TOKEN": TOKEN}, "--refresh", "1h")
+    try:
+        url = server.url + "login"
+        ok = httpx.post(url, data={"token": TOKEN, "next": "/"})
+        assert ok.status_code == 303
+        cookie = ok.headers["set-cookie"]
+        assert "Max-Age=43200" in cookie, cookie  # a sign-in lasts 12 hours
+        for _ in range(5):
+            assert httpx.post(url, data={"token": "guess"}).status_code == 401
+        late = httpx.post(url, data={"token": TOKEN})  # even the right one, for a while
+        assert late.status_code == 429 and "Too many wrong tokens" in late.text
+        assert 0 < int(late.headers["retry-after"]) <= 60
+    finally:
+        assert TOKEN not in server.stop()
+
+
+def test_favicon_and_matrix_highlights_mean_one_thing(tmp_path: Path) -> None:
+    """Only dev is applied: production's cells are "not deployed", which the matrix says
+    in words; the highlight is kept for a deployed version that differs."""
+    repo, env = scaffold(tmp_path)
+    assert cli(repo, "apply", "--env", "dev", env=env)[0] == 0
+    merge_branch(repo, "b", ("manifests/deployments.yaml", "maxTokens: 300", "maxTokens: 400"))
+    server = start(repo, env, "--refresh", "1h")
+    try:
+        icon = server.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+        assert '<link rel="icon" href="/favicon.ico"' in server.get("/").text
+        page = server.get("/matrix").text
+    finally:
+        server.stop()
+    cells = re.findall(r'<td class="([^"]*)" data-env="(\w+)" data-deployment="hello-chat">', page)
+    classes = dict((env_, cls.split()) for cls, env_ in cells)
+    assert "differs" not in classes["production"] and "pending" in classes["production"]
+    assert "differs" not in classes["dev"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import hmac
 import math
-from collections.abc import AsyncIterator, Collection
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,13 @@ from urllib.parse import parse_qs, urlencode
 import jinja2
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -26,6 +35,7 @@ from reconciler import log
 from reconciler.commands import history as history_command
 from reconciler.commands import show as show_command
 from reconciler.commands.history import HistoryReport, HistoryRow
+from reconciler.commands.overview import EnvironmentOverview
 from reconciler.commands.show import RunReport
 from reconciler.config import Settings
 from reconciler.dashboard.links import ForgeLinks, forge_links
@@ -38,6 +48,11 @@ from reconciler.views import show as show_view
 from reconciler.views.text import SYMBOLS, fmt, is_long, short, text_diff
 
 HERE = Path(__file__).parent
+#: How long a sign-in lasts (the cookie's Max-Age), in seconds.
+SESSION_SECONDS = 12 * 3600
+#: Wrong tokens one client may send per window before /login answers 429.
+LOGIN_ATTEMPTS = 5
+LOGIN_WINDOW = 60.0
 MATRIX_PAGE = 100
 HISTORY_PAGE = 50
 CHANGES_PAGE = 200
@@ -82,8 +97,54 @@ def templates() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(when=when, short=short, fmt=fmt, is_long=is_long, text_diff=text_diff)
-    env.globals.update(symbols=SYMBOLS, nav=NAV)
+    env.globals.update(symbols=SYMBOLS, nav=NAV, env_status=env_status)
     return env
+
+
+@dataclass(frozen=True)
+class EnvStatus:
+    """An environment in one line, as Argo CD says Synced/Healthy: where it stands, how
+    its instances are, and the one thing to do next."""
+
+    sync: str
+    health: str
+    tone: str
+    next_step: str
+    #: The command that takes the next step, if one does.
+    command: str | None = None
+
+
+def env_status(e: EnvironmentOverview) -> EnvStatus:
+    """The verdict reads the same facts the card shows; the first problem wins the
+    next step (a failed run before a block, a block before pending changes)."""
+    run = e.last_run.run if e.last_run else None
+    pending = any(e.pending.values())
+    drifted = e.live is not None and e.live.drifted + e.live.missing > 0
+    degraded = e.live is not None and e.live.degraded > 0
+    sync = "Drifted" if drifted else "OutOfSync" if pending else "Synced"
+    health = "Degraded" if degraded else "Healthy" if e.live and e.instances else "Unknown"
+    env = f"--env {e.name}"
+    command: str | None = None
+    if run is not None and run.outcome in ("failed", "interrupted"):
+        step = f"the last run {run.outcome}: read its errors, fix the cause, then"
+        command = f"reconciler apply {env}"
+    elif e.blocked and e.window is not None and not e.window.open:
+        opens = e.window.document().get("next_open_local")
+        step = "blocked: wait for the deploy window" + (f" (opens {opens})" if opens else "")
+    elif e.blocked:
+        step = "blocked (see why below); who approved and who is missing:"
+        command = f"reconciler approvals {env}"
+    elif pending:
+        step, command = "apply the pending changes:", f"reconciler apply {env}"
+    elif drifted:
+        step, command = "put the recorded spec back:", f"reconciler apply --heal {env}"
+    elif degraded:
+        step, command = "see which instances and why:", f"reconciler status {env}"
+    else:
+        step = "nothing to do"
+    bad = degraded or e.blocked or (run is not None and run.outcome in ("failed", "interrupted"))
+    tone = "bad" if bad else "warn" if drifted or pending else "ok"
+    return EnvStatus(sync, health, tone, step, command)
 
 
 def when(value: datetime | str | None) -> str:
@@ -99,13 +160,21 @@ class Dashboard:
     """The routes, bound to one refresher."""
 
     def __init__(
-        self, settings: Settings, refresher: Refresher, links: ForgeLinks | None, token: str | None
+        self,
+        settings: Settings,
+        refresher: Refresher,
+        links: ForgeLinks | None,
+        token: str | None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.refresher = refresher
         self.links = links
         self.token = token
         self.jinja = templates()
+        self.clock = clock
+        #: Per client address, when its recent wrong tokens were sent.
+        self._failures: dict[str, deque[float]] = {}
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -332,25 +401,52 @@ class Dashboard:
             }
         )
 
+    def favicon(self, request: Request) -> Response:
+        return FileResponse(HERE / "static" / "favicon.svg", media_type="image/svg+xml")
+
     async def login(self, request: Request) -> Response:
         if request.method == "GET" or not self.token:
             return HTMLResponse(login_page() if self.token else "no token is needed\n")
+        client = request.client.host if request.client else "?"
+        wait = self._login_wait(client)
+        if wait > 0:  # guessing the token is slowed to LOGIN_ATTEMPTS a window
+            return HTMLResponse(
+                login_page(f"Too many wrong tokens: try again in {math.ceil(wait)} s."),
+                429,
+                {"Retry-After": str(math.ceil(wait))},
+            )
         form = parse_qs((await request.body()).decode(errors="replace"))
         given = (form.get("token") or [""])[0]
         nxt = (form.get("next") or ["/"])[0]
         if not nxt.startswith("/") or nxt.startswith("//"):
             nxt = "/"
         if not hmac.compare_digest(given, self.token):
+            self._failures.setdefault(client, deque()).append(self.clock())
             return HTMLResponse(login_page("That token is not right.", next_path=nxt), 401)
+        self._failures.pop(client, None)
         response = RedirectResponse(nxt, 303)
         response.set_cookie(
             COOKIE,
             session_value(self.token),
+            max_age=SESSION_SECONDS,
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
         )
         return response
+
+    def _login_wait(self, client: str) -> float:
+        """Seconds until `client` may try a token again (0: now)."""
+        failures = self._failures.get(client)
+        if not failures:
+            return 0.0
+        now = self.clock()
+        while failures and now - failures[0] >= LOGIN_WINDOW:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+            return 0.0
+        return LOGIN_WINDOW - (now - failures[0]) if len(failures) >= LOGIN_ATTEMPTS else 0.0
 
 
 class Pager:
@@ -419,6 +515,7 @@ def make_app(
         Route("/executions", d.executions),
         Route("/metrics", d.usage),
         Route("/healthz", d.healthz),
+        Route("/favicon.ico", d.favicon),
         Route("/login", d.login, methods=["GET", "POST"]),
         *(Route(f"/api/{name}", d.document) for name in api),
         Route("/api/history", d.api_history),
