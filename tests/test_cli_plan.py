@@ -68,7 +68,7 @@ def test_init_creates_a_valid_repo(tmp_path: Path) -> None:
     assert any("yaml-language-server: $schema=" in p.read_text() for p in yamls)
     r = cli(new, "validate")
     assert r.code == 0, r.err
-    assert "1 environments" in r.out or "1 environment" in r.out
+    assert "2 environments (dev, production)" in r.out
 
 
 def test_committed_schemas_are_current(tmp_path: Path) -> None:

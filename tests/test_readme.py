@@ -65,3 +65,4 @@ def test_ten_minute_guide(tmp_path: Path) -> None:
     assert r.returncode == 0, out
     assert "Traceback" not in out
     assert "rollback" in r.stdout and "maxTokens" in r.stdout
+    assert "production: applied" in r.stdout and "approved by bob" in r.stdout

@@ -326,6 +326,7 @@ def test_init_pipelines_plan_apply_rollback(tmp_path: Path) -> None:
         head = git(repo, "rev-parse", "HEAD")
         gh.add_pull_request(1, author="dave", head_sha=head, merged=False, state="open")
         gh.add_commit(1, head, author="dave")
+        gh.add_review(1, "erin", "APPROVED", commit_id=head)  # production needs one
         event = tmp_path / "event.json"
         event.write_text(json.dumps({"pull_request": {"number": 1, "head": {"sha": head}}}))
         summary = tmp_path / "summary.md"
