@@ -109,18 +109,25 @@ def test_init_reaches_a_protected_production_through_a_recorded_approval(
     head = git(repo, "rev-parse", "HEAD^2")
     assert cli(repo, "apply", "--env", "production", env=env)[0] == 3
 
-    code, _, err = cli(repo, "approve", "--pr", "1", "--reviewer", "Dev", env=env)
+    code, _, err = cli(repo, "approve", "--pr", "2", "--reviewer", "Dev", env=env)
     assert code == 1 and "never counts" in err  # the author cannot approve
     assert not (tmp_path / "approvals.json").exists()
     inside = {"RECONCILER_APPROVALS_FILE": str(repo / "approvals.json")}
-    code, _, err = cli(repo, "approve", "--pr", "1", "--reviewer", "bob", env=inside)
+    code, _, err = cli(repo, "approve", "--pr", "2", "--reviewer", "bob", env=inside)
     assert code == 1 and "inside the manifests repo" in err
 
-    code, out, err = cli(repo, "approve", "--pr", "1", "--reviewer", "bob", env=env)
+    # the first commit declared production and was pushed: it needs an entry too
+    first = git(repo, "rev-list", "--max-parents=0", "HEAD")
+    code, out, err = cli(
+        repo, "approve", "--pr", "1", "--reviewer", "bob", "--commit", first, env=env
+    )
     assert code == 0, err
-    assert "bob approved pull request #1" in out and str(tmp_path / "approvals.json") in out
+    code, out, err = cli(repo, "approve", "--pr", "2", "--reviewer", "bob", env=env)
+    assert code == 0, err
+    assert "bob approved pull request #2" in out and str(tmp_path / "approvals.json") in out
     doc = json.loads((tmp_path / "approvals.json").read_text())
-    pr = doc["pullRequests"][0]
+    assert doc["pullRequests"][0]["mergeCommitSha"] == first
+    pr = doc["pullRequests"][1]
     assert (pr["headSha"], pr["mergeCommitSha"], pr["baseRef"]) == (head, merge, "main")
     assert pr["commits"] == [
         {
@@ -136,11 +143,11 @@ def test_init_reaches_a_protected_production_through_a_recorded_approval(
     assert review["commitId"] == head and datetime.fromisoformat(review["submittedAt"]).tzinfo
 
     code, out, _ = cli(repo, "approvals", "--env", "production", env=env)
-    assert code == 0 and "approved: 1/1 approvals (#1): bob" in out, out
+    assert code == 0 and "approved: 1/1 approvals (#2): bob" in out, out
     code, out, err = cli(repo, "apply", "--env", "production", env=env)
     assert code == 0, out + err
     run = json.loads(cli(repo, "history", "--env", "production", "--json")[1])[0]
-    assert run["commit"] == merge and run["pull_request"] == 1 and run["approvers"] == ["bob"]
+    assert run["commit"] == merge and run["pull_request"] == 2 and run["approvers"] == ["bob"]
 
 
 # -- 5: logs ----------------------------------------------------------------------------

@@ -318,6 +318,12 @@ def test_init_pipelines_plan_apply_rollback(tmp_path: Path) -> None:
 
     with FakeGitHub() as gh:
         base["GITHUB_API_URL"] = gh.url
+        # the scaffold's production needs an approval of every commit that shaped it: the
+        # two pushed above get reviewed pull requests
+        for number, sha in enumerate(git(repo, "rev-list", "--reverse", "HEAD").split(), 100):
+            gh.add_pull_request(number, author="dave", head_sha=sha, merge_commit_sha=sha)
+            gh.add_commit(number, sha, author="dave")
+            gh.add_review(number, "erin", "APPROVED", commit_id=sha)
         # a pull request changing the deployment
         git(repo, "checkout", "-q", "-b", "topic")
         dep = next((repo / "manifests").rglob("deployments*.yaml"))
@@ -357,6 +363,7 @@ def test_init_pipelines_plan_apply_rollback(tmp_path: Path) -> None:
         assert not (repo / ".reconciler" / "state.db").exists()
 
         # rollback from workflow_dispatch: opens the revert pull request
+        opened = max(gh.pulls) + 1
         out = run_workflow(
             workflows / "reconciler-rollback.yml",
             repo,
@@ -364,6 +371,6 @@ def test_init_pipelines_plan_apply_rollback(tmp_path: Path) -> None:
             base,
             {"inputs.commit": merge},
         )
-        assert "pull request #2" in "".join(out)
-        assert gh.pulls[2]["head"]["ref"] == "rollback/4242"
+        assert f"pull request #{opened}" in "".join(out)
+        assert gh.pulls[opened]["head"]["ref"] == "rollback/4242"
         assert git(origin, "rev-parse", "refs/heads/rollback/4242")
