@@ -40,6 +40,7 @@ def test_start_up_leaves_the_gc_on_and_the_loaded_modules_frozen() -> None:
 
 
 def test_python_dash_m_runs_the_same_entry_point(tmp_path: Path) -> None:
+    (tmp_path / "manifests").mkdir()  # an empty manifests repo (an empty folder is refused)
     result = subprocess.run(
         [sys.executable, "-m", "reconciler", "--repo", str(tmp_path), "validate"],
         capture_output=True,
