@@ -616,3 +616,15 @@ def test_a_push_to_a_symlinks_target_is_a_change_to_cover(w: World) -> None:
     w.pr(3, [chat_tokens(401, 402)])
     out = blocked(w)
     assert sneaky[:7] in out
+
+
+def test_every_refusal_says_what_to_do_next(w: World) -> None:
+    """A blocked environment gets its next step, in the text and in the JSON."""
+    w.push("straight to main", production_model("llama-3.1-8b-instruct"))
+    out = blocked(w)
+    assert "next: land the change through a pull request" in out
+    r = w.cli("approvals", "--json")
+    refusals = json.loads(r.out)["environments"]["production"]["refusals"]
+    assert refusals and all(x["reason"] and x["fix"] for x in refusals)
+    r = w.cli("approvals")
+    assert "next: " in r.out

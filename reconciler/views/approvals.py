@@ -30,6 +30,8 @@ def human(report: ApprovalsReport) -> str:
                 lines.extend(f"      {line}" for line in v.explain())
         elif verdicts:
             lines.extend(f"    {line}" for line in verdicts[0].explain())
+        if not g.passed:
+            lines.extend(f"    next: {fix}" for fix in dict.fromkeys(g.fixes))
     return join_lines(lines)
 
 
