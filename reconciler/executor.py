@@ -165,6 +165,20 @@ class EnvironmentResult:
         return c
 
 
+@dataclass
+class Verification:
+    """What the checks after a run said: each failure as a line (none: passed), whether
+    to restore what the run wrote, and what the run record keeps of them."""
+
+    failures: list[str] = field(default_factory=list)
+    rollback: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+#: After a run applied every change, still under its lock: (environment, run id, the
+#: changes' results, the run's providers) → what the checks of what it applied said.
+AfterApplyFn = Callable[[str, str, Sequence["ChangeResult"], ProviderPool], Verification]
+
 #: Told of every finished change; called from worker threads, one call at a time.
 ProgressFn = Callable[[ChangeResult], None]
 #: Told when a waiting change's health changes; from worker threads, one at a time.
@@ -910,6 +924,7 @@ def execute_environment(
     run_timeout: float | None = None,
     run_timeout_source: str = RUN_TIMEOUT_SOURCE,
     provider_factory: ProviderFactory | None = None,
+    after_apply: AfterApplyFn | None = None,
 ) -> EnvironmentResult:
     """Lock, verify, run, record. `replan` recomputes the plan under the lock; without
     it (a saved plan) the state serial must still be the one the plan was made at.
@@ -938,6 +953,8 @@ def execute_environment(
             ),
             rollback_on_failure=rollback_on_failure,
             break_lock=break_lock,
+            after_apply=after_apply,
+            pool=pool,
         )
         return run.under_lock(plan, replan)
 
@@ -954,7 +971,11 @@ class _Run:
         *,
         rollback_on_failure: bool,
         break_lock: bool,
+        after_apply: AfterApplyFn | None = None,
+        pool: ProviderPool | None = None,
     ) -> None:
+        self.after_apply = after_apply
+        self.pool = pool
         self.store = store
         self.run_id = run_id
         self.context = context
@@ -1006,30 +1027,32 @@ class _Run:
         if not plan.changes:
             return EnvironmentResult(envname, "noop", message="no changes")
         before: dict[InstanceKey, AppliedRecord] = {}
-        if self.rollback_on_failure:  # what restore puts back: read before anything changes
+        if self.rollback_on_failure or self.after_apply is not None:
+            # what restore puts back (after a failed change or check): read it first
             before = self.store.applied(envname, [c.key for c in plan.changes])
         self.store.begin_run(self._record(envname))
         try:
             results = self.executor.run(plan, self.run_id, self.context.commit)
             failed = [r for r in results if r.outcome != "applied"]
             restored: list[ChangeResult] = []
+            check_failure: str | None = None
             lost = self.executor.lock_lost
             if lost is not None:  # another run may hold the environment: put nothing back
                 self.details["lock_lost"] = lost.message
             elif failed and self.rollback_on_failure:
-                restored = self.executor.restore(results, before, self.run_id)
-                self.details["rolled_back"] = [
-                    r.change.address for r in restored if r.outcome == "applied"
-                ]
-                if any(r.outcome != "applied" for r in restored):
-                    self.details["restore_failed"] = {
-                        r.change.address: r.error for r in restored if r.outcome != "applied"
-                    }
+                restored = self._restore(results, before)
+            elif not failed and self.after_apply is not None and self.pool is not None:
+                checked = self.after_apply(envname, self.run_id, results, self.pool)
+                self.details.update(checked.details)
+                if checked.failures:
+                    check_failure = "checks failed: " + "; ".join(checked.failures)
+                    if checked.rollback or self.rollback_on_failure:
+                        restored = self._restore(results, before)
         except BaseException as e:
             self._finish_after(e)
             raise
-        outcome: EnvironmentOutcome = "failed" if failed else "applied"
-        message = None
+        outcome: EnvironmentOutcome = "failed" if failed or check_failure else "applied"
+        message = check_failure
         if failed:
             first = next((r for r in failed if r.outcome == "failed"), failed[0])
             message = f"{first.change.address}: {first.error}"
@@ -1048,6 +1071,17 @@ class _Run:
             message=message,
             restored=restored,
         )
+
+    def _restore(
+        self, results: Sequence[ChangeResult], before: Mapping[InstanceKey, AppliedRecord]
+    ) -> list[ChangeResult]:
+        restored = self.executor.restore(results, before, self.run_id)
+        self.details["rolled_back"] = [r.change.address for r in restored if r.outcome == "applied"]
+        if any(r.outcome != "applied" for r in restored):
+            self.details["restore_failed"] = {
+                r.change.address: r.error for r in restored if r.outcome != "applied"
+            }
+        return restored
 
     def _record(self, envname: str) -> RunRecord:
         ctx = self.context

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from reconciler.checks.runner import after_apply
 from reconciler.commands.context import (
     applied_by,
     manifest_repo,
@@ -15,9 +16,11 @@ from reconciler.commands.context import (
     require_manifests,
 )
 from reconciler.commands.plan import Built, build_plan, load_plan_file
+from reconciler.commands.run import limits, open_execution_store
 from reconciler.config import Settings
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ReconcilerError, StateMovedError
 from reconciler.executor import (
+    AfterApplyFn,
     EnvironmentResult,
     HealthFn,
     ProgressFn,
@@ -204,8 +207,25 @@ def _gate_and_apply(
                 health=watchers.health,
                 run_timeout=run_timeout,
                 run_timeout_source=timeout_source,
+                after_apply=_checks_after(settings, store, loaded, ep.environment),
             )
         )
+
+
+def _checks_after(
+    settings: Settings, store: StateStore, loaded: Loaded, env: str
+) -> AfterApplyFn | None:
+    """The checks of the commit applied, run after each run that changes their target."""
+    checks = [e.model for e in loaded.desired.manifests.checks.values()]
+    if not any(env in c.spec.environments for c in checks):
+        return None
+    return after_apply(
+        checks,
+        store,
+        lambda: open_execution_store(settings),
+        loaded.desired.providers.get(env, {}),
+        limits=limits(settings),
+    )
 
 
 def _committed_plan(settings: Settings, store: StateStore, opts: ApplyOptions) -> Built:

@@ -1,4 +1,4 @@
-"""Pydantic models of the five manifest kinds (apiVersion `reconciler/v1`).
+"""Pydantic models of the manifest kinds (apiVersion `reconciler/v1`).
 
 Strict on purpose: unknown fields are errors (a typo must never be ignored), booleans
 must be `true`/`false`, numbers must be numbers. String fields take the text the user
@@ -619,8 +619,51 @@ class Schedule(StrictModel):
     spec: ScheduleSpec
 
 
+# --- Check -------------------------------------------------------------------------
+
+
+class CheckExpect(StrictModel):
+    """What one request of a check must answer; every field set must hold."""
+
+    #: The call completed (false: it must fail, e.g. a guard refusing bad input).
+    succeeded: bool = True
+    contains: list[Text] = Field(default_factory=list)
+    not_contains: list[Text] = Field(default_factory=list)
+    #: A Python regular expression the answer must match (searched, not anchored).
+    regex: Text | None = None
+    #: The whole answer, exactly.
+    equals: Text | None = None
+    latency_ms_max: Annotated[float, Field(gt=0)] | None = None
+    #: In the deployment's `pricing` currency; without a price the cost is unknown and
+    #: the expectation fails (never assumed 0).
+    cost_max: Annotated[float, Field(ge=0)] | None = None
+
+
+class CheckRequest(StrictModel):
+    input: dict[Text, JsonValue] = Field(default_factory=dict)
+    expect: CheckExpect = Field(default_factory=CheckExpect)
+
+
+class CheckSpec(StrictModel):
+    """A few requests through the run path after every apply that changes `deployment`
+    in one of `environments`: a failure fails the run; `rollback` also restores what
+    the run changed."""
+
+    deployment: Slug
+    environments: list[Slug] = Field(min_length=1)
+    requests: list[CheckRequest] = Field(min_length=1, max_length=10)
+    on_fail: Literal["fail", "rollback"] = "fail"
+
+
+class Check(StrictModel):
+    api_version: Literal["reconciler/v1"]
+    kind: Literal["Check"]
+    metadata: Metadata
+    spec: CheckSpec
+
+
 Manifest = Annotated[
-    Environment | Provider | Prompt | Deployment | Schedule,
+    Environment | Provider | Prompt | Deployment | Schedule | Check,
     Field(discriminator="kind"),
 ]
 KINDS: dict[str, type[StrictModel]] = {
@@ -629,6 +672,7 @@ KINDS: dict[str, type[StrictModel]] = {
     "Prompt": Prompt,
     "Deployment": Deployment,
     "Schedule": Schedule,
+    "Check": Check,
 }
 #: Per kind, the model an environment override is validated with.
 OVERRIDE_MODELS: dict[str, type[StrictModel]] = {

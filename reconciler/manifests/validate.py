@@ -75,6 +75,7 @@ class Manifests:
     prompts: dict[str, Entry[m.Prompt]] = field(default_factory=dict)
     deployments: dict[str, Entry[m.Deployment]] = field(default_factory=dict)
     schedules: dict[str, Entry[m.Schedule]] = field(default_factory=dict)
+    checks: dict[str, Entry[m.Check]] = field(default_factory=dict)
     documents: int = 0
 
     def by_kind(self, kind: str) -> dict[str, Entry[Any]]:
@@ -84,6 +85,7 @@ class Manifests:
             "Prompt": self.prompts,
             "Deployment": self.deployments,
             "Schedule": self.schedules,
+            "Check": self.checks,
         }[kind]  # type: ignore[return-value]
 
 
@@ -255,6 +257,8 @@ def _check_references(r: Manifests, c: _Collector) -> None:
         for env, sov in sspec.overrides.items():
             _check_timing(c, s, sov, ("spec", "overrides", env), base=sspec)
             _check_urls(c, s.path, s.raw, sov.input, ("spec", "overrides", env, "input"))
+    for ck in r.checks.values():
+        _check_check(c, r, ck)
     for e in r.environments.values():
         for i, w in enumerate(e.model.spec.windows):
             loc = ("spec", "windows", i)
@@ -268,6 +272,45 @@ def _check_references(r: Manifests, c: _Collector) -> None:
                 c.at(e.path, e.pos(*loc, "duration"), f"duration: {ex}")
             if msg := schedules.validate_timezone(w.timezone):
                 c.at(e.path, e.pos(*loc, "timezone"), f"timezone: {msg}")
+
+
+def _check_check(c: _Collector, r: Manifests, ck: Entry[m.Check]) -> None:
+    """A check names a deployment deployed to each of its environments, and its regular
+    expressions compile."""
+    spec = ck.model.spec
+    for i, env in enumerate(spec.environments):
+        if env not in r.environments:
+            c.at(
+                ck.path,
+                ck.pos("spec", "environments", i),
+                f"unknown environment {env!r}{did_you_mean(env, r.environments)}",
+            )
+    dep = r.deployments.get(spec.deployment)
+    if dep is None:
+        c.at(
+            ck.path,
+            ck.pos("spec", "deployment"),
+            f"unknown deployment {spec.deployment!r}{did_you_mean(spec.deployment, r.deployments)}",
+        )
+    else:
+        for i, env in enumerate(spec.environments):
+            if env in r.environments and env not in dep.model.spec.environments:
+                c.at(
+                    ck.path,
+                    ck.pos("spec", "environments", i),
+                    f"deployment {spec.deployment!r} is not deployed to {env!r}",
+                )
+    for i, req in enumerate(spec.requests):
+        if req.expect.regex is not None:
+            try:
+                re.compile(req.expect.regex)
+            except re.error as e:
+                c.at(
+                    ck.path,
+                    ck.pos("spec", "requests", i, "expect", "regex"),
+                    f"regex is not a valid regular expression: {e}",
+                )
+        _check_urls(c, ck.path, ck.raw, req.input, ("spec", "requests", i, "input"))
 
 
 def _check_deployment_refs(

@@ -106,6 +106,12 @@ class Execution:
     truncated: bool = False
     error: str | None = None
     holder: Holder | None = field(default=None, compare=False)
+    #: A check's execution (trigger `check`): the check, the evidence digest of what it
+    #: called, whether its expectations held, and each with its measured value.
+    check: str | None = None
+    digest: str | None = None
+    passed: bool | None = None
+    expectations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def fire_key(self) -> str | None:
@@ -140,6 +146,16 @@ class Execution:
             "truncated": self.truncated,
             "error": self.error,
             "holder": None if self.holder is None else vars(self.holder),
+            **(
+                {}
+                if self.check is None
+                else {
+                    "check": self.check,
+                    "digest": self.digest,
+                    "passed": self.passed,
+                    "expectations": list(self.expectations),
+                }
+            ),
         }
 
     def to_json(self) -> str:
@@ -175,6 +191,10 @@ class Execution:
             truncated=bool(d.get("truncated")),
             error=d.get("error"),
             holder=Holder(**holder) if isinstance(holder, dict) else None,
+            check=d.get("check"),
+            digest=d.get("digest"),
+            passed=d.get("passed"),
+            expectations=list(d.get("expectations") or []),
         )
 
 

@@ -37,8 +37,12 @@ def human(report: ApplyReport) -> str:
                 for res in r.results
                 if res.outcome != "applied"
             )
+            checked = bool(r.message and r.message.startswith("checks failed"))
+            if checked:
+                lines.append(f"    {r.message}")
             if r.restored:
-                lines.append(f"    restored {len(r.restored)} change(s) (--rollback-on-failure)")
+                why = "a check's onFail: rollback" if checked else "--rollback-on-failure"
+                lines.append(f"    restored {len(r.restored)} change(s) ({why})")
     return join_lines(lines)
 
 

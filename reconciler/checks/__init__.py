@@ -1,0 +1,1 @@
+"""Checks after apply and the evidence they leave (docs/design.md, "Verified promotion")."""

@@ -1,0 +1,33 @@
+"""What a check's pass is evidence for: a digest of what answers a request (the rendered
+prompt template and its version, the provider kind, the model, the options), never of
+where it runs. Identical digests share evidence across environments; any change to one
+of these is a new digest with no evidence yet."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from reconciler.instances import Instance, canonical_json
+
+
+def evidence_document(spec: Mapping[str, Any], provider_type: str) -> dict[str, Any]:
+    """The fields of a deployment's resolved spec the digest covers."""
+    prompt = spec.get("prompt")
+    return {
+        "providerType": provider_type,
+        "model": spec.get("model"),
+        "prompt": dict(prompt) if isinstance(prompt, Mapping) else None,
+        "options": spec.get("options"),
+    }
+
+
+def evidence_digest_of(spec: Mapping[str, Any], provider_type: str) -> str:
+    doc = canonical_json(evidence_document(spec, provider_type))
+    return "sha256:" + hashlib.sha256(doc.encode()).hexdigest()
+
+
+def evidence_digest(instance: Instance, provider_type: str) -> str:
+    """The digest of one deployment instance, as its provider kind runs it."""
+    return evidence_digest_of(instance.spec, provider_type)

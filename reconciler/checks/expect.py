@@ -1,0 +1,78 @@
+"""A check request's expectations, judged over one recorded execution: pure, so every
+outcome is tested on data. Each result carries the measured value beside the bound."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.manifests.models import CheckExpect
+from reconciler.runs.model import Execution
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One expectation: what was asked, what was measured, whether it held."""
+
+    name: str
+    expected: Any
+    measured: Any
+    ok: bool
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "expected": self.expected,
+            "measured": self.measured,
+            "ok": self.ok,
+        }
+
+    def line(self) -> str:
+        return f"{self.name}: expected {self.expected!r}, measured {self.measured!r}"
+
+
+def judge(expect: CheckExpect, ex: Execution) -> list[Outcome]:
+    """Every expectation set, in a fixed order. A failed call fails every expectation on
+    its answer (there is none to look at)."""
+    succeeded = ex.status == "completed"
+    out = [Outcome("succeeded", expect.succeeded, succeeded, succeeded == expect.succeeded)]
+    answer = ex.result if succeeded else None
+    # A truncated answer is judged on what was kept: a check's answers should be short.
+    for text in expect.contains:
+        out.append(
+            Outcome("contains", text, _excerpt(answer), answer is not None and text in answer)
+        )
+    for text in expect.not_contains:
+        out.append(
+            Outcome(
+                "notContains", text, _excerpt(answer), answer is not None and text not in answer
+            )
+        )
+    if expect.regex is not None:
+        hit = answer is not None and re.search(expect.regex, answer) is not None
+        out.append(Outcome("regex", expect.regex, _excerpt(answer), hit))
+    if expect.equals is not None:
+        out.append(Outcome("equals", expect.equals, _excerpt(answer), answer == expect.equals))
+    if expect.latency_ms_max is not None:
+        lat = ex.latency_ms
+        out.append(
+            Outcome(
+                "latencyMsMax",
+                expect.latency_ms_max,
+                lat,
+                lat is not None and lat <= expect.latency_ms_max,
+            )
+        )
+    if expect.cost_max is not None:
+        cost = ex.cost
+        out.append(
+            Outcome("costMax", expect.cost_max, cost, cost is not None and cost <= expect.cost_max)
+        )
+    return out
+
+
+def _excerpt(answer: str | None, limit: int = 200) -> str | None:
+    if answer is None or len(answer) <= limit:
+        return answer
+    return answer[:limit] + "…"
