@@ -17,11 +17,13 @@ from reconciler.approvals.facts import PullRequestFacts
 from reconciler.approvals.policy import split_approver
 from reconciler.config import ApprovalsConfig, Settings
 from reconciler.errors import GitError, ReconcilerError
+from reconciler.gate.evidence import gather_evidence
 from reconciler.gate.history import History
 from reconciler.gate.judge import (
     Candidate,
     Claim,
     CommitFacts,
+    Evidence,
     Facts,
     Mode,
     PolicyStep,
@@ -32,6 +34,7 @@ from reconciler.gitrepo import ManifestRepo
 from reconciler.load import Loaded
 from reconciler.plan import EnvironmentPlan, make_plan
 from reconciler.policy import Policy, policy_at
+from reconciler.runs.store import open_executions
 from reconciler.state.base import StateStore
 from reconciler.vocabulary import Risk, as_risk, highest_risk
 
@@ -133,6 +136,8 @@ class FactsBuilder:
             now=self.now if windows else None,
             override_window=self.override_window,
             claims=tuple(claims),
+            evidence=tuple(self._evidence(plan, new, recorded)),
+            evidence_at=self.now,
         )
         judged_by = [*(trusted or [new]), new, *(c.policy for c in claims)]
         if commit is None or not any(p.needs_approvals() for p in judged_by):
@@ -157,6 +162,29 @@ class FactsBuilder:
         )
 
     # -- git and state ---------------------------------------------------------------
+
+    def _evidence(
+        self, plan: EnvironmentPlan, new: Policy, recorded: Policy | None
+    ) -> list[Evidence]:
+        """For each promotion source a policy names, what it holds for each deployment
+        the plan creates or changes (`gather_evidence`)."""
+        sources = {
+            p.spec.promotion.source
+            for p in (new, recorded)
+            if p is not None and p.spec.promotion is not None
+        }
+        if not sources:
+            return []
+        executions = open_executions(
+            self.settings.state_url,
+            repo_root=self.settings.repo,
+            env=self.settings.env,
+            read_only=True,
+        )
+        try:
+            return gather_evidence(plan, self.target.desired, self.store, executions, sources)
+        finally:
+            executions.close()
 
     def _before_the_change(self) -> str | None:
         """Where the deploy branch stood before the change: the target's first parent

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from reconciler import schedules
@@ -76,6 +76,24 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What `source` (a promotion's `from`) holds for one deployment the change alters:
+    read from the recorded state and the check executions, never from the change."""
+
+    deployment: str
+    source: str
+    #: The evidence digest the change would run (`checks.evidence`).
+    digest: str
+    #: The digest `source` has applied, and since when (None: not applied there).
+    applied_digest: str | None = None
+    applied_at: datetime | None = None
+    #: Passing and failed check executions in `source` on that deployment since it was
+    #: applied (passes counted only on the change's exact digest).
+    passed: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
 class Facts:
     """Everything the verdict on one environment depends on."""
 
@@ -115,6 +133,10 @@ class Facts:
     operator_source: SourceKey | None = None
     #: A fact could not be read (a forge or state error): the environment is blocked.
     problem: str | None = None
+    #: For each deployment the change alters, what each promotion source holds.
+    evidence: tuple[Evidence, ...] = ()
+    #: When the evidence is judged (soak), even where windows are not.
+    evidence_at: datetime | None = None
 
     def source_for(self, record: Policy) -> SourceKey:
         return self.operator_source or source_key(record)
@@ -242,6 +264,7 @@ def judge(facts: Facts) -> GateResult:
     if facts.now is not None:
         _check_windows(result, policies, facts)
     result.rollback = facts.rollback
+    _check_promotion(result, policies, facts)
     _check_approvals(result, facts, record)
     result.passed = not result.reasons
     return result
@@ -377,6 +400,76 @@ def _check_windows(result: GateResult, policies: list[Policy], facts: Facts) -> 
             else "wait for the window (this environment does not allow --override-window)"
         )
         result.refuse(f"outside its deploy window{whose}: {wv.reason}{reopen}{hint}", fix)
+
+
+FIX_PROMOTE = (
+    "apply the same change to {source} first, let its checks pass and soak there, then "
+    "promote it (`reconciler promote --from {source} --to {env}`)"
+)
+
+
+def _check_promotion(result: GateResult, policies: list[Policy], facts: Facts) -> None:
+    """Each policy's promotion block (of record, and the new one when it changes): every
+    deployment the change alters runs in `from` with the exact digest, verified by a
+    passing check there when required, and soaked with no failed check since."""
+    by_key = {(e.source, e.deployment): e for e in facts.evidence}
+    changed = dict.fromkeys(e.deployment for e in facts.evidence)
+    for policy in policies:
+        promo = policy.spec.promotion
+        if promo is None:
+            continue
+        soak = schedules.parse_duration(promo.soak) if promo.soak else None
+        for name in changed:
+            ev = by_key.get((promo.source, name))
+            at = facts.evidence_at or facts.now
+            why = _not_eligible(ev, promo.source, promo.requires.checks, soak, at)
+            if why is not None:
+                whose = "" if len(policies) == 1 else f" (policy of {policy.origin})"
+                result.refuse(
+                    f"promotion from {promo.source}{whose}: deployment.{name} {why}",
+                    FIX_PROMOTE.format(source=promo.source, env=facts.environment),
+                )
+
+
+def _not_eligible(
+    ev: Evidence | None,
+    source: str,
+    checks: bool,
+    soak: timedelta | None,
+    now: datetime | None,
+) -> str | None:
+    if ev is None or ev.applied_digest is None or ev.applied_at is None:
+        return f"is not applied in {source}"
+    short = ev.digest.removeprefix("sha256:")[:12]
+    if ev.applied_digest != ev.digest:
+        return (
+            f"would run {short}, but {source} runs "
+            f"{ev.applied_digest.removeprefix('sha256:')[:12]} (prompt, model, options or "
+            "provider kind differ)"
+        )
+    if ev.failed:
+        return f"failed {ev.failed} check request(s) in {source} since it was applied there"
+    if checks and not ev.passed:
+        return f"({short}) has no passing check in {source}"
+    if soak is not None:
+        if now is None:
+            return "needs a clock to judge its soak"
+        due = ev.applied_at + soak
+        if now < due:
+            return (
+                f"is soaking in {source}: applied {_ago(now - ev.applied_at)} ago, needs "
+                f"{_ago(soak)} (eligible at {due.isoformat(timespec='seconds')})"
+            )
+    return None
+
+
+def _ago(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def windows_of(spec: EnvironmentSpec) -> list[schedules.Window]:

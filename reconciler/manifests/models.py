@@ -130,6 +130,22 @@ class NotifyTarget(StrictModel):
     on: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
 
 
+class PromotionRequires(StrictModel):
+    #: Each changed deployment's exact digest has a passing check in `from`.
+    checks: bool = True
+
+
+class Promotion(StrictModel):
+    """Where this environment's deployments come from: a change reaches it only with
+    what `from` has applied, verified there and soaked (docs/design.md, "Verified
+    promotion"). Part of the policy: changing it is judged by the policy of record."""
+
+    source: Slug = Field(alias="from")
+    requires: PromotionRequires = Field(default_factory=PromotionRequires)
+    #: How long `from` has run the exact digest, with no failed check since (e.g. 2h).
+    soak: SyncInterval | None = None
+
+
 class EnvironmentSpec(StrictModel):
     description: Text | None = None
     protected: bool = False
@@ -144,6 +160,8 @@ class EnvironmentSpec(StrictModel):
     #: references, provider credentials). Unset: whatever they name, each still part of
     #: the policy (docs/design.md, "The gate").
     secrets: list[EnvVarName] | None = None
+    #: Verified promotion from another environment (see `Promotion`).
+    promotion: Promotion | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset_agent_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
@@ -158,6 +176,8 @@ class EnvironmentSpec(StrictModel):
                 data.pop("notify", None)
             if self.secrets is None:
                 data.pop("secrets", None)
+            if self.promotion is None:
+                data.pop("promotion", None)
         return data
 
 

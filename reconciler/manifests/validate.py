@@ -260,6 +260,15 @@ def _check_references(r: Manifests, c: _Collector) -> None:
     for ck in r.checks.values():
         _check_check(c, r, ck)
     for e in r.environments.values():
+        promo = e.model.spec.promotion
+        if promo is not None and (promo.source not in r.environments or promo.source == e.name):
+            why = "itself" if promo.source == e.name else "an unknown environment"
+            c.at(
+                e.path,
+                e.pos("spec", "promotion", "from"),
+                f"promotion.from names {why} {promo.source!r}"
+                f"{did_you_mean(promo.source, r.environments) if why != 'itself' else ''}",
+            )
         for i, w in enumerate(e.model.spec.windows):
             loc = ("spec", "windows", i)
             start = w.allow if w.allow is not None else w.deny

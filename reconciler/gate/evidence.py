@@ -1,0 +1,69 @@
+"""The promotion gate's facts: what a promotion source holds for each deployment a
+change alters. Read from the recorded state (what the source has applied, since when)
+and the check executions recorded beside it, never from the change or a PR's text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from reconciler.checks.evidence import evidence_digest_of
+from reconciler.gate.judge import Evidence
+from reconciler.instances import InstanceKey
+from reconciler.manifests import Desired
+from reconciler.plan import EnvironmentPlan
+from reconciler.runs.model import Query
+from reconciler.runs.store import ExecutionStore
+from reconciler.state.base import StateStore
+
+
+def changed_deployments(plan: EnvironmentPlan) -> list[str]:
+    """Deployments the plan creates or changes (a removal promotes nothing)."""
+    return sorted(
+        {c.key.name for c in plan.changes if c.kind == "Deployment" and c.action != "delete"}
+    )
+
+
+def gather_evidence(
+    plan: EnvironmentPlan,
+    desired: Desired,
+    store: StateStore,
+    executions: ExecutionStore,
+    sources: Iterable[str],
+) -> list[Evidence]:
+    env = plan.environment
+    names = changed_deployments(plan)
+    out: list[Evidence] = []
+    for name in names:
+        inst = desired.instances.get(env, {}).get(InstanceKey(env, "Deployment", name))
+        if inst is None:
+            continue
+        config = desired.providers.get(env, {}).get(inst.provider)
+        digest = evidence_digest_of(inst.spec, config.type if config else inst.provider)
+        for source in sorted(sources):
+            out.append(_evidence(name, digest, source, desired, store, executions))
+    return out
+
+
+def _evidence(
+    name: str,
+    digest: str,
+    source: str,
+    desired: Desired,
+    store: StateStore,
+    executions: ExecutionStore,
+) -> Evidence:
+    key = InstanceKey(source, "Deployment", name)
+    record = store.applied(source, [key]).get(key)
+    if record is None:
+        return Evidence(name, source, digest)
+    # The provider kind of the source's provider: a provider's type is part of its
+    # policy of record, so the desired one stands for it.
+    config = desired.providers.get(source, {}).get(record.provider)
+    applied = evidence_digest_of(record.spec, config.type if config else record.provider)
+    found = executions.find(
+        Query(environments=(source,), deployments=(name,), since=record.applied_at, limit=None)
+    )
+    checks = [e for e in found if e.trigger == "check" and e.passed is not None]
+    passed = sum(1 for e in checks if e.passed and e.digest == digest)
+    failed = sum(1 for e in checks if not e.passed)
+    return Evidence(name, source, digest, applied, record.applied_at, passed, failed)
