@@ -169,3 +169,10 @@ Since = Annotated[
 ]
 ExecLimit = Annotated[int, typer.Option("--limit", min=1, help="At most this many executions.")]
 ExecutionId = Annotated[str, typer.Argument(help="The execution's id.")]
+PromoteFrom = Annotated[
+    str, typer.Option("--from", help="The environment whose applied deployments are promoted.")
+]
+PromoteTo = Annotated[str, typer.Option("--to", help="The environment they are promoted to.")]
+PromoteDeployments = Annotated[
+    list[str] | None, typer.Argument(help="Only these deployments (default: all).")
+]

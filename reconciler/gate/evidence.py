@@ -40,11 +40,11 @@ def gather_evidence(
         config = desired.providers.get(env, {}).get(inst.provider)
         digest = evidence_digest_of(inst.spec, config.type if config else inst.provider)
         for source in sorted(sources):
-            out.append(_evidence(name, digest, source, desired, store, executions))
+            out.append(evidence_for(name, digest, source, desired, store, executions))
     return out
 
 
-def _evidence(
+def evidence_for(
     name: str,
     digest: str,
     source: str,
@@ -52,6 +52,7 @@ def _evidence(
     store: StateStore,
     executions: ExecutionStore,
 ) -> Evidence:
+    """What `source` holds for deployment `name`, judged for `digest`."""
     key = InstanceKey(source, "Deployment", name)
     record = store.applied(source, [key]).get(key)
     if record is None:

@@ -422,7 +422,7 @@ def _check_promotion(result: GateResult, policies: list[Policy], facts: Facts) -
         for name in changed:
             ev = by_key.get((promo.source, name))
             at = facts.evidence_at or facts.now
-            why = _not_eligible(ev, promo.source, promo.requires.checks, soak, at)
+            why = not_eligible(ev, promo.source, promo.requires.checks, soak, at)
             if why is not None:
                 whose = "" if len(policies) == 1 else f" (policy of {policy.origin})"
                 result.refuse(
@@ -431,13 +431,14 @@ def _check_promotion(result: GateResult, policies: list[Policy], facts: Facts) -
                 )
 
 
-def _not_eligible(
+def not_eligible(
     ev: Evidence | None,
     source: str,
     checks: bool,
     soak: timedelta | None,
     now: datetime | None,
 ) -> str | None:
+    """Why `ev` does not let its deployment into the next environment, or None."""
     if ev is None or ev.applied_digest is None or ev.applied_at is None:
         return f"is not applied in {source}"
     short = ev.digest.removeprefix("sha256:")[:12]

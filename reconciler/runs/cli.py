@@ -87,3 +87,22 @@ def metrics(
         settings(), environments=env or (), deployments=deployment or (), since=parse_since(since)
     )
     emit(view.json(report) if as_json else view.human(report))
+
+
+@commands.command()
+def promote(
+    source: a.PromoteFrom,
+    target: a.PromoteTo,
+    deployments: a.PromoteDeployments = None,
+    branch: a.Branch = None,
+    as_json: a.Json = False,
+) -> None:
+    """What --from has applied, whether --to may take it, and the manifest edit (exit 3
+    when a deployment is not eligible)."""
+    from reconciler.cli_base import done, emit, settings
+    from reconciler.commands.promote import promote as command
+    from reconciler.views import promote as view
+
+    report = command(settings(), source, target, deployments or (), branch=branch)
+    emit(view.json(report) if as_json else view.human(report))
+    done(report.exit_code)

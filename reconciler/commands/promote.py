@@ -1,0 +1,273 @@
+"""`reconciler promote --from A --to B [DEPLOYMENT…]`: what A has *applied* (from the
+recorded state, never A's manifests at HEAD), whether each deployment is eligible for B
+under B's promotion policy, and the smallest manifest edit that makes B resolve to what
+A runs, optionally committed on a branch. Apply re-checks the evidence in state: what
+promote writes is a proposal, never evidence."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler import schedules
+from reconciler.checks.evidence import evidence_digest_of
+from reconciler.commands.context import manifest_repo, open_store
+from reconciler.commands.run import open_execution_store
+from reconciler.config import Settings
+from reconciler.errors import EXIT_BLOCKED, EXIT_OK, ConfigError, GitError
+from reconciler.gate.evidence import evidence_for
+from reconciler.gate.judge import not_eligible
+from reconciler.instances import InstanceKey
+from reconciler.load import Loaded, load
+from reconciler.manifests.models import Promotion
+from reconciler.manifests.yamlload import load_documents
+from reconciler.policy import Policy
+from reconciler.state.base import AppliedRecord, StateStore
+
+#: The fields a promotion edits: what the evidence digest covers and a manifest sets.
+FIELDS = ("model", "prompt", "options")
+
+
+@dataclass
+class Item:
+    deployment: str
+    #: The evidence digest the source runs, and the target's applied one.
+    digest: str
+    target_digest: str | None
+    #: field → (target's resolved value at HEAD, source's applied value).
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    blocked: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "deployment": self.deployment,
+            "digest": self.digest,
+            "targetDigest": self.target_digest,
+            "changes": {k: {"from": a, "to": b} for k, (a, b) in self.changes.items()},
+            "eligible": self.blocked is None,
+            "blocked": self.blocked,
+        }
+
+
+@dataclass
+class PromoteReport:
+    source: str
+    target: str
+    policy: str
+    items: list[Item] = field(default_factory=list)
+    branch: str | None = None
+    commit: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_BLOCKED if any(i.blocked for i in self.items) else EXIT_OK
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "from": self.source,
+            "to": self.target,
+            "policy": self.policy,
+            "deployments": [i.document() for i in self.items],
+            "branch": self.branch,
+            "commit": self.commit,
+        }
+
+
+def promote(
+    settings: Settings,
+    source: str,
+    target: str,
+    deployments: Sequence[str] = (),
+    *,
+    branch: str | None = None,
+    now: datetime | None = None,
+) -> PromoteReport:
+    loaded = load(settings, manifest_repo(settings).head())
+    desired = loaded.desired
+    for env in (source, target):
+        if env not in desired.environments:
+            raise ConfigError(f"unknown environment {env!r}")
+    at = now or datetime.now(UTC)
+    with open_store(settings, read_only=True) as store:
+        promo, origin = _promotion_of(store, loaded, target, source)
+        applied = {
+            k.name: r
+            for k, r in store.applied(source).items()
+            if k.kind == "Deployment" and (not deployments or k.name in deployments)
+        }
+        missing = [d for d in deployments if d not in applied]
+        if missing:
+            raise ConfigError(f"not applied in {source!r}: {', '.join(missing)}")
+        executions = open_execution_store(settings, read_only=True)
+        try:
+            report = PromoteReport(source, target, origin)
+            for name in sorted(applied):
+                item = _item(loaded, store, executions, applied[name], target, promo, at)
+                if item is not None:
+                    report.items.append(item)
+        finally:
+            executions.close()
+    if branch is not None:
+        edits = {i.deployment: i for i in report.items if i.changes}
+        if not edits:
+            raise ConfigError(f"{target!r} already resolves to what {source!r} runs: no edit")
+        if any(i.blocked for i in edits.values()):
+            raise ConfigError("not eligible: no branch written (the reasons are above)")
+        report.branch = branch
+        report.commit = _write_branch(settings, loaded, edits, source, target, branch)
+    return report
+
+
+def _promotion_of(
+    store: StateStore, loaded: Loaded, target: str, source: str
+) -> tuple[Promotion, str]:
+    """The target's promotion policy of record (its last applied run's), else as
+    declared; a target with none from `source` is still held to a passing check."""
+    last = store.last_applied_run(target)
+    if last is not None and last.policy is not None:
+        policy = Policy.from_document(last.policy, f"run {last.id}")
+        spec, origin = policy.spec, f"policy of record: run {last.id}"
+    else:
+        spec, origin = loaded.desired.policy(target), "declared policy (nothing recorded)"
+    promo = spec.promotion
+    if promo is None or promo.source != source:
+        default = Promotion.model_validate({"from": source})
+        return default, f"{origin}; no promotion from {source}: a passing check required"
+    return promo, origin
+
+
+def _item(
+    loaded: Loaded,
+    store: StateStore,
+    executions: Any,
+    record: AppliedRecord,
+    target: str,
+    promo: Promotion,
+    now: datetime,
+) -> Item | None:
+    desired = loaded.desired
+    name = record.name
+    inst = desired.instances.get(target, {}).get(InstanceKey(target, "Deployment", name))
+    if inst is None:
+        return None  # not deployed to the target
+    src_type = _type(loaded, record.environment, record.provider)
+    digest = evidence_digest_of(record.spec, src_type)
+    tgt = store.applied(target, [inst.key]).get(inst.key)
+    tgt_digest = (
+        None if tgt is None else evidence_digest_of(tgt.spec, _type(loaded, target, tgt.provider))
+    )
+    item = Item(name, digest, tgt_digest)
+    for f in FIELDS:
+        want, have = _value(record.spec, f), _value(inst.spec, f)
+        if want != have:
+            item.changes[f] = (have, want)
+    if _type(loaded, target, inst.provider) != src_type:
+        item.blocked = (
+            f"provider kinds differ ({src_type} in {record.environment}, "
+            f"{_type(loaded, target, inst.provider)} in {target}): no manifest edit of "
+            "model, prompt or options makes the digests equal"
+        )
+        return item
+    ev = evidence_for(name, digest, record.environment, desired, store, executions)
+    soak = schedules.parse_duration(promo.soak) if promo.soak else None
+    item.blocked = not_eligible(ev, record.environment, promo.requires.checks, soak, now)
+    return item
+
+
+def _type(loaded: Loaded, env: str, provider: str) -> str:
+    config = loaded.desired.providers.get(env, {}).get(provider)
+    return config.type if config else provider
+
+
+def _value(spec: Mapping[str, Any], f: str) -> Any:
+    """A field as a manifest writes it (`prompt: name@version`)."""
+    value = spec.get(f)
+    if f == "prompt" and isinstance(value, Mapping):
+        return f"{value.get('name')}@{value.get('version')}"
+    return value
+
+
+# -- the edit ----------------------------------------------------------------------------
+
+
+def edited_document(model: dict[str, Any], target: str, changes: Mapping[str, Any]) -> None:
+    """Make the deployment resolve to `changes` in `target`, in place: an override of
+    the target is dropped where the shared value is already what the source runs, and
+    set only where it is not (the smallest edit)."""
+    spec = model["spec"]
+    overrides = spec.setdefault("overrides", {})
+    mine = dict(overrides.get(target) or {})
+    for f, want in changes.items():
+        if spec.get(f) == want:
+            mine.pop(f, None)
+        else:
+            mine[f] = want
+    if mine:
+        overrides[target] = mine
+    else:
+        overrides.pop(target, None)
+    if not overrides:
+        spec.pop("overrides")
+
+
+def _write_branch(
+    settings: Settings,
+    loaded: Loaded,
+    edits: Mapping[str, Item],
+    source: str,
+    target: str,
+    branch: str,
+) -> str:
+    repo = manifest_repo(settings)
+    if branch in [h.name for h in repo.repo.heads]:
+        raise GitError(f"branch {branch!r} already exists")
+    files: dict[str, str] = {}
+    for name, item in edits.items():
+        entry = loaded.desired.manifests.deployments[name]
+        text = files.get(entry.path)
+        if text is None:
+            data = repo.read_file_at(loaded.commit, entry.path) or b""
+            text = data.decode()
+        model = entry.model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        edited_document(model, target, {f: want for f, (_, want) in item.changes.items()})
+        files[entry.path] = replace_document(text, entry.pos("metadata", "name").line, model)
+    names = ", ".join(f"deployment.{n}" for n in edits)
+    message = f"Promote {names} from {source} to {target}\n\n" + "\n".join(
+        f"{n}: {item.digest} (applied in {source})" for n, item in edits.items()
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        where = str(Path(tmp) / "wt")
+        repo.repo.git.worktree("add", "--detach", where, loaded.commit or "HEAD")
+        try:
+            import git
+
+            wt = git.Repo(where)
+            for path, text in files.items():
+                (Path(where) / path).write_text(text)
+                wt.git.add(path)
+            wt.git.commit("-q", "-m", message)
+            sha = wt.head.commit.hexsha
+            repo.repo.git.branch(branch, sha)
+        finally:
+            repo.repo.git.worktree("remove", "--force", where)
+    return sha
+
+
+def replace_document(text: str, line: int, model: dict[str, Any]) -> str:
+    """`text` with the YAML document holding `line` (1-based) written anew from `model`;
+    the file's other documents are kept byte for byte."""
+    lines = text.splitlines(keepends=True)
+    starts = [d.pos.line for d in load_documents(text.encode()) if d.data is not None]
+    start = max(s for s in starts if s <= line)
+    first = start - 1  # comments above the document's first key are kept
+    end = first
+    while end < len(lines) and not (end > first and lines[end].startswith("---")):
+        end += 1
+    body = yaml.safe_dump(model, sort_keys=False, default_flow_style=False, width=100)
+    return "".join([*lines[:first], body, *lines[end:]])
