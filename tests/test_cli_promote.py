@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import commit_all
+from fakes.forge import FakeGitHub
 from promotion_world import as_json, at, cli, make_repo, needs_faketime
 
 pytestmark = needs_faketime
@@ -73,3 +74,32 @@ def test_promote_names_unknown_environments_and_deployments(tmp_path: Path) -> N
     assert r.code == 1 and "unknown environment 'prod'" in r.err
     r = cli(repo, "promote", "--from", "staging", "--to", "production", "nope")
     assert r.code == 1 and "not applied in 'staging': nope" in r.err
+
+
+def test_promote_pushes_and_opens_a_pull_request_with_the_evidence(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "reconciler.yaml").write_text(
+        "approvals: {source: github, repository: acme/manifests}\n"
+    )
+    commit_all(repo, "config")
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(repo, "remote", "add", "origin", str(origin))
+    assert cli(repo, "apply", env=at("2030-01-07 10:00:00")).code == 3
+    assert cli(repo, "apply", env=at("2030-01-07 12:30:00")).code == 0
+    staging_runs_1_1_0(repo)
+    assert cli(repo, "apply", env=at("2030-01-08 09:00:00")).code == 0
+    with FakeGitHub() as gh:
+        env = {"GITHUB_TOKEN": gh.token, "GITHUB_API_URL": gh.url, **at("2030-01-08 12:00:00")}
+        r = cli(repo, "promote", "--from", "staging", "--to", "production",
+                "--branch", "promote-chat", "--open-pr", env=env)  # fmt: skip
+        assert r.code == 0, r.out + r.err
+        assert "pull request #1" in r.out and gh.token not in r.out + r.err
+        pr = gh.pulls[1]
+        assert pr["head"]["ref"] == "promote-chat" and pr["base"]["ref"] == "main"
+        assert pr["title"] == "Promote chat from staging to production"
+        assert "sha256:" in pr["body"] and "prompt: `answer@1.0.0` → `answer@1.1.0`" in pr["body"]
+        assert "this text is not evidence" in pr["body"]
+    assert git(origin, "rev-parse", "refs/heads/promote-chat") == git(
+        repo, "rev-parse", "promote-chat"
+    )

@@ -18,11 +18,12 @@ import yaml
 from reconciler import schedules
 from reconciler.checks.evidence import evidence_digest_of
 from reconciler.commands.context import manifest_repo, open_store
+from reconciler.commands.forge import forge
 from reconciler.commands.run import open_execution_store
 from reconciler.config import Settings
 from reconciler.errors import EXIT_BLOCKED, EXIT_OK, ConfigError, GitError
 from reconciler.gate.evidence import evidence_for
-from reconciler.gate.judge import not_eligible
+from reconciler.gate.judge import Evidence, not_eligible
 from reconciler.instances import InstanceKey
 from reconciler.load import Loaded, load
 from reconciler.manifests.models import Promotion
@@ -43,6 +44,7 @@ class Item:
     #: field → (target's resolved value at HEAD, source's applied value).
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     blocked: str | None = None
+    evidence: Evidence | None = None
 
     def document(self) -> dict[str, Any]:
         return {
@@ -63,6 +65,9 @@ class PromoteReport:
     items: list[Item] = field(default_factory=list)
     branch: str | None = None
     commit: str | None = None
+    pushed: bool = False
+    pull_request: int | None = None
+    pull_request_url: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -76,6 +81,9 @@ class PromoteReport:
             "deployments": [i.document() for i in self.items],
             "branch": self.branch,
             "commit": self.commit,
+            "pushed": self.pushed,
+            "pullRequest": self.pull_request,
+            "pullRequestUrl": self.pull_request_url,
         }
 
 
@@ -86,7 +94,69 @@ def promote(
     deployments: Sequence[str] = (),
     *,
     branch: str | None = None,
+    push: bool = False,
+    open_pr: bool = False,
     now: datetime | None = None,
+) -> PromoteReport:
+    if (push or open_pr) and branch is None:
+        raise ConfigError("--push and --open-pr need --branch: the pull request's head")
+    # fail before writing anything when the forge is not configured
+    source_forge = forge(settings, "--open-pr") if open_pr else None
+    try:
+        report = _promote(settings, source, target, deployments, branch, now)
+        if branch is not None and (push or open_pr):
+            repo = manifest_repo(settings)
+            if repo.repo.head.is_detached:
+                raise GitError("HEAD is detached: cannot tell which branch the PR targets")
+            repo.push(branch)
+            report.pushed = True
+            if source_forge is not None:
+                base = repo.repo.active_branch.name
+                title = f"Promote {', '.join(i.deployment for i in report.items if i.changes)} "
+                title += f"from {source} to {target}"
+                number, url = source_forge.open_pull_request(
+                    branch, base, title, pull_request_body(report)
+                )
+                report.pull_request, report.pull_request_url = number, url
+    finally:
+        if source_forge is not None:
+            source_forge.close()
+    return report
+
+
+def pull_request_body(report: PromoteReport) -> str:
+    """The evidence as promote read it, for reviewers: a claim, never evidence itself
+    (apply reads the state again)."""
+    lines = [
+        f"Promotes what **{report.source}** has applied to **{report.target}** ({report.policy}).",
+        "",
+        f"| deployment | digest | applied in {report.source} | passing checks | changes |",
+        "|---|---|---|---|---|",
+    ]
+    for i in report.items:
+        if not i.changes:
+            continue
+        ev = i.evidence
+        when = ev.applied_at.isoformat(timespec="seconds") if ev and ev.applied_at else "?"
+        changes = "; ".join(f"{f}: `{old}` → `{new}`" for f, (old, new) in i.changes.items())
+        lines.append(
+            f"| {i.deployment} | `{i.digest}` | {when} | {ev.passed if ev else 0} | {changes} |"
+        )
+    lines += [
+        "",
+        "Made by `reconciler promote`. Applying the merge judges the promotion again from the "
+        "recorded state; this text is not evidence.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _promote(
+    settings: Settings,
+    source: str,
+    target: str,
+    deployments: Sequence[str],
+    branch: str | None,
+    now: datetime | None,
 ) -> PromoteReport:
     loaded = load(settings, manifest_repo(settings).head())
     desired = loaded.desired
@@ -175,6 +245,7 @@ def _item(
         )
         return item
     ev = evidence_for(name, digest, record.environment, desired, store, executions)
+    item.evidence = ev
     soak = schedules.parse_duration(promo.soak) if promo.soak else None
     item.blocked = not_eligible(ev, record.environment, promo.requires.checks, soak, now)
     return item

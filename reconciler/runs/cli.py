@@ -95,6 +95,8 @@ def promote(
     target: a.PromoteTo,
     deployments: a.PromoteDeployments = None,
     branch: a.Branch = None,
+    push: a.Push = False,
+    open_pr: a.OpenPr = False,
     as_json: a.Json = False,
 ) -> None:
     """What --from has applied, whether --to may take it, and the manifest edit (exit 3
@@ -103,6 +105,8 @@ def promote(
     from reconciler.commands.promote import promote as command
     from reconciler.views import promote as view
 
-    report = command(settings(), source, target, deployments or (), branch=branch)
+    report = command(
+        settings(), source, target, deployments or (), branch=branch, push=push, open_pr=open_pr
+    )
     emit(view.json(report) if as_json else view.human(report))
     done(report.exit_code)

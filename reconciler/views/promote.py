@@ -27,6 +27,10 @@ def human(r: PromoteReport) -> str:
         lines.extend(f"      {f}: {old!r} → {new!r}" for f, (old, new) in i.changes.items())
     if r.commit is not None:
         lines.append(f"{r.commit[:12]} on branch {r.branch}: the manifest edit; apply re-checks")
+        if r.pushed:
+            lines.append(f"pushed {r.branch} to origin")
+        if r.pull_request is not None:
+            lines.append(f"pull request #{r.pull_request}: {r.pull_request_url}")
     elif any(i.changes and i.blocked is None for i in r.items):
         lines.append("next: reconciler promote ... --branch NAME writes the manifest edit")
     return join_lines(lines)
