@@ -22,6 +22,12 @@ def test_blocked_while_soaking_then_eligible(tmp_path: Path) -> None:
     assert "needs 2h00m (eligible at 2030-01-07T12:00:" in first.out
     assert "next: apply the same change to staging first" in first.out
 
+    plan = cli(repo, "plan", "--env", "production", env=at("2030-01-07 11:00:00"))
+    assert "promotion from staging: deployment.chat is soaking in staging" in plan.out, plan.out
+    ahead = cli(repo, "plan", "--env", "production", "--json", env=at("2030-01-07 12:10:00"))
+    (gate,) = [e["gate"] for e in as_json(ahead)["environments"]]
+    assert gate["promotion"] == []
+    assert "promotion: every deployment eligible" in gate["summary"]
     soon = cli(repo, "apply", "--env", "production", env=at("2030-01-07 11:00:00"))
     assert soon.code == 3 and "is soaking in staging" in soon.out
 

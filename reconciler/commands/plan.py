@@ -69,16 +69,21 @@ def build_plan(
             persist_key=persist_key,
         )
     add_provider_notes(plan, loaded.desired)
-    add_gate_needs(plan, loaded, store, now or datetime.now(UTC))
+    add_gate_needs(plan, loaded, store, now or datetime.now(UTC), settings)
     return Built(loaded, plan, secrets)
 
 
-def add_gate_needs(plan: Plan, loaded: Loaded, store: StateStore, now: datetime) -> None:
+def add_gate_needs(
+    plan: Plan, loaded: Loaded, store: StateStore, now: datetime, settings: Settings
+) -> None:
     """Each environment with something to apply says what the gate will ask of it
-    (approvals, a closed window), from the policy of record: before `apply` asks."""
+    (approvals, a closed window, a promotion not yet eligible), from the policy of
+    record: before `apply` asks."""
+    from reconciler.gate.evidence import gather_evidence
     from reconciler.gate.facts import risk_of
     from reconciler.gate.judge import needs
     from reconciler.policy import Policy, policy_at
+    from reconciler.runs.store import open_executions
 
     for ep in plan.environments:
         if not ep.changes and not ep.policy_changes:
@@ -89,7 +94,21 @@ def add_gate_needs(plan: Plan, loaded: Loaded, store: StateStore, now: datetime)
         recorded = None
         if last is not None and last.policy is not None:
             recorded = Policy.from_document(last.policy, f"run {last.id}")
-        ep.gate = needs(env, new, recorded, risk_of(ep), now).document()
+        sources = {
+            p.spec.promotion.source
+            for p in (new, recorded)
+            if p is not None and p.spec.promotion is not None
+        }
+        evidence = []
+        if sources:
+            executions = open_executions(
+                settings.state_url, repo_root=settings.repo, env=settings.env, read_only=True
+            )
+            try:
+                evidence = gather_evidence(ep, loaded.desired, store, executions, sources)
+            finally:
+                executions.close()
+        ep.gate = needs(env, new, recorded, risk_of(ep), now, tuple(evidence)).document()
 
 
 def add_provider_notes(plan: Plan, desired: Desired) -> None:

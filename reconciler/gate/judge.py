@@ -281,6 +281,8 @@ class Needs:
     policy: str
     policy_changed: bool = False
     window: str | None = None
+    #: Why a deployment is not yet eligible under a promotion policy (None: no policy).
+    promotion: list[str] | None = None
 
     def line(self) -> str:
         if self.required:
@@ -289,7 +291,10 @@ class Needs:
             what = "needs no approvals"
         why = f"risk {self.risk}" + (", the policy changes" if self.policy_changed else "")
         text = f"gate: {what} ({why}; {self.policy})"
-        return text + (f"; {self.window}" if self.window else "")
+        text += f"; {self.window}" if self.window else ""
+        if self.promotion is not None:
+            text += "; " + ("; ".join(self.promotion) or "promotion: every deployment eligible")
+        return text
 
     def document(self) -> dict[str, Any]:
         return {
@@ -299,20 +304,35 @@ class Needs:
             "policy": self.policy,
             "policy_changed": self.policy_changed,
             "window": self.window,
+            **({} if self.promotion is None else {"promotion": list(self.promotion)}),
         }
 
 
-def needs(env: str, new: Policy, recorded: Policy | None, plan_risk: Risk, now: datetime) -> Needs:
+def needs(
+    env: str,
+    new: Policy,
+    recorded: Policy | None,
+    plan_risk: Risk,
+    now: datetime,
+    evidence: tuple[Evidence, ...] = (),
+) -> Needs:
     """`plan`'s forecast of the gate for one environment (see `Needs`). With nothing
     recorded it reads the declared policy, and says so: the gate may hold earlier
     policies of the deploy branch's history in force too."""
-    facts = Facts(env, "apply", None, new, recorded, plan_risk=plan_risk, now=now)
+    facts = Facts(
+        env, "apply", None, new, recorded, plan_risk=plan_risk, now=now, evidence=evidence
+    )
     result = GateResult(env, passed=False)
     record = recorded or _alone(new)
     result.policy_changed = recorded is not None and not recorded.same_as(new)
     policies = [record, new] if result.policy_changed else [record]
     result.risk = "critical" if result.policy_changed else plan_risk
     _check_windows(result, policies, facts)
+    promotion = None
+    if any(p.spec.promotion is not None for p in policies):
+        held = GateResult(env, passed=False)
+        _check_promotion(held, policies, facts)
+        promotion = held.reasons
     required = max(p.spec.approvals.required_for(result.risk) for p in policies)
     origin = (
         f"policy of record: {record.origin}"
@@ -320,7 +340,12 @@ def needs(env: str, new: Policy, recorded: Policy | None, plan_risk: Risk, now: 
         else "nothing recorded: the declared policy, and any earlier one history keeps in force"
     )
     return Needs(
-        required, result.risk, origin, result.policy_changed, "; ".join(result.reasons) or None
+        required,
+        result.risk,
+        origin,
+        result.policy_changed,
+        "; ".join(result.reasons) or None,
+        promotion,
     )
 
 

@@ -124,7 +124,9 @@ def policy_lines(e: EnvironmentPlan, indent: str = "    ") -> list[str]:
     """Under an environment's title: what the gate will need, and the policy changes
     (where its data would go next)."""
     out: list[str] = []
-    if e.gate is not None and (e.gate.get("required") or e.gate.get("window")):
+    if e.gate is not None and (
+        e.gate.get("required") or e.gate.get("window") or e.gate.get("promotion")
+    ):
         out.append(f"  {e.gate['summary']}")
     if not e.policy_changes:
         return out
