@@ -109,3 +109,14 @@ def test_a_check_naming_an_unknown_deployment_is_a_located_error(repo: Path) -> 
     assert r.code != 0
     assert "manifests/checks.yaml:5:" in r.err and "unknown deployment 'chta'" in r.err
     assert "did you mean 'chat'" in r.err
+
+
+def test_a_failed_call_says_why_in_the_run(repo: Path) -> None:
+    (repo / "manifests" / "checks.yaml").write_text(
+        "apiVersion: reconciler/v1\nkind: Check\nmetadata: {name: smoke}\nspec:\n"
+        "  deployment: chat\n  environments: [dev]\n  requests:\n    - input: {}\n"
+    )
+    commit_all(repo, "a check whose call fails")
+    r = cli(repo, "apply", "--env", "dev")
+    assert r.code == 1
+    assert "succeeded: expected True, measured False" in r.out and "needs question" in r.out

@@ -86,9 +86,17 @@ def _run_all(
         if record is None:  # cannot happen after a successful change; fail closed
             out.failures.append(f"check {name}: deployment.{key.name} is not recorded applied")
             continue
+        if record.spec.get("suspended") is True:  # it takes no calls: nothing to check
+            recorded.setdefault(name, [])
+            continue
         config = providers.get(record.provider)
         digest = evidence_digest_of(record.spec, config.type if config else record.provider)
-        provider = pool.get(record.provider)
+        try:
+            provider = pool.get(record.provider)
+        except ReconcilerError as e:
+            out.failures.append(f"check {name}: {e.message}")
+            out.rollback = out.rollback or check.spec.on_fail == "rollback"
+            continue
         for i, req in enumerate(check.spec.requests):
             at = clock()
             ex = Execution(new_id(at), environment, key.name, "check", "pending", at)
@@ -100,6 +108,7 @@ def _run_all(
                 )
             except ReconcilerError as e:
                 out.failures.append(f"check {name} request {i + 1}: {e.message}")
+                out.rollback = out.rollback or check.spec.on_fail == "rollback"
                 continue
             outcomes = judge(req.expect, done)
             done.passed = all(o.ok for o in outcomes)
@@ -110,6 +119,8 @@ def _run_all(
             )
             if not done.passed:
                 bad = "; ".join(o.line() for o in outcomes if not o.ok)
+                if done.error:
+                    bad += f" ({done.error})"
                 out.failures.append(f"check {name} request {i + 1} ({done.id}): {bad}")
                 out.rollback = out.rollback or check.spec.on_fail == "rollback"
     out.details["checks"] = recorded
