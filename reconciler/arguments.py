@@ -176,3 +176,4 @@ PromoteTo = Annotated[str, typer.Option("--to", help="The environment they are p
 PromoteDeployments = Annotated[
     list[str] | None, typer.Argument(help="Only these deployments (default: all).")
 ]
+EvalName = Annotated[str, typer.Argument(help="The Eval's name.")]

@@ -682,8 +682,35 @@ class Check(StrictModel):
     spec: CheckSpec
 
 
+# --- Eval --------------------------------------------------------------------------
+
+
+class EvalSpec(StrictModel):
+    """A dataset-based quality run of one deployment as applied in an environment
+    (`reconciler eval`): each JSONL case of `dataset` ({"input": {...}, "expect": {...}},
+    the expectations of a Check) sent `repeat` times."""
+
+    deployment: Slug
+    environments: list[Slug] = Field(min_length=1)
+    #: Repo-relative JSONL file, read as a git blob at the commit loaded.
+    dataset: Text
+    repeat: Annotated[int, Field(ge=1, le=20)] = 1
+    min_pass_rate: Annotated[float, Field(ge=0, le=1)] = 1.0
+    #: Fewer judged calls than this (failed calls count as judged) is `inconclusive`.
+    min_samples: Annotated[int, Field(ge=1)] = 1
+    #: The run stops, outcome `stopped`, before a call past this many.
+    max_calls: Annotated[int, Field(ge=1)] | None = None
+
+
+class Eval(StrictModel):
+    api_version: Literal["reconciler/v1"]
+    kind: Literal["Eval"]
+    metadata: Metadata
+    spec: EvalSpec
+
+
 Manifest = Annotated[
-    Environment | Provider | Prompt | Deployment | Schedule | Check,
+    Environment | Provider | Prompt | Deployment | Schedule | Check | Eval,
     Field(discriminator="kind"),
 ]
 KINDS: dict[str, type[StrictModel]] = {
@@ -693,6 +720,7 @@ KINDS: dict[str, type[StrictModel]] = {
     "Deployment": Deployment,
     "Schedule": Schedule,
     "Check": Check,
+    "Eval": Eval,
 }
 #: Per kind, the model an environment override is validated with.
 OVERRIDE_MODELS: dict[str, type[StrictModel]] = {

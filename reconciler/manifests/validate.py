@@ -76,6 +76,7 @@ class Manifests:
     deployments: dict[str, Entry[m.Deployment]] = field(default_factory=dict)
     schedules: dict[str, Entry[m.Schedule]] = field(default_factory=dict)
     checks: dict[str, Entry[m.Check]] = field(default_factory=dict)
+    evals: dict[str, Entry[m.Eval]] = field(default_factory=dict)
     documents: int = 0
 
     def by_kind(self, kind: str) -> dict[str, Entry[Any]]:
@@ -86,6 +87,7 @@ class Manifests:
             "Deployment": self.deployments,
             "Schedule": self.schedules,
             "Check": self.checks,
+            "Eval": self.evals,
         }[kind]  # type: ignore[return-value]
 
 
@@ -259,6 +261,8 @@ def _check_references(r: Manifests, c: _Collector) -> None:
             _check_urls(c, s.path, s.raw, sov.input, ("spec", "overrides", env, "input"))
     for ck in r.checks.values():
         _check_check(c, r, ck)
+    for ev in r.evals.values():
+        _check_targets(c, r, ev)
     for e in r.environments.values():
         promo = e.model.spec.promotion
         if promo is not None and (promo.source not in r.environments or promo.source == e.name):
@@ -286,6 +290,23 @@ def _check_references(r: Manifests, c: _Collector) -> None:
 def _check_check(c: _Collector, r: Manifests, ck: Entry[m.Check]) -> None:
     """A check names a deployment deployed to each of its environments, and its regular
     expressions compile."""
+    _check_targets(c, r, ck)
+    spec = ck.model.spec
+    for i, req in enumerate(spec.requests):
+        if req.expect.regex is not None:
+            try:
+                re.compile(req.expect.regex)
+            except re.error as e:
+                c.at(
+                    ck.path,
+                    ck.pos("spec", "requests", i, "expect", "regex"),
+                    f"regex is not a valid regular expression: {e}",
+                )
+        _check_urls(c, ck.path, ck.raw, req.input, ("spec", "requests", i, "input"))
+
+
+def _check_targets(c: _Collector, r: Manifests, ck: Entry[Any]) -> None:
+    """A check's or eval's deployment exists in each of its environments."""
     spec = ck.model.spec
     for i, env in enumerate(spec.environments):
         if env not in r.environments:
@@ -309,17 +330,6 @@ def _check_check(c: _Collector, r: Manifests, ck: Entry[m.Check]) -> None:
                     ck.pos("spec", "environments", i),
                     f"deployment {spec.deployment!r} is not deployed to {env!r}",
                 )
-    for i, req in enumerate(spec.requests):
-        if req.expect.regex is not None:
-            try:
-                re.compile(req.expect.regex)
-            except re.error as e:
-                c.at(
-                    ck.path,
-                    ck.pos("spec", "requests", i, "expect", "regex"),
-                    f"regex is not a valid regular expression: {e}",
-                )
-        _check_urls(c, ck.path, ck.raw, req.input, ("spec", "requests", i, "input"))
 
 
 def _check_deployment_refs(

@@ -110,3 +110,16 @@ def promote(
     )
     emit(view.json(report) if as_json else view.human(report))
     done(report.exit_code)
+
+
+@commands.command("eval")
+def eval_(name: a.EvalName, env: a.RunEnv, as_json: a.Json = False) -> None:
+    """Run an Eval's dataset against the deployment as applied in ENV and record each
+    call; exit 0 passed, 1 failed or stopped by its budget, 3 inconclusive."""
+    from reconciler.cli_base import done, emit, settings
+    from reconciler.commands.evaluate import evaluate
+    from reconciler.views import evaluate as view
+
+    report = evaluate(settings(), name, env)
+    emit(view.json(report) if as_json else view.human(report))
+    done(report.exit_code)

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from reconciler.state.base import LockInfo, is_stale, this_process
 
-#: Why an execution happened: by hand (`reconciler run`), a Schedule's fire, a check.
-ExecutionTrigger = Literal["manual", "schedule", "check"]
-TRIGGERS: tuple[ExecutionTrigger, ...] = ("manual", "schedule", "check")
+#: Why an execution happened: by hand (`reconciler run`), a Schedule's fire, a check, an eval.
+ExecutionTrigger = Literal["manual", "schedule", "check", "eval"]
+TRIGGERS: tuple[ExecutionTrigger, ...] = ("manual", "schedule", "check", "eval")
 
 #: `pending → running → completed | failed`; a fire that could not start is `missed`
 #: (past its deadline), `skipped` (its deployment suspended, or `forbid` with one

@@ -1,0 +1,187 @@
+"""`reconciler eval EVAL --env E`: an Eval's dataset (a JSONL blob at the commit loaded)
+sent through the run path to the deployment as recorded applied, each case `repeat`
+times, every call recorded as an execution with trigger `eval`; the outcome from the
+pass rate, the minimum sample and the call budget."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from reconciler.checks.evidence import evidence_digest_of
+from reconciler.checks.expect import judge
+from reconciler.commands.context import manifest_repo, open_store
+from reconciler.commands.live import providers_of_record
+from reconciler.commands.run import limits, open_execution_store
+from reconciler.config import Settings
+from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ConfigError, ReconcilerError
+from reconciler.instances import InstanceKey
+from reconciler.load import load
+from reconciler.manifests.models import CheckExpect
+from reconciler.providers import make_provider
+from reconciler.redaction import register_recorded
+from reconciler.runs.execute import execute
+from reconciler.runs.model import Execution, Holder, new_id
+from reconciler.runs.store import reap
+
+EvalOutcome = Literal["passed", "failed", "inconclusive", "stopped"]
+
+
+@dataclass
+class EvalReport:
+    eval: str
+    environment: str
+    deployment: str
+    digest: str
+    dataset: str
+    cases: int
+    repeat: int
+    min_pass_rate: float
+    min_samples: int
+    calls: int = 0
+    passed: int = 0
+    outcome: EvalOutcome = "passed"
+    reason: str = ""
+    executions: list[str] = field(default_factory=list)
+
+    @property
+    def pass_rate(self) -> float | None:
+        return None if not self.calls else self.passed / self.calls
+
+    @property
+    def exit_code(self) -> int:
+        return {"passed": EXIT_OK, "inconclusive": EXIT_BLOCKED}.get(self.outcome, EXIT_ERROR)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "eval": self.eval,
+            "environment": self.environment,
+            "deployment": self.deployment,
+            "digest": self.digest,
+            "dataset": self.dataset,
+            "cases": self.cases,
+            "repeat": self.repeat,
+            "calls": self.calls,
+            "passed": self.passed,
+            "passRate": self.pass_rate,
+            "minPassRate": self.min_pass_rate,
+            "minSamples": self.min_samples,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "executions": list(self.executions),
+        }
+
+
+def read_cases(text: str, path: str) -> list[tuple[dict[str, Any], CheckExpect]]:
+    """Each non-blank line of the JSONL dataset; a bad line is `path:line: message`."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+        except ValueError as e:
+            raise ConfigError(f"{path}:{n}: not JSON: {e}") from None
+        if not isinstance(case, dict) or not isinstance(case.get("input", {}), dict):
+            raise ConfigError(f"{path}:{n}: a case is an object with an `input` object")
+        try:
+            expect = CheckExpect.model_validate(case.get("expect", {}))
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise ConfigError(f"{path}:{n}: expect: {first['msg']}") from None
+        out.append((case.get("input", {}), expect))
+    return out
+
+
+def _clock(now: datetime | None) -> Callable[[], datetime]:
+    def clock() -> datetime:
+        return now if now is not None else datetime.now(UTC)
+
+    return clock
+
+
+def evaluate(
+    settings: Settings, name: str, environment: str, *, now: datetime | None = None
+) -> EvalReport:
+    repo = manifest_repo(settings)
+    loaded = load(settings, repo.head())
+    entry = loaded.desired.manifests.evals.get(name)
+    if entry is None:
+        raise ConfigError(f"no Eval named {name!r}")
+    spec = entry.model.spec
+    if environment not in spec.environments:
+        raise ConfigError(f"eval {name!r} is not for {environment!r}")
+    data = repo.read_file_at(loaded.commit, spec.dataset)
+    if data is None:
+        raise ConfigError(f"dataset {spec.dataset} does not exist at {str(loaded.commit)[:12]}")
+    cases = read_cases(data.decode(errors="replace"), spec.dataset)
+    key = InstanceKey(environment, "Deployment", spec.deployment)
+    with ExitStack() as stack:
+        store = stack.enter_context(open_store(settings, read_only=True))
+        register_recorded(store, settings)
+        record = store.applied(environment, [key]).get(key)
+        if record is None:
+            raise ReconcilerError(f"deployment.{key.name} is not applied in {environment!r}")
+        config = providers_of_record(settings, store).get(environment, {}).get(record.provider)
+        if config is None:
+            raise ReconcilerError(
+                f"provider {record.provider!r} is not declared for {environment!r}"
+            )
+        provider = make_provider(config, repo_root=settings.repo, env=settings.env)
+        stack.callback(provider.close)
+        executions = open_execution_store(settings)
+        stack.callback(executions.close)
+        reap(executions)
+        report = EvalReport(
+            name,
+            environment,
+            key.name,
+            evidence_digest_of(record.spec, config.type),
+            spec.dataset,
+            len(cases),
+            spec.repeat,
+            spec.min_pass_rate,
+            spec.min_samples,
+        )
+        for _ in range(spec.repeat):
+            for data_in, expect in cases:
+                if spec.max_calls is not None and report.calls >= spec.max_calls:
+                    report.outcome = "stopped"
+                    report.reason = f"budget: maxCalls {spec.max_calls} reached"
+                    return report
+                at = _clock(now)()
+                ex = Execution(new_id(at), environment, key.name, "eval", "pending", at)
+                ex.holder = Holder.me()
+                ex.check, ex.digest = name, report.digest
+                done = execute(
+                    executions,
+                    ex,
+                    provider,
+                    record,
+                    data_in,
+                    limits=limits(settings),
+                    clock=_clock(now),
+                )
+                outcomes = judge(expect, done)
+                done.passed = all(o.ok for o in outcomes)
+                done.expectations = [o.document() for o in outcomes]
+                executions.transition(done, (done.status,))
+                report.calls += 1
+                report.passed += 1 if done.passed else 0
+                report.executions.append(done.id)
+    rate = report.pass_rate
+    if report.calls < spec.min_samples:
+        report.outcome = "inconclusive"
+        report.reason = f"{report.calls} sample(s), fewer than minSamples {spec.min_samples}"
+    elif rate is not None and rate >= spec.min_pass_rate:
+        report.reason = f"pass rate {rate:.3f} ≥ {spec.min_pass_rate}"
+    else:
+        report.outcome = "failed"
+        report.reason = f"pass rate {rate or 0:.3f} < {spec.min_pass_rate}"
+    return report

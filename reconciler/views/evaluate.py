@@ -1,0 +1,25 @@
+"""`eval`: the outcome, the measured pass rate beside its bound, and why."""
+
+from __future__ import annotations
+
+import json as _json
+
+from reconciler.commands.evaluate import EvalReport
+from reconciler.views.text import join_lines
+
+
+def human(r: EvalReport) -> str:
+    rate = "n/a" if r.pass_rate is None else f"{r.pass_rate:.3f}"
+    return join_lines(
+        [
+            f"eval {r.eval} on deployment.{r.deployment} in {r.environment}: {r.outcome.upper()}"
+            f" ({r.reason})",
+            f"  {r.cases} case(s) × {r.repeat} from {r.dataset}: {r.calls} call(s), "
+            f"{r.passed} passed, pass rate {rate} (min {r.min_pass_rate})",
+            f"  digest {r.digest}",
+        ]
+    )
+
+
+def json(r: EvalReport) -> str:
+    return _json.dumps(r.document(), indent=2) + "\n"
