@@ -84,7 +84,9 @@ class World:
     replicate: FakeReplicate
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        r = run_cli(["--repo", str(self.repo), *args], env={**ENV, **(env or {})})
+        # JSON log lines: the tests read the client's retry and health events
+        full = ["--repo", str(self.repo), "--log-format", "json", *args]
+        r = run_cli(full, env={**ENV, **(env or {})})
         both = r.out + r.err
         assert not [s for s in SECRETS if s in both], "a secret leaked into the output"
         assert "Traceback" not in both, both
