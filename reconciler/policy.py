@@ -133,27 +133,45 @@ def variable_names(desired: Desired, env: str) -> set[str]:
     """Every environment variable `env`'s manifests make the reconciler read: its
     providers' credential variables and the `secretEnv` references of its deployments'
     `env` and its schedules' `input`. Read from the documents (a superset of what the
-    expanded instances resolve to, and far fewer values to walk)."""
+    expanded instances resolve to, and far fewer values to walk), in one pass for every
+    environment, kept with the desired state (validation, plan and gate all ask)."""
+    cached: dict[str, set[str]] | None = vars(desired).get("_variable_names")
+    if cached is None:
+        cached = _variable_names(desired)
+        vars(desired)["_variable_names"] = cached
+    return set(cached.get(env, ()))
+
+
+def _variable_names(desired: Desired) -> dict[str, set[str]]:
     from reconciler.instances import secret_refs
     from reconciler.manifests.models import SecretRef
 
-    names = {v for pc in desired.providers.get(env, {}).values() for v in pc.credentials.values()}
+    out: dict[str, set[str]] = {
+        env: {v for pc in desired.providers.get(env, {}).values() for v in pc.credentials.values()}
+        for env in desired.environments
+    }
+
+    def add(env: str, names: set[str] | list[str]) -> None:
+        if env in out:
+            out[env].update(names)
+
     for d in desired.manifests.deployments.values():
         spec = d.model.spec
-        if env not in spec.environments:
-            continue
-        over = spec.overrides.get(env)
-        for block in (spec.env, over.env if over is not None and over.env else {}):
-            names.update(v.secret_env for v in block.values() if isinstance(v, SecretRef))
+        base = {v.secret_env for v in spec.env.values() if isinstance(v, SecretRef)}
+        for env in spec.environments:
+            over = spec.overrides.get(env)
+            add(env, base)
+            if over is not None and over.env:
+                add(env, {v.secret_env for v in over.env.values() if isinstance(v, SecretRef)})
     for sched in desired.manifests.schedules.values():
         sspec = sched.model.spec
-        if env not in sspec.environments:
-            continue
-        sover = sspec.overrides.get(env)
-        names.update(secret_refs(sspec.input))
-        if sover is not None and sover.input:
-            names.update(secret_refs(sover.input))
-    return names
+        base_refs = secret_refs(sspec.input)
+        for env in sspec.environments:
+            sover = sspec.overrides.get(env)
+            add(env, base_refs)
+            if sover is not None and sover.input:
+                add(env, secret_refs(sover.input))
+    return out
 
 
 def policy_at(desired: Desired, approvals: ApprovalsConfig, env: str, origin: str) -> Policy:
