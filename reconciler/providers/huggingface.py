@@ -71,7 +71,6 @@ from reconciler.providers.vendor import (
     bearer_options,
     get_path,
     overlay,
-    unused_fields,
 )
 from reconciler.vocabulary import Health
 
@@ -314,12 +313,10 @@ class HuggingFaceProvider(VendorProvider[Settings]):
         return f"{s.base_url}/v2/endpoint/{s.namespace}/{endpoint_name(inst.name, inst.spec)}"
 
     def validate(self, inst: Instance) -> list[str | Problem]:
-        problems: list[str | Problem] = list(self.problems)
-        label = f"provider {self.name!r} (huggingface)"
+        problems = self.deployment_problems(inst, _UNUSED)
         if inst.kind != "Deployment":
-            problems.append(Problem(f"{label} serves models; it runs no schedules"))
             return problems
-        problems.extend(unused_fields(inst, self.name, "huggingface", _UNUSED))
+        label = f"provider {self.name!r} (huggingface)"
         spec, b = inst.spec, block(inst.spec)
         repo_at = ("huggingface", "repository") if b.get("repository") else ("model",)
         repo = str(b.get("repository") or spec.get("model") or "")

@@ -49,7 +49,6 @@ from reconciler.providers.vendor import (
     bearer_options,
     get_path,
     overlay,
-    unused_fields,
 )
 from reconciler.vocabulary import Health
 
@@ -192,12 +191,9 @@ class PredibaseProvider(VendorProvider[Settings]):
         return f"{s.base_url}/v2/deployments/{name} with the token in {s.token_env}"
 
     def validate(self, inst: Instance) -> list[str | Problem]:
-        problems: list[str | Problem] = list(self.problems)
-        label = f"provider {self.name!r} (predibase)"
+        problems = self.deployment_problems(inst, _UNUSED)
         if inst.kind != "Deployment":
-            problems.append(Problem(f"{label} serves models; it runs no schedules"))
             return problems
-        problems.extend(unused_fields(inst, self.name, "predibase", _UNUSED))
         spec, b = inst.spec, block(inst.spec)
         name = deployment_name(inst.name, spec)
         if not DEPLOYMENT_NAME.fullmatch(name):

@@ -53,7 +53,6 @@ from reconciler.providers.vendor import (
     bearer_options,
     get_path,
     overlay,
-    unused_fields,
 )
 from reconciler.vocabulary import Health
 
@@ -235,12 +234,10 @@ class ReplicateProvider(VendorProvider[Settings]):
         return f"{s.base_url}/v1/deployments/{s.owner}/{deployment_name(inst.name, inst.spec)}"
 
     def validate(self, inst: Instance) -> list[str | Problem]:
-        problems: list[str | Problem] = list(self.problems)
-        label = f"provider {self.name!r} (replicate)"
+        problems = self.deployment_problems(inst, _UNUSED)
         if inst.kind != "Deployment":
-            problems.append(Problem(f"{label} serves models; it runs no schedules"))
             return problems
-        problems.extend(unused_fields(inst, self.name, "replicate", _UNUSED))
+        label = f"provider {self.name!r} (replicate)"
         spec, b = inst.spec, block(inst.spec)
         model = str(spec.get("model") or "")
         if not MODEL.fullmatch(model):

@@ -43,7 +43,6 @@ from reconciler.providers.vendor import (
     VendorProvider,
     bearer_options,
     overlay,
-    unused_fields,
 )
 from reconciler.vocabulary import Health
 
@@ -197,12 +196,10 @@ class TogetherProvider(VendorProvider[Settings]):
         )
 
     def validate(self, inst: Instance) -> list[str | Problem]:
-        problems: list[str | Problem] = list(self.problems)
-        label = f"provider {self.name!r} (together)"
+        problems = self.deployment_problems(inst, _UNUSED)
         if inst.kind != "Deployment":
-            problems.append(Problem(f"{label} serves models; it runs no schedules"))
             return problems
-        problems.extend(unused_fields(inst, self.name, "together", _UNUSED))
+        label = f"provider {self.name!r} (together)"
         spec = inst.spec
         model = str(spec.get("model") or "")
         if not MODEL.fullmatch(model):

@@ -270,6 +270,19 @@ class VendorProvider(Provider, Generic[S]):
         self._max_wait = reader.number(MAX_WAIT_KEY, DEFAULT_MAX_WAIT)
         self.problems: list[Problem] = reader.problems
 
+    def deployment_problems(
+        self, inst: Instance, unused: Mapping[str, str], serves: str = "serves models"
+    ) -> list[str | Problem]:
+        """Where a vendor of deployments starts validating: its settings' problems, a
+        schedule refused (it runs none), and each field it has no place for."""
+        problems: list[str | Problem] = list(self.problems)
+        if inst.kind != "Deployment":
+            label = f"provider {self.name!r} ({self.type_name})"
+            problems.append(Problem(f"{label} {serves}; it runs no schedules"))
+        else:
+            problems.extend(unused_fields(inst, self.name, self.type_name, unused))
+        return problems
+
     def polling_interval(self) -> float:
         return self._poll_interval
 
