@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
+from functools import cached_property
 
 from reconciler.approvals import ApprovalSource
 from reconciler.approvals.facts import PullRequestFacts
@@ -43,10 +44,6 @@ SourceFor = Callable[[ApprovalsConfig], ApprovalSource | None]
 DEPLOY_BRANCH_VAR = "RECONCILER_DEPLOY_BRANCH"
 OPERATOR_SOURCE_VAR = "RECONCILER_APPROVALS_SOURCE"
 OPERATOR_REPOSITORY_VAR = "RECONCILER_APPROVALS_REPOSITORY"
-
-
-def source_key_of(approvals: ApprovalsConfig) -> SourceKey:
-    return (approvals.source, approvals.repository)
 
 
 class FactsBuilder:
@@ -114,7 +111,7 @@ class FactsBuilder:
             at = f" (commit {last.commit[:12]})" if last.commit else ""
             recorded = Policy.from_document(last.policy, f"run {last.id}{at}")
         steps: list[tuple[str, Policy | None]] = []
-        before = self._before_the_change()
+        before = self._before_the_change
         if recorded is None and before is not None:
             steps = self._policy_steps(before, env)
         trusted = [recorded] if recorded else [p for _, p in steps if p is not None]
@@ -142,11 +139,11 @@ class FactsBuilder:
         judged_by = [*(trusted or [new]), new, *(c.policy for c in claims)]
         if commit is None or not any(p.needs_approvals() for p in judged_by):
             return _with_history(facts, steps, {})
-        keys = {source_key(p): p.approvals for p in (trusted or [new])}
+        keys = {source_key(p.approvals): p.approvals for p in (trusted or [new])}
         operator = self._operator_source()
         if operator is not None:
-            keys = {source_key_of(operator): operator}
-            facts = replace(facts, operator_source=source_key_of(operator))
+            keys = {source_key(operator): operator}
+            facts = replace(facts, operator_source=source_key(operator))
         sources = {k: s for k, a in keys.items() if (s := self._source(a)) is not None}
         relevant = self._relevant(env, base, commit) if descends else []
         shas = [*relevant, *(sha for sha, _ in steps)]
@@ -186,6 +183,7 @@ class FactsBuilder:
         finally:
             executions.close()
 
+    @cached_property
     def _before_the_change(self) -> str | None:
         """Where the deploy branch stood before the change: the target's first parent
         when it is on the deploy branch, else (a pull request's head, a commit of another
@@ -260,7 +258,7 @@ class FactsBuilder:
         stood before the change when the change declares it. With nothing recorded the
         environment starts empty there, and every commit from its declaration on
         reaches it."""
-        before = self._before_the_change()
+        before = self._before_the_change
         if before is None:
             return None
         steps = self._policy_steps(before, env)
@@ -286,7 +284,7 @@ class FactsBuilder:
         ):
             return []
         out: list[Claim] = []
-        before = self._before_the_change()
+        before = self._before_the_change
         for other in self.store.environments():
             if other == env:
                 continue
@@ -426,13 +424,7 @@ def _with_history(
 
 
 def _named(policy: Policy, origin: str, variables: list[str]) -> Policy:
-    return Policy(
-        policy.spec,
-        policy.approvals,
-        f"{origin} (it reads {', '.join(variables)})",
-        policy.providers,
-        policy.variables,
-    )
+    return replace(policy, origin=f"{origin} (it reads {', '.join(variables)})")
 
 
 def risk_of(plan: EnvironmentPlan) -> Risk:

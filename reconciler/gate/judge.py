@@ -9,13 +9,14 @@ pull request, who counted — happens here, over data. Table-driven tests call i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from reconciler import schedules
 from reconciler.approvals.evaluate import Verdict, evaluate
 from reconciler.approvals.facts import PullRequestFacts
+from reconciler.config import ApprovalsConfig
 from reconciler.manifests.models import EnvironmentSpec
 from reconciler.policy import Policy
 from reconciler.vocabulary import Risk
@@ -27,8 +28,8 @@ Mode = Literal["apply", "preview", "working_tree"]
 SourceKey = tuple[str, str | None]
 
 
-def source_key(policy: Policy) -> SourceKey:
-    return (policy.approvals.source, policy.approvals.repository)
+def source_key(approvals: ApprovalsConfig) -> SourceKey:
+    return (approvals.source, approvals.repository)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class Facts:
     evidence_at: datetime | None = None
 
     def source_for(self, record: Policy) -> SourceKey:
-        return self.operator_source or source_key(record)
+        return self.operator_source or source_key(record.approvals)
 
 
 @dataclass
@@ -350,13 +351,7 @@ def needs(
 
 
 def _alone(new: Policy) -> Policy:
-    return Policy(
-        new.spec,
-        new.approvals,
-        "the change itself (the environment is new)",
-        new.providers,
-        new.variables,
-    )
+    return replace(new, origin="the change itself (the environment is new)")
 
 
 def policies_in_force(facts: Facts) -> list[Policy]:
