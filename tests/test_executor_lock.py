@@ -73,6 +73,7 @@ def test_a_lost_postgres_session_stops_the_run_before_its_next_provider_call(
         e = raised.value
         assert e.exit_code == 4
         assert "the lock of 'dev' held by run" in e.message
+        # whether the terminated connection was noticed as closed before the check or by it
         assert "was lost (its PostgreSQL session ended: " in e.message
         # no provider call after the session was lost
         assert mem.calls_of("create") == [D0.key] and mem.calls_of("update") == []

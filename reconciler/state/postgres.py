@@ -627,7 +627,7 @@ class PostgresState:
         with self._mu:
             session = self._sessions.get(environment)
         key = self._key(f"lock\0{environment}")
-        why = "its PostgreSQL session is closed"
+        why = "its PostgreSQL session ended: the connection is closed"
         if session is not None and not session.closed:
             try:
                 row = session.execute(_HOLDS_LOCK, (key >> 32, key & 0xFFFFFFFF)).fetchone()
