@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reconciler.errors import ReconcilerError
@@ -89,6 +89,7 @@ def execute(
     how it ended. Returns the execution as recorded: `cancelled` wins over a late answer."""
     ex.status = "running"
     ex.started_at = clock()
+    ex.deadline = ex.started_at + timedelta(seconds=deadline_of(record.spec))
     ex.spec_hash, ex.applied_run, ex.commit = record.spec_hash, record.run_id, record.commit
     ex.provider = record.provider
     ex.input = describe_input(data, limits)

@@ -37,7 +37,7 @@ from reconciler.instances import InstanceKey
 from reconciler.log import get_logger, redact
 from reconciler.providers import make_provider
 from reconciler.providers.base import Provider, resolve_secrets
-from reconciler.runs.execute import Limits, describe_input, execute
+from reconciler.runs.execute import Limits, deadline_of, describe_input, execute
 from reconciler.runs.model import Execution, Holder, Query, iso, new_id
 from reconciler.runs.store import ExecutionStore
 from reconciler.schedules import spec_next_runs
@@ -131,6 +131,8 @@ class FireEngine:
         self._applied: dict[str, dict[InstanceKey, AppliedRecord]] = {}
         self._last_fire: dict[InstanceKey, datetime] = {}
         self._fires_read: set[str] = set()
+        #: Calls submitted and not yet ended: how far back in the queue a new one starts.
+        self._inflight = 0
 
     # -- what is due -----------------------------------------------------------------
 
@@ -195,6 +197,14 @@ class FireEngine:
         items = batch.records + [c.execution for c in batch.calls]
         if not items:
             return []
+        with self._mu:
+            queued = self._inflight
+        for i, c in enumerate(batch.calls):
+            # the latest it can end: behind every call queued before it, each within its
+            # own deadline (then any reader may record it abandoned: `reap`)
+            rounds = 1 + (queued + i) // self.parallelism
+            seconds = deadline_of(c.deployment.spec) * rounds
+            c.execution.deadline = c.execution.created_at + timedelta(seconds=seconds)
         recorded = self.executions.add_many(items)
         for ex, ok in zip(batch.records, recorded, strict=False):
             if ok and self.observe is not None:
@@ -231,6 +241,8 @@ class FireEngine:
                 clock=self.clock,
                 new=False,
             )
+            with self._mu:
+                self._inflight += 1
             future.add_done_callback(self._done)
             started.append(future)
         if started:
@@ -355,7 +367,10 @@ class FireEngine:
 
     def _done(self, future: Future[Execution]) -> None:
         """A call's own failure is recorded in its execution; an error here is the store
-        failing under it (the execution then stays `running` until its process is gone)."""
+        failing under it (the execution then stays `running` until its process is gone or
+        its deadline has passed)."""
+        with self._mu:
+            self._inflight -= 1
         error = future.exception()
         if error is not None:
             log.error("schedule.record_failed", error=redact(str(error)))

@@ -5,7 +5,7 @@ no later than the next fire, so a fire starts within a moment of its time."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from reconciler.commands.live import ProvidersOfRecord
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 log = get_logger("reconciler.fire")
+#: How often (by the firer's clock) executions abandoned by dead holders are looked for.
+REAP_EVERY = timedelta(minutes=1)
 
 
 class Firer:
@@ -44,6 +46,7 @@ class Firer:
         #: Executions on the agent's /metrics, when it gives its registry.
         self.metrics = None if registry is None else ExecutionMetrics(registry)
         self._state: StateStore | None = None
+        self._reaped: datetime | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -60,7 +63,6 @@ class Firer:
         except Exception as e:  # the state unreachable: the agent's loop says so too
             log.error("fire.cannot_start", error=redact(str(e)))
             return
-        reap(executions)
         observe = None if self.metrics is None else self.metrics.observe
         engine = FireEngine(
             s, executions, environments=self.environments, clock=self.clock, observe=observe
@@ -88,6 +90,10 @@ class Firer:
             self._close_state()
             self._state = open_state(s.state_url, repo_root=s.repo, env=s.env, read_only=True)
         engine.tick(self._state, self._of_record.get(self._state), now)
+        if self._reaped is None or now - self._reaped >= REAP_EVERY:
+            # an execution abandoned on another machine (its agent killed) is said so
+            reap(engine.executions, now)
+            self._reaped = now
 
     def _close_state(self) -> None:
         if self._state is not None:

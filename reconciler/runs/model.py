@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from reconciler.state.base import LockInfo, is_stale, this_process
@@ -29,6 +29,10 @@ STATUSES: tuple[ExecutionStatus, ...] = (
 FINAL: frozenset[str] = frozenset({"completed", "failed", "missed", "skipped", "cancelled"})
 #: What the next reader writes on an execution whose process died mid-call.
 INTERRUPTED = "interrupted: the process running it died before it finished"
+#: How long past its deadline an execution whose holder cannot be seen (another machine)
+#: stays `pending` / `running` before any reader records it failed: room for clock skew
+#: between machines and for recording an outcome that arrived just in time.
+ABANDON_GRACE = timedelta(seconds=60)
 
 #: Bytes of an input or a result kept in state by default (`executions.maxResultBytes`).
 DEFAULT_MAX_BYTES = 64 * 1024
@@ -66,6 +70,12 @@ class Holder:
     def me(cls) -> Holder:
         info = this_process("", "")
         return cls(info.host, info.machine, os.getpid())
+
+    def abandoned_text(self, deadline: datetime) -> str:
+        return (
+            f"abandoned: its holder ({self.host}, pid {self.pid}) recorded no outcome by "
+            f"its deadline {iso(deadline)}"
+        )
 
     def gone(self) -> bool:
         """Known dead: it ran where this process runs and its pid is gone (fail closed
@@ -106,6 +116,11 @@ class Execution:
     truncated: bool = False
     error: str | None = None
     holder: Holder | None = field(default=None, compare=False)
+    #: By when its holder records an outcome: the call's own deadline once running; for
+    #: a pending fire, the latest it could start and end behind the calls queued before
+    #: it. Past it (and ABANDON_GRACE) any reader records it failed: a holder on another
+    #: machine cannot be seen to die, but it cannot outlive its deadline either.
+    deadline: datetime | None = None
     #: A check's execution (trigger `check`): the check, the evidence digest of what it
     #: called, whether its expectations held, and each with its measured value.
     check: str | None = None
@@ -146,6 +161,7 @@ class Execution:
             "truncated": self.truncated,
             "error": self.error,
             "holder": None if self.holder is None else vars(self.holder),
+            "deadline": iso(self.deadline),
             **(
                 {}
                 if self.check is None
@@ -191,6 +207,7 @@ class Execution:
             truncated=bool(d.get("truncated")),
             error=d.get("error"),
             holder=Holder(**holder) if isinstance(holder, dict) else None,
+            deadline=parse_time(d.get("deadline")),
             check=d.get("check"),
             digest=d.get("digest"),
             passed=d.get("passed"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.errors import ConfigError, StateError
-from reconciler.runs.model import INTERRUPTED, Execution, Query
+from reconciler.runs.model import ABANDON_GRACE, INTERRUPTED, Execution, Holder, Query
 
 _BUSY_TIMEOUT_S = 30.0
 
@@ -68,20 +68,28 @@ class ExecutionStore(Protocol):
 
 
 def reap(store: ExecutionStore, now: datetime | None = None) -> list[Execution]:
-    """Mark `failed` every pending or running execution whose process is known dead
-    (same machine, pid gone: the lock rule), like an interrupted run: a kill -9 mid-call
-    leaves an honest record for the next reader. Read-only stores only look."""
+    """Mark `failed` every pending or running execution whose holder is known dead (same
+    machine, pid gone: the lock rule), like an interrupted run, or that is past its
+    deadline by ABANDON_GRACE (a holder elsewhere cannot be seen to die, but cannot outlive
+    its deadline): a kill -9 mid-call, here or on another machine, leaves an honest record
+    for the next reader. Status changes are compare-and-set, so an outcome recorded
+    meanwhile wins. Read-only stores only look."""
     if store.read_only:
         return []
     at = now or datetime.now(UTC)
     out = []
     for ex in store.find(Query(statuses=("pending", "running"), limit=None)):
-        if ex.holder is None or not ex.holder.gone():
+        if ex.holder is not None and ex.holder.gone():
+            why = INTERRUPTED
+        elif ex.deadline is not None and at > ex.deadline + ABANDON_GRACE:
+            holder = ex.holder or Holder("an unknown host", "", 0)
+            why = holder.abandoned_text(ex.deadline)
+        else:
             continue
         prior = ex.status
         ex.status = "failed"
         ex.finished_at = at
-        ex.error = INTERRUPTED
+        ex.error = why
         if store.transition(ex, (prior,)):
             out.append(ex)
     return out

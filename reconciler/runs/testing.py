@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from reconciler.errors import StateError
-from reconciler.runs.model import INTERRUPTED, Execution, Holder, Query
+from reconciler.runs.model import ABANDON_GRACE, INTERRUPTED, Execution, Holder, Query
 from reconciler.runs.store import ExecutionStore, reap
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -201,5 +201,39 @@ def check_a_dead_process_execution_is_marked_failed(factory: Factory) -> None:
         for ex in (alive, elsewhere):
             now = s.get(ex.id)
             _expect(now is not None and now.status == "running", "live or unknown stays running")
+    finally:
+        s.close()
+
+
+@_check
+def check_an_execution_past_its_deadline_elsewhere_is_marked_abandoned(factory: Factory) -> None:
+    me = Holder.me()
+    s = factory()
+    try:
+        deadline = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+        over = _ex(1, status="running")
+        over.holder = Holder("another-host", "another-machine", 4242)
+        over.deadline = deadline
+        within = _ex(2, status="pending")
+        within.holder = Holder("another-host", "another-machine", 4243)
+        within.deadline = deadline + timedelta(minutes=5)
+        mine = _ex(3, status="running")
+        mine.holder = Holder(me.host, me.machine, os.getpid())
+        mine.deadline = deadline
+        for ex in (over, within, mine):
+            s.add(ex)
+        # past the deadline, but within its grace: nobody is declared dead yet
+        _expect(reap(s, deadline + ABANDON_GRACE) == [], "nothing abandoned within the grace")
+        marked = reap(s, deadline + ABANDON_GRACE + timedelta(seconds=1))
+        _expect([e.id for e in marked] == [over.id, mine.id] or
+                [e.id for e in marked] == [mine.id, over.id],
+                f"the two past their deadline: {marked}")  # fmt: skip
+        got = s.get(over.id)
+        _expect(got is not None and got.status == "failed" and got.error is not None
+                and got.error.startswith("abandoned: its holder (another-host, pid 4242)"),
+                f"recorded failed, saying why: {got}")  # fmt: skip
+        still = s.get(within.id)
+        _expect(still is not None and still.status == "pending", "within its deadline it stays")
+        _expect(still is not None and still.deadline == within.deadline, "the deadline is kept")
     finally:
         s.close()
