@@ -3,11 +3,12 @@ outcome is tested on data. Each result carries the measured value beside the bou
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.manifests.models import CheckExpect
+from reconciler.manifests.models import CheckExpect, NumberExpect
 from reconciler.runs.model import Execution
 
 
@@ -64,12 +65,52 @@ def judge(expect: CheckExpect, ex: Execution) -> list[Outcome]:
                 lat is not None and lat <= expect.latency_ms_max,
             )
         )
+    if expect.json_schema is not None:
+        problem = _schema_problem(expect.json_schema, answer)
+        out.append(Outcome("jsonSchema", "valid", problem, problem == "valid"))
+    if expect.number is not None:
+        out.append(_number(expect.number, answer))
     if expect.cost_max is not None:
         cost = ex.cost
         out.append(
             Outcome("costMax", expect.cost_max, cost, cost is not None and cost <= expect.cost_max)
         )
     return out
+
+
+def _schema_problem(schema: dict[str, Any], answer: str | None) -> str:
+    """ "valid", or the first reason the answer is not (not JSON, or where it fails)."""
+    if answer is None:
+        return "no answer"
+    try:
+        doc = json.loads(answer)
+    except ValueError as e:
+        return f"not JSON: {e}"
+    from jsonschema.validators import validator_for
+
+    error = next(iter(validator_for(schema)(schema).iter_errors(doc)), None)
+    if error is None:
+        return "valid"
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{where or '(root)'}: {error.message}"[:200]
+
+
+def _number(expect: NumberExpect, answer: str | None) -> Outcome:
+    bounds = {k: v for k, v in expect.model_dump(by_alias=True).items() if v is not None}
+    if not expect.tolerance:
+        bounds.pop("tolerance", None)
+    try:
+        value = float((answer or "").strip())
+    except ValueError:
+        return Outcome("number", bounds, _excerpt(answer), False)
+    ok = value == value  # NaN is no number
+    if expect.equals is not None:
+        ok = ok and abs(value - expect.equals) <= expect.tolerance
+    if expect.min is not None:
+        ok = ok and value >= expect.min
+    if expect.max is not None:
+        ok = ok and value <= expect.max
+    return Outcome("number", bounds, value, ok)
 
 
 def _excerpt(answer: str | None, limit: int = 200) -> str | None:

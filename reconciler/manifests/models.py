@@ -642,6 +642,34 @@ class Schedule(StrictModel):
 # --- Check -------------------------------------------------------------------------
 
 
+def _valid_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema that is itself invalid is refused where it is written, not at the first
+    answer. (jsonschema is imported here only: most manifests never need it.)"""
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as e:
+        raise ValueError(f"not a valid JSON Schema: {e.message}") from None
+    return schema
+
+
+class NumberExpect(StrictModel):
+    """A numeric answer's bounds: `equals` within `tolerance`, and/or `min` / `max`."""
+
+    equals: float | None = None
+    tolerance: Annotated[float, Field(ge=0)] = 0.0
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> NumberExpect:
+        if self.equals is None and self.min is None and self.max is None:
+            raise ValueError("a number expectation needs `equals`, `min` or `max`")
+        return self
+
+
 class CheckExpect(StrictModel):
     """What one request of a check must answer; every field set must hold."""
 
@@ -657,6 +685,11 @@ class CheckExpect(StrictModel):
     #: In the deployment's `pricing` currency; without a price the cost is unknown and
     #: the expectation fails (never assumed 0).
     cost_max: Annotated[float, Field(ge=0)] | None = None
+    #: The answer is JSON valid against this JSON Schema (its own `$schema`, else
+    #: draft 2020-12).
+    json_schema: Annotated[dict[Text, JsonValue], AfterValidator(_valid_json_schema)] | None = None
+    #: The answer is a number (the whole answer, trimmed) within these bounds.
+    number: NumberExpect | None = None
 
 
 class CheckRequest(StrictModel):
@@ -698,8 +731,14 @@ class EvalSpec(StrictModel):
     min_pass_rate: Annotated[float, Field(ge=0, le=1)] = 1.0
     #: Fewer judged calls than this (failed calls count as judged) is `inconclusive`.
     min_samples: Annotated[int, Field(ge=1)] = 1
-    #: The run stops, outcome `stopped`, before a call past this many.
+    #: The budget: the run stops, outcome `stopped`, before a call past this many, once
+    #: the calls ended cost this much (the deployment's `pricing` currency; it must
+    #: declare one), or once this many seconds have passed. Calls under way end.
     max_calls: Annotated[int, Field(ge=1)] | None = None
+    max_cost: Annotated[float, Field(gt=0)] | None = None
+    max_seconds: Annotated[float, Field(gt=0)] | None = None
+    #: Calls under way at once.
+    parallelism: Annotated[int, Field(ge=1, le=64)] = 4
 
 
 class Eval(StrictModel):
