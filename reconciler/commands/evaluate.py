@@ -5,15 +5,13 @@ pass rate, the minimum sample and the call budget."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
+from reconciler.checks.eval import Budget, Case, read_cases, run_cases
 from reconciler.checks.evidence import evidence_digest_of
 from reconciler.checks.expect import judge
 from reconciler.commands.context import manifest_repo, open_store
@@ -23,10 +21,9 @@ from reconciler.config import Settings
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ConfigError, ReconcilerError
 from reconciler.instances import InstanceKey
 from reconciler.load import load
-from reconciler.manifests.models import CheckExpect
 from reconciler.providers import make_provider
 from reconciler.redaction import register_recorded
-from reconciler.runs.execute import execute
+from reconciler.runs.execute import execute, price
 from reconciler.runs.model import Execution, Holder, new_id
 from reconciler.runs.store import reap
 
@@ -46,6 +43,8 @@ class EvalReport:
     min_samples: int
     calls: int = 0
     passed: int = 0
+    #: Of the calls ended, in the deployment's currency; None when unknown.
+    cost: float | None = None
     outcome: EvalOutcome = "passed"
     reason: str = ""
     executions: list[str] = field(default_factory=list)
@@ -70,33 +69,13 @@ class EvalReport:
             "calls": self.calls,
             "passed": self.passed,
             "passRate": self.pass_rate,
+            "cost": self.cost,
             "minPassRate": self.min_pass_rate,
             "minSamples": self.min_samples,
             "outcome": self.outcome,
             "reason": self.reason,
             "executions": list(self.executions),
         }
-
-
-def read_cases(text: str, path: str) -> list[tuple[dict[str, Any], CheckExpect]]:
-    """Each non-blank line of the JSONL dataset; a bad line is `path:line: message`."""
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            case = json.loads(line)
-        except ValueError as e:
-            raise ConfigError(f"{path}:{n}: not JSON: {e}") from None
-        if not isinstance(case, dict) or not isinstance(case.get("input", {}), dict):
-            raise ConfigError(f"{path}:{n}: a case is an object with an `input` object")
-        try:
-            expect = CheckExpect.model_validate(case.get("expect", {}))
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise ConfigError(f"{path}:{n}: expect: {first['msg']}") from None
-        out.append((case.get("input", {}), expect))
-    return out
 
 
 def _clock(now: datetime | None) -> Callable[[], datetime]:
@@ -149,32 +128,34 @@ def evaluate(
             spec.min_pass_rate,
             spec.min_samples,
         )
-        for _ in range(spec.repeat):
-            for data_in, expect in cases:
-                if spec.max_calls is not None and report.calls >= spec.max_calls:
-                    report.outcome = "stopped"
-                    report.reason = f"budget: maxCalls {spec.max_calls} reached"
-                    return report
-                at = _clock(now)()
-                ex = Execution(new_id(at), environment, key.name, "eval", "pending", at)
-                ex.holder = Holder.me()
-                ex.check, ex.digest = name, report.digest
-                done = execute(
-                    executions,
-                    ex,
-                    provider,
-                    record,
-                    data_in,
-                    limits=limits(settings),
-                    clock=_clock(now),
-                )
-                outcomes = judge(expect, done)
-                done.passed = all(o.ok for o in outcomes)
-                done.expectations = [o.document() for o in outcomes]
-                executions.transition(done, (done.status,))
-                report.calls += 1
-                report.passed += 1 if done.passed else 0
-                report.executions.append(done.id)
+        if spec.max_cost is not None and price(record.spec) is None:
+            raise ConfigError(
+                f"eval {name!r}: maxCost needs a price, and deployment.{key.name} declares "
+                f"no `pricing` in {environment!r} (its cost would be unknown)"
+            )
+
+        def call(case: Case) -> Execution:
+            at = _clock(now)()
+            ex = Execution(new_id(at), environment, key.name, "eval", "pending", at)
+            ex.holder = Holder.me()
+            ex.check, ex.digest = name, report.digest
+            done = execute(
+                executions, ex, provider, record, case.input, limits=lim, clock=_clock(now)
+            )
+            outcomes = judge(case.expect, done)
+            done.passed = all(o.ok for o in outcomes)
+            done.expectations = [o.document() for o in outcomes]
+            executions.transition(done, (done.status,))
+            return done
+
+        lim = limits(settings)
+        budget = Budget(spec.max_calls, spec.max_cost, spec.max_seconds)
+        tally = run_cases(cases, spec.repeat, call, parallelism=spec.parallelism, budget=budget)
+        report.calls, report.passed, report.cost = tally.calls, tally.passed, tally.cost
+        report.executions = tally.executions
+        if tally.stopped is not None:
+            report.outcome, report.reason = "stopped", tally.stopped
+            return report
     rate = report.pass_rate
     if report.calls < spec.min_samples:
         report.outcome = "inconclusive"

@@ -15,7 +15,8 @@ def human(r: EvalReport) -> str:
             f"eval {r.eval} on deployment.{r.deployment} in {r.environment}: {r.outcome.upper()}"
             f" ({r.reason})",
             f"  {r.cases} case(s) × {r.repeat} from {r.dataset}: {r.calls} call(s), "
-            f"{r.passed} passed, pass rate {rate} (min {r.min_pass_rate})",
+            f"{r.passed} passed, pass rate {rate} (min {r.min_pass_rate}), cost "
+            f"{'unknown' if r.cost is None else f'{r.cost:.6g}'}",
             f"  digest {r.digest}",
         ]
     )
