@@ -19,6 +19,7 @@ What maps to what (README "Hugging Face Inference Endpoints", docs/providers.md)
                      else aws, us-east-1, authenticated
     tags             reconciler-env:<environment>, reconciler-deployment:<name> (whose it is)
     enabled: false   a paused endpoint (Suspended: intended, not a failure)
+    suspended: true  the same: POST .../pause, and POST .../resume when it is lifted
 
 Creating is GET then POST when absent (the name is the address; a POST whose answer
 was lost is found by the next GET, never made twice); updating is PUT with the managed
@@ -56,9 +57,9 @@ from reconciler.providers.base import (
     Usage,
 )
 from reconciler.providers.invoke import (
+    chat_completion,
     chat_messages,
     chat_options,
-    chat_output,
     count,
     prompt_text,
 )
@@ -211,6 +212,12 @@ class Endpoint:
     tags: list[str]
     enabled: bool
     route: dict[str, Any] | None = None
+    suspended: bool = False
+
+    @property
+    def paused(self) -> bool:
+        """Whether the endpoint should be paused: disabled, or suspended."""
+        return self.suspended or not self.enabled
 
     def defaults(self) -> Endpoint:
         """The create payload's parts: the server needs an image, a framework and a size."""
@@ -261,6 +268,7 @@ def endpoint(name: str, environment: str, spec: Mapping[str, Any], settings: Set
         tags=tags(name, environment),
         enabled=spec.get("enabled", True) is not False,
         route=route_of(b),
+        suspended=spec.get("suspended") is True,
     )
 
 
@@ -465,12 +473,16 @@ class HuggingFaceProvider(VendorProvider[Settings]):
         return {**e.model, "secrets": {k: env[k] for k in e.model["secrets"]}}
 
     def _power(self, e: Endpoint, live: Mapping[str, Any]) -> None:
-        """Pause or resume so that the endpoint's state matches `enabled`."""
+        """Pause or resume so that the endpoint's state matches `enabled` and
+        `suspended`. Pausing, not scale-to-zero: a paused endpoint stays paused (and
+        costs nothing) until resumed, where one scaled to zero wakes at its next
+        request (the Inference Endpoints docs, "pause" and "scale to zero"). A resume
+        of a running endpoint answers 400 "already running", which is done."""
         state = get_path(live, "status.state")
         client = self.http()
-        if not e.enabled and state != "paused":
+        if e.paused and state != "paused":
             client.request("POST", f"{self._path(e.name)}/pause")
-        elif e.enabled and state == "paused":
+        elif not e.paused and state == "paused":
             resp = client.request("POST", f"{self._path(e.name)}/resume", ok=(200, 400))
             if resp.status_code == 400 and "already running" not in resp.text.lower():
                 raise self.error(f"POST {self._path(e.name)}/resume", f"400: {resp.text[:200]}")
@@ -531,10 +543,8 @@ class HuggingFaceProvider(VendorProvider[Settings]):
     # -- running a deployment --------------------------------------------------------------
 
     can_invoke: ClassVar[bool] = True
-    suspend_refusal: ClassVar[str | None] = (
-        "not built yet: Inference Endpoints can be paused (POST .../pause), but this "
-        "provider does not pause them; set scaling.minReplicas: 0 to scale to zero when idle"
-    )
+    #: `suspended: true` pauses the endpoint (`POST .../pause`); lifting it resumes it.
+    suspend_refusal: ClassVar[str | None] = None
 
     def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
         """The endpoint's own URL (`status.url`, read from the API first: it must be this
@@ -558,22 +568,7 @@ class HuggingFaceProvider(VendorProvider[Settings]):
         started = time.monotonic()
         if isinstance(input.get("messages"), list):
             body = {"model": "tgi", "messages": chat_messages(target.spec, input), **options}
-            resp = client.request(
-                "POST",
-                url.rstrip("/") + "/v1/chat/completions",
-                json=body,
-                ok=(200,),
-                idempotent=False,
-            )
-            latency = time.monotonic() - started
-            data = client.json_object(resp)
-            output = chat_output(data)
-            if output is None:
-                raise client.invalid(resp, "200 answer has no choices[0].message.content")
-            raw = data.get("usage")
-            usage = raw if isinstance(raw, Mapping) else {}
-            used = Usage(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens")))
-            return Invocation(output, used, latency)
+            return chat_completion(client, url.rstrip("/") + "/v1/chat/completions", body)
         parameters: dict[str, Any] = {"details": True, "return_full_text": False}
         renames = {"max_tokens": "max_new_tokens"}
         parameters.update(
@@ -669,8 +664,13 @@ class HuggingFaceProvider(VendorProvider[Settings]):
             ("huggingface.vendor", want.vendor, get_path(have, "provider.vendor")),
             ("huggingface.region", want.region, get_path(have, "provider.region")),
             ("huggingface.type", want.type, have.get("type")),
-            ("enabled", want.enabled, get_path(have, "status.state") != "paused"),
         ]
+        paused = get_path(have, "status.state") == "paused"
+        if want.suspended:
+            # Resumed by hand (in the UI, say) reads as drift: suspended true -> false.
+            fields.append(("suspended", True, paused))
+        else:
+            fields.append(("enabled", want.enabled, not paused))
         # Left out of the manifests, Hugging Face (or someone in its UI) picks these: only
         # set ones drift, since only set ones are written.
         for key, path in (

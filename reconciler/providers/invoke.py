@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from reconciler.errors import ProviderError
+from reconciler.httpclient import HttpClient
+from reconciler.providers.base import Invocation, Usage
 
 #: `{{ name }}` in a prompt template: replaced by the input's value of that name.
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
@@ -83,3 +86,26 @@ def chat_output(data: Mapping[str, Any]) -> Any:
         if isinstance(message, Mapping):
             return message.get("content")
     return None
+
+
+def chat_completion(client: HttpClient, url: str, body: Mapping[str, Any]) -> Invocation:
+    """One OpenAI-style chat completion (`POST .../chat/completions`), sent once: a POST
+    that may have reached the server is never retried (the client retries it only when
+    it never left, or on a 429). The output is the first choice's content; usage is the
+    answer's `usage.prompt_tokens` and `completion_tokens` (None when not reported).
+    Together's dedicated endpoints, Predibase's deployments and Text Generation
+    Inference all answer in this shape."""
+    started = time.monotonic()
+    resp = client.request("POST", url, json=dict(body), ok=(200,), idempotent=False)
+    latency = time.monotonic() - started
+    data = client.json_object(resp)
+    output = chat_output(data)
+    if output is None:
+        raise client.invalid(resp, "200 answer has no choices[0].message.content")
+    raw = data.get("usage")
+    usage: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    return Invocation(
+        output,
+        Usage(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))),
+        latency,
+    )
