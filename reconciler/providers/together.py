@@ -12,6 +12,13 @@ What maps to what (README "Together AI dedicated endpoints", docs/providers.md):
     together.*       inactive_timeout (minutes, updatable); availability_zone and
                      disable_speculative_decoding (set at creation only)
     enabled: false   state STOPPED (Suspended: intended, not a failure)
+    suspended: true  the same: PATCH {state: STOPPED}; lifted, PATCH {state: STARTED}
+
+Running a deployment (`reconciler run`) is Together's OpenAI-compatible chat
+completions, `POST /v1/chat/completions`, with the endpoint's `name` as the model
+(docs.together.ai, dedicated endpoints quickstart: "The endpoint name is passed to the
+model parameter for API inference requests. The endpoint ID ... is used for management
+operations like start, stop, update, and delete"); usage from the answer's `usage`.
 
 Creating looks first: a dedicated endpoint of this account whose display name is this
 deployment's is adopted (a POST whose answer was lost, a killed run), never made twice;
@@ -35,7 +42,15 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from reconciler.instances import Instance, ProviderConfig
-from reconciler.providers.base import DeleteRule, HealthStatus, LiveObject, Problem
+from reconciler.providers.base import (
+    DeleteRule,
+    HealthStatus,
+    Invocation,
+    InvokeTarget,
+    LiveObject,
+    Problem,
+)
+from reconciler.providers.invoke import chat_completion, chat_messages
 from reconciler.providers.vendor import (
     POLL_LATER,
     ClientOptions,
@@ -147,7 +162,9 @@ def wanted(name: str, environment: str, spec: Mapping[str, Any]) -> Wanted:
             "min_replicas": int(scaling.get("minReplicas", 1)),
             "max_replicas": int(scaling.get("maxReplicas", 1)),
         },
-        state="STOPPED" if spec.get("enabled", True) is False else "STARTED",
+        state="STOPPED"
+        if spec.get("enabled", True) is False or spec.get("suspended") is True
+        else "STARTED",
         inactive_timeout=b.get("inactiveTimeout"),
         availability_zone=b.get("availabilityZone"),
         disable_speculative_decoding=b.get("disableSpeculativeDecoding"),
@@ -169,6 +186,10 @@ class TogetherProvider(VendorProvider[Settings]):
     #: Together says a deploy takes up to 10 minutes.
     readiness_timeout: ClassVar[float] = 1200.0
     poll_interval: ClassVar[float] = 15.0
+    #: `suspended: true` stops the endpoint (`PATCH {state: STOPPED}`, updateEndpoint);
+    #: lifting it starts it again (`STARTED`). Stopped, it is not billed.
+    suspend_refusal: ClassVar[str | None] = None
+    can_invoke: ClassVar[bool] = True
 
     @classmethod
     def config_keys(cls) -> frozenset[str]:
@@ -231,7 +252,7 @@ class TogetherProvider(VendorProvider[Settings]):
             problems.append(
                 Problem(
                     "a dedicated endpoint runs at least one replica: to stop it when idle, set "
-                    "together.inactiveTimeout (minutes); to stop it now, enabled: false",
+                    "together.inactiveTimeout (minutes); to stop it now, suspended: true",
                     ("scaling", "minReplicas"),
                 )
             )
@@ -396,7 +417,10 @@ class TogetherProvider(VendorProvider[Settings]):
             ("scaling.maxReplicas", w.autoscaling["max_replicas"], scale.get("max_replicas")),
         ]
         want_on = w.state == "STARTED"
-        if not want_on:
+        if recorded.get("suspended") is True:
+            # Started by hand (in the UI, say) reads as drift: suspended true -> false.
+            fields.append(("suspended", True, state in STOPPED))
+        elif not want_on:
             fields.append(("enabled", False, state not in STOPPED))
         elif state in STOPPED and w.inactive_timeout in (None, 0):
             # Stopped with no idle timeout to explain it: stopped by hand.
@@ -410,3 +434,32 @@ class TogetherProvider(VendorProvider[Settings]):
             if b.get(key) is not None:
                 fields.append((f"together.{key}", b[key], have.get(field)))
         return overlay(recorded, fields)
+
+    # -- running a deployment --------------------------------------------------------------
+
+    def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
+        """Together's chat completions on the dedicated endpoint: `POST /v1/chat/
+        completions` with `model` the endpoint's `name` (read from `GET /v1/endpoints/
+        {id}` first: it must be this deployment's, and STARTED), `messages` from the
+        input's `messages`, else one user message with the input as JSON. Usage from
+        the answer's `usage.prompt_tokens`, `completion_tokens` (the OpenAI shape
+        Together's chat completions reference documents). Sent once; its deadline is
+        config.timeoutSeconds."""
+        where = f"deployment.{target.name}"
+        live = self._locate(target.name, target.environment, target.provider_id)
+        if live is None:
+            raise self.error(
+                where, "the dedicated endpoint does not exist (removed outside reconciler)"
+            )
+        self._check_owner(live, target.name, target.environment)
+        state, model = live.get("state"), live.get("name")
+        if state != "STARTED":
+            raise self.error(
+                where,
+                f"Together endpoint {live.get('id')} is {state or 'in no state'}: it answers "
+                "only when STARTED",
+            )
+        if not isinstance(model, str) or not model:
+            raise self.error(where, f"Together endpoint {live.get('id')} has no name to call")
+        body = {"model": model, "messages": chat_messages(target.spec, input)}
+        return chat_completion(self.http(), "chat/completions", body)
