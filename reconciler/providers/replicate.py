@@ -10,6 +10,20 @@ What maps to what (README "Replicate deployments", docs/providers.md):
     scaling          hardware: scaling.hardware; min_instances, max_instances:
                      scaling.minReplicas, maxReplicas (0-5 and 1-20)
     enabled: false   min_instances and max_instances 0: offline (Suspended)
+    suspended: true  the same ("To temporarily disable a deployment, you can set the
+                     minimum and maximum instances ... to zero", Replicate's docs, "View
+                     deployments"); lifted, the manifest's instances again
+
+Running a deployment (`reconciler run`) is a prediction on it: `POST /v1/deployments/
+{owner}/{name}/predictions` with `{"input": <the run's input>}` and `Prefer:
+wait=<n>` (deployments.predictions.create: the request is held up to n seconds, 1-60;
+201 with the output when the model finished, else the prediction in `starting` or
+`processing`), then `GET urls.get` until a terminal status (succeeded, failed,
+canceled, aborted: the prediction lifecycle docs) within the run's deadline; past it
+the prediction is cancelled (`POST urls.cancel`) and the run fails. The output is the
+model's own (a language model's is a list of text pieces, an image model's a list of
+URLs); usage is `metrics.input_token_count` and `output_token_count` where the model
+reports them (Replicate's language models do), else unknown.
 
 Creating is GET then POST when absent (the name is the address; a POST whose answer
 was lost is found by the next GET). Updating is one PATCH of the fields that differ:
@@ -37,14 +51,27 @@ delete, account.get); base URL https://api.replicate.com/v1; a bearer token
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+import httpx
+
+from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig
 from reconciler.log import get_logger
-from reconciler.providers.base import DeleteRule, HealthStatus, LiveObject, Problem
+from reconciler.providers.base import (
+    DeleteRule,
+    HealthStatus,
+    Invocation,
+    InvokeTarget,
+    LiveObject,
+    Problem,
+    Usage,
+)
+from reconciler.providers.invoke import count
 from reconciler.providers.vendor import (
     POLL_LATER,
     ClientOptions,
@@ -75,6 +102,13 @@ NOT_YET = (400, 409, 422)
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 4
 DEFAULT_DELETE_TIMEOUT = 1200.0
+#: A prediction's statuses that end it (the prediction lifecycle docs).
+FINISHED = ("succeeded", "failed", "canceled", "aborted")
+#: The longest `Prefer: wait=n` Replicate takes (the OpenAPI's prefer_header: 1-60).
+MAX_PREFER_WAIT = 60
+#: Seconds between polls of a prediction still running (replicate-python's default
+#: poll interval); config.pollIntervalSeconds lowers it.
+PREDICTION_POLL = 0.5
 _UNUSED = {
     "prompt": "a deployment serves a model version; a prompt belongs to the application",
     "options": "Replicate takes a model's inputs per prediction, not per deployment",
@@ -159,7 +193,7 @@ class Wanted:
 
 def wanted(name: str, spec: Mapping[str, Any]) -> Wanted:
     scaling = spec.get("scaling") or {}
-    on = spec.get("enabled", True) is not False
+    on = spec.get("enabled", True) is not False and spec.get("suspended") is not True
     return Wanted(
         name=deployment_name(name, spec),
         model=str(spec.get("model") or ""),
@@ -196,6 +230,10 @@ class ReplicateProvider(VendorProvider[Settings]):
     readiness_timeout: ClassVar[float] = 0.0
     #: Between the asks of a slow delete.
     poll_interval: ClassVar[float] = 30.0
+    #: `suspended: true` holds the deployment at 0 instances, as Replicate's docs say
+    #: to disable one; lifting it sets the manifest's instances again.
+    suspend_refusal: ClassVar[str | None] = None
+    can_invoke: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -444,7 +482,8 @@ class ReplicateProvider(VendorProvider[Settings]):
     def live_body(self, live: LiveObject, recorded: Mapping[str, Any]) -> dict[str, Any]:
         w = wanted(str(recorded.get("name")), recorded)
         have = live_configuration(live.body)
-        on = recorded.get("enabled", True) is not False
+        suspended = recorded.get("suspended") is True
+        on = recorded.get("enabled", True) is not False and not suspended
         fields: list[tuple[str, Any, Any]] = [
             ("model", w.model, get_path(live.body, "current_release.model")),
             ("replicate.version", w.version, have["version"]),
@@ -455,9 +494,113 @@ class ReplicateProvider(VendorProvider[Settings]):
                 ("scaling.minReplicas", w.min_instances, have["min_instances"]),
                 ("scaling.maxReplicas", w.max_instances, have["max_instances"]),
             ]
-        # Disabled is 0/0; instances allowed again reads as enabled.
-        fields.append(("enabled", on, have["max_instances"] != 0))
+        if suspended:
+            # Instances allowed again by hand (in the web UI) read as suspended: false.
+            fields.append(("suspended", True, have["max_instances"] == 0))
+        else:
+            # Disabled is 0/0; instances allowed again reads as enabled.
+            fields.append(("enabled", on, have["max_instances"] != 0))
         return overlay(recorded, fields)
+
+    # -- running a deployment --------------------------------------------------------------
+
+    def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
+        """A prediction on the deployment (deployments.predictions.create), its input the
+        run's input as is (a model's inputs are its own: `prompt`, say). Sent once with
+        `Prefer: wait=<n>`, n under the request deadline (config.timeoutSeconds) and at
+        most 60; a prediction not finished then is polled (`GET urls.get`, on the API's
+        own host only) until it ends or `deadline` passes, when it is cancelled (`POST
+        urls.cancel`) and the run fails. Failed, canceled and aborted predictions are
+        failed runs with Replicate's `error`."""
+        dep = self._name(target.name, target.provider_id)
+        where = f"deployment.{target.name}"
+        live = self._get(dep)
+        if live is None:
+            raise self.error(
+                where,
+                f"Replicate deployment {self._id(dep)} does not exist (removed outside reconciler)",
+            )
+        model, want = get_path(live, "current_release.model"), target.spec.get("model")
+        if model != want:
+            raise self.error(
+                where,
+                f"Replicate deployment {self._id(dep)} runs {model!r}, not {want!r}: it is not "
+                "this deployment's; nothing was sent",
+            )
+        if live_configuration(live)["max_instances"] == 0:
+            raise self.error(
+                where,
+                f"Replicate deployment {self._id(dep)} is offline (0 instances): it runs no "
+                "predictions",
+            )
+        client = self.http()
+        wait = max(1, min(MAX_PREFER_WAIT, int(min(self.settings.timeout, deadline)) - 1))
+        started, begun = time.monotonic(), self.clock()
+        resp = client.request(
+            "POST",
+            f"{self._path(dep)}/predictions",
+            json={"input": dict(input)},
+            headers={"Prefer": f"wait={wait}"},
+            ok=(200, 201, 202),
+            idempotent=False,
+        )
+        prediction = client.json_object(resp)
+        interval = min(PREDICTION_POLL, self._poll_interval)
+        while prediction.get("status") not in FINISHED:
+            if self.clock() - begun + interval > deadline:
+                try:
+                    self._cancel(prediction)
+                    done = "it was cancelled"
+                except ProviderError as e:
+                    done = f"cancelling it failed: {e.message}"
+                raise self.error(
+                    where,
+                    f"prediction {prediction.get('id')} did not finish within the run's "
+                    f"deadline of {deadline:g} s (the deployment's timeoutSeconds); {done}",
+                )
+            self.sleep(interval)
+            got = client.request("GET", self._own_url(prediction, "get"))
+            prediction = client.json_object(got)
+        latency = time.monotonic() - started
+        status = prediction.get("status")
+        if status != "succeeded":
+            why = prediction.get("error") or "no error given"
+            raise self.error(where, f"prediction {prediction.get('id')} {status}: {why}")
+        raw = prediction.get("metrics")
+        metrics: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        usage = Usage(
+            count(metrics.get("input_token_count")), count(metrics.get("output_token_count"))
+        )
+        return Invocation(prediction.get("output"), usage, latency)
+
+    def _own_url(self, prediction: Mapping[str, Any], which: str) -> str:
+        """`urls.get` or `urls.cancel`, refused unless it is on the API's own host (the
+        token goes with it)."""
+        url = get_path(prediction, f"urls.{which}")
+        base = httpx.URL(self.settings.base_url)
+        try:
+            u = httpx.URL(str(url))
+        except (httpx.InvalidURL, TypeError, ValueError):
+            u = None
+        if (
+            not isinstance(url, str)
+            or u is None
+            or (u.scheme, u.host, u.port)
+            != (
+                base.scheme,
+                base.host,
+                base.port,
+            )
+        ):
+            raise self.error(
+                f"prediction {prediction.get('id')}",
+                f"urls.{which} is {url!r}, not on {base.host}: refusing to send the token there",
+            )
+        return url
+
+    def _cancel(self, prediction: Mapping[str, Any]) -> None:
+        """Stop a prediction the run no longer waits for (it would go on costing)."""
+        self.http().request("POST", self._own_url(prediction, "cancel"), ok=(200, 201, 202, 204))
 
 
 def _words(resp: Any) -> str:
