@@ -26,6 +26,17 @@ ready, which `status()` reports (ready: Healthy; failed or errored: Degraded; st
 Degraded too, since reconciler never stops one; anything else: Progressing). Deleting
 needs the ownership mark; shared deployments (Predibase's own) are never touched.
 
+Running a deployment (`reconciler run`) is its OpenAI-compatible chat completions on
+Predibase's serving host: `POST {config.servingUrl}/{config.tenant}/deployments/v2/llms/
+{name}/v1/chat/completions` with `model: ""` (the base model; an adapter would be
+`repo/version`), the same bearer token (docs.predibase.com, "Migrate from OpenAI":
+`base_url = f"https://serving.app.predibase.com/{tenant_id}/deployments/v2/llms/
+{model_name}/v1"`; the SDK's `openai_compatible_endpoint`). The tenant ID is the one
+under Settings > My Profile; without config.tenant a run says so.
+
+Suspending is refused at validate: Predibase's API has no stop (the update config has
+no state or paused field; `stopped` is a status only Predibase sets).
+
 API: the official SDK `predibase` (2025.10.3) `resources/deployments.py`, `config.py`
 (`DeploymentConfig`, `UpdateDeploymentConfig`), `resources/deployment.py`, `_client.py`:
 base URL https://api.app.predibase.com, a bearer token (PREDIBASE_API_TOKEN).
@@ -40,7 +51,15 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from reconciler.instances import Instance, ProviderConfig
-from reconciler.providers.base import DeleteRule, HealthStatus, LiveObject, Problem
+from reconciler.providers.base import (
+    DeleteRule,
+    HealthStatus,
+    Invocation,
+    InvokeTarget,
+    LiveObject,
+    Problem,
+)
+from reconciler.providers.invoke import chat_completion, chat_messages
 from reconciler.providers.vendor import (
     POLL_LATER,
     ClientOptions,
@@ -53,6 +72,11 @@ from reconciler.providers.vendor import (
 from reconciler.vocabulary import Health
 
 BASE_URL = "https://api.app.predibase.com"
+#: Where deployments answer (the SDK's `_DEFAULT_SERVING_ENDPOINT`).
+SERVING_URL = "https://serving.app.predibase.com"
+TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+#: Statuses in which a deployment answers requests (what the SDK treats as serving).
+SERVING = ("ready", "updating")
 #: What Predibase calls the deployments its users make (the SDK's list filter also
 #: knows `dedicated` and `serverless`); `shared` ones are Predibase's own.
 SHARED = "shared"
@@ -98,14 +122,20 @@ class Settings:
     timeout: float
     retries: int
     token_env: str
+    serving_url: str = SERVING_URL
+    #: The tenant ID serving URLs carry; only a run needs it ("" when not set).
+    tenant: str = ""
 
 
 def read_settings(r: ConfigReader) -> Settings:
+    tenant = r.text("tenant", pattern=TENANT, hint="the tenant ID from Settings > My Profile")
     return Settings(
         base_url=r.url("baseUrl", BASE_URL),
         timeout=r.number("timeoutSeconds", DEFAULT_TIMEOUT),
         retries=r.integer("retries", DEFAULT_RETRIES),
         token_env=r.credential("tokenEnv", "PREDIBASE_API_TOKEN"),
+        serving_url=r.url("servingUrl", SERVING_URL),
+        tenant=tenant,
     )
 
 
@@ -155,10 +185,16 @@ class PredibaseProvider(VendorProvider[Settings]):
     #: A GPU replica with its base model commonly takes 5 to 15 minutes to be ready.
     readiness_timeout: ClassVar[float] = 1800.0
     poll_interval: ClassVar[float] = 15.0
+    suspend_refusal: ClassVar[str | None] = (
+        "Predibase's API has no way to stop a deployment (its update config has no state, "
+        "and `stopped` is a status only Predibase sets); scaling.minReplicas: 0 lets it "
+        "scale to zero when idle, or delete it"
+    )
+    can_invoke: ClassVar[bool] = True
 
     @classmethod
     def config_keys(cls) -> frozenset[str]:
-        return frozenset({"baseUrl", "timeoutSeconds", "retries"})
+        return frozenset({"baseUrl", "timeoutSeconds", "retries", "servingUrl", "tenant"})
 
     @classmethod
     def credential_keys(cls) -> frozenset[str]:
@@ -404,3 +440,41 @@ class PredibaseProvider(VendorProvider[Settings]):
                 ("predibase.quantization", want["quantization"], have.get("quantization"))
             )
         return overlay(recorded, fields)
+
+    # -- running a deployment --------------------------------------------------------------
+
+    def invoke(self, target: InvokeTarget, input: Mapping[str, Any], deadline: float) -> Invocation:
+        """The deployment's OpenAI-compatible chat completions on Predibase's serving
+        host (`.../{tenant}/deployments/v2/llms/{name}/v1/chat/completions`, `model: ""`
+        for the base model), after `GET /v2/deployments/{name}` says it is this
+        deployment's and serving (ready or updating). `messages` from the input's
+        `messages`, else one user message with the input as JSON; usage from the
+        answer's `usage`. Sent once; its deadline is config.timeoutSeconds."""
+        where = f"deployment.{target.name}"
+        if not self.settings.tenant:
+            raise self.error(
+                where,
+                "config.tenant is needed to run a deployment: the Predibase tenant ID its "
+                "serving URLs carry (Settings > My Profile in Predibase)",
+            )
+        pb = self._name(target.name, target.provider_id)
+        live = self._get(pb)
+        if live is None:
+            raise self.error(
+                where,
+                f"Predibase deployment {pb!r} does not exist (removed outside reconciler)",
+            )
+        self._check_owner(live, target.name, target.environment)
+        status = str(live.get("status") or "")
+        if status not in SERVING:
+            raise self.error(
+                where,
+                f"Predibase deployment {pb!r} is {status or 'in no status'}: it answers only "
+                f"when {' or '.join(SERVING)}",
+            )
+        url = (
+            f"{self.settings.serving_url}/{quote(self.settings.tenant, safe='')}/deployments/"
+            f"v2/llms/{quote(pb, safe='')}/v1/chat/completions"
+        )
+        body = {"model": "", "messages": chat_messages(target.spec, input)}
+        return chat_completion(self.http(), url, body)
