@@ -17,7 +17,7 @@ from vendor_world import Made
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance
 from reconciler.plan import field_diff
-from reconciler.providers.base import Problem, Provider, RetryAfter
+from reconciler.providers.base import InvokeTarget, Problem, Provider, RetryAfter, Usage
 from reconciler.providers.conformance import check_provider
 from reconciler.providers.together import HEALTH, TogetherProvider, health
 
@@ -287,3 +287,105 @@ def test_validate_names_each_problem_and_where(make: Made[TogetherProvider]) -> 
     assert "is not a hardware id such as" in where[("scaling", "hardware")]
     assert "together.inactiveTimeout" in where[("scaling", "minReplicas")]
     assert make("http://127.0.0.1:9").validate(chat()) == []
+
+
+# -- running and suspending --------------------------------------------------------------------
+
+
+def started(p: TogetherProvider, inst: Instance) -> str:
+    ident = p.create(inst)
+    assert settle(p, ident) == "Healthy"
+    return ident
+
+
+def target(ident: str, inst: Instance | None = None) -> InvokeTarget:
+    inst = inst or chat()
+    return InvokeTarget(inst.environment, inst.name, ident, inst.body())
+
+
+def test_the_contract_with_a_run(api: FakeTogether, make: Made[TogetherProvider]) -> None:
+    second = chat(scaling={"minReplicas": 2, "maxReplicas": 4, "hardware": H100})
+    check_provider(
+        lambda: make(api.url),
+        chat(),
+        second,
+        settle=settle,
+        invoke_input={"messages": [{"role": "user", "content": "hello there"}]},
+    )
+
+
+def test_a_run_is_a_chat_completion_on_the_endpoints_name(
+    api: FakeTogether, make: Made[TogetherProvider]
+) -> None:
+    p = make(api.url)
+    ident = started(p, chat())
+    got = p.invoke(target(ident), {"question": "why?"}, 60.0)
+    assert got.output == 'echo: {"question": "why?"}'
+    assert got.usage == Usage(2, 3) and got.latency >= 0
+    (req,) = [r for r in api.requests if r.path == "/v1/chat/completions"]
+    name = api.endpoint(ident)["name"]  # type: ignore[index]
+    assert req.body == {
+        "model": name,
+        "messages": [{"role": "user", "content": '{"question": "why?"}'}],
+    }
+
+
+def test_a_failed_run_is_sent_once_and_says_why(
+    api: FakeTogether, make: Made[TogetherProvider]
+) -> None:
+    p = make(api.url)
+    ident = started(p, chat())
+    api.fail_next(500, body={"error": {"message": "model crashed"}}, path="/v1/chat/completions")
+    with pytest.raises(ProviderError, match=r"500.*model crashed") as e:
+        p.invoke(target(ident), {"q": "x"}, 60.0)
+    assert KEY not in e.value.message
+    assert len([r for r in api.requests if r.path == "/v1/chat/completions"]) == 1
+
+
+def test_a_stopped_or_foreign_endpoint_is_not_called(
+    api: FakeTogether, make: Made[TogetherProvider]
+) -> None:
+    p = make(api.url)
+    ident = started(p, chat())
+    api.tamper(ident, "state", "STOPPED")
+    with pytest.raises(ProviderError, match="is STOPPED: it answers only when STARTED"):
+        p.invoke(target(ident), {"q": "x"}, 60.0)
+    api.tamper(ident, "display_name", "someone else's")
+    with pytest.raises(ProviderError, match="reconciler did not make it"):
+        p.invoke(target(ident), {"q": "x"}, 60.0)
+    assert not [r for r in api.requests if r.path == "/v1/chat/completions"]
+
+
+def test_suspended_stops_the_endpoint_and_lifting_it_starts_it(
+    api: FakeTogether, make: Made[TogetherProvider]
+) -> None:
+    p = make(api.url)
+    ident = started(p, chat())
+    p.update(chat(suspended=True), ident)
+    patch = [r for r in api.requests if r.method == "PATCH"][-1]
+    assert patch.body == {"state": "STOPPED"}
+    assert settle(p, ident) == "Suspended"
+    live = p.read("Deployment", "chat", "production", ident)
+    assert live is not None
+    recorded = chat(suspended=True).body()
+    assert not field_diff(recorded, p.live_body(live, recorded))
+    api.tamper(ident, "state", "STARTED")  # started again by hand
+    live = p.read("Deployment", "chat", "production", ident)
+    assert live is not None
+    (d,) = field_diff(recorded, p.live_body(live, recorded))
+    assert (d.path, d.before, d.after) == ("suspended", True, False)
+    api.tamper(ident, "state", "STOPPED")
+    p.update(chat(), ident)
+    assert [r for r in api.requests if r.method == "PATCH"][-1].body == {"state": "STARTED"}
+    assert settle(p, ident) == "Healthy"
+
+
+def test_suspended_from_the_start_creates_it_stopped(
+    api: FakeTogether, make: Made[TogetherProvider]
+) -> None:
+    p = make(api.url)
+    assert p.validate(chat(suspended=True)) == []
+    ident = p.create(chat(suspended=True))
+    post = next(r for r in api.requests if r.method == "POST")
+    assert post.body["state"] == "STOPPED"
+    assert p.status("Deployment", "chat", "production", ident).health == "Suspended"

@@ -11,6 +11,10 @@ listEndpoints) and together-py's `DedicatedEndpoint`:
     PATCH  /v1/endpoints/{id}   display_name, state, autoscaling (both bounds),
                                 inactive_timeout; model and hardware are refused
     DELETE /v1/endpoints/{id}   204
+    POST   /v1/chat/completions {model: <an endpoint's name>, messages, ...} → the
+                                OpenAI shape {id, object: chat.completion, model, choices:
+                                [{index, message: {role, content}, finish_reason}], usage:
+                                {prompt_tokens, completion_tokens, total_tokens}}
 
 Every POST makes a new endpoint with a new id. `state` moves one step per GET: PENDING
 → STARTING → … → STARTED over `steps` GETs; a PATCH to STOPPED goes STOPPING → STOPPED.
@@ -18,8 +22,14 @@ Every POST makes a new endpoint with a new id. `state` moves one step per GET: P
 Hardware must be one the catalogue lists for the model. Errors are
 `{"error": {message, type, param, code}}`.
 
+Chat completions answer for a dedicated endpoint by its `name` (the quickstart: "The
+endpoint name is passed to the model parameter"), only while it is STARTED: the answer
+echoes the last message (`echo: …`), tokens are words. What Together answers for a
+stopped endpoint is not documented; 400 `model_not_available` here, and 404
+`model_not_found` for a name no endpoint has.
+
 Test controls: `endpoint`, `endpoints`, `tamper`, `create_by_hand`, `fail_next_deploy`,
-`hold_next_deploy`, `creates`.
+`hold_next_deploy`, `creates`, `reply` (the next chat answers' text instead of the echo).
 """
 
 from __future__ import annotations
@@ -80,6 +90,8 @@ class FakeTogether(LoopbackServer):
         self._ids = itertools.count(1)
         #: POSTs that made an endpoint, by display name.
         self.creates: dict[str, int] = {}
+        #: When set, what chat completions answer instead of echoing.
+        self.reply: str | None = None
 
     # --- test controls -------------------------------------------------------------
 
@@ -126,6 +138,8 @@ class FakeTogether(LoopbackServer):
         if req.authorization != f"Bearer {self.token}":
             return _error(401, "Invalid API key provided", code="invalid_api_key")
         parts = [unquote(p) for p in req.path.split("/") if p]
+        if parts == ["v1", "chat", "completions"] and req.method == "POST":
+            return self._chat(req.body)
         if parts[:2] != ["v1", "endpoints"]:
             return _error(404, f"no route for {req.path}")
         if len(parts) == 2:
@@ -205,6 +219,33 @@ class FakeTogether(LoopbackServer):
         elif state == "STARTED" and current["state"] in ("STOPPED", "STOPPING", "ERROR"):
             self._start(current)
         return Answer(200, copy(current))
+
+    def _chat(self, body: Any) -> Answer:
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _error(400, "messages is required", param="messages")
+        model = body.get("model")
+        found = [e for e in self._endpoints.values() if e["name"] == model]
+        if not found:
+            return _error(404, f"Unable to access model {model}", code="model_not_found")
+        if found[0]["state"] != "STARTED":
+            return _error(
+                400,
+                f"Unable to access model {model}: the endpoint is {found[0]['state']}",
+                code="model_not_available",
+            )
+        messages = body["messages"]
+        last = messages[-1].get("content") if messages else ""
+        text = self.reply if self.reply is not None else f"echo: {last}"
+        prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+        out = len(text.split())
+        return Answer(200, {
+            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion",
+            "created": 1_800_000_000, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": out,
+                      "total_tokens": prompt + out},
+        })  # fmt: skip
 
     # --- helpers -----------------------------------------------------------------------
 
