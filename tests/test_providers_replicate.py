@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from fakes.loopback import LOST
 from fakes.replicate import MODELS, FakeReplicate
+from vendor_world import FakeTime
 
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig
 from reconciler.plan import field_diff
-from reconciler.providers.base import Problem
+from reconciler.providers.base import InvokeTarget, Problem, Usage
 from reconciler.providers.conformance import check_provider
 from reconciler.providers.replicate import ReplicateProvider, health
 
@@ -319,3 +320,141 @@ def test_validate_names_each_problem_and_where(make: Maker) -> None:
     assert good.validate(sdxl()) == []
     missing = sdxl(replicate={})
     assert [p.field for p in good.validate(missing) if isinstance(p, Problem)] == [("model",)]
+
+
+# -- running and suspending --------------------------------------------------------------------
+
+LLAMA_V = MODELS["meta/meta-llama-3-8b-instruct"][0]
+
+
+def llama(**spec: Any) -> Instance:
+    inst = sdxl(**spec)
+    body = {
+        **inst.spec,
+        "model": "meta/meta-llama-3-8b-instruct",
+        "replicate": {"version": LLAMA_V},
+    }
+    return Instance(inst.environment, "Deployment", "llama", "replicate", body)
+
+
+def target(inst: Instance, ident: str) -> InvokeTarget:
+    return InvokeTarget(inst.environment, inst.name, ident, inst.body())
+
+
+def test_the_contract_with_a_run(api: FakeReplicate, make: Maker) -> None:
+    check_provider(
+        lambda: make(),
+        sdxl(),
+        sdxl(replicate={"version": V2}),
+        invoke_input={"prompt": "an astronaut riding a horse"},
+    )
+
+
+def test_a_run_is_a_prediction_held_open_with_prefer_wait(api: FakeReplicate, make: Maker) -> None:
+    p = make()
+    inst = llama()
+    ident = p.create(inst)
+    got = p.invoke(target(inst, ident), {"prompt": "why is the sky blue"}, 60.0)
+    assert got.output == ["echo:", " why", " is", " the", " sky", " blue"]
+    assert got.usage == Usage(5, 6)
+    (post,) = [r for r in api.requests if r.path.endswith("/predictions")]
+    assert post.path == "/v1/deployments/acme/llama/predictions"
+    assert post.body == {"input": {"prompt": "why is the sky blue"}}
+    assert post.headers["prefer"] == "wait=1"  # under timeoutSeconds: 2
+    assert make.sleeps == []  # finished within the wait: no poll
+
+
+def test_a_slow_prediction_is_polled_at_urls_get_until_it_ends(
+    api: FakeReplicate, make: Maker
+) -> None:
+    p = make(pollIntervalSeconds=0.01)
+    inst = sdxl()
+    ident = p.create(inst)
+    api.prediction_steps = 3
+    got = p.invoke(target(inst, ident), {"prompt": "a red fox"}, 60.0)
+    assert isinstance(got.output, list) and got.output[0].endswith("/out-0.webp")
+    assert got.usage == Usage(None, None)  # an image model reports no tokens: unknown
+    gets = [r.path for r in api.requests if r.path.startswith("/v1/predictions/")]
+    assert gets == ["/v1/predictions/pred000001"] * 3
+    assert make.sleeps == [0.01, 0.01, 0.01]
+
+
+def test_a_failed_prediction_fails_the_run_with_replicates_error_sent_once(
+    api: FakeReplicate, make: Maker
+) -> None:
+    p = make()
+    inst = llama()
+    ident = p.create(inst)
+    api.fail_next_prediction("CUDA out of memory")
+    with pytest.raises(ProviderError, match="prediction pred000001 failed: CUDA out of memory"):
+        p.invoke(target(inst, ident), {"prompt": "hi"}, 60.0)
+    assert len([r for r in api.requests if r.path.endswith("/predictions")]) == 1
+    with pytest.raises(ProviderError, match=r"422.*input.prompt: required"):
+        p.invoke(target(inst, ident), {"question": "hi"}, 60.0)
+
+
+def test_a_prediction_past_the_deadline_is_cancelled(api: FakeReplicate, make: Maker) -> None:
+    clock = FakeTime()
+    p = ReplicateProvider(
+        ProviderConfig(
+            "replicate",
+            "replicate",
+            "production",
+            {"baseUrl": api.url, "owner": "acme", "timeoutSeconds": 2},
+            {"tokenEnv": "REPLICATE_API_TOKEN"},
+        ),
+        repo_root=Path("."),
+        env=ENV,
+        sleep=clock.sleep,
+        clock=clock.clock,
+    )
+    try:
+        inst = llama()
+        ident = p.create(inst)
+        api.hold_next_prediction()
+        with pytest.raises(ProviderError, match="did not finish within the run's deadline of 3 s"):
+            p.invoke(target(inst, ident), {"prompt": "hi"}, 3.0)
+        (pred,) = api.predictions()
+        assert pred["status"] == "canceled"
+        assert sum(clock.sleeps) <= 3.0
+    finally:
+        p.close()
+
+
+def test_a_deployment_that_is_offline_or_not_ours_is_not_called(
+    api: FakeReplicate, make: Maker
+) -> None:
+    p = make()
+    inst = llama()
+    ident = p.create(inst)
+    api.tamper("acme", "llama", "max_instances", 0)
+    api.tamper("acme", "llama", "min_instances", 0)
+    with pytest.raises(ProviderError, match=r"offline \(0 instances\)"):
+        p.invoke(target(inst, ident), {"prompt": "hi"}, 60.0)
+    other = sdxl()
+    with pytest.raises(ProviderError, match="it is not this deployment's"):
+        p.invoke(InvokeTarget("production", "llama", ident, other.body()), {"prompt": "x"}, 60.0)
+    assert api.predictions() == []
+
+
+def test_suspended_is_zero_instances_and_lifting_it_restores_them(
+    api: FakeReplicate, make: Maker
+) -> None:
+    p = make()
+    ident = p.create(sdxl())
+    p.update(sdxl(suspended=True), ident)
+    config = api.deployment("acme", "sdxl")["current_release"]["configuration"]  # type: ignore[index]
+    assert (config["min_instances"], config["max_instances"]) == (0, 0)
+    assert p.status("Deployment", "sdxl", "production", ident).health == "Suspended"
+    recorded = sdxl(suspended=True).body()
+    live = p.read("Deployment", "sdxl", "production", ident)
+    assert live is not None and not field_diff(recorded, p.live_body(live, recorded))
+    api.tamper("acme", "sdxl", "max_instances", 2)  # allowed instances again in the web UI
+    live = p.read("Deployment", "sdxl", "production", ident)
+    assert live is not None
+    (d,) = field_diff(recorded, p.live_body(live, recorded))
+    assert (d.path, d.before, d.after) == ("suspended", True, False)
+    p.update(sdxl(), ident)
+    config = api.deployment("acme", "sdxl")["current_release"]["configuration"]  # type: ignore[index]
+    assert (config["min_instances"], config["max_instances"]) == (1, 3)
+    assert p.status("Deployment", "sdxl", "production", ident).health == "Healthy"
