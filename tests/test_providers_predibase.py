@@ -17,7 +17,8 @@ from vendor_world import Made
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance
 from reconciler.plan import field_diff
-from reconciler.providers.base import Problem, RetryAfter
+from reconciler.providers.base import InvokeTarget, Problem, Provider, RetryAfter, Usage
+from reconciler.providers.conformance import check_provider
 from reconciler.providers.predibase import PredibaseProvider
 
 TOKEN = "pb_SECRETtoken0123456789abcdef"
@@ -290,3 +291,74 @@ def test_two_environments_share_a_deployment_only_with_one_token(make: Made) -> 
         )
     finally:
         other.close()
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+def serving(pb: FakePredibase, make: Made[PredibaseProvider], **config: Any) -> PredibaseProvider:
+    return make(pb.url, servingUrl=pb.url, tenant=pb.tenant, **config)
+
+
+def target(ident: str, inst: Instance | None = None) -> InvokeTarget:
+    inst = inst or llm()
+    return InvokeTarget(inst.environment, inst.name, ident, inst.body())
+
+
+def settle(p: Provider, ident: str) -> None:
+    for _ in range(20):
+        if p.status("Deployment", "support-llm", "production", ident).health != "Progressing":
+            return
+    raise AssertionError("still Progressing after 20 polls")
+
+
+def test_the_contract_with_a_run(pb: FakePredibase, make: Made[PredibaseProvider]) -> None:
+    check_provider(
+        lambda: serving(pb, make),
+        llm(),
+        llm(scaling={"minReplicas": 0, "maxReplicas": 1, "hardware": "a100_80gb_100"}),
+        settle=settle,
+        invoke_input={"messages": [{"role": "user", "content": "hello"}]},
+    )
+
+
+def test_a_run_is_the_deployments_openai_compatible_chat(
+    pb: FakePredibase, make: Made[PredibaseProvider]
+) -> None:
+    p = serving(pb, make)
+    ident = p.create(llm())
+    settle(p, ident)
+    got = p.invoke(target(ident), {"ticket": "my order is late"}, 60.0)
+    assert got.output == 'echo: {"ticket": "my order is late"}'
+    assert got.usage == Usage(5, 6)
+    (req,) = [r for r in pb.requests if r.path.endswith("/chat/completions")]
+    assert req.path == f"/{pb.tenant}/deployments/v2/llms/support-llm/v1/chat/completions"
+    assert req.body == {
+        "model": "",
+        "messages": [{"role": "user", "content": '{"ticket": "my order is late"}'}],
+    }
+
+
+def test_a_run_without_a_tenant_or_of_a_deployment_not_serving_says_why(
+    pb: FakePredibase, make: Made[PredibaseProvider]
+) -> None:
+    p = serving(pb, make)
+    ident = p.create(llm())
+    settle(p, ident)
+    with pytest.raises(ProviderError, match=r"config\.tenant is needed to run a deployment"):
+        make(pb.url).invoke(target(ident), {"q": "x"}, 60.0)
+    pb.tamper("support-llm", "status", "failed")
+    with pytest.raises(ProviderError, match="is failed: it answers only when ready or updating"):
+        p.invoke(target(ident), {"q": "x"}, 60.0)
+    pb.tamper("support-llm", "status", "ready")
+    pb.fail_next(500, body={"error": "replica crashed"}, path=f"/{pb.tenant}/")
+    with pytest.raises(ProviderError, match=r"500.*replica crashed") as e:
+        p.invoke(target(ident), {"q": "x"}, 60.0)
+    assert TOKEN not in e.value.message
+    assert len([r for r in pb.requests if r.path.endswith("/chat/completions")]) == 1
+
+
+def test_suspending_is_refused_with_the_reason(make: Made[PredibaseProvider]) -> None:
+    refusal = type(make("http://127.0.0.1:1")).suspend_refusal
+    assert refusal is not None and "no way to stop a deployment" in refusal
+    assert "scaling.minReplicas: 0" in refusal

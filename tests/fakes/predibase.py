@@ -9,6 +9,15 @@
                                     fields keep their value (the SDK sends every field)
     DELETE /v2/deployments/{name}   {}
 
+and, as its serving host (docs.predibase.com "Migrate from OpenAI"; the SDK's
+`openai_compatible_endpoint`):
+
+    POST   /{tenant}/deployments/v2/llms/{name}/v1/chat/completions
+                                    {model: "" (the base model) or an adapter
+                                    repo/version, messages, ...} → the OpenAI shape
+                                    {choices: [{message: {role, content}}], usage:
+                                    {prompt_tokens, completion_tokens, total_tokens}}
+
 A deployment: {name, uuid, description, type, status, model: {name, maxInputLength},
 accelerator: {id}, quantization, currentReplicas, config: {baseModel, minReplicas,
 maxReplicas, cooldownTime, scaleUpRequestThreshold, ...}, usesGuaranteedCapacity}.
@@ -22,8 +31,12 @@ accelerator ("cannot be changed via an update") or the quantization, an unknown
 config key, writes to a shared deployment. Errors are `{"error": message}`, which the
 SDK reads (`payload.get('error')`).
 
+A chat completion answers only for the fake's `tenant`, a deployment that exists and
+is ready or updating (503 otherwise: a replica is not there to answer; the exact
+status is not documented), echoing the last message (`echo: …`); tokens are words.
+
 Test controls: `deployment`, `tamper`, `create_by_hand`, `add_shared`,
-`fail_next_deploy`, `hold_next_deploy`, `creates`.
+`fail_next_deploy`, `hold_next_deploy`, `creates`, `tenant`, `reply`.
 """
 
 from __future__ import annotations
@@ -83,9 +96,20 @@ def _error(status: int, message: str) -> Answer:
 
 
 class FakePredibase(LoopbackServer):
-    def __init__(self, token: str = "pb_test_token", *, steps: int = 2, max_replicas: int = 6):
+    def __init__(
+        self,
+        token: str = "pb_test_token",
+        *,
+        steps: int = 2,
+        max_replicas: int = 6,
+        tenant: str = "a1b2c3d4",
+    ):
         super().__init__()
         self.token = token
+        #: The tenant ID the serving URLs carry.
+        self.tenant = tenant
+        #: When set, what chat completions answer instead of echoing.
+        self.reply: str | None = None
         #: GETs a deployment takes from pending (or updating) to ready.
         self.steps = steps
         #: The tier's most replicas (the docs: 3 on free/dev, 6 on enterprise).
@@ -141,6 +165,10 @@ class FakePredibase(LoopbackServer):
         if req.authorization != f"Bearer {self.token}":
             return _error(401, "unauthorized: invalid API token")
         parts = [unquote(p) for p in req.path.split("/") if p]
+        if len(parts) == 8 and parts[1:4] == ["deployments", "v2", "llms"]:
+            if parts[5:] == ["v1", "chat", "completions"] and req.method == "POST":
+                return self._chat(parts[0], parts[4], req.body)
+            return _error(404, f"no route for {req.path}")
         if parts[:2] != ["v2", "deployments"] or len(parts) > 3:
             return _error(404, f"no route for {req.path}")
         if len(parts) == 2:
@@ -215,6 +243,33 @@ class FakePredibase(LoopbackServer):
             current["description"] = str(body["description"] or "")
         self._deploy(name, current, "updating")
         return Answer(200, {"data": copy(current)})
+
+    def _chat(self, tenant: str, name: str, body: Any) -> Answer:
+        if tenant != self.tenant:
+            return _error(404, f"tenant {tenant} not found")
+        dep = self._deployments.get(name)
+        if dep is None:
+            return _error(404, f"deployment {name} not found")
+        if dep["status"] not in ("ready", "updating"):
+            return _error(503, f"deployment {name} is {dep['status']}")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _error(400, "messages is required")
+        model = body.get("model")
+        if not isinstance(model, str) or (model and "/" not in model):
+            return _error(400, "model must be empty (the base model) or an adapter repo/version")
+        messages = body["messages"]
+        last = messages[-1].get("content") if messages else ""
+        text = self.reply if self.reply is not None else f"echo: {last}"
+        prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+        out = len(text.split())
+        return Answer(200, {
+            "id": "cmpl-1", "object": "chat.completion", "created": 1_800_000_000,
+            "model": model or dep["config"]["baseModel"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": out,
+                      "total_tokens": prompt + out},
+        })  # fmt: skip
 
     # --- helpers -----------------------------------------------------------------------
 
