@@ -15,7 +15,8 @@ from vendor_world import Made
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance
 from reconciler.plan import FieldDiff, field_diff
-from reconciler.providers.base import Problem
+from reconciler.providers.base import Problem, Provider
+from reconciler.providers.conformance import check_provider
 from reconciler.providers.huggingface import HuggingFaceProvider
 
 TOKEN = "hf_SECRETtoken0123456789abcdef"
@@ -407,3 +408,67 @@ def test_engine_fields_are_checked_where_written(make: Made) -> None:
     inst = served(image={"engine": "tgi", "port": 80})
     where = {x.field: x.message for x in p.validate(inst) if isinstance(x, Problem)}
     assert "is for a custom container" in where[("huggingface", "image", "port")]
+
+
+# -- suspending and running --------------------------------------------------------------------
+
+
+def test_suspended_pauses_and_lifting_it_resumes(hf: FakeHuggingFace, make: Made) -> None:
+    p = make(hf.url)
+    pid = p.create(reranker())
+    assert healths(p, pid, 4)[-1] == "Healthy"
+    p.update(reranker(suspended=True), pid)
+    assert [r.path for r in hf.requests if r.method == "POST"][-1].endswith("/reranker/pause")
+    assert p.status("Deployment", "reranker", "production", pid).health == "Suspended"
+    recorded = reranker(suspended=True).body()
+    live = p.read("Deployment", "reranker", "production", pid)
+    assert live is not None
+    assert not field_diff(recorded, p.live_body(live, recorded))
+    p.update(reranker(suspended=True), pid)  # paused already: nothing more to send
+    assert [r.path for r in hf.requests if r.method == "POST"][-1].endswith("/reranker/pause")
+    assert len([r for r in hf.requests if r.path.endswith("/pause")]) == 1
+    p.update(reranker(), pid)
+    assert [r.path for r in hf.requests if r.method == "POST"][-1].endswith("/reranker/resume")
+    assert healths(p, pid, 4)[-1] == "Healthy"
+
+
+def test_a_resume_by_hand_of_a_suspended_endpoint_is_drift(hf: FakeHuggingFace, make: Made) -> None:
+    p = make(hf.url)
+    pid = p.create(reranker(suspended=True))
+    hf.tamper("acme", "reranker", "status.state", "running")
+    recorded = reranker(suspended=True).body()
+    live = p.read("Deployment", "reranker", "production", pid)
+    assert live is not None
+    (d,) = field_diff(recorded, p.live_body(live, recorded))
+    assert (d.path, d.before, d.after) == ("suspended", True, False)
+    p.update(reranker(suspended=True), pid)  # heal: paused again
+    assert [r.path for r in hf.requests if r.method == "POST"][-1].endswith("/reranker/pause")
+
+
+def test_a_scaled_to_zero_endpoint_is_paused_when_suspended(
+    hf: FakeHuggingFace, make: Made
+) -> None:
+    p = make(hf.url)
+    pid = p.create(reranker())
+    healths(p, pid, 4)
+    hf.tamper("acme", "reranker", "status.state", "scaledToZero")  # wakes at a request
+    p.update(reranker(suspended=True), pid)
+    assert [r.path for r in hf.requests if r.method == "POST"][-1].endswith("/reranker/pause")
+
+
+def test_the_contract_with_a_run(hf: FakeHuggingFace, make: Made) -> None:
+    hf.serve_inference = True
+
+    def settle(q: Provider, ident: str) -> None:
+        for _ in range(20):
+            if q.status("Deployment", "reranker", "production", ident).health != "Progressing":
+                return
+        raise AssertionError("still Progressing after 20 polls")
+
+    check_provider(
+        lambda: make(hf.url),
+        reranker(),
+        reranker(scaling={"minReplicas": 1, "maxReplicas": 2, "hardware": "nvidia-a10g"}),
+        settle=settle,
+        invoke_input={"messages": [{"role": "user", "content": "rank these"}]},
+    )
