@@ -54,16 +54,37 @@ def policy_document(
     approvals: ApprovalsConfig,
     providers: Mapping[str, Any] | None = None,
     variables: list[str] | None = None,
+    evals: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The recorded form: the spec without its description, the approval source, the
-    provider settings and the variables read. The `file` source's path is not part of
-    it: it never comes from the repo."""
+    provider settings, the variables read and the Evals its promotion requires (only
+    when it requires some: a policy recorded before evals were part of it stays the
+    same policy). The `file` source's path is not part of it: it never comes from the
+    repo."""
     return {
         "environment": spec.model_dump(mode="json", by_alias=True, exclude={"description"}),
         "approvals": {"source": approvals.source, "repository": approvals.repository},
         "providers": dict(providers or {}),
         "variables": sorted(variables or ()),
+        **({"evals": dict(evals)} if evals else {}),
     }
+
+
+def required_evals(desired: Desired, env: str) -> dict[str, Any]:
+    """The Evals `env`'s promotion requires, as its policy records them: each one's
+    dataset digest, repeat and thresholds (`checks.evidence.eval_document`). So a change
+    to a required Eval (its cases or its bar) is a change of policy, judged by the policy
+    of record; one not declared is left out, and the gate refuses for it."""
+    from reconciler.checks.evidence import eval_document
+
+    promo = desired.policy(env).promotion
+    out: dict[str, Any] = {}
+    for name in promo.requires.evals if promo is not None else ():
+        entry = desired.manifests.evals.get(name)
+        dataset = desired.eval_datasets.get(name)
+        if entry is not None and dataset is not None:
+            out[name] = eval_document(entry.model.spec, dataset)
+    return out
 
 
 @dataclass(frozen=True)
@@ -78,13 +99,17 @@ class Policy:
     providers: Mapping[str, Any] = field(default_factory=dict)
     #: The environment variables the environment's manifests read (secrets, tokens).
     variables: tuple[str, ...] = ()
+    #: The Evals its promotion requires, by name (`required_evals`).
+    evals: Mapping[str, Any] = field(default_factory=dict)
     #: False for a policy recorded before providers and variables were part of it: it
     #: says nothing about them, so it never equals a policy that does (fail closed).
     complete: bool = True
 
     @property
     def document(self) -> dict[str, Any]:
-        doc = policy_document(self.spec, self.approvals, self.providers, list(self.variables))
+        doc = policy_document(
+            self.spec, self.approvals, self.providers, list(self.variables), self.evals
+        )
         if not self.complete:
             doc.pop("providers")
             doc.pop("variables")
@@ -113,9 +138,10 @@ class Policy:
             complete = "providers" in doc and "variables" in doc
             providers = dict(doc.get("providers") or {})
             variables = tuple(str(v) for v in doc.get("variables") or ())
+            evals = dict(doc.get("evals") or {})
         except (KeyError, TypeError, ValidationError) as e:
             raise StateError(f"the policy recorded by {origin} cannot be read: {e}") from None
-        return cls(spec, approvals, origin, providers, variables, complete)
+        return cls(spec, approvals, origin, providers, variables, evals, complete)
 
 
 def variables_read(desired: Desired, env: str) -> list[str]:
@@ -182,6 +208,7 @@ def policy_at(desired: Desired, approvals: ApprovalsConfig, env: str, origin: st
         origin,
         provider_documents(desired.providers.get(env, {})),
         tuple(variables_read(desired, env)),
+        required_evals(desired, env),
     )
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.instances import Instance, canonical_json
+
+if TYPE_CHECKING:
+    from reconciler.manifests.models import EvalSpec
 
 
 def evidence_document(spec: Mapping[str, Any], provider_type: str) -> dict[str, Any]:
@@ -31,3 +34,21 @@ def evidence_digest_of(spec: Mapping[str, Any], provider_type: str) -> str:
 def evidence_digest(instance: Instance, provider_type: str) -> str:
     """The digest of one deployment instance, as its provider kind runs it."""
     return evidence_digest_of(instance.spec, provider_type)
+
+
+def eval_document(spec: EvalSpec, dataset_digest: str) -> dict[str, Any]:
+    """What an eval's evidence is bound to besides the deployment's digest: the cases it
+    ran (the dataset, by content: inputs and expectations), how often, and the bar it
+    was judged by. Not its budget or parallelism: a run stopped by its budget is no
+    pass, and how fast it ran proves nothing."""
+    return {
+        "deployment": spec.deployment,
+        "dataset": dataset_digest,
+        "repeat": spec.repeat,
+        "minPassRate": spec.min_pass_rate,
+        "minSamples": spec.min_samples,
+    }
+
+
+def eval_digest(document: Mapping[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(dict(document)).encode()).hexdigest()

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from reconciler import ci
 from reconciler.checks.eval import Budget, Case, read_cases, run_cases
-from reconciler.checks.evidence import evidence_digest_of
+from reconciler.checks.evidence import eval_digest, eval_document, evidence_digest_of
 from reconciler.checks.expect import judge
 from reconciler.commands.context import manifest_repo, open_store
 from reconciler.commands.live import providers_of_record
@@ -41,6 +42,10 @@ class EvalReport:
     repeat: int
     min_pass_rate: float
     min_samples: int
+    #: The eval's own digest (dataset, repeat, thresholds) and this run's id.
+    eval_digest: str = ""
+    eval_run: str = ""
+    advisory: bool = False
     calls: int = 0
     passed: int = 0
     #: Of the calls ended, in the deployment's currency; None when unknown.
@@ -72,6 +77,9 @@ class EvalReport:
             "cost": self.cost,
             "minPassRate": self.min_pass_rate,
             "minSamples": self.min_samples,
+            "evalDigest": self.eval_digest,
+            "evalRun": self.eval_run,
+            "advisory": self.advisory,
             "outcome": self.outcome,
             "reason": self.reason,
             "executions": list(self.executions),
@@ -127,6 +135,10 @@ def evaluate(
             spec.repeat,
             spec.min_pass_rate,
             spec.min_samples,
+            eval_digest=eval_digest(eval_document(spec, loaded.desired.eval_datasets[name])),
+            # run for a pull request, the eval and its cases are the change's: shown, and
+            # recorded as advisory, never counted as evidence by the promotion gate
+            advisory=ci.detect(settings.env).pull_request is not None,
         )
         if spec.max_cost is not None and price(record.spec) is None:
             raise ConfigError(
@@ -134,11 +146,16 @@ def evaluate(
                 f"no `pricing` in {environment!r} (its cost would be unknown)"
             )
 
+        report.eval_run = new_id(_clock(now)())
+        planned = len(cases) * spec.repeat
+
         def call(case: Case) -> Execution:
             at = _clock(now)()
             ex = Execution(new_id(at), environment, key.name, "eval", "pending", at)
             ex.holder = Holder.me()
             ex.check, ex.digest = name, report.digest
+            ex.eval_run, ex.eval_digest, ex.planned = report.eval_run, report.eval_digest, planned
+            ex.advisory = report.advisory
             done = execute(
                 executions, ex, provider, record, case.input, limits=lim, clock=_clock(now)
             )

@@ -15,7 +15,6 @@ from typing import Any
 
 import yaml
 
-from reconciler import schedules
 from reconciler.checks.evidence import evidence_digest_of
 from reconciler.commands.context import manifest_repo, open_store
 from reconciler.commands.forge import forge
@@ -28,7 +27,7 @@ from reconciler.instances import InstanceKey
 from reconciler.load import Loaded, load
 from reconciler.manifests.models import Promotion
 from reconciler.manifests.yamlload import load_documents
-from reconciler.policy import Policy
+from reconciler.policy import Policy, required_evals
 from reconciler.state.base import AppliedRecord, StateStore
 
 #: The fields a promotion edits: what the evidence digest covers and a manifest sets.
@@ -165,7 +164,7 @@ def _promote(
             raise ConfigError(f"unknown environment {env!r}")
     at = now or datetime.now(UTC)
     with open_store(settings, read_only=True) as store:
-        promo, origin = _promotion_of(store, loaded, target, source)
+        promo, evals, origin = _promotion_of(store, loaded, target, source)
         applied = {
             k.name: r
             for k, r in store.applied(source).items()
@@ -178,7 +177,7 @@ def _promote(
         try:
             report = PromoteReport(source, target, origin)
             for name in sorted(applied):
-                item = _item(loaded, store, executions, applied[name], target, promo, at)
+                item = _item(loaded, store, executions, applied[name], target, (promo, evals), at)
                 if item is not None:
                     report.items.append(item)
         finally:
@@ -196,20 +195,23 @@ def _promote(
 
 def _promotion_of(
     store: StateStore, loaded: Loaded, target: str, source: str
-) -> tuple[Promotion, str]:
-    """The target's promotion policy of record (its last applied run's), else as
-    declared; a target with none from `source` is still held to a passing check."""
+) -> tuple[Promotion, Mapping[str, Any], str]:
+    """The target's promotion policy of record (its last applied run's) with the Evals
+    it requires as recorded, else as declared; a target with none from `source` is
+    still held to a passing check."""
     last = store.last_applied_run(target)
     if last is not None and last.policy is not None:
         policy = Policy.from_document(last.policy, f"run {last.id}")
-        spec, origin = policy.spec, f"policy of record: run {last.id}"
+        spec, evals = policy.spec, policy.evals
+        origin = f"policy of record: run {last.id}"
     else:
-        spec, origin = loaded.desired.policy(target), "declared policy (nothing recorded)"
+        spec, evals = loaded.desired.policy(target), required_evals(loaded.desired, target)
+        origin = "declared policy (nothing recorded)"
     promo = spec.promotion
     if promo is None or promo.source != source:
         default = Promotion.model_validate({"from": source})
-        return default, f"{origin}; no promotion from {source}: a passing check required"
-    return promo, origin
+        return default, {}, f"{origin}; no promotion from {source}: a passing check required"
+    return promo, evals, origin
 
 
 def _item(
@@ -218,7 +220,7 @@ def _item(
     executions: Any,
     record: AppliedRecord,
     target: str,
-    promo: Promotion,
+    policy: tuple[Promotion, Mapping[str, Any]],
     now: datetime,
 ) -> Item | None:
     desired = loaded.desired
@@ -246,8 +248,7 @@ def _item(
         return item
     ev = evidence_for(name, digest, record.environment, desired, store, executions)
     item.evidence = ev
-    soak = schedules.parse_duration(promo.soak) if promo.soak else None
-    item.blocked = not_eligible(ev, record.environment, promo.requires.checks, soak, now)
+    item.blocked = not_eligible(ev, policy[0], policy[1], now)
     return item
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from reconciler.checks.evidence import evidence_digest_of
-from reconciler.gate.judge import Evidence
+from reconciler.gate.judge import EvalRun, Evidence
 from reconciler.instances import InstanceKey
 from reconciler.manifests import Desired
 from reconciler.plan import EnvironmentPlan
-from reconciler.runs.model import Query
+from reconciler.runs.model import Execution, Query
 from reconciler.runs.store import ExecutionStore
 from reconciler.state.base import StateStore
 
@@ -67,4 +67,30 @@ def evidence_for(
     checks = [e for e in found if e.trigger == "check" and e.passed is not None]
     passed = sum(1 for e in checks if e.passed and e.digest == digest)
     failed = sum(1 for e in checks if not e.passed)
-    return Evidence(name, source, digest, applied, record.applied_at, passed, failed)
+    return Evidence(
+        name, source, digest, applied, record.applied_at, passed, failed, eval_runs(found, digest)
+    )
+
+
+def eval_runs(found: Iterable[Execution], digest: str) -> tuple[EvalRun, ...]:
+    """The eval runs among `found` on exactly `digest`, oldest first (run ids are
+    time-ordered); advisory ones (a pull request's) are never evidence."""
+    by_run: dict[str, list[Execution]] = {}
+    for e in found:
+        if e.trigger == "eval" and e.eval_run and not e.advisory and e.digest == digest:
+            by_run.setdefault(e.eval_run, []).append(e)
+    out = []
+    for run, xs in sorted(by_run.items()):
+        judged = [e for e in xs if e.passed is not None]
+        first = xs[0]
+        out.append(
+            EvalRun(
+                first.check or "",
+                run,
+                first.eval_digest or "",
+                len(judged),
+                sum(1 for e in judged if e.passed),
+                first.planned or 0,
+            )
+        )
+    return tuple(out)

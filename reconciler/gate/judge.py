@@ -16,8 +16,9 @@ from typing import Any, Literal
 from reconciler import schedules
 from reconciler.approvals.evaluate import Verdict, evaluate
 from reconciler.approvals.facts import PullRequestFacts
+from reconciler.checks.evidence import eval_digest
 from reconciler.config import ApprovalsConfig
-from reconciler.manifests.models import EnvironmentSpec
+from reconciler.manifests.models import EnvironmentSpec, Promotion
 from reconciler.policy import Policy
 from reconciler.vocabulary import Risk
 
@@ -92,6 +93,23 @@ class Evidence:
     #: applied (passes counted only on the change's exact digest).
     passed: int = 0
     failed: int = 0
+    #: The eval runs recorded in `source` on the change's exact digest since it was
+    #: applied there (advisory ones left out), oldest first.
+    eval_runs: tuple[EvalRun, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """One recorded run of an Eval, as its executions add up."""
+
+    eval: str
+    run: str
+    #: The eval's own digest (dataset, repeat, thresholds) it ran with.
+    eval_digest: str
+    calls: int
+    passed: int
+    #: The calls it planned: fewer recorded means it stopped (its budget ran out).
+    planned: int
 
 
 @dataclass(frozen=True)
@@ -438,11 +456,9 @@ def _check_promotion(result: GateResult, policies: list[Policy], facts: Facts) -
         promo = policy.spec.promotion
         if promo is None:
             continue
-        soak = schedules.parse_duration(promo.soak) if promo.soak else None
         for name in changed:
             ev = by_key.get((promo.source, name))
-            at = facts.evidence_at or facts.now
-            why = not_eligible(ev, promo.source, promo.requires.checks, soak, at)
+            why = not_eligible(ev, promo, policy.evals, facts.evidence_at or facts.now)
             if why is not None:
                 whose = "" if len(policies) == 1 else f" (policy of {policy.origin})"
                 result.refuse(
@@ -453,12 +469,14 @@ def _check_promotion(result: GateResult, policies: list[Policy], facts: Facts) -
 
 def not_eligible(
     ev: Evidence | None,
-    source: str,
-    checks: bool,
-    soak: timedelta | None,
+    promo: Promotion,
+    evals: Mapping[str, Mapping[str, Any]],
     now: datetime | None,
 ) -> str | None:
-    """Why `ev` does not let its deployment into the next environment, or None."""
+    """Why `ev` does not let its deployment into the next environment under `promo`
+    (with the required Evals as `evals`, the policy's record of them), or None."""
+    source, checks = promo.source, promo.requires.checks
+    soak = schedules.parse_duration(promo.soak) if promo.soak else None
     if ev is None or ev.applied_digest is None or ev.applied_at is None:
         return f"is not applied in {source}"
     short = ev.digest.removeprefix("sha256:")[:12]
@@ -472,6 +490,10 @@ def not_eligible(
         return f"failed {ev.failed} check request(s) in {source} since it was applied there"
     if checks and not ev.passed:
         return f"({short}) has no passing check in {source}"
+    for name in promo.requires.evals:
+        why = _eval_not_passed(ev, name, evals.get(name))
+        if why is not None:
+            return f"({short}) {why} in {source}"
     if soak is not None:
         if now is None:
             return "needs a clock to judge its soak"
@@ -481,6 +503,31 @@ def not_eligible(
                 f"is soaking in {source}: applied {_ago(now - ev.applied_at)} ago, needs "
                 f"{_ago(soak)} (eligible at {due.isoformat(timespec='seconds')})"
             )
+    return None
+
+
+def _eval_not_passed(ev: Evidence, name: str, of_record: Mapping[str, Any] | None) -> str | None:
+    """Whether the latest run of eval `name` on the digest, with the eval of record (its
+    dataset, repeat and thresholds: a run of a changed eval is no evidence for it),
+    passed by the thresholds of record. The latest run decides: a failing run after a
+    pass revokes it."""
+    if of_record is None:
+        return f"needs eval {name!r}, which is not declared"
+    digest = eval_digest(of_record)
+    runs = [r for r in ev.eval_runs if r.eval == name and r.eval_digest == digest]
+    if not runs:
+        return f"has no run of eval {name!r} (as of record, {digest.removeprefix('sha256:')[:12]})"
+    last = runs[-1]
+    if last.calls < last.planned:
+        return (
+            f"stopped its latest run of eval {name!r} after {last.calls} of {last.planned} call(s)"
+        )
+    samples, bar = int(of_record["minSamples"]), float(of_record["minPassRate"])
+    if last.calls < samples:
+        return f"is inconclusive on eval {name!r}: {last.calls} sample(s), fewer than {samples}"
+    rate = last.passed / last.calls if last.calls else 0.0
+    if rate < bar:
+        return f"failed its latest run of eval {name!r}: pass rate {rate:.3f} < {bar}"
     return None
 
 

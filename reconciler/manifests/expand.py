@@ -8,6 +8,7 @@ endpoints, replica bounds.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 from collections.abc import Callable, Mapping
@@ -34,6 +35,9 @@ class Desired:
     environments: list[str] = field(default_factory=list)
     providers: dict[str, dict[str, ProviderConfig]] = field(default_factory=dict)
     instances: dict[str, dict[InstanceKey, Instance]] = field(default_factory=dict)
+    #: Each Eval's dataset as read with the manifests: "sha256:<hex>" of its bytes (what
+    #: binds an eval's evidence to the cases it ran).
+    eval_datasets: dict[str, str] = field(default_factory=dict)
 
     def policy(self, env: str) -> m.EnvironmentSpec:
         return self.manifests.environments[env].model.spec
@@ -170,6 +174,27 @@ class _Expander:
             )
             return None
 
+    def dataset(self, ev: Entry[m.Eval]) -> str | None:
+        """The digest of an Eval's dataset (repo-relative, read as the manifests are)."""
+        rel = ev.model.spec.dataset
+        where = ev.pos("spec", "dataset")
+        target = posixpath.normpath(rel)
+        why = None
+        data = None
+        if rel.startswith("/") or target.startswith("../") or target == "..":
+            why = f"dataset {rel!r} is outside the repo"
+        else:
+            try:
+                data = self.read_file(target)
+            except ReconcilerError as e:  # e.g. a symlink that leads outside the repo
+                why = f"dataset {rel!r}: {e.message}"
+            if why is None and data is None:
+                why = f"dataset {rel!r} not found"
+        if data is None:
+            self.out.append(Diagnostic(ev.path, where.line, where.col, why or "no dataset"))
+            return None
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
     def deployment(
         self, d: Entry[m.Deployment], env: str, providers: Mapping[str, ProviderConfig]
     ) -> Instance | None:
@@ -288,6 +313,10 @@ def expand(manifests: Manifests, read_file: ReadFile, out: list[Diagnostic]) -> 
     for prompt in manifests.prompts.values():  # every templateFile must exist, used or not
         for v in prompt.model.spec.versions:
             x.template(prompt, v.version)
+    for ev in manifests.evals.values():
+        digest = x.dataset(ev)
+        if digest is not None:
+            desired.eval_datasets[ev.name] = digest
     for env in desired.environments:
         providers = {
             p.name: x.provider(p, env)

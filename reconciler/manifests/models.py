@@ -133,6 +133,10 @@ class NotifyTarget(StrictModel):
 class PromotionRequires(StrictModel):
     #: Each changed deployment's exact digest has a passing check in `from`.
     checks: bool = True
+    #: Evals (by name, each run in `from`) whose latest run on each changed deployment's
+    #: exact digest passed there, judged by the Eval of record: its dataset, cases and
+    #: thresholds are then part of this environment's policy.
+    evals: list[Slug] = Field(default_factory=list)
 
 
 class Promotion(StrictModel):

@@ -273,6 +273,15 @@ def _check_references(r: Manifests, c: _Collector) -> None:
                 f"promotion.from names {why} {promo.source!r}"
                 f"{did_you_mean(promo.source, r.environments) if why != 'itself' else ''}",
             )
+        for i, name in enumerate(promo.requires.evals if promo is not None else ()):
+            required = r.evals.get(name)
+            at = e.pos("spec", "promotion", "requires", "evals", i)
+            if required is None:
+                c.at(e.path, at, f"promotion.requires.evals names an unknown Eval {name!r}"
+                     f"{did_you_mean(name, r.evals)}")  # fmt: skip
+            elif promo is not None and promo.source not in required.model.spec.environments:
+                c.at(e.path, at, f"eval {name!r} does not run in {promo.source!r} (the "
+                     "promotion's `from`), so it can never be evidence there")  # fmt: skip
         for i, w in enumerate(e.model.spec.windows):
             loc = ("spec", "windows", i)
             start = w.allow if w.allow is not None else w.deny

@@ -127,6 +127,14 @@ class Execution:
     digest: str | None = None
     passed: bool | None = None
     expectations: list[dict[str, Any]] = field(default_factory=list)
+    #: An eval's execution (trigger `eval`; `check` names the Eval): the run it is part
+    #: of, the eval digest (`checks.evidence.eval_digest`), the calls that run planned
+    #: (fewer recorded: it stopped early), and whether it was advisory (run for a pull
+    #: request: shown, never counted as evidence).
+    eval_run: str | None = None
+    eval_digest: str | None = None
+    planned: int | None = None
+    advisory: bool = False
 
     @property
     def fire_key(self) -> str | None:
@@ -172,6 +180,16 @@ class Execution:
                     "expectations": list(self.expectations),
                 }
             ),
+            **(
+                {}
+                if self.eval_run is None
+                else {
+                    "eval_run": self.eval_run,
+                    "eval_digest": self.eval_digest,
+                    "planned": self.planned,
+                    "advisory": self.advisory,
+                }
+            ),
         }
 
     def to_json(self) -> str:
@@ -212,6 +230,10 @@ class Execution:
             digest=d.get("digest"),
             passed=d.get("passed"),
             expectations=list(d.get("expectations") or []),
+            eval_run=d.get("eval_run"),
+            eval_digest=d.get("eval_digest"),
+            planned=d.get("planned"),
+            advisory=bool(d.get("advisory")),
         )
 
 

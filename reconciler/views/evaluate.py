@@ -17,7 +17,12 @@ def human(r: EvalReport) -> str:
             f"  {r.cases} case(s) × {r.repeat} from {r.dataset}: {r.calls} call(s), "
             f"{r.passed} passed, pass rate {rate} (min {r.min_pass_rate}), cost "
             f"{'unknown' if r.cost is None else f'{r.cost:.6g}'}",
-            f"  digest {r.digest}",
+            f"  digest {r.digest}, eval {r.eval_digest}",
+            *(
+                ["  advisory: run for a pull request, so never counted as promotion evidence"]
+                if r.advisory
+                else []
+            ),
         ]
     )
 
