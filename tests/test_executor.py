@@ -630,6 +630,10 @@ def test_the_executor_and_its_users_import_no_private_names() -> None:
     from test_approvals_imports import private_imports
 
     root = Path(__file__).resolve().parent.parent / "reconciler"
-    files = [root / "executor.py", root / "drift.py", *sorted((root / "providers").glob("*.py"))]
+    files = [
+        *sorted((root / "executor").glob("*.py")),
+        root / "drift.py",
+        *sorted((root / "providers").glob("*.py")),
+    ]
     files += sorted((root / "commands").glob("*.py"))
     assert [v for f in files for v in private_imports(f)] == []
