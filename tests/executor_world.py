@@ -1,12 +1,15 @@
 """What the in-process executor tests share (test_executor.py, test_executor_health.py):
 one environment on an in-memory provider, planned by the real planner against a real
-SQLite state file, and applied by the real executor."""
+SQLite state file, and applied by the real executor on a `FakeClock` (every wait for
+health, every deadline and every timestamp on it: nothing waits in real time) unless a
+test passes `clock` (the system clock, where real threads and signals are the point)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from reconciler.clock import FakeClock
 from reconciler.executor import EnvironmentResult, RunContext, execute_environment
 from reconciler.instances import Instance, InstanceKey, ProviderConfig
 from reconciler.plan import EnvironmentPlan, plan_environment
@@ -57,6 +60,7 @@ def apply(
     plan: EnvironmentPlan | None = None,
     **kwargs: Any,
 ) -> EnvironmentResult:
+    kwargs.setdefault("clock", FakeClock())
     return execute_environment(
         store,
         plan or plan_of(store, desired),

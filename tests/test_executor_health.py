@@ -6,18 +6,23 @@ is in test_cli_health.py."""
 
 from __future__ import annotations
 
+import ast
 import io
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from executor_world import ENV, apply, desired_of, outcomes
 
+import reconciler.executor
+from reconciler.clock import FAKE_EPOCH, SYSTEM_CLOCK, FakeClock
 from reconciler.executor import (
+    RETRY_AFTER_CAP,
     HealthEvent,
     readiness_timeout,
 )
@@ -51,6 +56,16 @@ class SlowPolls(MemoryProvider):
     """Polls 50 ms apart: long enough for other writes to happen in between."""
 
     poll_interval: ClassVar[float] = 0.05
+
+
+class Every10s(MemoryProvider):
+    """Polls 10 s apart: on a FakeClock, each poll's time is known exactly."""
+
+    poll_interval: ClassVar[float] = 10.0
+
+
+def seen(events: list[HealthEvent]) -> list[tuple[str | None, float]]:
+    return [(e.health.health if e.health else None, e.waited) for e in events]
 
 
 # -- waiting ----------------------------------------------------------------------------
@@ -212,12 +227,14 @@ def test_an_applied_change_whose_restore_does_not_come_up_is_recorded_as_restore
 
 def test_waiting_holds_no_worker_or_slot_a_write_could_use(store: SQLiteState) -> None:
     """Parallelism 1, eight deployments that each take three polls: every write
-    happens before any change's last poll (waits overlap; polls take the one slot)."""
+    happens before any change's last poll (waits overlap; polls take the one slot).
+    On the system clock: the point is real threads competing for the one slot while
+    polls are 50 ms apart, which a clock that jumps to the next poll would not give."""
     mem = SlowPolls()
     deps = [deployment(f"d{i}") for i in range(8)]
     for d in deps:
         mem.set_health(d.key, ["Progressing", "Progressing", "Healthy"])
-    result = apply(store, mem, desired_of(*deps), parallelism=1)
+    result = apply(store, mem, desired_of(*deps), parallelism=1, clock=SYSTEM_CLOCK)
     assert result.outcome == "applied"
     assert mem.peak_concurrency == 1
     calls = [(c.action, c.key) for c in mem.calls]
@@ -276,7 +293,8 @@ def test_ctrl_c_while_waiting_ends_the_run_interrupted(store: SQLiteState) -> No
 
 
 def test_ctrl_c_from_the_main_thread_stops_the_waits(store: SQLiteState) -> None:
-    """The signal arrives in the main thread while workers sleep until a poll is due."""
+    """The signal arrives in the main thread while workers sleep until a poll is due
+    (on the system clock: a real signal interrupting a real wait is the point)."""
 
     class Hourly(MemoryProvider):
         poll_interval: ClassVar[float] = 3600.0
@@ -289,7 +307,7 @@ def test_ctrl_c_from_the_main_thread_stops_the_waits(store: SQLiteState) -> None
     timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
     timer.start()
     with pytest.raises(KeyboardInterrupt):
-        apply(store, mem, desired_of(chat))
+        apply(store, mem, desired_of(chat), clock=SYSTEM_CLOCK)
     timer.cancel()
     (run,) = store.runs(ENV)
     assert run.outcome == "interrupted"
@@ -310,20 +328,28 @@ def test_ctrl_c_from_the_main_thread_stops_the_waits(store: SQLiteState) -> None
 def test_the_run_deadline_fails_a_waiting_change_and_skips_what_had_not_started(
     store: SQLiteState,
 ) -> None:
-    mem = MemoryProvider()
-    chat = deployment("chat", ready=60)
+    """On a FakeClock: polls at 10 s and 20 s, the deadline at 25 s fails chat without
+    another poll, and nightly (ready only then) does not start."""
+    clock = FakeClock()
+    mem = Every10s()
+    chat = deployment("chat", ready=3600)
     mem.set_health(chat.key, ["Progressing"])
     desired = desired_of(chat, schedule("nightly", chat))
-    result = apply(store, mem, desired, run_timeout=1.5)  # time to start chat on a busy host
+    result = apply(store, mem, desired, run_timeout=25, clock=clock)
     assert result.outcome == "failed"
-    assert result.message is not None
-    assert result.message.startswith(
-        "the run deadline of 1.5 s (--run-timeout / RECONCILER_RUN_TIMEOUT) passed; "
-        "deployment.chat: still Progressing when the run deadline"
+    assert result.message == (
+        "the run deadline of 25 s (--run-timeout / RECONCILER_RUN_TIMEOUT) passed; "
+        "deployment.chat: still Progressing when the run deadline of 25 s "
+        "(--run-timeout / RECONCILER_RUN_TIMEOUT) passed"
     )
     assert outcomes(result) == {"deployment.chat": "failed", "schedule.nightly": "skipped"}
+    assert mem.calls_of("status") == [chat.key] * 2 and clock.monotonic() == 25
     (run,) = store.runs(ENV)
-    assert run.outcome == "failed" and "run deadline of 1.5 s" in run.details["deadline"]
+    assert run.outcome == "failed" and "run deadline of 25 s" in run.details["deadline"]
+    nightly = next(c for c in run.changes if c.key.name == "nightly")
+    assert nightly.error == (
+        "not started: the run deadline of 25 s (--run-timeout / RECONCILER_RUN_TIMEOUT) passed"
+    )
     assert store.lock_holder(ENV) is None
 
 
@@ -361,7 +387,135 @@ def test_provider_calls_wait_no_longer_than_the_run_deadline(store: SQLiteState)
     assert bounded is not None and unbounded is None
     name, left = bounded
     assert name == "the run deadline of 600 s (--run-timeout / RECONCILER_RUN_TIMEOUT)"
-    assert 0 < left <= 600
+    assert left == 600  # on the run's clock, which did not move before the create
+
+
+# -- the clock ---------------------------------------------------------------------------
+
+
+def test_polls_timestamps_and_the_run_id_come_from_the_runs_clock(store: SQLiteState) -> None:
+    clock = FakeClock()
+    mem = Every10s()
+    chat = deployment("chat", ready=3600)
+    mem.set_health(chat.key, ["Progressing", "Progressing", "Healthy"])
+    events: list[HealthEvent] = []
+    result = apply(store, mem, desired_of(chat), health=events.append, clock=clock)
+    assert result.outcome == "applied"
+    assert seen(events) == [("Progressing", 10.0), ("Healthy", 30.0)]
+    assert clock.monotonic() == 30.0
+    assert (result.run_id or "").startswith("20250101T000000Z-")
+    (run,) = store.runs(ENV)
+    assert run.started_at == FAKE_EPOCH
+    assert store.applied(ENV)[chat.key].applied_at == FAKE_EPOCH + timedelta(seconds=30)
+
+
+def test_a_retry_after_longer_than_the_cap_waits_the_cap(store: SQLiteState) -> None:
+    clock = FakeClock()
+    mem = Every10s()
+    chat = deployment("chat", ready=3600)
+    mem.set_health(chat.key, ["Healthy"])
+    mem.fail(chat.key, "status", RetryAfter(1000))
+    events: list[HealthEvent] = []
+    assert apply(store, mem, desired_of(chat), health=events.append, clock=clock).outcome == (
+        "applied"
+    )
+    assert seen(events) == [("Healthy", 10 + RETRY_AFTER_CAP)]
+
+
+def test_the_readiness_timeout_gets_a_last_poll_at_its_end(store: SQLiteState) -> None:
+    clock = FakeClock()
+    mem = Every10s()
+    chat = deployment("chat", ready=35)
+    mem.set_health(chat.key, ["Progressing"])
+    result = apply(store, mem, desired_of(chat), clock=clock)
+    assert result.message == (
+        "deployment.chat: not Healthy within its readiness timeout of 35 s: Progressing"
+    )
+    assert mem.calls_of("status") == [chat.key] * 4  # at 10, 20, 30 and 35 s
+    assert clock.monotonic() == 35
+
+
+def test_a_restore_waits_for_its_object_on_the_runs_clock(store: SQLiteState) -> None:
+    """The restored object is asked at once, then every poll interval, like any change
+    (the restore's wait is the same code), and it is recorded before it is Healthy."""
+    clock = FakeClock()
+    mem = Every10s()
+    old = deployment("chat", "gpt-4o", ready=60)
+    assert apply(store, mem, desired_of(old), clock=clock).outcome == "applied"
+    new = deployment("chat", "gpt-4o-mini", ready=60)
+    mem.set_health(new.key, [HealthStatus("Degraded", "bad model")])
+    events: list[HealthEvent] = []
+
+    def watch(ev: HealthEvent) -> None:
+        events.append(ev)
+        if ev.health is None:  # the change gave up: what follows is the restore's wait
+            mem.set_health(new.key, ["Progressing", "Progressing", "Healthy"])
+            events.clear()
+
+    start = clock.monotonic()
+    result = apply(store, mem, desired_of(new), rollback_on_failure=True, health=watch, clock=clock)
+    assert [r.outcome for r in result.restored] == ["applied"]
+    assert seen(events) == [("Progressing", 0.0), ("Healthy", 20.0)]
+    assert {e.change.action for e in events} == {"update"}
+    assert clock.monotonic() - start == 30  # the failed change's poll at 10, then 20
+    assert store.applied(ENV)[old.key].applied_at == FAKE_EPOCH + timedelta(seconds=start + 10)
+
+
+def test_a_fake_clock_moves_only_when_advanced_or_slept_on() -> None:
+    clock = FakeClock()
+    assert clock.monotonic() == 0 and clock.now() == FAKE_EPOCH
+    clock.sleep(1.5)
+    clock.advance(2)
+    assert clock.monotonic() == 3.5 and clock.now() == FAKE_EPOCH + timedelta(seconds=3.5)
+    cond = threading.Condition()
+    with cond:
+        assert clock.wait(cond, 60) is False  # `auto`: a timed wait is a sleep
+    assert clock.monotonic() == 63.5 and clock.slept == [1.5, 60]
+
+
+def test_a_manual_fake_clock_wakes_a_timed_wait_when_advanced_past_its_end() -> None:
+    clock = FakeClock(auto=False)
+    cond = threading.Condition()
+    answers: list[bool] = []
+    entered = threading.Event()
+
+    def waiter() -> None:
+        with cond:
+            entered.set()
+            end = clock.monotonic() + 10
+            while clock.wait(cond, end - clock.monotonic()):
+                answers.append(True)  # woken before its end: it waits again
+            answers.append(False)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    entered.wait()
+    for step in (4, 6):
+        with cond:  # held by the waiter until it is inside its wait
+            pass
+        clock.advance(step)
+    t.join(30)
+    assert not t.is_alive() and answers[-1] is False and clock.monotonic() == 10
+
+
+def test_the_executor_reads_time_only_through_its_clock() -> None:
+    """No `time` module, no `datetime.now` in the executor: every wait, deadline and
+    timestamp goes through the injected clock, so tests can run it on a fake."""
+    found = []
+    for path in sorted(Path(reconciler.executor.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import) and any(a.name == "time" for a in node.names):
+                found.append(f"{path.name}: import time")
+            if isinstance(node, ast.ImportFrom) and node.module == "time":
+                found.append(f"{path.name}: from time import")
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("now", "utcnow", "today")
+                and isinstance(node.value, ast.Name)
+                and node.value.id in ("datetime", "date")
+            ):
+                found.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert found == []
 
 
 # -- the live view ------------------------------------------------------------------------
