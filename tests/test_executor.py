@@ -5,6 +5,7 @@ record that always ends with an outcome while the lock is always released."""
 
 from __future__ import annotations
 
+import dataclasses as dc
 import json
 import sqlite3
 import threading
@@ -20,17 +21,21 @@ from executor_world import ENV, PROVIDERS, REPO_ENV, apply, desired_of, outcomes
 
 from reconciler.errors import ProviderError, ReconcilerError, StateError
 from reconciler.executor import (
+    ROLLBACK_REASON,
     ChangeResult,
     RunContext,
     execute_environment,
     instance_from_record,
     worker_count,
 )
+from reconciler.executor.record import Live
+from reconciler.executor.restore import inverse
 from reconciler.instances import Instance, InstanceKey
 from reconciler.plan import Change, EnvironmentPlan
 from reconciler.providers.testing import MemoryProvider
 from reconciler.state.base import AppliedRecord, ChangeRecord, LockInfo, RunRecord
 from reconciler.state.sqlite import SQLiteState
+from reconciler.vocabulary import Action
 
 
 def deployment(name: str, model: str = "gpt-4o") -> Instance:
@@ -329,6 +334,124 @@ def test_restore_survives_a_plugin_bug(store: SQLiteState) -> None:
     ]
     run = store.run(result.run_id or "")
     assert run is not None and run.outcome == "failed"
+
+
+def test_a_replaced_object_is_put_back_by_removing_its_replacement(store: SQLiteState) -> None:
+    """A replace that applied, then a failure: the restore deletes the object the run
+    created (its id, not the old one) and creates the recorded spec again, and the
+    state names the object that now stands."""
+    mem = MemoryProvider()
+    a, b = deployment("a"), deployment("b")
+    apply(store, mem, desired_of(a, b))
+    old_id = mem.objects[a.key].provider_id
+    a2, b2 = deployment("a", "gpt-4o-mini"), deployment("b", "gpt-4o-mini")
+    plan = plan_of(store, desired_of(a2, b2))
+    plan.changes = [dc.replace(c, action="replace") if c.key == a.key else c for c in plan.changes]
+    mem.fail(b.key, "update", "refused")
+    result = apply(store, mem, desired_of(a2, b2), plan, rollback_on_failure=True)
+    (replaced,) = [r for r in result.results if r.change.key == a.key]
+    assert replaced.outcome == "applied" and replaced.provider_id not in (None, old_id)
+    assert [(r.change.address, r.outcome) for r in result.restored] == [("deployment.a", "applied")]
+    calls = [(c.action, c.provider_id) for c in mem.calls if c.key == a.key][1:]
+    assert calls == [
+        ("delete", old_id),  # the replace
+        ("create", None),
+        ("delete", replaced.provider_id),  # the restore
+        ("create", None),
+    ]
+    assert mem.objects[a.key].body == a.body()
+    recorded = store.applied(ENV)[a.key]
+    assert recorded.spec_hash == a.hash()
+    assert recorded.provider_id == mem.objects[a.key].provider_id
+
+
+def test_a_restore_makes_no_provider_call_once_the_lock_is_lost(tmp_path: Path) -> None:
+    """Restore writes go through the same lock check as any change: a lock lost after
+    the last change fails each restore, naming it, without calling the provider."""
+
+    class Losing(SQLiteState):
+        lost = False
+
+        def check_lock(self, environment: str) -> None:
+            if self.lost:
+                raise StateError(f"the lock of {environment!r} was broken")
+            super().check_lock(environment)
+
+    store = Losing(tmp_path / "state.db", env={})
+    mem = MemoryProvider()
+    a = deployment("a")
+    apply(store, mem, desired_of(a))
+    c, d = deployment("c"), deployment("d")
+    mem.fail(d.key, "create")
+
+    def lose(res: ChangeResult) -> None:
+        if res.change.key == d.key:  # the run is over (parallelism 1): restore comes next
+            store.lost = True
+
+    desired = desired_of(deployment("a", "v2"), c, d)
+    before = len(mem.calls)
+    result = apply(store, mem, desired, rollback_on_failure=True, parallelism=1, progress=lose)
+    assert outcomes(result) == {
+        "deployment.a": "applied",
+        "deployment.c": "applied",
+        "deployment.d": "failed",
+    }
+    assert len(mem.calls) - before == 3  # the run's three; none for the restore
+    assert [(r.change.address, r.outcome, r.error) for r in result.restored] == [
+        ("deployment.c", "failed", "the lock of 'dev' was broken"),
+        ("deployment.a", "failed", "the lock of 'dev' was broken"),
+    ]
+    assert store.applied(ENV)[a.key].spec["model"] == "v2"  # nothing was put back
+    run = store.run(result.run_id or "")
+    assert run is not None and run.details["rolled_back"] == []
+    store.close()
+
+
+def test_inverse_changes_are_ordinary_writes() -> None:
+    """What restore asks of the change code for each kind of change the run made."""
+    a = deployment("a")
+    old = AppliedRecord(
+        environment=ENV,
+        kind="Deployment",
+        name="a",
+        provider="mem",
+        provider_id="id-old",
+        spec=a.body(),
+        spec_hash=a.hash(),
+        secret_fingerprints={"k": "fp"},
+        commit="c0",
+        run_id="r0",
+        applied_at=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+    new = deployment("a", "gpt-4o-mini")
+
+    def made(action: Action, provider_id: str | None = "id-new") -> ChangeResult:
+        return ChangeResult(Change(action, a.key, "mem", None, new.body()), "applied", None,
+                            provider_id, written=True)  # fmt: skip
+
+    created = inverse(made("create"), None, desired_of(new))
+    assert (created.change.action, created.call, created.inst) == ("delete", "delete", None)
+    assert created.live == Live("mem", "id-new")
+    updated = inverse(made("update"), old, {})
+    assert (updated.change.action, updated.call) == ("update", "update")
+    assert updated.live == Live("mem", "id-old")
+    assert updated.inst is not None and updated.inst.hash() == a.hash()
+    deleted = inverse(made("delete", None), old, {})
+    assert (deleted.call, deleted.live) == ("create", None)
+    replaced = inverse(made("replace"), old, {})
+    assert (replaced.call, replaced.live) == ("replace", Live("mem", "id-new"))
+    assert inverse(made("replace", None), old, {}).call == "create"
+    # recorded as the update that puts the old record back, whatever call made it
+    change, applied = replaced.applied("r1", "ignored", "id-back", old.applied_at)
+    assert (change.action, change.outcome, change.error) == ("update", "applied", ROLLBACK_REASON)
+    assert (change.before_hash, change.after_hash, change.provider_id) == (
+        None,
+        old.spec_hash,
+        "id-back",
+    )
+    assert applied == dc.replace(old, provider_id="id-back", run_id="r1")
+    change, applied = created.applied("r1", None, None, old.applied_at)
+    assert (change.action, change.error, applied) == ("delete", ROLLBACK_REASON, None)
 
 
 # -- state writes that fail mid-run ---------------------------------------------------
