@@ -285,11 +285,14 @@ def test_restore_goes_on_past_any_failure(store: SQLiteState) -> None:
     mem = MemoryProvider()
     a, b = deployment("a"), deployment("b")
     apply(store, mem, desired_of(a, b))
-    c, d = deployment("c"), deployment("d")
-    mem.fail(d.key, "create")  # the failure that triggers the restore
+    c = deployment("c")
+    # the failure that triggers the restore; last, so its report is where the run ends
+    # (parallelism 1 still runs three workers: it alone did not order the changes)
+    d = Instance(ENV, "Deployment", "d", "mem", {"model": "m"}, depends_on=(a.key, b.key, c.key))
+    mem.fail(d.key, "create")
 
     def break_restore(res: ChangeResult) -> None:
-        if res.change.key == d.key:  # the run is over (parallelism 1): restore comes next
+        if res.change.key == d.key:  # the run is over: restore comes next
             mem.fail(a.key, "update", RuntimeError("bug while restoring"))
             mem.fail(c.key, "delete", "cannot delete")
 
@@ -381,16 +384,17 @@ def test_a_restore_makes_no_provider_call_once_the_lock_is_lost(tmp_path: Path) 
     mem = MemoryProvider()
     a = deployment("a")
     apply(store, mem, desired_of(a))
-    c, d = deployment("c"), deployment("d")
+    c = deployment("c")
+    d = Instance(ENV, "Deployment", "d", "mem", {"model": "m"}, depends_on=(a.key, c.key))
     mem.fail(d.key, "create")
 
     def lose(res: ChangeResult) -> None:
-        if res.change.key == d.key:  # the run is over (parallelism 1): restore comes next
+        if res.change.key == d.key:  # the last change: restore comes next
             store.lost = True
 
     desired = desired_of(deployment("a", "v2"), c, d)
     before = len(mem.calls)
-    result = apply(store, mem, desired, rollback_on_failure=True, parallelism=1, progress=lose)
+    result = apply(store, mem, desired, rollback_on_failure=True, progress=lose)
     assert outcomes(result) == {
         "deployment.a": "applied",
         "deployment.c": "applied",
