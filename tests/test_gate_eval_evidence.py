@@ -94,3 +94,49 @@ def test_a_required_eval_missing_from_the_record_fails_closed() -> None:
     result = judge(facts(Policy(spec, NONE, "run r1", {}, ()), run(1, passed=60)))
     assert not result.passed
     assert any("needs eval 'quality', which is not declared" in r for r in result.reasons)
+
+
+BASED = {**QUALITY, "baseline": {"environment": "production", "maxDrop": 0.05}}
+E_BASED = eval_digest(BASED)
+D0 = "sha256:" + "0" * 64
+
+
+def based(n: int, passed: int, baseline: dict[str, Any] | None) -> EvalRun:
+    return EvalRun("quality", f"ex-2026120{n}", E_BASED, 60, passed, 60, baseline)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "passed", "reason"),
+    [
+        ({"digest": D0, "rate": 0.95}, 57, None),  # 0.95, level with what production runs
+        ({"digest": D0, "rate": 0.98}, 56, None),  # 0.933: within maxDrop 0.05
+        (
+            {"digest": D0, "rate": 1.0},
+            56,
+            "fell behind production on eval 'quality': pass "
+            "rate 0.933 < 1.000 (000000000000) - maxDrop 0.05",
+        ),
+        (
+            {"digest": D0, "rate": None},
+            60,
+            "is inconclusive on eval 'quality': no run of it on "
+            "what production runs (000000000000)",
+        ),
+        ({"digest": None, "rate": None}, 56, None),  # nothing applied there: nothing to trail
+        (None, 60, "ran eval 'quality' without its baseline (production)"),
+        (
+            {"digest": D0, "rate": 0.5},
+            50,
+            "failed its latest run of eval 'quality': pass rate 0.833 < 0.9",
+        ),  # the absolute bar still holds
+    ],
+)
+def test_a_baseline_bar_is_relative_to_what_the_baseline_environment_runs(
+    baseline: dict[str, Any] | None, passed: int, reason: str | None
+) -> None:
+    result = judge(facts(required(doc=BASED), based(1, passed, baseline)))
+    if reason is None:
+        assert result.passed, result.reasons
+    else:
+        assert not result.passed
+        assert any(reason in r for r in result.reasons), result.reasons

@@ -47,6 +47,11 @@ def eval_document(spec: EvalSpec, dataset_digest: str) -> dict[str, Any]:
         "repeat": spec.repeat,
         "minPassRate": spec.min_pass_rate,
         "minSamples": spec.min_samples,
+        **(
+            {}
+            if spec.baseline is None
+            else {"baseline": spec.baseline.model_dump(mode="json", by_alias=True)}
+        ),
     }
 
 

@@ -91,6 +91,22 @@ def eval_runs(found: Iterable[Execution], digest: str) -> tuple[EvalRun, ...]:
                 len(judged),
                 sum(1 for e in judged if e.passed),
                 first.planned or 0,
+                first.baseline,
             )
         )
     return tuple(out)
+
+
+def baseline_of(
+    executions: ExecutionStore, eval_name: str, deployment: str, eval_digest: str, digest: str
+) -> float | None:
+    """The pass rate of the latest complete, non-advisory run of an eval (with exactly
+    `eval_digest`) on exactly `digest`, in any environment (a digest's evidence is the
+    same wherever it ran), or None when there is none."""
+    found = executions.find(Query(deployments=(deployment,), limit=None))
+    runs = [
+        r
+        for r in eval_runs((e for e in found if e.check == eval_name), digest)
+        if r.eval_digest == eval_digest and r.calls >= r.planned and r.calls
+    ]
+    return None if not runs else runs[-1].passed / runs[-1].calls

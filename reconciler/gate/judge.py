@@ -110,6 +110,8 @@ class EvalRun:
     passed: int
     #: The calls it planned: fewer recorded means it stopped (its budget ran out).
     planned: int
+    #: With a baseline, what it was compared with (`runs.model.Execution.baseline`).
+    baseline: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -528,6 +530,34 @@ def _eval_not_passed(ev: Evidence, name: str, of_record: Mapping[str, Any] | Non
     rate = last.passed / last.calls if last.calls else 0.0
     if rate < bar:
         return f"failed its latest run of eval {name!r}: pass rate {rate:.3f} < {bar}"
+    return baseline_problem(of_record.get("baseline"), last.baseline, rate, name)
+
+
+def baseline_problem(
+    wanted: Mapping[str, Any] | None, had: Mapping[str, Any] | None, rate: float, name: str
+) -> str | None:
+    """Why a run's pass rate does not hold against its baseline (the latest run of the
+    same eval on what the baseline environment ran), or None. Nothing applied there is
+    nothing to fall behind; a baseline never measured is no comparison (inconclusive)."""
+    if wanted is None:
+        return None
+    env, drop = wanted.get("environment"), float(wanted.get("maxDrop") or 0.0)
+    if had is None:
+        return f"ran eval {name!r} without its baseline ({env})"
+    if had.get("digest") is None:
+        return None
+    base = had.get("rate")
+    short = str(had["digest"]).removeprefix("sha256:")[:12]
+    if base is None:
+        return (
+            f"is inconclusive on eval {name!r}: no run of it on what {env} runs ({short}) "
+            "to compare with"
+        )
+    if rate < float(base) - drop:
+        return (
+            f"fell behind {env} on eval {name!r}: pass rate {rate:.3f} < {float(base):.3f} "
+            f"({short}) - maxDrop {drop}"
+        )
     return None
 
 

@@ -722,6 +722,14 @@ class Check(StrictModel):
 # --- Eval --------------------------------------------------------------------------
 
 
+class EvalBaseline(StrictModel):
+    """A bar relative to what `environment` runs now: the pass rate may fall at most
+    `maxDrop` below the latest run of this eval on the digest applied there."""
+
+    environment: Slug
+    max_drop: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
 class EvalSpec(StrictModel):
     """A dataset-based quality run of one deployment as applied in an environment
     (`reconciler eval`): each JSONL case of `dataset` ({"input": {...}, "expect": {...}},
@@ -743,6 +751,7 @@ class EvalSpec(StrictModel):
     max_seconds: Annotated[float, Field(gt=0)] | None = None
     #: Calls under way at once.
     parallelism: Annotated[int, Field(ge=1, le=64)] = 4
+    baseline: EvalBaseline | None = None
 
 
 class Eval(StrictModel):

@@ -263,6 +263,14 @@ def _check_references(r: Manifests, c: _Collector) -> None:
         _check_check(c, r, ck)
     for ev in r.evals.values():
         _check_targets(c, r, ev)
+        base = ev.model.spec.baseline
+        if base is not None and base.environment not in r.environments:
+            c.at(
+                ev.path,
+                ev.pos("spec", "baseline", "environment"),
+                f"baseline.environment names an unknown environment {base.environment!r}"
+                f"{did_you_mean(base.environment, r.environments)}",
+            )
     for e in r.environments.values():
         promo = e.model.spec.promotion
         if promo is not None and (promo.source not in r.environments or promo.source == e.name):

@@ -135,6 +135,10 @@ class Execution:
     eval_digest: str | None = None
     planned: int | None = None
     advisory: bool = False
+    #: With a baseline: the digest the baseline environment ran when the run started
+    #: (None: nothing applied there) and the pass rate of its latest run of this eval
+    #: (None: none recorded).
+    baseline: dict[str, Any] | None = None
 
     @property
     def fire_key(self) -> str | None:
@@ -188,6 +192,7 @@ class Execution:
                     "eval_digest": self.eval_digest,
                     "planned": self.planned,
                     "advisory": self.advisory,
+                    "baseline": self.baseline,
                 }
             ),
         }
@@ -234,6 +239,7 @@ class Execution:
             eval_digest=d.get("eval_digest"),
             planned=d.get("planned"),
             advisory=bool(d.get("advisory")),
+            baseline=d.get("baseline"),
         )
 
 
