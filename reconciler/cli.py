@@ -16,7 +16,7 @@ import typer
 
 from reconciler import agent, dashboard, log
 from reconciler import arguments as a
-from reconciler.cli_base import app, done, emit, options, settings
+from reconciler.cli_base import Invocation, app, done, emit, session, settings
 from reconciler.cli_state import app as state_app
 from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
 from reconciler.runs import cli as runs_cli
@@ -251,9 +251,10 @@ def _error(e: ReconcilerError) -> None:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the CLI; map every expected failure to one line and its exit code."""
     code = EXIT_OK
+    inv = Invocation()
     try:
         # Without standalone mode click returns (not raises) the code of typer.Exit.
-        returned = app(args=argv, standalone_mode=False)
+        returned = app(args=argv, standalone_mode=False, obj=inv)
         if isinstance(returned, int):
             code = returned
     except ReconcilerError as e:
@@ -265,11 +266,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
         emit("interrupted\n", err=True)
         code = 130
     except Exception as e:  # usage errors and anything unexpected
-        code = _unexpected(e)
+        code = _unexpected(e, inv.verbosity)
     sys.exit(code)
 
 
-def _unexpected(e: Exception) -> int:
+def _unexpected(e: Exception, verbosity: int) -> int:
     show = getattr(e, "show", None)
     if isinstance(e, typer.Abort):
         emit("aborted\n", err=True)
@@ -280,7 +281,7 @@ def _unexpected(e: Exception) -> int:
         return e.exit_code  # type: ignore[attr-defined,no-any-return]
     emit(f"internal error: {type(e).__name__}: {e}\n", err=True)
     emit("this is a bug in reconciler; re-run with -v and report it\n", err=True)
-    if options.get("verbosity", 0) > 0:
+    if verbosity > 0:
         import traceback
 
         emit(traceback.format_exc(), err=True)

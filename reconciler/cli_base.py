@@ -1,22 +1,26 @@
-"""The command line's frame: the Typer app with its global options, the settings they
-select, and the output boundary every command prints through (`emit`). Commands live in
-cli.py and its sub-apps (cli_state.py, dashboard/cli.py)."""
+"""The command line's frame: the Typer app with its global options, the session they
+select (Typer's context object, `ctx.obj`), and the output boundary every command
+prints through (`emit`). Commands live in cli.py and its sub-apps (cli_state.py,
+dashboard/cli.py, agent/cli.py, runs/cli.py)."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import click
 import typer
 from typer.core import TyperGroup
 
 from reconciler import arguments as a
-from reconciler import log, redaction
+from reconciler import log
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError
+from reconciler.session import Session
 
 
 def hoist_global_options(params: Sequence[Any], args: list[str]) -> list[str]:
@@ -79,26 +83,63 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-options: dict[str, Any] = {}
+
+
+@dataclass
+class Invocation:
+    """The global options of one command line (`ctx.obj`), and the session they select,
+    built when a command first asks for it (`init` and `schema` never do: they need no
+    manifests repo)."""
+
+    repo: Path = Path(".")
+    state: str | None = None
+    approvals_file: Path | None = None
+    local_registry: Path | None = None
+    verbosity: int = 0
+    _session: Session | None = field(default=None, repr=False)
+
+    def session(self) -> Session:
+        if self._session is None:
+            settings = load_settings(
+                self.repo,
+                state_url=self.state,
+                approvals_file=self.approvals_file,
+                local_registry=self.local_registry,
+            )
+            self._session = Session.start(settings, verbosity=self.verbosity)
+        return self._session
+
+    def emit(self, text: str, *, err: bool = False) -> None:
+        """`emit` through this invocation's redactor."""
+        stream = sys.stderr if err else sys.stdout
+        redactor = self._session.redactor if self._session is not None else None
+        stream.write(redactor.redact(text) if redactor is not None else log.redact(text))
+        stream.flush()
+
+
+def invocation(ctx: click.Context | None = None) -> Invocation:
+    """This command line's options (a fresh default outside one: a test calling a
+    command's function)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    if isinstance(obj, Invocation):
+        return obj
+    return Invocation()
+
+
+def session() -> Session:
+    """The running command's session (settings resolved once per invocation)."""
+    return invocation().session()
 
 
 def settings() -> Settings:
-    if "settings" not in options:
-        options["settings"] = load_settings(
-            options["repo"],
-            state_url=options["state"],
-            approvals_file=options["approvals"],
-            local_registry=options["local_registry"],
-        )
-        redaction.register_environment(options["settings"].env)
-    return options["settings"]  # type: ignore[no-any-return]
+    return session().settings
 
 
 def emit(text: str, *, err: bool = False) -> None:
-    """The one way out for results and notes: every known secret value is masked."""
-    stream = sys.stderr if err else sys.stdout
-    stream.write(log.redact(text))
-    stream.flush()
+    """The one way out for results and notes: every secret value the command's session
+    knows of is masked (outside a command, every value the process registered)."""
+    invocation().emit(text, err=err)
 
 
 def done(code: int) -> NoReturn:
@@ -107,6 +148,7 @@ def done(code: int) -> NoReturn:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     repo: a.Repo = Path("."),
     state: a.State = None,
     log_format: a.LogFormat = None,
@@ -117,13 +159,9 @@ def _main(
 ) -> None:
     if log_format not in (None, "console", "json"):
         raise ReconcilerError(f"--log-format must be console or json, not {log_format!r}")
-    options.pop("settings", None)  # settings belong to one invocation
-    options.update(
-        repo=repo,
-        state=state,
-        approvals=approvals_file,
-        local_registry=local_registry,
-        verbosity=verbose - quiet,
-    )
+    inv = ctx.obj if isinstance(ctx.obj, Invocation) else Invocation()
+    inv.repo, inv.state, inv.approvals_file = repo, state, approvals_file
+    inv.local_registry, inv.verbosity, inv._session = local_registry, verbose - quiet, None
+    ctx.obj = inv
     in_ci = bool(os.environ.get("CI"))
     log.configure(fmt=log_format, verbosity=verbose - quiet, in_ci=in_ci)  # type: ignore[arg-type]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from reconciler.cli_base import Invocation
 
 app = typer.Typer(
     help="Recorded state: copy it between backends.",
@@ -21,12 +24,12 @@ To = Annotated[str, typer.Option("--to", help="The state URL to copy it to (empt
 
 
 @app.command()
-def migrate(to_url: To, from_url: From = None) -> None:
+def migrate(ctx: typer.Context, to_url: To, from_url: From = None) -> None:
     """Copy every environment's state with its history (runs, changes, serials) and the
     fingerprint key; refuses a target that has any of it already. Exit 4 while a run
     holds a lock."""
-    from reconciler.cli_base import emit, settings
     from reconciler.commands.state import migrate as run
     from reconciler.views import state as view
 
-    emit(view.human(run(settings(), from_url, to_url)))
+    cli: Invocation = ctx.obj
+    cli.emit(view.human(run(cli.session(), from_url, to_url)))

@@ -26,13 +26,22 @@ class Loaded:
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
 
 
-def load(settings: Settings, ref: str | None = None, *, paths: Sequence[str] = ()) -> Loaded:
+def load(
+    settings: Settings,
+    ref: str | None = None,
+    *,
+    paths: Sequence[str] = (),
+    repo: ManifestRepo | None = None,
+) -> Loaded:
     """Read the manifests at `ref` (git objects, no checkout) or in the working tree.
 
     At a ref, the manifest paths are the ones that commit's reconciler.yaml names
     (unless `paths` are given): a commit is read as a whole, never mixed with the tree.
+    `repo`: the session's (one per command, not one per load).
     """
-    repo = ManifestRepo(settings.repo)
+    if repo is None:
+        repo = ManifestRepo(settings.repo)
+    repo.followed = set()  # the symlinks this load follows, not an earlier load's
     config = parse_config(repo.read_file_at(ref, CONFIG_FILE)) if ref is not None else None
     approvals = config.approvals if config is not None else settings.approvals
     if not paths:

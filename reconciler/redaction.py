@@ -12,9 +12,11 @@ register the references its recorded specs hold.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
+from reconciler import log
 from reconciler.instances import secret_refs
 from reconciler.log import register_secrets
 
@@ -115,3 +117,30 @@ def provider_credential_names(settings: Settings) -> set[str]:
         for override in spec.overrides.values():
             names.update((override.credentials or {}).values())
     return names
+
+
+class Redactor:
+    """The secret values one session knows of, and the masking every output path of
+    that session takes (`emit`, views, CI summaries, PR comments, notices, dashboard
+    responses). The logger's process-wide registry is fed from here as a backstop for
+    log lines, which no session renders."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, values: Iterable[str | None]) -> None:
+        fresh = [v for v in values if v]
+        with self._lock:
+            self._values.update(fresh)
+        register_secrets(fresh)
+
+    def add_environment(self, env: Mapping[str, str]) -> None:
+        """The forge tokens and the fingerprint key of the injected environment."""
+        self.add(env.get(name) for name in ENV_SECRET_VARS)
+
+    def redact(self, text: str) -> str:
+        return log.redact(text)
+
+    def redact_data(self, value: Any) -> Any:
+        return log.redact_data(value)

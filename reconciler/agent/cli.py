@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from reconciler import arguments as a
+
+if TYPE_CHECKING:
+    from reconciler.cli_base import Invocation
 
 commands = typer.Typer(add_completion=False, rich_markup_mode=None)
 
@@ -75,6 +78,7 @@ AssignBy = Annotated[
 
 @commands.command()
 def agent(
+    ctx: typer.Context,
     clone: Clone = None,
     remote: Remote = None,
     env: a.Env = None,
@@ -94,12 +98,12 @@ def agent(
     the gate allows, heal drift, notify; serve /metrics, /healthz and the dashboard.
     SIGTERM lets the changes under way finish and be recorded, then exits 0."""
     from reconciler.agent.run import AgentCommand, run_agent
-    from reconciler.cli_base import done, emit, options, settings
 
+    cli: Invocation = ctx.obj
     command = AgentCommand(
         clone=clone,
         remote=remote,
-        state_url=options.get("state"),
+        state_url=cli.state,
         environments=tuple(env or ()),
         host=host,
         port=port,
@@ -113,4 +117,4 @@ def agent(
         heartbeat=heartbeat,
         assign_by=assign_by,
     )
-    done(run_agent(settings(), command, emit=emit))
+    raise typer.Exit(run_agent(cli.session(), command, emit=cli.emit))

@@ -4,11 +4,14 @@ name), so they are top-level commands like the rest."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import typer
 
 from reconciler import arguments as a
+
+if TYPE_CHECKING:
+    from reconciler.cli_base import Invocation
 
 commands = typer.Typer(add_completion=False, rich_markup_mode=None)
 
@@ -19,41 +22,46 @@ class Emit(Protocol):
 
 @commands.command()
 def overview(
-    env: a.Env = None, ref: a.Ref = None, as_json: a.Json = False, live: a.Live = True
+    ctx: typer.Context,
+    env: a.Env = None,
+    ref: a.Ref = None,
+    as_json: a.Json = False,
+    live: a.Live = True,
 ) -> None:
     """Per environment: last run, drift, pending, blocked, window; the promotion matrix."""
-    from reconciler.cli_base import emit, settings
     from reconciler.commands.overview import overview as run
     from reconciler.views import overview as view
 
-    report = run(settings(), ref=ref, environments=env or (), live=live)
-    emit(view.json(report) if as_json else view.human(report))
+    cli: Invocation = ctx.obj
+    report = run(cli.session(), ref=ref, environments=env or (), live=live)
+    cli.emit(view.json(report) if as_json else view.human(report))
 
 
 @commands.command()
-def schedules(env: a.Env = None, as_json: a.Json = False) -> None:
+def schedules(ctx: typer.Context, env: a.Env = None, as_json: a.Json = False) -> None:
     """When each recorded schedule fires next, in its zone and in UTC."""
-    from reconciler.cli_base import emit, settings
     from reconciler.commands.schedules import schedules as run
     from reconciler.views import schedules as view
 
-    report = run(settings(), env or ())
-    emit(view.json(report) if as_json else view.human(report))
+    cli: Invocation = ctx.obj
+    report = run(cli.session(), env or ())
+    cli.emit(view.json(report) if as_json else view.human(report))
 
 
 @commands.command()
-def show(run_id: a.RunId, as_json: a.Json = False) -> None:
+def show(ctx: typer.Context, run_id: a.RunId, as_json: a.Json = False) -> None:
     """One recorded run: its changes, field by field."""
-    from reconciler.cli_base import emit, settings
     from reconciler.commands.show import show as run
     from reconciler.views import show as view
 
-    report = run(settings(), run_id)
-    emit(view.json(report) if as_json else view.human(report))
+    cli: Invocation = ctx.obj
+    report = run(cli.session(), run_id)
+    cli.emit(view.json(report) if as_json else view.human(report))
 
 
 @commands.command()
 def serve(
+    ctx: typer.Context,
     host: a.Host = "127.0.0.1",
     port: a.Port = 8377,
     refresh: a.Refresh = "60s",
@@ -62,15 +70,15 @@ def serve(
 ) -> None:
     """Read-only web dashboard and JSON API (token: RECONCILER_DASHBOARD_TOKEN, required
     beyond loopback)."""
-    from reconciler.cli_base import emit, settings
     from reconciler.dashboard.server import serve as run
 
+    cli: Invocation = ctx.obj
     run(
-        settings(),
+        cli.session(),
         host=host,
         port=port,
         refresh=refresh,
         ref=ref,
-        emit=emit,
+        emit=cli.emit,
         insecure_no_token=insecure_no_token,
     )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from reconciler import arguments as a
+
+if TYPE_CHECKING:
+    from reconciler.cli_base import Invocation
 
 commands = typer.Typer(add_completion=False, rich_markup_mode=None)
 executions_app = typer.Typer(add_completion=False, rich_markup_mode=None)
@@ -13,6 +18,7 @@ commands.add_typer(executions_app, name="executions")
 
 @commands.command()
 def run(
+    ctx: typer.Context,
     deployment: a.Deployment,
     env: a.RunEnv,
     input_: a.Input = None,
@@ -20,15 +26,14 @@ def run(
     as_json: a.Json = False,
 ) -> None:
     """Invoke a deployment as it is recorded applied in ENV; exit 0 completed, 1 failed."""
-    from reconciler.cli_base import done, emit, settings
     from reconciler.commands.run import parse_input
     from reconciler.commands.run import run as command
     from reconciler.views import run as view
 
-    s = settings()
-    report = command(s, deployment, env, parse_input(input_, input_file))
-    emit(view.json(report) if as_json else view.human(report))
-    done(report.exit_code)
+    cli: Invocation = ctx.obj
+    report = command(cli.session(), deployment, env, parse_input(input_, input_file))
+    cli.emit(view.json(report) if as_json else view.human(report))
+    raise typer.Exit(report.exit_code)
 
 
 @executions_app.callback(invoke_without_command=True)
@@ -42,55 +47,60 @@ def executions(
     as_json: a.Json = False,
 ) -> None:
     """Recorded executions, newest first (`executions show ID`: one, whole)."""
+    cli: Invocation = ctx.obj
     if ctx.invoked_subcommand is not None:
         return
-    from reconciler.cli_base import emit, settings
     from reconciler.commands.executions import list_executions, parse_since
     from reconciler.views import run as view
 
     found = list_executions(
-        settings(),
+        cli.session(),
         environments=env or (),
         deployments=deployment or (),
         statuses=status or (),
         since=parse_since(since),
         limit=limit,
     )
-    emit(view.list_json(found) if as_json else view.list_human(found))
+    cli.emit(view.list_json(found) if as_json else view.list_human(found))
 
 
 @executions_app.command("show")
-def show(execution_id: a.ExecutionId, as_json: a.Json = False) -> None:
+def show(ctx: typer.Context, execution_id: a.ExecutionId, as_json: a.Json = False) -> None:
     """One execution whole: input, output, usage, cost, error."""
-    from reconciler.cli_base import emit, settings
     from reconciler.commands.executions import show_execution
     from reconciler.views import run as view
 
-    ex = show_execution(settings(), execution_id)
-    emit(view.json_document(ex) if as_json else view.execution_human(ex))
+    cli: Invocation = ctx.obj
+    ex = show_execution(cli.session(), execution_id)
+    cli.emit(view.json_document(ex) if as_json else view.execution_human(ex))
 
 
 @commands.command()
 def metrics(
+    ctx: typer.Context,
     env: a.Env = None,
     deployment: a.Deployments = None,
     since: a.Since = None,
     as_json: a.Json = False,
 ) -> None:
     """Requests, success rate, latency p50/p95/p99, tokens and cost per deployment."""
-    from reconciler.cli_base import emit, settings
     from reconciler.commands.executions import parse_since
     from reconciler.commands.metrics import metrics as command
     from reconciler.views import metrics as view
 
+    cli: Invocation = ctx.obj
     report = command(
-        settings(), environments=env or (), deployments=deployment or (), since=parse_since(since)
+        cli.session(),
+        environments=env or (),
+        deployments=deployment or (),
+        since=parse_since(since),
     )
-    emit(view.json(report) if as_json else view.human(report))
+    cli.emit(view.json(report) if as_json else view.human(report))
 
 
 @commands.command()
 def promote(
+    ctx: typer.Context,
     source: a.PromoteFrom,
     target: a.PromoteTo,
     deployments: a.PromoteDeployments = None,
@@ -101,25 +111,25 @@ def promote(
 ) -> None:
     """What --from has applied, whether --to may take it, and the manifest edit (exit 3
     when a deployment is not eligible)."""
-    from reconciler.cli_base import done, emit, settings
     from reconciler.commands.promote import promote as command
     from reconciler.views import promote as view
 
+    cli: Invocation = ctx.obj
     report = command(
-        settings(), source, target, deployments or (), branch=branch, push=push, open_pr=open_pr
+        cli.session(), source, target, deployments or (), branch=branch, push=push, open_pr=open_pr
     )
-    emit(view.json(report) if as_json else view.human(report))
-    done(report.exit_code)
+    cli.emit(view.json(report) if as_json else view.human(report))
+    raise typer.Exit(report.exit_code)
 
 
 @commands.command("eval")
-def eval_(name: a.EvalName, env: a.RunEnv, as_json: a.Json = False) -> None:
+def eval_(ctx: typer.Context, name: a.EvalName, env: a.RunEnv, as_json: a.Json = False) -> None:
     """Run an Eval's dataset against the deployment as applied in ENV and record each
     call; exit 0 passed, 1 failed or stopped by its budget, 3 inconclusive."""
-    from reconciler.cli_base import done, emit, settings
     from reconciler.commands.evaluate import evaluate
     from reconciler.views import evaluate as view
 
-    report = evaluate(settings(), name, env)
-    emit(view.json(report) if as_json else view.human(report))
-    done(report.exit_code)
+    cli: Invocation = ctx.obj
+    report = evaluate(cli.session(), name, env)
+    cli.emit(view.json(report) if as_json else view.human(report))
+    raise typer.Exit(report.exit_code)
