@@ -146,7 +146,8 @@ def stand_in(run_latency: float) -> Iterator[str]:
 
 
 def bench_fire(schedules: int, latency: float, parallelism: int) -> None:
-    from reconciler.commands.live import ProvidersOfRecord
+    from reconciler.engine.live import ProvidersOfRecord
+    from reconciler.session import Session
     from reconciler.state import open_state
 
     with stand_in(latency) as url:
@@ -154,7 +155,7 @@ def bench_fire(schedules: int, latency: float, parallelism: int) -> None:
         reconciler(repo, "apply", "--parallelism", "32")
         settings, engine = _engine(repo, parallelism)
         state = open_state(settings.state_url, repo_root=repo, env=settings.env, read_only=True)
-        providers = ProvidersOfRecord(settings).get(state)
+        providers = ProvidersOfRecord(Session.start(settings)).get(state)
         rec = next(r for k, r in state.applied("bench").items() if k.kind == "Schedule")
         from reconciler.schedules import spec_next_runs
 
@@ -188,6 +189,7 @@ def bench_delay(runs: int) -> None:
             repo = make_repo(api.url, 1)
             reconciler(repo, "apply")
             from reconciler.config import load_settings
+            from reconciler.session import Session
 
             settings = load_settings(repo, env={**os.environ, "BENCH_TOKEN": TOKEN})
             state = open_state(settings.state_url, repo_root=repo, env={}, read_only=True)
@@ -195,7 +197,7 @@ def bench_delay(runs: int) -> None:
             state.close()
             fire = spec_next_runs(rec.spec, rec.applied_at, 1)[0]
             offset = fire - timedelta(seconds=3) - datetime.now(UTC)
-            firer = Firer(settings, clock=lambda o=offset: datetime.now(UTC) + o)
+            firer = Firer(Session.start(settings), clock=lambda o=offset: datetime.now(UTC) + o)
             firer.start()
             api.run_arrived.clear()
             api.run_arrived.wait(30)

@@ -14,14 +14,14 @@ from typing import NoReturn
 
 import typer
 
-from reconciler import agent, dashboard, log
+from reconciler import agent, dashboard
 from reconciler import arguments as a
-from reconciler.cli_base import Invocation, app, done, emit, session, settings
+from reconciler.cli_base import Invocation, app, done, emit
 from reconciler.cli_state import app as state_app
 from reconciler.errors import EXIT_ERROR, EXIT_OK, ReconcilerError
 from reconciler.runs import cli as runs_cli
 
-__all__ = ["app", "emit", "main", "settings"]
+__all__ = ["app", "emit", "main"]
 app.add_typer(state_app, name="state")
 app.add_typer(dashboard.commands)  # overview, schedules, show, serve
 app.add_typer(agent.commands)  # agent
@@ -29,33 +29,39 @@ app.add_typer(runs_cli.commands)  # run, executions, metrics
 
 
 @app.command()
-def validate(paths: a.Paths = None, ref: a.Ref = None) -> None:
+def validate(ctx: typer.Context, paths: a.Paths = None, ref: a.Ref = None) -> None:
     """Check every manifest; print every problem as path:line:col: message. Exit 0/1."""
-    from reconciler.commands.validate import validate as run
+    cli: Invocation = ctx.obj
+    from reconciler.engine.validate import validate as run
     from reconciler.views import validate as view
 
-    emit(view.human(run(settings(), paths or (), ref)))
+    cli.emit(view.human(run(cli.session(), paths or (), ref)))
 
 
 @app.command()
-def schema(out_dir: a.SchemaDir = Path("schemas")) -> None:
+def schema(ctx: typer.Context, out_dir: a.SchemaDir = Path("schemas")) -> None:
     """Write JSON Schemas (one per kind, one for any manifest) for editors."""
+    cli: Invocation = ctx.obj
     from reconciler.manifests.schema import write_schemas
 
-    emit("".join(f"{p}\n" for p in write_schemas(out_dir)))
+    cli.emit("".join(f"{p}\n" for p in write_schemas(out_dir)))
 
 
 @app.command()
 def init(
-    directory: a.Directory = Path("."), ci: a.Ci = "github", approvals: a.InitApprovals = None
+    ctx: typer.Context,
+    directory: a.Directory = Path("."),
+    ci: a.Ci = "github",
+    approvals: a.InitApprovals = None,
 ) -> None:
     """Scaffold a new manifests repo: config, dev and a protected production, a provider
     and a deployment."""
+    cli: Invocation = ctx.obj
     from reconciler.scaffold import init_repo
 
     directory.mkdir(parents=True, exist_ok=True)
-    emit("".join(f"created {p}\n" for p in init_repo(directory, ci=ci, approvals=approvals)))
-    emit(f"next: cd {directory} && reconciler validate && reconciler plan\n")
+    cli.emit("".join(f"created {p}\n" for p in init_repo(directory, ci=ci, approvals=approvals)))
+    cli.emit(f"next: cd {directory} && reconciler validate && reconciler plan\n")
 
 
 def _color() -> bool:
@@ -66,6 +72,7 @@ def _color() -> bool:
 
 @app.command()
 def plan(
+    ctx: typer.Context,
     env: a.Env = None,
     ref: a.Ref = None,
     as_json: a.Json = False,
@@ -77,32 +84,35 @@ def plan(
     pr: a.Pr = None,
 ) -> None:
     """Show what apply would change: per environment, create/update/replace/delete."""
+    cli: Invocation = ctx.obj
     from reconciler import ci
-    from reconciler.commands import forge
-    from reconciler.commands.plan import PlanOptions
-    from reconciler.commands.plan import plan as run
+    from reconciler.engine import forge
+    from reconciler.engine.plan import PlanOptions
+    from reconciler.engine.plan import plan as run
     from reconciler.views import plan as view
 
-    s = settings()
+    s = cli.session()
+    redact = s.redactor.redact
     p = run(s, PlanOptions(tuple(env or ()), ref, allow_delete))
     if out_file is not None:
-        out_file.write_text(log.redact(view.json(p)), encoding="utf-8")
-        emit(f"plan saved to {out_file}\n", err=True)
-    emit(
+        out_file.write_text(redact(view.json(p)), encoding="utf-8")
+        cli.emit(f"plan saved to {out_file}\n", err=True)
+    cli.emit(
         view.json(p) if as_json else view.markdown(p) if markdown else view.human(p, color=_color())
     )
-    if s.env.get("GITHUB_STEP_SUMMARY"):  # rendering 10,000 changes costs; only when asked
-        ci.append_step_summary(s.env, log.redact(view.markdown(p)))
+    if s.settings.env.get("GITHUB_STEP_SUMMARY"):  # rendering 10,000 changes costs: if asked
+        ci.append_step_summary(s.settings.env, redact(view.markdown(p)))
     if comment:
-        body = log.redact(view.markdown(p))
+        body = redact(view.markdown(p))
         number = forge.post_plan_comment(s, body, view.PLAN_COMMENT_MARKER, pr)
-        emit(f"plan posted to pull request #{number}\n", err=True)
+        cli.emit(f"plan posted to pull request #{number}\n", err=True)
     if detailed_exitcode and p.has_changes:
         done(2)
 
 
 @app.command()
 def approvals(
+    ctx: typer.Context,
     env: a.Env = None,
     commit: a.Commit = None,
     pr: a.Pr = None,
@@ -110,20 +120,22 @@ def approvals(
     as_json: a.Json = False,
 ) -> None:
     """Judge approvals for each environment the change touches; exit 0 met, 3 not."""
-    from reconciler.commands import approvals as command
+    cli: Invocation = ctx.obj
+    from reconciler.engine import approvals as command
     from reconciler.views import approvals as view
 
-    s = settings()
+    s = cli.session()
     report = command.judge(s, commit=commit, pull_request=pr, environments=tuple(env or ()))
-    emit(view.json(report) if as_json else view.human(report))
+    cli.emit(view.json(report) if as_json else view.human(report))
     if status:
-        command.post_status(s, report, log.redact(view.status_description(report)))
-        emit(view.posted(report), err=True)
+        command.post_status(s, report, s.redactor.redact(view.status_description(report)))
+        cli.emit(view.posted(report), err=True)
     done(report.exit_code)
 
 
 @app.command()
 def approve(
+    ctx: typer.Context,
     pr: a.ApprovePr,
     reviewer: a.Reviewer,
     commit: a.MergeCommit = None,
@@ -131,16 +143,18 @@ def approve(
     title: a.Title = None,
 ) -> None:
     """Record an approval in the approvals file (source: file), facts filled from git."""
-    from reconciler.commands.approve import ApproveOptions
-    from reconciler.commands.approve import approve as run
+    cli: Invocation = ctx.obj
+    from reconciler.engine.approve import ApproveOptions
+    from reconciler.engine.approve import approve as run
     from reconciler.views import approvals as view
 
-    report = run(settings(), ApproveOptions(pr, reviewer, commit, author, title))
-    emit(view.approved(report))
+    report = run(cli.session(), ApproveOptions(pr, reviewer, commit, author, title))
+    cli.emit(view.approved(report))
 
 
 @app.command()
 def apply(
+    ctx: typer.Context,
     env: a.Env = None,
     plan_file: a.PlanFile = None,
     commit: a.Commit = None,
@@ -154,59 +168,64 @@ def apply(
     run_timeout: a.RunTimeout = None,
 ) -> None:
     """Apply the changes; exit 0 applied, 1 failed, 3 blocked, 4 locked."""
+    cli: Invocation = ctx.obj
     from reconciler import ci
     from reconciler.commands import apply as command
-    from reconciler.commands.drift import heal as run_heal
     from reconciler.views import apply as view
 
-    s = settings()
-    if heal:
-        healed = run_heal(s, env or (), break_lock=break_lock, parallelism=parallelism)
-        emit(view.heal_human(healed))
-        done(healed.exit_code)
-    ctx = ci.detect(s.env)
+    s = cli.session()
     opts = command.ApplyOptions(
         environments=tuple(env or ()),
         plan_file=plan_file,
-        commit=commit or (ctx.commit if plan_file is None else None),
+        commit=commit,
         allow_delete=allow_delete,
         rollback_on_failure=rollback_on_failure,
         break_lock=break_lock,
         parallelism=parallelism,
         override_window=override_window,
-        pull_request=pr or ctx.pull_request,
+        pull_request=pr,
         run_timeout=run_timeout,
     )
-    with view.progress(sys.stderr) as watch:
-        report = command.apply(s, opts, progress=watch.progress, health=watch.health)
-    emit(view.human(report))
-    ci.append_step_summary(s.env, log.redact(view.summary_markdown(report.results)))
+    if heal:
+        healed = command.heal_drift(s, opts)
+        cli.emit(view.heal_human(healed))
+        done(healed.exit_code)
+    with view.progress(sys.stderr, s.redactor) as watch:
+        report = command.apply(s, opts, watch)
+    cli.emit(view.human(report))
+    summary = view.summary_markdown(report.results)
+    ci.append_step_summary(s.settings.env, s.redactor.redact(summary))
     done(report.exit_code)
 
 
 @app.command()
-def status(env: a.Env = None, as_json: a.Json = False, health: a.Health = True) -> None:
+def status(
+    ctx: typer.Context, env: a.Env = None, as_json: a.Json = False, health: a.Health = True
+) -> None:
     """What is recorded as deployed where, its health, and when schedules run next."""
-    from reconciler.commands.status import status as run
+    cli: Invocation = ctx.obj
+    from reconciler.engine.status import status as run
     from reconciler.views import status as view
 
-    report = run(settings(), env or (), health=health)
-    emit(view.json(report) if as_json else view.human(report))
+    report = run(cli.session(), env or (), health=health)
+    cli.emit(view.json(report) if as_json else view.human(report))
 
 
 @app.command()
-def drift(env: a.Env = None, as_json: a.Json = False) -> None:
+def drift(ctx: typer.Context, env: a.Env = None, as_json: a.Json = False) -> None:
     """Compare live provider state with what was recorded; exit 2 when anything drifted."""
-    from reconciler.commands.drift import drift as run
+    cli: Invocation = ctx.obj
+    from reconciler.engine.drift import drift as run
     from reconciler.views import drift as view
 
-    report = run(settings(), env or ())
-    emit(view.json(report) if as_json else view.human(report))
+    report = run(cli.session(), env or ())
+    cli.emit(view.json(report) if as_json else view.human(report))
     done(report.exit_code)
 
 
 @app.command()
 def rollback(
+    ctx: typer.Context,
     commits: a.Commits = None,
     to: a.To = None,
     branch: a.Branch = None,
@@ -214,38 +233,45 @@ def rollback(
     open_pr: a.OpenPr = False,
 ) -> None:
     """Write a revert commit (like git revert) that apply records as a rollback."""
-    from reconciler.commands.rollback import rollback as run
+    cli: Invocation = ctx.obj
+    from reconciler.engine.rollback import rollback as run
     from reconciler.views import rollback as view
 
-    result = run(settings(), commits or (), to=to, branch=branch, push=push, open_pr=open_pr)
-    emit(view.human(result))
+    result = run(cli.session(), commits or (), to=to, branch=branch, push=push, open_pr=open_pr)
+    cli.emit(view.human(result))
 
 
 @app.command()
-def watch(env: a.Env = None, apply_: a.WatchApply = False) -> None:
+def watch(ctx: typer.Context, env: a.Env = None, apply_: a.WatchApply = False) -> None:
     """Re-validate and re-plan on every save; Ctrl-C to stop."""
+    cli: Invocation = ctx.obj
     from reconciler import watch as mechanism
     from reconciler.commands.watch import WatchSession
 
-    session = WatchSession(settings(), tuple(env or ()), apply_, lambda text: emit(text + "\n"))
+    watching = WatchSession(
+        cli.session(), tuple(env or ()), apply_, lambda text: cli.emit(text + "\n")
+    )
     try:
-        mechanism.run(session.settings, session.on_change)
+        mechanism.run(watching.session.settings, watching.on_change)
     except KeyboardInterrupt:
-        emit("stopped\n")
+        cli.emit("stopped\n")
 
 
 @app.command()
-def history(env: a.Env = None, as_json: a.Json = False, limit: a.Limit = 50) -> None:
+def history(
+    ctx: typer.Context, env: a.Env = None, as_json: a.Json = False, limit: a.Limit = 50
+) -> None:
     """Runs, newest first: commit, trigger, pull request, approvers, outcome, rollbacks."""
-    from reconciler.commands.history import history as run
+    cli: Invocation = ctx.obj
+    from reconciler.engine.history import history as run
     from reconciler.views import history as view
 
-    report = run(settings(), env or (), limit=limit)
-    emit(view.json(report) if as_json else view.human(report))
+    report = run(cli.session(), env or (), limit=limit)
+    cli.emit(view.json(report) if as_json else view.human(report))
 
 
-def _error(e: ReconcilerError) -> None:
-    emit(f"error: {e.message}\n" + (f"{e.details}\n" if e.details else ""), err=True)
+def _error(e: ReconcilerError, inv: Invocation) -> None:
+    inv.emit(f"error: {e.message}\n" + (f"{e.details}\n" if e.details else ""), err=True)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -258,31 +284,31 @@ def main(argv: list[str] | None = None) -> NoReturn:
         if isinstance(returned, int):
             code = returned
     except ReconcilerError as e:
-        _error(e)
+        _error(e, inv)
         code = e.exit_code
     except typer.Exit as e:
         code = e.exit_code
     except KeyboardInterrupt:
-        emit("interrupted\n", err=True)
+        inv.emit("interrupted\n", err=True)
         code = 130
     except Exception as e:  # usage errors and anything unexpected
-        code = _unexpected(e, inv.verbosity)
+        code = _unexpected(e, inv)
     sys.exit(code)
 
 
-def _unexpected(e: Exception, verbosity: int) -> int:
+def _unexpected(e: Exception, inv: Invocation) -> int:
     show = getattr(e, "show", None)
     if isinstance(e, typer.Abort):
-        emit("aborted\n", err=True)
+        inv.emit("aborted\n", err=True)
         return EXIT_ERROR
     if callable(show) and isinstance(getattr(e, "exit_code", None), int):
         # click's usage errors (typer vendors click, so match by shape, not class)
         show(file=sys.stderr)
         return e.exit_code  # type: ignore[attr-defined,no-any-return]
-    emit(f"internal error: {type(e).__name__}: {e}\n", err=True)
-    emit("this is a bug in reconciler; re-run with -v and report it\n", err=True)
-    if verbosity > 0:
+    inv.emit(f"internal error: {type(e).__name__}: {e}\n", err=True)
+    inv.emit("this is a bug in reconciler; re-run with -v and report it\n", err=True)
+    if inv.verbosity > 0:
         import traceback
 
-        emit(traceback.format_exc(), err=True)
+        inv.emit(traceback.format_exc(), err=True)
     return EXIT_ERROR

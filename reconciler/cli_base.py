@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from reconciler import arguments as a
 from reconciler import log
-from reconciler.config import Settings, load_settings
+from reconciler.config import load_settings
 from reconciler.errors import ReconcilerError
 from reconciler.session import Session
 
@@ -117,29 +116,10 @@ class Invocation:
         stream.flush()
 
 
-def invocation(ctx: click.Context | None = None) -> Invocation:
-    """This command line's options (a fresh default outside one: a test calling a
-    command's function)."""
-    ctx = ctx or click.get_current_context(silent=True)
-    obj = ctx.find_root().obj if ctx is not None else None
-    if isinstance(obj, Invocation):
-        return obj
-    return Invocation()
-
-
-def session() -> Session:
-    """The running command's session (settings resolved once per invocation)."""
-    return invocation().session()
-
-
-def settings() -> Settings:
-    return session().settings
-
-
 def emit(text: str, *, err: bool = False) -> None:
-    """The one way out for results and notes: every secret value the command's session
-    knows of is masked (outside a command, every value the process registered)."""
-    invocation().emit(text, err=err)
+    """Output outside any command (its error once the command has ended): masked by
+    every value the process's sessions registered."""
+    Invocation().emit(text, err=err)
 
 
 def done(code: int) -> NoReturn:

@@ -28,7 +28,7 @@ def migrate(ctx: typer.Context, to_url: To, from_url: From = None) -> None:
     """Copy every environment's state with its history (runs, changes, serials) and the
     fingerprint key; refuses a target that has any of it already. Exit 4 while a run
     holds a lock."""
-    from reconciler.commands.state import migrate as run
+    from reconciler.engine.state import migrate as run
     from reconciler.views import state as view
 
     cli: Invocation = ctx.obj

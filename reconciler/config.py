@@ -6,7 +6,7 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -164,6 +164,18 @@ def load_settings(
         run_timeout_source=run_timeout_source,
         executions=_executions(env.get(EXECUTIONS_KEEP_ENV), cfg),
     )
+
+
+def with_command_flags(
+    settings: Settings, *, parallelism: int | None = None, run_timeout: float | None = None
+) -> Settings:
+    """A command's own flags over the settings: a flag wins over the environment and
+    reconciler.yaml (resolved in `load_settings`), here and nowhere else."""
+    if parallelism:
+        settings = replace(settings, parallelism=parallelism)
+    if run_timeout is not None:
+        settings = replace(settings, run_timeout=run_timeout, run_timeout_source="--run-timeout")
+    return settings
 
 
 #: Overrides reconciler.yaml's `executions.keep`.

@@ -64,22 +64,26 @@ def referenced_names(desired: Desired) -> set[str]:
     return names
 
 
+def desired_secrets(desired: Desired, env: Mapping[str, str]) -> dict[str, str]:
+    """Every secret value the manifests refer to, in all environments, by name
+    (`referenced_names`). A credential "name" that is not set and not written like a
+    variable (`tokenEnv: hunter2`) may be the credential itself, typed in the wrong
+    place: it is a secret too (named by itself)."""
+    found = {name: env[name] for name in referenced_names(desired) if env.get(name)}
+    for provs in desired.providers.values():
+        for pc in provs.values():
+            for name in pc.credentials.values():
+                if name not in env and not _CONVENTIONAL_VAR.match(name):
+                    found[name] = name
+    return found
+
+
 def register_desired(desired: Desired, env: Mapping[str, str]) -> set[str]:
-    """Every secret value the manifests refer to, in all environments; returns their
-    names (`referenced_names`). A credential "name" that is not set and not written
-    like a variable (`tokenEnv: hunter2`) may be the credential itself, typed in the
-    wrong place: it is masked too."""
+    """Every secret value the manifests refer to (`desired_secrets`) and the
+    environment's own; returns the names the manifests refer to."""
     register_environment(env)
-    names = referenced_names(desired)
-    register_secrets(env.get(name) for name in names)
-    register_secrets(
-        name
-        for provs in desired.providers.values()
-        for pc in provs.values()
-        for name in pc.credentials.values()
-        if name not in env and not _CONVENTIONAL_VAR.match(name)
-    )
-    return names
+    register_secrets(desired_secrets(desired, env).values())
+    return referenced_names(desired)
 
 
 def register_recorded(store: StateStore, settings: Settings) -> None:

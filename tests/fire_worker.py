@@ -8,10 +8,11 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from reconciler.commands.live import ProvidersOfRecord
 from reconciler.config import load_settings
+from reconciler.engine.live import ProvidersOfRecord
 from reconciler.runs.fire import FireEngine
 from reconciler.runs.store import open_executions
+from reconciler.session import Session
 from reconciler.state import open_state
 
 
@@ -21,7 +22,7 @@ def main(repo: str, url: str, at: str) -> None:
     engine = FireEngine(settings, store, parallelism=2)
     state = open_state(url, repo_root=settings.repo, env=settings.env)
     try:
-        futures = engine.tick(state, ProvidersOfRecord(settings).get(state),
+        futures = engine.tick(state, ProvidersOfRecord(Session.start(settings)).get(state),
                               datetime.fromisoformat(at))  # fmt: skip
         for f in futures:
             ex = f.result(60)

@@ -25,6 +25,7 @@ from reconciler.agent.source import DeployBranch
 from reconciler.config import load_settings
 from reconciler.errors import ConfigError
 from reconciler.load import load
+from reconciler.session import Session
 
 ENVS = """apiVersion: reconciler/v1
 kind: Environment
@@ -81,7 +82,12 @@ def _agent(root: Path, clock: Clock) -> Agent:
     source = DeployBranch(root, env={}, own_clone=False)
     options = AgentOptions(state_retry=15.0)
     return Agent(
-        settings, source, notifier=Notifier({}), metrics=Metrics(), options=options, clock=clock
+        Session.start(settings),
+        source,
+        notifier=Notifier({}),
+        metrics=Metrics(),
+        options=options,
+        clock=clock,
     )
 
 

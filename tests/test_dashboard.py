@@ -15,18 +15,19 @@ from conftest import commit_all, run_cli, write_files
 from dashboard_fixture import HAND_EDITED_SECRET, REGISTRY_TOKEN, SECRET, DashboardRepo
 from dashboard_server import Server, start
 
-from reconciler.commands.apply import ApplyOptions
-from reconciler.commands.apply import apply as run_apply
-from reconciler.commands.live import LiveReport
-from reconciler.commands.overview import collect_overview
-from reconciler.commands.plan import build_plan
 from reconciler.config import ApprovalsConfig, load_settings
 from reconciler.dashboard.links import forge_links
 from reconciler.dashboard.refresh import Refresher
 from reconciler.drift import DriftReport
+from reconciler.engine.apply import ApplyRequest
+from reconciler.engine.apply import apply as run_apply
+from reconciler.engine.live import LiveReport
+from reconciler.engine.overview import collect_overview
+from reconciler.engine.plan import build_plan
 from reconciler.instances import InstanceKey
 from reconciler.plan import Plan
 from reconciler.providers import HealthStatus
+from reconciler.session import Session
 from reconciler.state import open_state
 from reconciler.state.base import RunRecord
 from reconciler.views import overview as overview_view
@@ -179,7 +180,9 @@ def applied_repo(example_repo: Path) -> Path:
 
 def test_refresher_rebuilds_only_when_something_moved(applied_repo: Path) -> None:
     clock = Clock(datetime.now(UTC))
-    r = Refresher(load_settings(applied_repo), interval=60, verdicts=lambda p: {}, clock=clock)
+    r = Refresher(
+        Session.start(load_settings(applied_repo)), interval=60, verdicts=lambda p: {}, clock=clock
+    )
     first = r.refresh()
     assert first.live is not None and first.live.at == clock.at
     clock.at += timedelta(seconds=5)
@@ -205,7 +208,12 @@ def test_refresher_rebuilds_only_when_something_moved(applied_repo: Path) -> Non
 
 def test_refresher_redoes_schedules_when_a_fire_time_passed(applied_repo: Path) -> None:
     clock = Clock(datetime.now(UTC))
-    r = Refresher(load_settings(applied_repo), interval=3600, verdicts=lambda p: {}, clock=clock)
+    r = Refresher(
+        Session.start(load_settings(applied_repo)),
+        interval=3600,
+        verdicts=lambda p: {},
+        clock=clock,
+    )
     first = r.refresh()
     until = first.schedules.valid_until
     assert until is not None  # dev's ticket-digest runs every 30 minutes
@@ -216,7 +224,7 @@ def test_refresher_redoes_schedules_when_a_fire_time_passed(applied_repo: Path) 
 
 
 def test_refresher_keeps_the_last_good_snapshot(applied_repo: Path) -> None:
-    r = Refresher(load_settings(applied_repo), verdicts=lambda p: {})
+    r = Refresher(Session.start(load_settings(applied_repo)), verdicts=lambda p: {})
     good = r.refresh()
     write_files(applied_repo, {"manifests/broken.yaml": "kind: Deployment\nmetadata: {}\n"})
     commit_all(applied_repo, "broken")
@@ -233,7 +241,9 @@ def test_verdicts_are_a_parameter_and_fail_closed(applied_repo: Path) -> None:
     def frozen(plan: Plan) -> dict[str, list[str]]:
         return {"production": ["frozen for the holidays"]}
 
-    snap = Refresher(settings, verdicts=frozen, live=False, clock=Clock(WEDNESDAY)).refresh()
+    snap = Refresher(
+        Session.start(settings), verdicts=frozen, live=False, clock=Clock(WEDNESDAY)
+    ).refresh()
     prod = next(e for e in snap.overview.environments if e.name == "production")
     assert prod.blocked == ["frozen for the holidays"]
     assert snap.overview.verdicts_as_of is not None
@@ -243,7 +253,9 @@ def test_verdicts_are_a_parameter_and_fail_closed(applied_repo: Path) -> None:
 
         raise ApprovalSourceError("forge unreachable")
 
-    snap = Refresher(settings, verdicts=broken, live=False, clock=Clock(WEDNESDAY)).refresh()
+    snap = Refresher(
+        Session.start(settings), verdicts=broken, live=False, clock=Clock(WEDNESDAY)
+    ).refresh()
     blocked = {e.name: e.blocked for e in snap.overview.environments}
     assert blocked["production"] == ["cannot judge approvals, refusing: forge unreachable"]
     assert blocked["staging"] == blocked["production"]  # staging has pending changes too
@@ -273,7 +285,7 @@ def test_the_window_is_the_policy_of_records_not_the_branch_heads(
     envs.write_text(original.replace(DEV_SPEC, DEV_SPEC + RECORDED_WINDOW, 1))
     commit_all(example_repo, "dev: no deploys from 09:00 to 11:00 UTC")
     settings = load_settings(example_repo)
-    report = run_apply(settings, ApplyOptions(environments=["dev"], now=WEDNESDAY))
+    report = run_apply(Session.start(settings), ApplyRequest(environments=["dev"], now=WEDNESDAY))
     assert report.exit_code == 0 and report.results[0].outcome == "applied"
 
     envs.write_text(original.replace(DEV_SPEC, DEV_SPEC + head_window, 1))
@@ -282,7 +294,9 @@ def test_the_window_is_the_policy_of_records_not_the_branch_heads(
     commit_all(example_repo, "dev: deploy whenever; longer answers")
 
     at_0930 = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
-    snap = Refresher(settings, verdicts=lambda p: {}, live=False, clock=Clock(at_0930)).refresh()
+    snap = Refresher(
+        Session.start(settings), verdicts=lambda p: {}, live=False, clock=Clock(at_0930)
+    ).refresh()
     doc = json.loads(overview_view.json(snap.overview))
     dev = next(e for e in doc["environments"] if e["name"] == "dev")
     (run,) = json.loads(run_cli(["--repo", str(example_repo), "history", "--json"]).out)
@@ -307,7 +321,7 @@ def test_matrix_highlights_differences_and_counts_degraded(applied_repo: Path) -
     assert run_cli(["--repo", str(applied_repo), "apply", "--env", "staging"]).code == 0
     store = open_state(settings.state_url, repo_root=applied_repo, env={}, read_only=True)
     try:
-        loaded, plan, _ = build_plan(settings, store, ref="main")
+        loaded, plan, _ = build_plan(Session.start(settings), store, ref="main")
         chat = InstanceKey("staging", "Deployment", "support-chat")
         live = LiveReport(
             datetime.now(UTC),
@@ -407,7 +421,7 @@ def test_history_of_a_commit_this_clone_does_not_have(applied_repo: Path) -> Non
     r = run_cli(["--repo", str(applied_repo), "history", "--env", "dev", "--json"])
     assert r.code == 0, r.err
     assert json.loads(r.out)[0]["subject"] is None
-    snap = Refresher(settings, verdicts=lambda p: {}, live=False).refresh()
+    snap = Refresher(Session.start(settings), verdicts=lambda p: {}, live=False).refresh()
     assert snap.history.rows[0].run.id == "elsewhere"
 
 
@@ -420,8 +434,9 @@ def test_an_agent_embeds_the_app_and_drives_the_refresher(applied_repo: Path) ->
     from reconciler.dashboard.app import make_app
 
     settings = load_settings(applied_repo)
-    refresher = Refresher(settings, verdicts=lambda p: {}, live=False)
-    app = make_app(settings, refresher=refresher)
+    session = Session.start(settings)
+    refresher = Refresher(session, verdicts=lambda p: {}, live=False)
+    app = make_app(session, refresher=refresher)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

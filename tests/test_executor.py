@@ -696,8 +696,9 @@ def test_cli_rollback_on_failure_restores_the_registry_and_the_state(tmp_path: P
 def test_a_refusal_found_under_the_lock_names_the_refused_change(tmp_path: Path) -> None:
     """Between plan and lock another run recorded `ghost`; deleting it in a protected
     environment is refused, and the error says so (not the first change's verdict)."""
-    from reconciler.commands.apply import ApplyOptions, run_apply
     from reconciler.config import load_settings
+    from reconciler.engine.apply import ApplyRequest, run_apply
+    from reconciler.session import Session
 
     repo = init_repo(tmp_path / "repo")
     protected = REPO_ENV.replace("{description: test}", "{description: test, protected: true}")
@@ -748,7 +749,7 @@ def test_a_refusal_found_under_the_lock_names_the_refused_change(tmp_path: Path)
     settings = load_settings(repo, env={})
     store = Moving(repo / ".reconciler" / "state.db", env={})
     with pytest.raises(ReconcilerError, match=r"deleting deployment\.ghost needs --allow-delete"):
-        run_apply(settings, store, ApplyOptions())
+        run_apply(Session.start(settings), store, ApplyRequest())
     assert store.lock_holder(ENV) is None
     store.close()
 

@@ -18,13 +18,14 @@ from conftest import commit_all
 from fakes.deploy_api import FakeDeployApi
 from run_world import TOKEN, cli, make_repo
 
-from reconciler.commands.live import ProvidersOfRecord
 from reconciler.config import load_settings
+from reconciler.engine.live import ProvidersOfRecord
 from reconciler.instances import InstanceKey
 from reconciler.runs.fire import FireEngine
 from reconciler.runs.model import Execution, Query
 from reconciler.runs.store import open_executions
 from reconciler.schedules import spec_next_runs
+from reconciler.session import Session
 from reconciler.state import open_state
 
 ROOT = Path(__file__).resolve().parent
@@ -56,7 +57,7 @@ class World:
         settings = engine.settings
         state = open_state(settings.state_url, repo_root=self.repo, env=settings.env)
         try:
-            providers = ProvidersOfRecord(settings).get(state)
+            providers = ProvidersOfRecord(Session.start(settings)).get(state)
             futures = engine.tick(state, providers, now)
             done = [f.result(60) for f in futures] if wait else []
             return [ex for ex in done if ex.environment == "prod"]

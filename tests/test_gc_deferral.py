@@ -16,9 +16,10 @@ import pytest
 from conftest import init_repo, write_files
 from executor_world import REPO_ENV
 
-from reconciler.commands.apply import ApplyOptions, run_apply
 from reconciler.config import load_settings
+from reconciler.engine.apply import ApplyRequest, run_apply
 from reconciler.manifests import full_collections_deferred
+from reconciler.session import Session
 from reconciler.state.sqlite import SQLiteState
 
 
@@ -109,7 +110,7 @@ def test_an_apply_run_defers_full_collections_until_it_ends(tmp_path: Path) -> N
 
     store = Watching(tmp_path / "state.db", env={})
     try:
-        report = run_apply(load_settings(repo, env={}), store, ApplyOptions())
+        report = run_apply(Session.start(load_settings(repo, env={})), store, ApplyRequest())
     finally:
         store.close()
     assert report.exit_code == 0

@@ -12,11 +12,12 @@ from executor_world import REPO_ENV
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.commands.apply import ApplyOptions, run_apply
-from reconciler.commands.plan import build_plan
 from reconciler.config import load_settings
+from reconciler.engine.apply import ApplyRequest, run_apply
+from reconciler.engine.plan import build_plan
 from reconciler.instances import Instance, secret_locations, secret_refs
 from reconciler.plan import SENSITIVE, _mask, _masked_body
+from reconciler.session import Session
 from reconciler.state.sqlite import SQLiteState
 
 NAMES = st.sampled_from(["A_KEY", "B_TOKEN", "C"])
@@ -110,16 +111,19 @@ def test_a_plan_walks_only_the_specs_of_what_changed(tmp_path: Path) -> None:
     manifests("gpt-4o")
     store = SQLiteState(tmp_path / "state.db", env={})
     try:
-        applied = run_apply(
-            load_settings(repo, env={"API_KEY": "first-value"}), store, ApplyOptions()
-        )
+        first = Session.start(load_settings(repo, env={"API_KEY": "first-value"}))
+        applied = run_apply(first, store, ApplyRequest())
         assert applied.exit_code == 0
         manifests("gpt-4o-mini")
-        built = build_plan(load_settings(repo, env={"API_KEY": "first-value"}), store)
+        built = build_plan(
+            Session.start(load_settings(repo, env={"API_KEY": "first-value"})), store
+        )
         insts = built.loaded.desired.instances["dev"].values()
         assert {i.name for i in insts if "_secrets" in vars(i)} == {"d0"}
         assert [c.name for c in built.plan.environments[0].changes] == ["d0"]
-        rotated = build_plan(load_settings(repo, env={"API_KEY": "second-value"}), store)
+        rotated = build_plan(
+            Session.start(load_settings(repo, env={"API_KEY": "second-value"})), store
+        )
         assert sorted(c.name for c in rotated.plan.environments[0].changes) == ["d0", "d1", "d2"]
     finally:
         store.close()

@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from reconciler.config import Settings
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.log import get_logger, redact
 from reconciler.manifests import Desired
+from reconciler.session import Session
 from reconciler.state.members import Membership, owned, ping
 
 log = get_logger("reconciler.agent")
@@ -161,13 +161,13 @@ class StateProbe:
 
     def __init__(
         self,
-        settings: Settings,
+        session: Session,
         *,
         period: float,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], None] | None = None,
     ) -> None:
-        self.settings = settings
+        self.session = session
         self.period = period
         self.clock = clock
         self.on_change = on_change
@@ -193,13 +193,11 @@ class StateProbe:
     def probe(self) -> None:
         error: str | None = None
         try:
-            url = self.settings.state_url
+            url = self.session.settings.state_url
             if url.startswith(("postgresql://", "postgres://")):
                 ping(url, timeout=max(1, int(self.period)))
             else:
-                from reconciler.commands.context import open_store
-
-                with open_store(self.settings, read_only=True) as store:
+                with self.session.open_store(read_only=True) as store:
                     store.serials()
         except ReconcilerError as e:
             error = e.message

@@ -36,14 +36,13 @@ from reconciler.agent.metrics import Metrics
 from reconciler.agent.notify import Notice, Notifier
 from reconciler.agent.policy import Sync, notify_targets, sync_policies
 from reconciler.agent.source import DeployBranch
-from reconciler.commands.apply import ApplyOptions, run_apply, run_context
-from reconciler.commands.context import manifest_repo, open_store, secret_env
-from reconciler.commands.live import Providers, ProvidersOfRecord
-from reconciler.config import Settings
+from reconciler.engine.apply import ApplyRequest, Watchers, run_apply, run_context
+from reconciler.engine.live import Providers, ProvidersOfRecord
 from reconciler.errors import LockedError, ReconcilerError, StateError, StateMovedError
 from reconciler.executor import ChangeResult, EnvironmentResult, RunContext
-from reconciler.load import Loaded, load
+from reconciler.load import Loaded
 from reconciler.log import get_logger, redact
+from reconciler.session import Session
 from reconciler.state.base import StateStore
 from reconciler.views import agent as notices
 
@@ -112,7 +111,7 @@ class Track:
 class Agent:
     def __init__(
         self,
-        settings: Settings,
+        session: Session,
         source: DeployBranch,
         *,
         notifier: Notifier,
@@ -122,7 +121,8 @@ class Agent:
         coordinator: Coordinator | None = None,
         probe: StateProbe | None = None,
     ) -> None:
-        self.settings = settings
+        self.session = session
+        self.settings = session.settings
         self.source = source
         self.notifier = notifier
         self.metrics = metrics
@@ -137,7 +137,7 @@ class Agent:
         self.fetched: str | None = None
         self.fetch_error: str | None = None
         self.loaded: Loaded | None = None
-        self._of_record = ProvidersOfRecord(settings)
+        self._of_record = ProvidersOfRecord(session)
         self.next_fetch = 0.0
         self.busy: set[str] = set()
         self.heartbeat = clock()
@@ -345,7 +345,7 @@ class Agent:
         """The run this process recorded for `env` since `began`, if it can be read: the
         environment's lock was ours meanwhile, so no other run can have begun then."""
         try:
-            with open_store(self.settings, read_only=True) as store:
+            with self.session.open_store(read_only=True) as store:
                 found = [r for r in store.runs(env, limit=5) if r.started_at >= began]
         except ReconcilerError:
             return None
@@ -368,13 +368,12 @@ class Agent:
         self.fetched = sha
         if self.loaded is None or self.loaded.commit != sha:
             try:
-                loaded = load(self.settings, sha)
+                loaded = self.session.load(sha)
             except ReconcilerError as e:
                 self.metrics.fetches.labels("invalid").inc()
                 self.fetch_error = f"{sha[:12]} does not load: {e.message}"
                 self._commit_problem("load", e, now, sha)
                 return False
-            secret_env(self.settings, loaded.desired)
             self.loaded = loaded
             self._said.pop("load", None)
         self.commit = sha
@@ -444,14 +443,17 @@ class Agent:
             t.next_sync = self.clock() + t.sync.interval
         self.metrics.checks.labels(env).inc()
         log.debug("sync check", environment=env, commit=commit)
-        opts = ApplyOptions(
-            environments=(env,), commit=commit, trigger="agent", loaded=current.loaded
+        request = ApplyRequest(
+            environments=(env,),
+            commit=commit,
+            trigger="agent",
+            loaded=current.loaded,
+            watchers=Watchers(self._progress),
+            trigger_context=self._context,
         )
         started = self.clock()
-        with open_store(self.settings) as store:
-            report = run_apply(
-                self.settings, store, opts, progress=self._progress, trigger_context=self._context
-            )
+        with self.session.open_store() as store:
+            report = run_apply(self.session, store, request)
             result = report.results[0]
             trigger = self._trigger(store, result)
             self._count(env, trigger, result, self.clock() - started)
@@ -466,7 +468,7 @@ class Agent:
                 self._failed(t, message, run_id=result.run_id, store=store, commit=commit)
             else:
                 if result.outcome == "applied":
-                    subject = manifest_repo(self.settings).subject(commit or "HEAD")
+                    subject = self.session.repo.subject(commit or "HEAD")
                     notice = notices.applied(
                         env, result, commit=commit, subject=subject, trigger=trigger
                     )
@@ -476,7 +478,7 @@ class Agent:
 
     def _context(self, loaded: Loaded) -> RunContext:
         """`apply`'s run context (a revert is a rollback), and who applied it."""
-        ctx = run_context(self.settings, loaded)
+        ctx = run_context(self.session, loaded)
         ctx.details["agent"] = True
         return ctx
 
@@ -555,7 +557,7 @@ class Agent:
             t.next_drift = self.clock() + t.sync.drift_interval
         if current.loaded is None:
             return
-        with open_store(self.settings) as store:
+        with self.session.open_store() as store:
             try:  # where the recorded objects were written: see ProvidersOfRecord
                 providers = self._of_record.get(store, current.loaded, environments=[env])
             except ReconcilerError as e:
@@ -656,7 +658,7 @@ class Agent:
             self.notifier.send(notice, notify_targets(store, desired, env))
             return
         try:
-            with open_store(self.settings) as own:
+            with self.session.open_store() as own:
                 self.notifier.send(notice, notify_targets(own, desired, env))
         except ReconcilerError:  # the state is unreachable: the commit's targets still hear
             targets = desired.policy(env).notify if desired and env in desired.environments else []

@@ -18,13 +18,14 @@ from reconciler.agent.metrics import Metrics
 from reconciler.agent.notify import Notifier
 from reconciler.agent.server import HttpServer, make_app
 from reconciler.agent.source import DeployBranch
-from reconciler.config import Settings, load_settings
+from reconciler.config import load_settings
 from reconciler.dashboard.security import TOKEN_VAR, check_listening, loopback_hosts
 from reconciler.dashboard.server import EXPOSED, bind
 from reconciler.errors import EXIT_OK, ConfigError
-from reconciler.log import get_logger, json_lines, register_secret
+from reconciler.log import get_logger, json_lines
 from reconciler.runs.firer import Firer
 from reconciler.schedules import parse_duration
+from reconciler.session import Session
 from reconciler.state.members import check_session_locks
 
 if TYPE_CHECKING:
@@ -73,32 +74,33 @@ def _origin_of(repo: Path) -> str | None:
     return next(iter(r.remote("origin").urls), None) if "origin" in r.remotes else None
 
 
-def prepare(base: Settings, cmd: AgentCommand) -> tuple[Settings, DeployBranch]:
-    """The clone to fetch into, and the settings read from it."""
+def prepare(session: Session, cmd: AgentCommand) -> tuple[Session, DeployBranch]:
+    """The clone to fetch into, and the session over the settings read from it."""
+    base = session.settings
     if cmd.clone is None:
         source = DeployBranch(base.repo, env=base.env, own_clone=False)
         source.prepare()
-        return base, source
+        return session, source
     remote = cmd.remote or _origin_of(base.repo)
     source = DeployBranch(cmd.clone, env=base.env, own_clone=True, remote=remote)
     source.prepare()
     settings = load_settings(
         source.root, state_url=cmd.state_url, env=base.env, approvals_file=base.approvals_file
     )
-    return settings, source
+    return session.with_settings(settings), source
 
 
 def _dashboard(
-    settings: Settings, cmd: AgentCommand, ref: str, port: int, token: str | None
+    session: Session, cmd: AgentCommand, ref: str, port: int, token: str | None
 ) -> tuple[Starlette | None, Refresher | None]:
     if not cmd.dashboard:
         return None, None
     from reconciler.dashboard.app import make_app as dashboard_app
     from reconciler.dashboard.refresh import Refresher
 
-    refresher = Refresher(settings, ref=ref, interval=_seconds("--refresh", cmd.refresh))
+    refresher = Refresher(session, ref=ref, interval=_seconds("--refresh", cmd.refresh))
     app = dashboard_app(
-        settings,
+        session,
         refresher=refresher,
         token=token,
         allowed_hosts=loopback_hosts(cmd.host, port),
@@ -120,10 +122,10 @@ def _options(cmd: AgentCommand, stall_after: float) -> AgentOptions:
     )
 
 
-def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
-    token = base.env.get(TOKEN_VAR) or None
+def run_agent(base: Session, cmd: AgentCommand, *, emit: Emit) -> int:
+    token = base.settings.env.get(TOKEN_VAR) or None
     if token:
-        register_secret(token)
+        base.redactor.add([token])
     warning = check_listening(
         cmd.host,
         token,
@@ -135,7 +137,8 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
     if heartbeat <= 0:
         raise ConfigError(f"--heartbeat {cmd.heartbeat}: must be more than 0s")
     options = _options(cmd, stall_after)
-    settings, source = prepare(base, cmd)
+    session, source = prepare(base, cmd)
+    settings = session.settings
     postgres = settings.state_url.startswith(("postgresql://", "postgres://"))
     if cmd.dynamic and not postgres:
         raise ConfigError(
@@ -158,9 +161,9 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
         if cmd.dynamic
         else None
     )
-    probe = StateProbe(settings, period=min(options.wake, heartbeat), on_change=wake)
+    probe = StateProbe(session, period=min(options.wake, heartbeat), on_change=wake)
     agent = Agent(
-        settings,
+        session,
         source,
         notifier=notifier,
         metrics=metrics,
@@ -173,7 +176,7 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
         log.warning(warning)
     sock = bind(cmd.host, cmd.port)
     port = int(sock.getsockname()[1])
-    dashboard, refresher = _dashboard(settings, cmd, source.tracking_ref, port, token)
+    dashboard, refresher = _dashboard(session, cmd, source.tracking_ref, port, token)
     app = make_app(
         metrics,
         agent.health,
@@ -187,7 +190,7 @@ def run_agent(base: Settings, cmd: AgentCommand, *, emit: Emit) -> int:
     probe.start()
     if coordinator is not None:
         coordinator.start()
-    firer = Firer(settings, environments=cmd.environments, registry=metrics.registry)
+    firer = Firer(session, environments=cmd.environments, registry=metrics.registry)
     firer.start()
     server.start()
     if refresher is not None:

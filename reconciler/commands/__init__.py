@@ -1,4 +1,5 @@
-"""One module per command. Each takes settings and typed options, does the work through
-the one-way flow (load → validate → expand → plan → gate → apply → record), and returns
-a typed report. Rendering is `reconciler.views`' job; exit codes are read off reports.
+"""Command adapters that do more than call the engine: they turn a command's options
+into the engine's request (`apply`) or drive a loop of their own (`watch`). Every other
+command calls `reconciler.engine` directly from the CLI module that declares it.
+Rendering is `reconciler.views`' job; exit codes are read off reports.
 """

@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.commands.apply import ApplyOptions, apply
-from reconciler.commands.context import open_store, secret_env
-from reconciler.config import Settings
+from reconciler.engine.apply import ApplyRequest, apply
+from reconciler.engine.context import secret_env
 from reconciler.manifests import Desired, ManifestError
 from reconciler.plan import make_plan
+from reconciler.redaction import desired_secrets
+from reconciler.session import Session
 from reconciler.views import plan as plan_view
 from reconciler.watch import ManifestCache
 
@@ -21,14 +22,14 @@ from reconciler.watch import ManifestCache
 class WatchSession:
     """One `reconciler watch`: what each save prints (and, with --apply, applies)."""
 
-    settings: Settings
+    session: Session
     environments: tuple[str, ...] = ()
     apply: bool = False
     write: Callable[[str], None] = print
     cache: ManifestCache = field(init=False)
 
     def __post_init__(self) -> None:
-        self.cache = ManifestCache(self.settings)
+        self.cache = ManifestCache(self.session.settings)
 
     def on_change(self, changed: Iterable[Path] | None) -> None:
         try:
@@ -44,14 +45,15 @@ class WatchSession:
             self.write("\n".join(str(d) for d in e.diagnostics))
             self.write(f"-- {len(e.diagnostics)} problem(s); watching for the next save")
             return
-        with open_store(self.settings, read_only=True) as store:
+        self.session.redactor.add(desired_secrets(desired, self.session.settings.env).values())
+        with self.session.open_store(read_only=True) as store:
             plan = make_plan(
                 desired,
                 store,
                 commit=self.cache.repo.head(),
                 dirty=True,
                 environments=self.environments or None,
-                secret_env=secret_env(self.settings, desired),
+                secret_env=secret_env(self.session, desired),
             )
         elapsed = (time.perf_counter() - started) * 1000
         self.write(plan_view.human(plan, color=False).rstrip("\n"))
@@ -73,7 +75,7 @@ class WatchSession:
             self.write(f"-- not applying {', '.join(skipped)}: approvals required")
         if not free:
             return
-        report = apply(self.settings, ApplyOptions(environments=free, working_tree=True))
+        report = apply(self.session, ApplyRequest(environments=free, working_tree=True))
         for r in report.results:
             c = r.counts()
             self.write(f"-- {r.environment}: {r.outcome} ({c['applied']} applied)")

@@ -32,17 +32,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from reconciler import log
-from reconciler.commands import history as history_command
-from reconciler.commands import show as show_command
-from reconciler.commands.history import HistoryReport, HistoryRow
-from reconciler.commands.overview import EnvironmentOverview
-from reconciler.commands.show import RunReport
-from reconciler.config import Settings
 from reconciler.dashboard.links import ForgeLinks, forge_links
 from reconciler.dashboard.refresh import HISTORY_DEFAULT, Refresher, Snapshot
 from reconciler.dashboard.security import COOKIE, Guard, login_page, session_value
+from reconciler.engine import history as history_command
+from reconciler.engine import show as show_command
+from reconciler.engine.history import HistoryReport, HistoryRow
+from reconciler.engine.overview import EnvironmentOverview
+from reconciler.engine.show import RunReport
 from reconciler.errors import ReconcilerError
 from reconciler.runs.model import STATUSES
+from reconciler.session import Session
 from reconciler.views import history as history_view
 from reconciler.views import show as show_view
 from reconciler.views.text import SYMBOLS, fmt, is_long, short, text_diff
@@ -161,13 +161,13 @@ class Dashboard:
 
     def __init__(
         self,
-        settings: Settings,
+        session: Session,
         refresher: Refresher,
         links: ForgeLinks | None,
         token: str | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
+        self.session = session
         self.refresher = refresher
         self.links = links
         self.token = token
@@ -365,7 +365,7 @@ class Dashboard:
             return self.document(request)
         rows = [r for r in snap.history.rows if not envs or r.run.environment in envs]
         if len(rows) < limit and snap.history_truncated:  # older runs: ask the state
-            report = history_command.history(self.settings, envs, limit=limit)
+            report = history_command.history(self.session, envs, limit=limit)
         else:
             report = HistoryReport(rows[:limit])
         return _json(history_view.json(report), snap)
@@ -387,7 +387,7 @@ class Dashboard:
         if not snap.history_truncated:
             return None
         try:  # older than the snapshot holds: ask the state
-            return show_command.show(self.settings, run_id)
+            return show_command.show(self.session, run_id)
         except ReconcilerError:
             return None
 
@@ -478,7 +478,7 @@ def _json(text: str, snap: Snapshot) -> Response:
 
 
 def make_app(
-    settings: Settings,
+    session: Session,
     *,
     refresher: Refresher | None = None,
     token: str | None = None,
@@ -489,10 +489,10 @@ def make_app(
     thread while the app runs; with one, the caller drives it (an agent calls
     `refresher.refresh()` in its own loop, or `start()`)."""
     own = refresher is None
-    r = refresher or Refresher(settings)
+    r = refresher or Refresher(session)
     if token:
-        log.register_secret(token)
-    d = Dashboard(settings, r, links or forge_links(settings), token)
+        session.redactor.add([token])
+    d = Dashboard(session, r, links or forge_links(session.settings), token)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

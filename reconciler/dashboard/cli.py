@@ -29,7 +29,7 @@ def overview(
     live: a.Live = True,
 ) -> None:
     """Per environment: last run, drift, pending, blocked, window; the promotion matrix."""
-    from reconciler.commands.overview import overview as run
+    from reconciler.engine.overview import overview as run
     from reconciler.views import overview as view
 
     cli: Invocation = ctx.obj
@@ -40,7 +40,7 @@ def overview(
 @commands.command()
 def schedules(ctx: typer.Context, env: a.Env = None, as_json: a.Json = False) -> None:
     """When each recorded schedule fires next, in its zone and in UTC."""
-    from reconciler.commands.schedules import schedules as run
+    from reconciler.engine.schedules import schedules as run
     from reconciler.views import schedules as view
 
     cli: Invocation = ctx.obj
@@ -51,7 +51,7 @@ def schedules(ctx: typer.Context, env: a.Env = None, as_json: a.Json = False) ->
 @commands.command()
 def show(ctx: typer.Context, run_id: a.RunId, as_json: a.Json = False) -> None:
     """One recorded run: its changes, field by field."""
-    from reconciler.commands.show import show as run
+    from reconciler.engine.show import show as run
     from reconciler.views import show as view
 
     cli: Invocation = ctx.obj

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from reconciler import log
-from reconciler.commands.context import manifest_repo, open_store, secret_env
-from reconciler.commands.history import HistoryReport, collect_history
-from reconciler.commands.live import LiveReport, ProvidersOfRecord, read_live
-from reconciler.commands.overview import (
+from reconciler.engine.history import HistoryReport, collect_history
+from reconciler.engine.live import LiveReport, ProvidersOfRecord, read_live
+from reconciler.engine.overview import (
     OverviewReport,
     Verdicts,
     approval_verdicts,
@@ -29,18 +28,17 @@ from reconciler.commands.overview import (
     deploy_ref,
     judge_safely,
 )
-from reconciler.commands.plan import build_plan
-from reconciler.commands.schedules import SchedulesReport, collect_schedules
-from reconciler.commands.status import StatusReport, collect_status, fill_health
-from reconciler.config import Settings
+from reconciler.engine.plan import build_plan
+from reconciler.engine.schedules import SchedulesReport, collect_schedules
+from reconciler.engine.status import StatusReport, collect_status, fill_health
 from reconciler.errors import ReconcilerError
 from reconciler.instances import InstanceKey
-from reconciler.load import Loaded, load
+from reconciler.load import Loaded
 from reconciler.plan import Plan
 from reconciler.runs.metrics import UsageRow
 from reconciler.runs.metrics import usage as collect_usage
 from reconciler.runs.model import Execution, Query
-from reconciler.runs.store import open_executions
+from reconciler.session import Session
 from reconciler.state.base import AppliedRecord, RunRecord, StateStore
 from reconciler.views import drift as drift_view
 from reconciler.views import history as history_view
@@ -105,7 +103,7 @@ class Refresher:
 
     def __init__(
         self,
-        settings: Settings,
+        session: Session,
         *,
         ref: str | None = None,
         interval: float = 60.0,
@@ -115,12 +113,13 @@ class Refresher:
         history_limit: int = 1000,
         clock: Clock = _utcnow,
     ) -> None:
-        self.settings = settings
+        self.session = session
+        self.settings = session.settings
         self.ref = ref
         self.interval = timedelta(seconds=interval)
         self.poll = poll
         self.live_enabled = live
-        self.verdicts = verdicts or approval_verdicts(settings)
+        self.verdicts = verdicts or approval_verdicts(session)
         self.history_limit = history_limit
         self.clock = clock
         self.snapshot: Snapshot | None = None
@@ -128,7 +127,7 @@ class Refresher:
         self.error: str | None = None
         self.error_at: datetime | None = None
         self._loaded: Loaded | None = None
-        self._of_record = ProvidersOfRecord(settings)
+        self._of_record = ProvidersOfRecord(session)
         self._fingerprint: _Fingerprint | None = None
         self._slow_at: datetime | None = None
         self._verdicts: tuple[datetime, dict[str, list[str]]] | None = None
@@ -197,10 +196,10 @@ class Refresher:
 
     def _refresh(self, force: bool) -> Snapshot:
         now = self.clock()
-        ref = deploy_ref(self.settings, self.ref)
-        repo = manifest_repo(self.settings)
+        ref = deploy_ref(self.session, self.ref)
+        repo = self.session.repo
         commit = repo.resolve(ref) if ref is not None else repo.head()
-        with open_store(self.settings, read_only=True) as store:
+        with self.session.open_store(read_only=True) as store:
             newest = store.runs(None, limit=1)
             fp = _Fingerprint(
                 commit,
@@ -228,14 +227,7 @@ class Refresher:
     def _with_executions(self, snap: Snapshot, now: datetime) -> Snapshot:
         """The snapshot with the newest executions, read again only when one was recorded
         or ended since (executions move no state serial: a fire is not a run)."""
-        with closing(
-            open_executions(
-                self.settings.state_url,
-                repo_root=self.settings.repo,
-                env=self.settings.env,
-                read_only=True,
-            )
-        ) as store:
+        with closing(self.session.open_executions(read_only=True)) as store:
             recent = store.find(Query(limit=EXECUTIONS_LIMIT))
             newest: list[tuple[str, str]] = [(e.id, e.status) for e in recent]
             if newest == self._executions_seen and snap.documents.get("executions"):
@@ -263,15 +255,14 @@ class Refresher:
         """The manifests at `commit`, loaded once per commit (a working tree: always)."""
         cached = self._loaded
         if cached is None or commit is None or cached.commit != commit or cached.dirty:
-            cached = load(self.settings, ref)
+            cached = self.session.load(ref)
             self._loaded = cached
-        secret_env(self.settings, cached.desired)
         return cached
 
     def _build(
         self, store: StateStore, loaded: Loaded, ref: str | None, now: datetime, *, slow: bool
     ) -> Snapshot:
-        plan = build_plan(self.settings, store, ref=ref, loaded=loaded, now=now).plan
+        plan = build_plan(self.session, store, ref=ref, loaded=loaded, now=now).plan
         envs = list(dict.fromkeys([*loaded.desired.environments, *store.environments()]))
         applied = {env: store.applied(env) for env in envs}
         self._schedules = {
@@ -283,7 +274,7 @@ class Refresher:
             live = self._read_live(store, loaded, now) or live
             self._verdicts = (now, judge_safely(self.verdicts, plan))
         verdicts_at, verdicts = self._verdicts or (None, None)
-        repo = manifest_repo(self.settings)
+        repo = self.session.repo
         overview = collect_overview(
             loaded.desired,
             plan,
@@ -323,7 +314,7 @@ class Refresher:
         if not self.live_enabled:
             return None
         try:
-            return read_live(self.settings, store, self._of_record.get(store, loaded), now=now)
+            return read_live(self.session, store, self._of_record.get(store, loaded), now=now)
         except ReconcilerError as e:
             self._problems.append(f"reading live state failed: {e.message}")
             return None

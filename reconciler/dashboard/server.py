@@ -6,11 +6,11 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
-from reconciler.config import Settings
 from reconciler.dashboard.security import TOKEN_VAR, check_listening, loopback_hosts
 from reconciler.errors import ConfigError
 from reconciler.log import get_logger
 from reconciler.schedules import parse_duration
+from reconciler.session import Session
 
 if TYPE_CHECKING:
     from reconciler.dashboard.cli import Emit
@@ -25,7 +25,7 @@ EXPOSED = (
 
 
 def serve(
-    settings: Settings,
+    session: Session,
     *,
     host: str,
     port: int,
@@ -34,7 +34,7 @@ def serve(
     emit: Emit,
     insecure_no_token: bool = False,
 ) -> None:
-    token = settings.env.get(TOKEN_VAR) or None
+    token = session.settings.env.get(TOKEN_VAR) or None
     warning = check_listening(host, token, insecure_no_token=insecure_no_token, what=EXPOSED)
     import uvicorn
 
@@ -47,12 +47,12 @@ def serve(
         raise ConfigError(f"--refresh: {e}") from None
     if warning is not None:
         log.warning(warning)
-    refresher = Refresher(settings, ref=ref, interval=interval)
+    refresher = Refresher(session, ref=ref, interval=interval)
     sock = bind(host, port)
     sock.set_inheritable(True)
     bound = sock.getsockname()[1]
     app = make_app(
-        settings, refresher=refresher, token=token, allowed_hosts=loopback_hosts(host, bound)
+        session, refresher=refresher, token=token, allowed_hosts=loopback_hosts(host, bound)
     )
     shown = f"[{host}]" if ":" in host else host
     emit(f"dashboard on http://{shown}:{bound}/ (Ctrl-C stops)\n", err=True)

@@ -63,6 +63,7 @@ class FactsBuilder:
         reverts_exactly: bool = False,
         override_window: bool = False,
         secret_env: Mapping[str, str] | None = None,
+        repo: ManifestRepo | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -73,7 +74,7 @@ class FactsBuilder:
         self.reverts_exactly = reverts_exactly
         self.override_window = override_window
         self.secret_env = dict(secret_env or {})
-        self.repo = ManifestRepo(settings.repo)
+        self.repo = repo if repo is not None else ManifestRepo(settings.repo)
         self.history = History(settings, self.repo)
         self.history.remember(target)
         self._source_for = source_for

@@ -51,7 +51,7 @@ class History:
     def snapshot(self, sha: str) -> Snapshot:
         if sha not in self._snapshots:
             try:
-                self._snapshots[sha] = Snapshot(load(self._settings, sha))
+                self._snapshots[sha] = Snapshot(load(self._settings, sha, repo=self._repo))
             except ReconcilerError as e:  # a broken commit in the range: judged as a change
                 self._snapshots[sha] = Snapshot(None, e.message)
         return self._snapshots[sha]

@@ -26,8 +26,8 @@ def run(
     as_json: a.Json = False,
 ) -> None:
     """Invoke a deployment as it is recorded applied in ENV; exit 0 completed, 1 failed."""
-    from reconciler.commands.run import parse_input
-    from reconciler.commands.run import run as command
+    from reconciler.engine.run import parse_input
+    from reconciler.engine.run import run as command
     from reconciler.views import run as view
 
     cli: Invocation = ctx.obj
@@ -50,7 +50,7 @@ def executions(
     cli: Invocation = ctx.obj
     if ctx.invoked_subcommand is not None:
         return
-    from reconciler.commands.executions import list_executions, parse_since
+    from reconciler.engine.executions import list_executions, parse_since
     from reconciler.views import run as view
 
     found = list_executions(
@@ -67,7 +67,7 @@ def executions(
 @executions_app.command("show")
 def show(ctx: typer.Context, execution_id: a.ExecutionId, as_json: a.Json = False) -> None:
     """One execution whole: input, output, usage, cost, error."""
-    from reconciler.commands.executions import show_execution
+    from reconciler.engine.executions import show_execution
     from reconciler.views import run as view
 
     cli: Invocation = ctx.obj
@@ -84,8 +84,8 @@ def metrics(
     as_json: a.Json = False,
 ) -> None:
     """Requests, success rate, latency p50/p95/p99, tokens and cost per deployment."""
-    from reconciler.commands.executions import parse_since
-    from reconciler.commands.metrics import metrics as command
+    from reconciler.engine.executions import parse_since
+    from reconciler.engine.metrics import metrics as command
     from reconciler.views import metrics as view
 
     cli: Invocation = ctx.obj
@@ -111,7 +111,7 @@ def promote(
 ) -> None:
     """What --from has applied, whether --to may take it, and the manifest edit (exit 3
     when a deployment is not eligible)."""
-    from reconciler.commands.promote import promote as command
+    from reconciler.engine.promote import promote as command
     from reconciler.views import promote as view
 
     cli: Invocation = ctx.obj
@@ -126,7 +126,7 @@ def promote(
 def eval_(ctx: typer.Context, name: a.EvalName, env: a.RunEnv, as_json: a.Json = False) -> None:
     """Run an Eval's dataset against the deployment as applied in ENV and record each
     call; exit 0 passed, 1 failed or stopped by its budget, 3 inconclusive."""
-    from reconciler.commands.evaluate import evaluate
+    from reconciler.engine.evaluate import evaluate
     from reconciler.views import evaluate as view
 
     cli: Invocation = ctx.obj

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from reconciler.commands.live import Providers
 from reconciler.config import Settings
+from reconciler.engine.live import Providers
 from reconciler.errors import ReconcilerError
 from reconciler.instances import InstanceKey
 from reconciler.log import get_logger, redact

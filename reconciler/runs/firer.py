@@ -8,12 +8,12 @@ import threading
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from reconciler.commands.live import ProvidersOfRecord
-from reconciler.config import Settings
+from reconciler.engine.live import ProvidersOfRecord
 from reconciler.log import get_logger, redact
 from reconciler.runs.fire import Clock, FireEngine, utc_now
 from reconciler.runs.prom import ExecutionMetrics
-from reconciler.runs.store import open_executions, reap
+from reconciler.runs.store import reap
+from reconciler.session import Session
 from reconciler.state import open_state
 from reconciler.state.base import StateStore
 
@@ -28,21 +28,22 @@ REAP_EVERY = timedelta(minutes=1)
 class Firer:
     def __init__(
         self,
-        settings: Settings,
+        session: Session,
         *,
         environments: tuple[str, ...] = (),
         clock: Clock = utc_now,
         wake: float = 1.0,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        self.settings = settings
+        self.session = session
+        self.settings = session.settings
         self.environments = environments
         self.clock = clock
         self.wake = wake
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fire", daemon=True)
         self._engine: FireEngine | None = None
-        self._of_record = ProvidersOfRecord(settings)
+        self._of_record = ProvidersOfRecord(session)
         #: Executions on the agent's /metrics, when it gives its registry.
         self.metrics = None if registry is None else ExecutionMetrics(registry)
         self._state: StateStore | None = None
@@ -59,7 +60,7 @@ class Firer:
     def _run(self) -> None:
         s = self.settings
         try:
-            executions = open_executions(s.state_url, repo_root=s.repo, env=s.env)
+            executions = self.session.open_executions()
         except Exception as e:  # the state unreachable: the agent's loop says so too
             log.error("fire.cannot_start", error=redact(str(e)))
             return

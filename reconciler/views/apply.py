@@ -6,10 +6,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from reconciler.commands.apply import ApplyReport, Watchers
-from reconciler.commands.drift import HealReport
+from reconciler import log
+from reconciler.engine.apply import ApplyReport, Watchers
+from reconciler.engine.drift import HealReport
 from reconciler.executor import ChangeResult, EnvironmentResult, HealthEvent
 from reconciler.instances import InstanceKey
+from reconciler.redaction import Redactor
 from reconciler.views.text import join_lines
 from reconciler.vocabulary import READY
 
@@ -76,10 +78,10 @@ def heal_human(report: HealReport) -> str:
 
 
 @contextmanager
-def progress(stream: TextIO) -> Iterator[Watchers]:
+def progress(stream: TextIO, redactor: Redactor | None = None) -> Iterator[Watchers]:
     """A live counter and a line per instance waiting to become Healthy on a terminal;
     elsewhere (CI, a pipe) the executor's log lines: one per change, one per health
-    change of a waiting instance."""
+    change of a waiting instance. A provider's health message passes `redactor`."""
     if not stream.isatty():
         yield Watchers()
         return
@@ -110,7 +112,8 @@ def progress(stream: TextIO) -> Iterator[Watchers]:
                 return
             text = f"  {key.environment}: {key.address} waiting: {ev.health.health}"
             if ev.health.message:
-                text += f" ({ev.health.message})"
+                message = ev.health.message
+                text += f" ({redactor.redact(message) if redactor else log.redact(message)})"
             if line is None:
                 waiting[key] = bar.add_task(text, total=None)
             else:

@@ -6,8 +6,8 @@ import json as _json
 from typing import Any
 
 from reconciler.approvals.evaluate import Verdict
-from reconciler.commands.approvals import ApprovalsReport
-from reconciler.commands.approve import ApproveReport
+from reconciler.engine.approvals import ApprovalsReport
+from reconciler.engine.approve import ApproveReport
 from reconciler.gate import GateResult
 from reconciler.views.text import join_lines
 

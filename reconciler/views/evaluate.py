@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json as _json
 
-from reconciler.commands.evaluate import EvalReport
+from reconciler.engine.evaluate import EvalReport
 from reconciler.views.text import join_lines
 
 

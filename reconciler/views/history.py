@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as _json
 from typing import Any
 
-from reconciler.commands.history import HistoryReport
+from reconciler.engine.history import HistoryReport
 from reconciler.views.text import join_lines
 
 #: Run details worth a line of their own when set.

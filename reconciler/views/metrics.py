@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json as _json
 
-from reconciler.commands.metrics import MetricsReport
+from reconciler.engine.metrics import MetricsReport
 from reconciler.runs.metrics import PERCENTILES, UsageRow
 from reconciler.views.run import latency_text
 from reconciler.views.text import join_lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as _json
 from typing import Any
 
-from reconciler.commands.overview import FORMAT_VERSION, Cell, EnvironmentOverview, OverviewReport
+from reconciler.engine.overview import FORMAT_VERSION, Cell, EnvironmentOverview, OverviewReport
 from reconciler.views.text import join_lines, short
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json as _json
 
-from reconciler.commands.promote import PromoteReport
+from reconciler.engine.promote import PromoteReport
 from reconciler.views.text import join_lines
 
 

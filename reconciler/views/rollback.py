@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reconciler.commands.rollback import RollbackResult
+from reconciler.engine.rollback import RollbackResult
 from reconciler.views.text import join_lines
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as _json
 from typing import Any
 
-from reconciler.commands.run import RunReport
+from reconciler.engine.run import RunReport
 from reconciler.runs.model import Execution
 from reconciler.views.text import join_lines
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as _json
 from typing import Any
 
-from reconciler.commands.schedules import SchedulesReport
+from reconciler.engine.schedules import SchedulesReport
 from reconciler.views.text import join_lines
 
 

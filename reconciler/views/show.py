@@ -5,8 +5,8 @@ from __future__ import annotations
 import json as _json
 from typing import Any
 
-from reconciler.commands.history import HistoryReport
-from reconciler.commands.show import RunReport
+from reconciler.engine.history import HistoryReport
+from reconciler.engine.show import RunReport
 from reconciler.views import history
 from reconciler.views.text import SYMBOLS, fmt, join_lines
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reconciler.commands.validate import ValidateReport
+from reconciler.engine.validate import ValidateReport
 
 
 def human(r: ValidateReport) -> str:

@@ -15,18 +15,15 @@ from reconciler import ci
 from reconciler.checks.eval import Budget, Case, read_cases, run_cases
 from reconciler.checks.evidence import eval_digest, eval_document, evidence_digest_of
 from reconciler.checks.expect import judge
-from reconciler.commands.context import manifest_repo, open_store
-from reconciler.commands.live import providers_of_record
-from reconciler.commands.run import limits, open_execution_store
-from reconciler.config import Settings
+from reconciler.engine.live import providers_of_record
+from reconciler.engine.run import limits
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ConfigError, ReconcilerError
 from reconciler.instances import InstanceKey
-from reconciler.load import load
-from reconciler.providers import make_provider
 from reconciler.redaction import register_recorded
 from reconciler.runs.execute import execute, price
 from reconciler.runs.model import Execution, Holder, new_id
 from reconciler.runs.store import reap
+from reconciler.session import Session
 
 EvalOutcome = Literal["passed", "failed", "inconclusive", "stopped"]
 
@@ -94,10 +91,10 @@ def _clock(now: datetime | None) -> Callable[[], datetime]:
 
 
 def evaluate(
-    settings: Settings, name: str, environment: str, *, now: datetime | None = None
+    session: Session, name: str, environment: str, *, now: datetime | None = None
 ) -> EvalReport:
-    repo = manifest_repo(settings)
-    loaded = load(settings, repo.head())
+    repo = session.repo
+    loaded = session.load(repo.head())
     entry = loaded.desired.manifests.evals.get(name)
     if entry is None:
         raise ConfigError(f"no Eval named {name!r}")
@@ -110,19 +107,19 @@ def evaluate(
     cases = read_cases(data.decode(errors="replace"), spec.dataset)
     key = InstanceKey(environment, "Deployment", spec.deployment)
     with ExitStack() as stack:
-        store = stack.enter_context(open_store(settings, read_only=True))
-        register_recorded(store, settings)
+        store = stack.enter_context(session.open_store(read_only=True))
+        register_recorded(store, session.settings)
         record = store.applied(environment, [key]).get(key)
         if record is None:
             raise ReconcilerError(f"deployment.{key.name} is not applied in {environment!r}")
-        config = providers_of_record(settings, store).get(environment, {}).get(record.provider)
+        config = providers_of_record(session, store).get(environment, {}).get(record.provider)
         if config is None:
             raise ReconcilerError(
                 f"provider {record.provider!r} is not declared for {environment!r}"
             )
-        provider = make_provider(config, repo_root=settings.repo, env=settings.env)
+        provider = session.provider(config)
         stack.callback(provider.close)
-        executions = open_execution_store(settings)
+        executions = session.open_executions()
         stack.callback(executions.close)
         reap(executions)
         report = EvalReport(
@@ -165,7 +162,7 @@ def evaluate(
             executions.transition(done, (done.status,))
             return done
 
-        lim = limits(settings)
+        lim = limits(session)
         budget = Budget(spec.max_calls, spec.max_cost, spec.max_seconds)
         tally = run_cases(cases, spec.repeat, call, parallelism=spec.parallelism, budget=budget)
         report.calls, report.passed, report.cost = tally.calls, tally.passed, tally.cost

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from reconciler.commands.context import require_manifests
-from reconciler.config import Settings
-from reconciler.load import load
+from reconciler.engine.context import require_manifests
+from reconciler.session import Session
 
 
 @dataclass(frozen=True)
@@ -17,11 +16,9 @@ class ValidateReport:
     environments: list[str]
 
 
-def validate(
-    settings: Settings, paths: Sequence[str] = (), ref: str | None = None
-) -> ValidateReport:
+def validate(session: Session, paths: Sequence[str] = (), ref: str | None = None) -> ValidateReport:
     """Raises ManifestError (every problem as `path:line:col: message`) when invalid."""
     if not paths and ref is None:
-        require_manifests(settings)
-    d = load(settings, ref, paths=paths).desired
+        require_manifests(session)
+    d = session.load(ref, paths=paths).desired
     return ValidateReport(d.manifests.documents, d.count(), list(d.environments))

@@ -11,16 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.commands.context import open_store
-from reconciler.commands.live import providers_of_record
-from reconciler.config import Settings
+from reconciler.engine.live import providers_of_record
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.instances import InstanceKey
-from reconciler.providers import make_provider
 from reconciler.redaction import register_recorded
 from reconciler.runs.execute import Limits, execute
 from reconciler.runs.model import Execution, Holder, new_id
 from reconciler.runs.store import ExecutionStore, open_executions, reap
+from reconciler.session import Session
 
 
 @dataclass(frozen=True)
@@ -56,18 +54,21 @@ def parse_input(text: str | None, file: Path | None) -> dict[str, Any]:
     return data
 
 
-def limits(settings: Settings) -> Limits:
-    return Limits(settings.executions.max_result_bytes, settings.executions.keep)
+def limits(session: Session) -> Limits:
+    return Limits(session.settings.executions.max_result_bytes, session.settings.executions.keep)
 
 
-def open_execution_store(settings: Settings, *, read_only: bool = False) -> ExecutionStore:
+def open_execution_store(session: Session, *, read_only: bool = False) -> ExecutionStore:
     return open_executions(
-        settings.state_url, repo_root=settings.repo, env=settings.env, read_only=read_only
+        session.settings.state_url,
+        repo_root=session.settings.repo,
+        env=session.settings.env,
+        read_only=read_only,
     )
 
 
 def run(
-    settings: Settings,
+    session: Session,
     deployment: str,
     environment: str,
     data: Mapping[str, Any],
@@ -76,8 +77,8 @@ def run(
 ) -> RunReport:
     key = InstanceKey(environment, "Deployment", deployment)
     with ExitStack() as stack:
-        store = stack.enter_context(open_store(settings, read_only=True))
-        register_recorded(store, settings)
+        store = stack.enter_context(session.open_store(read_only=True))
+        register_recorded(store, session.settings)
         record = store.applied(environment, [key]).get(key)
         if record is None:
             raise ReconcilerError(
@@ -89,20 +90,20 @@ def run(
                 f"deployment.{deployment} is suspended in {environment!r}: it takes no runs "
                 "(set suspended: false and apply to resume it)"
             )
-        configs = providers_of_record(settings, store).get(environment, {})
+        configs = providers_of_record(session, store).get(environment, {})
         config = configs.get(record.provider)
         if config is None:
             raise ReconcilerError(
                 f"provider {record.provider!r} of deployment.{deployment} is not declared for "
                 f"{environment!r} in the commit it was applied from"
             )
-        provider = make_provider(config, repo_root=settings.repo, env=settings.env)
+        provider = session.provider(config)
         stack.callback(provider.close)
-        executions = open_execution_store(settings)
+        executions = session.open_executions()
         stack.callback(executions.close)
         reap(executions)
         at = now or datetime.now(UTC)
         ex = Execution(new_id(at), environment, deployment, "manual", "pending", at)
         ex.holder = Holder.me()
-        done = execute(executions, ex, provider, record, data, limits=limits(settings))
+        done = execute(executions, ex, provider, record, data, limits=limits(session))
     return RunReport(done)

@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.commands.context import manifest_repo, open_store
-from reconciler.commands.history import HistoryRow
-from reconciler.config import Settings
+from reconciler.engine.history import HistoryRow
 from reconciler.errors import ReconcilerError
 from reconciler.gitrepo import ManifestRepo
+from reconciler.session import Session
 from reconciler.state.base import ChangeRecord, RunRecord
 
 
@@ -44,14 +43,14 @@ def change_document(c: ChangeRecord) -> dict[str, Any]:
     }
 
 
-def show(settings: Settings, run_id: str) -> RunReport:
-    with open_store(settings, read_only=True) as store:
+def show(session: Session, run_id: str) -> RunReport:
+    with session.open_store(read_only=True) as store:
         run = store.run(run_id)
     if run is None:
         raise ReconcilerError(
             f"no run {run_id!r} is recorded", details="`reconciler history` lists the runs"
         )
-    return RunReport(HistoryRow(run, commit_subject(manifest_repo(settings), run.commit)))
+    return RunReport(HistoryRow(run, commit_subject(session.repo, run.commit)))
 
 
 def commit_subject(repo: ManifestRepo | None, commit: str | None) -> str | None:

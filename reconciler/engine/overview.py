@@ -19,12 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import schedules
-from reconciler.commands.context import manifest_repo, open_store
-from reconciler.commands.history import HistoryRow
-from reconciler.commands.live import LiveReport, ProvidersOfRecord, read_live
-from reconciler.commands.plan import build_plan
-from reconciler.commands.show import commit_subject
-from reconciler.config import Settings
+from reconciler.engine.approvals import judge
+from reconciler.engine.history import HistoryRow
+from reconciler.engine.live import LiveReport, ProvidersOfRecord, read_live
+from reconciler.engine.plan import build_plan
+from reconciler.engine.show import commit_subject
 from reconciler.errors import ReconcilerError
 from reconciler.gate import windows_of
 from reconciler.gitrepo import ManifestRepo
@@ -33,6 +32,7 @@ from reconciler.manifests import Desired
 from reconciler.manifests.models import EnvironmentSpec
 from reconciler.plan import Change, Plan
 from reconciler.policy import Policy
+from reconciler.session import Session
 from reconciler.state.base import AppliedRecord, StateStore
 from reconciler.vocabulary import ACTIONS
 
@@ -45,14 +45,14 @@ DEPLOY_BRANCH_VAR = "RECONCILER_DEPLOY_BRANCH"
 Verdicts = Callable[[Plan], Mapping[str, Sequence[str]]]
 
 
-def deploy_ref(settings: Settings, ref: str | None = None) -> str | None:
+def deploy_ref(session: Session, ref: str | None = None) -> str | None:
     """`ref`, else RECONCILER_DEPLOY_BRANCH, else the current branch (None: the working
     tree of a directory that is not a git repo, or a detached HEAD's commit)."""
     if ref:
         return ref
-    if branch := settings.env.get(DEPLOY_BRANCH_VAR):
+    if branch := session.settings.env.get(DEPLOY_BRANCH_VAR):
         return branch
-    repo = manifest_repo(settings)
+    repo = session.repo
     if repo.head() is None:
         return None
     try:
@@ -61,12 +61,11 @@ def deploy_ref(settings: Settings, ref: str | None = None) -> str | None:
         return repo.head()
 
 
-def approval_verdicts(settings: Settings) -> Verdicts:
+def approval_verdicts(session: Session) -> Verdicts:
     """The approvals verdict (`reconciler approvals`) of each changed environment."""
-    from reconciler.commands.approvals import judge
 
     def verdicts(plan: Plan) -> dict[str, list[str]]:
-        report = judge(settings, commit=plan.commit, pull_request=None)
+        report = judge(session, commit=plan.commit, pull_request=None)
         return {env: list(g.reasons) for env, g in report.verdicts.items() if not g.passed}
 
     return verdicts
@@ -237,7 +236,7 @@ class OverviewReport:
 
 
 def overview(
-    settings: Settings,
+    session: Session,
     *,
     ref: str | None = None,
     environments: Sequence[str] = (),
@@ -245,15 +244,15 @@ def overview(
     verdicts: Verdicts | None = None,
 ) -> OverviewReport:
     """The CLI's overview: plan at the deploy branch head, live reads, verdicts."""
-    ref = deploy_ref(settings, ref)
-    judge = verdicts or approval_verdicts(settings)
-    with open_store(settings, read_only=True) as store:
-        loaded, plan, _ = build_plan(settings, store, ref=ref)
+    ref = deploy_ref(session, ref)
+    judge = verdicts or approval_verdicts(session)
+    with session.open_store(read_only=True) as store:
+        loaded, plan, _ = build_plan(session, store, ref=ref)
         state = (
             read_live(
-                settings,
+                session,
                 store,
-                ProvidersOfRecord(settings).get(store, loaded, uncommitted=True),
+                ProvidersOfRecord(session).get(store, loaded, uncommitted=True),
             )
             if live
             else None
@@ -263,7 +262,7 @@ def overview(
             loaded.desired,
             plan,
             store,
-            manifest_repo(settings),
+            session.repo,
             live=state,
             verdicts=blocked,
             verdicts_at=datetime.now(UTC),

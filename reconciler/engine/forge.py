@@ -6,14 +6,14 @@ before anything is sent."""
 from __future__ import annotations
 
 from reconciler import ci
-from reconciler.config import Settings
 from reconciler.errors import ConfigError
-from reconciler.forge import ForgeSource, make_source
+from reconciler.forge import ForgeSource
+from reconciler.session import Session
 
 
-def forge(settings: Settings, what: str) -> ForgeSource:
+def forge(session: Session, what: str) -> ForgeSource:
     """The configured forge, or a ConfigError saying `what` needs one."""
-    source = make_source(settings)
+    source = session.approval_source(session.settings.approvals)
     if not isinstance(source, ForgeSource):
         if source is not None:
             source.close()
@@ -21,12 +21,12 @@ def forge(settings: Settings, what: str) -> ForgeSource:
     return source
 
 
-def post_plan_comment(settings: Settings, body: str, marker: str, pr: int | None) -> int:
+def post_plan_comment(session: Session, body: str, marker: str, pr: int | None) -> int:
     """Create or update the one plan comment on pull request `pr` (or the CI event's)."""
-    number = pr or ci.detect(settings.env).pull_request
+    number = pr or ci.detect(session.settings.env).pull_request
     if number is None:
         raise ConfigError("--comment needs a pull request: --pr N, or run on a PR event")
-    source = forge(settings, "posting to a pull request")
+    source = forge(session, "posting to a pull request")
     try:
         source.upsert_comment(number, body, marker)
     finally:

@@ -7,27 +7,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from reconciler import drift as detection
-from reconciler.commands.context import applied_by, open_store
-from reconciler.commands.live import providers_of_record, read_health
-from reconciler.config import Settings
 from reconciler.drift import DriftReport
+from reconciler.engine.context import applied_by
+from reconciler.engine.live import providers_of_record, read_health
 from reconciler.errors import EXIT_ERROR, EXIT_OK
 from reconciler.executor import EnvironmentResult, ProgressFn
+from reconciler.session import Session
 
 
-def drift(settings: Settings, environments: Sequence[str] = ()) -> DriftReport:
+def drift(session: Session, environments: Sequence[str] = ()) -> DriftReport:
     """Drift of every recorded instance, and each one's health."""
-    with open_store(settings, read_only=True) as store:
-        providers = providers_of_record(settings, store)
+    with session.open_store(read_only=True) as store:
+        providers = providers_of_record(session, store)
         report = detection.detect_drift(
             store,
             providers,
-            repo_root=settings.repo,
-            env=settings.env,
+            repo_root=session.settings.repo,
+            env=session.settings.env,
             environments=environments,
         )
         for env in report.environments:
-            reads = read_health(settings, providers, env, store.applied(env))
+            reads = read_health(session, providers, env, store.applied(env))
             report.health.update(reads.health)
             report.health_errors.update(reads.unreadable)
         return report
@@ -43,32 +43,31 @@ class HealReport:
 
 
 def heal(
-    settings: Settings,
+    session: Session,
     environments: Sequence[str] = (),
     *,
     break_lock: bool = False,
-    parallelism: int | None = None,
     progress: ProgressFn | None = None,
 ) -> HealReport:
     """Re-apply the recorded spec of every drifted or missing instance (trigger `heal`)."""
-    with open_store(settings) as store:
-        providers = providers_of_record(settings, store)
+    with session.open_store() as store:
+        providers = providers_of_record(session, store)
         found = detection.detect_drift(
             store,
             providers,
-            repo_root=settings.repo,
-            env=settings.env,
+            repo_root=session.settings.repo,
+            env=session.settings.env,
             environments=environments,
         )
         results = detection.heal(
             store,
             found,
             providers,
-            repo_root=settings.repo,
-            env=settings.env,
+            repo_root=session.settings.repo,
+            env=session.settings.env,
             break_lock=break_lock,
-            parallelism=parallelism or settings.parallelism,
+            parallelism=session.settings.parallelism,
             progress=progress,
-            applied_by=applied_by(settings),
+            applied_by=applied_by(session),
         )
     return HealReport(results)

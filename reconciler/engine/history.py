@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.commands.context import manifest_repo, open_store
-from reconciler.config import Settings
 from reconciler.errors import ReconcilerError
 from reconciler.gitrepo import ManifestRepo
 from reconciler.redaction import register_recorded
+from reconciler.session import Session
 from reconciler.state.base import RunRecord, StateStore
 
 #: What `counts` tallies: applied changes by action, and failures.
@@ -83,11 +82,11 @@ class HistoryReport:
 
 
 def history(
-    settings: Settings, environments: Sequence[str] = (), *, limit: int = 50
+    session: Session, environments: Sequence[str] = (), *, limit: int = 50
 ) -> HistoryReport:
-    with open_store(settings, read_only=True) as store:
-        register_recorded(store, settings)
-        return collect_history(store, manifest_repo(settings), environments, limit=limit)
+    with session.open_store(read_only=True) as store:
+        register_recorded(store, session.settings)
+        return collect_history(store, session.repo, environments, limit=limit)
 
 
 def collect_history(

@@ -10,9 +10,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from reconciler import schedules as cron
-from reconciler.commands.context import open_store
-from reconciler.config import Settings
 from reconciler.instances import InstanceKey
+from reconciler.session import Session
 from reconciler.state.base import AppliedRecord
 
 #: How many fire times each schedule shows.
@@ -74,8 +73,8 @@ class SchedulesReport:
         return min(firsts, default=None)
 
 
-def schedules(settings: Settings, environments: Sequence[str] = ()) -> SchedulesReport:
-    with open_store(settings, read_only=True) as store:
+def schedules(session: Session, environments: Sequence[str] = ()) -> SchedulesReport:
+    with session.open_store(read_only=True) as store:
         envs = environments or store.environments()
         return collect_schedules({env: store.applied(env) for env in envs})
 

@@ -7,12 +7,11 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from reconciler.commands.run import open_execution_store
-from reconciler.config import Settings
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.runs.model import STATUSES, Execution, Query
 from reconciler.runs.store import reap
 from reconciler.schedules import parse_duration
+from reconciler.session import Session
 
 
 def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
@@ -42,7 +41,7 @@ def check_statuses(statuses: Sequence[str]) -> tuple[str, ...]:
 
 
 def list_executions(
-    settings: Settings,
+    session: Session,
     *,
     environments: Sequence[str] = (),
     deployments: Sequence[str] = (),
@@ -53,7 +52,7 @@ def list_executions(
     query = Query(
         tuple(environments), tuple(deployments), check_statuses(statuses), since=since, limit=limit
     )
-    store = open_execution_store(settings)
+    store = session.open_executions()
     try:
         reap(store)  # an execution whose process died is said so, not left `running`
         return store.find(query)
@@ -61,8 +60,8 @@ def list_executions(
         store.close()
 
 
-def show_execution(settings: Settings, execution_id: str) -> Execution:
-    store = open_execution_store(settings)
+def show_execution(session: Session, execution_id: str) -> Execution:
+    store = session.open_executions()
     try:
         reap(store)
         ex = store.get(execution_id)

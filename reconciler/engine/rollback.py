@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from reconciler.commands.context import open_store
-from reconciler.commands.forge import forge
-from reconciler.config import Settings
+from reconciler.engine.forge import forge
 from reconciler.errors import ConfigError, GitError
 from reconciler.gitrepo import ManifestRepo
+from reconciler.session import Session
 from reconciler.state.base import StateStore
 
 
@@ -45,7 +44,7 @@ def pull_request_body(repo: ManifestRepo, store: StateStore, reverted: Sequence[
 
 
 def rollback(
-    settings: Settings,
+    session: Session,
     commits: Sequence[str],
     *,
     to: str | None = None,
@@ -53,19 +52,19 @@ def rollback(
     push: bool = False,
     open_pr: bool = False,
 ) -> RollbackResult:
-    repo = ManifestRepo(settings.repo)
+    repo = ManifestRepo(session.settings.repo)
     if bool(commits) == bool(to):
         raise ConfigError("name the commits to roll back, or --to COMMIT (not both)")
     if open_pr and not branch:
         raise ConfigError("--open-pr needs --branch: the pull request's head")
     # fail before writing anything when the forge is not configured
-    source = forge(settings, "--open-pr") if open_pr else None
+    source = forge(session, "--open-pr") if open_pr else None
     try:
-        result = _revert(settings, repo, commits, to=to, branch=branch, push=push or open_pr)
+        result = _revert(session, repo, commits, to=to, branch=branch, push=push or open_pr)
         if source is not None and branch is not None:
             if result.base is None:
                 raise GitError("HEAD is detached: cannot tell which branch the PR targets")
-            with open_store(settings, read_only=True) as store:
+            with session.open_store(read_only=True) as store:
                 body = pull_request_body(repo, store, result.reverted)
             number, url = source.open_pull_request(branch, result.base, result.subject, body)
             result.pull_request, result.pull_request_url = number, url
@@ -76,7 +75,7 @@ def rollback(
 
 
 def _revert(
-    settings: Settings,
+    session: Session,
     repo: ManifestRepo,
     commits: Sequence[str],
     *,
@@ -86,7 +85,7 @@ def _revert(
 ) -> RollbackResult:
     if to is not None:
         target = repo.resolve(to)
-        reverted = repo.commits_since(target, settings.manifest_paths)
+        reverted = repo.commits_since(target, session.settings.manifest_paths)
         if not reverted:
             raise GitError(f"no commit after {target[:12]} changed the manifests: nothing to do")
     else:

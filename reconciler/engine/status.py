@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import schedules
-from reconciler.commands.context import open_store
-from reconciler.config import Settings
+from reconciler.engine.live import providers_of_record, read_health
 from reconciler.errors import ReconcilerError
 from reconciler.instances import InstanceKey
 from reconciler.providers.base import HealthStatus
 from reconciler.redaction import register_recorded
+from reconciler.session import Session
 from reconciler.state.base import AppliedRecord, StateStore
 
 
@@ -80,26 +80,25 @@ class StatusReport:
 
 
 def status(
-    settings: Settings, environments: Sequence[str] = (), *, health: bool = True
+    session: Session, environments: Sequence[str] = (), *, health: bool = True
 ) -> StatusReport:
-    with open_store(settings, read_only=True) as store:
-        register_recorded(store, settings)
+    with session.open_store(read_only=True) as store:
+        register_recorded(store, session.settings)
         report = collect_status(store, environments)
         if health:
-            add_health(settings, store, report)
+            add_health(session, store, report)
         return report
 
 
-def add_health(settings: Settings, store: StateStore, report: StatusReport) -> None:
+def add_health(session: Session, store: StateStore, report: StatusReport) -> None:
     """Ask each row's provider for its health, configured as at the commit the row was
     applied from (see ProvidersOfRecord); a row whose health cannot be read says why
     instead."""
-    from reconciler.commands.live import providers_of_record, read_health
 
     if not report.rows:
         return
     try:
-        providers = providers_of_record(settings, store)
+        providers = providers_of_record(session, store)
     except ReconcilerError as e:
         why = f"cannot read the manifests for the provider settings: {e.message}"
         report.rows[:] = [replace(r, health_error=why) for r in report.rows]
@@ -107,7 +106,7 @@ def add_health(settings: Settings, store: StateStore, report: StatusReport) -> N
     health: dict[InstanceKey, HealthStatus] = {}
     unreadable: dict[InstanceKey, str] = {}
     for env in dict.fromkeys(r.key.environment for r in report.rows):
-        reads = read_health(settings, providers, env, store.applied(env))
+        reads = read_health(session, providers, env, store.applied(env))
         health.update(reads.health)
         unreadable.update(reads.unreadable)
     fill_health(report, health, unreadable)

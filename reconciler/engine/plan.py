@@ -1,21 +1,23 @@
-"""`reconciler plan`: what apply would change, per environment. Never writes state."""
+"""Planning for every operation that needs a plan (plan, apply, approvals, the agent,
+the dashboard): what apply would change, per environment. Never writes state, except
+the fingerprint key when apply asks (`persist_key`)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from reconciler.commands.context import open_store, require_manifests, secret_env
-from reconciler.config import Settings
+from reconciler.engine.context import require_manifests, secret_env
 from reconciler.errors import ReconcilerError
-from reconciler.load import Loaded, load
+from reconciler.load import Loaded
 from reconciler.manifests import full_collections_deferred, gc_paused
 from reconciler.manifests.expand import Desired
 from reconciler.plan import Plan, make_plan
+from reconciler.session import Session
 from reconciler.state.base import StateStore
 
 
@@ -36,7 +38,7 @@ class Built(NamedTuple):
 
 
 def build_plan(
-    settings: Settings,
+    session: Session,
     store: StateStore,
     *,
     ref: str | None = None,
@@ -53,8 +55,8 @@ def build_plan(
     # collections wait (at 100,000 instances: 11.1 s -> 9.8 s).
     with gc_paused():
         if loaded is None:  # else the caller loaded `ref` already (the agent)
-            loaded = load(settings, ref)
-        secrets = secret_env(settings, loaded.desired)
+            loaded = session.load(ref)
+        secrets = secret_env(session, loaded.desired)
     with full_collections_deferred():
         plan = make_plan(
             loaded.desired,
@@ -69,12 +71,12 @@ def build_plan(
             persist_key=persist_key,
         )
     add_provider_notes(plan, loaded.desired)
-    add_gate_needs(plan, loaded, store, now or datetime.now(UTC), settings)
+    add_gate_needs(session, plan, loaded, store, now or session.clock.now())
     return Built(loaded, plan, secrets)
 
 
 def add_gate_needs(
-    plan: Plan, loaded: Loaded, store: StateStore, now: datetime, settings: Settings
+    session: Session, plan: Plan, loaded: Loaded, store: StateStore, now: datetime
 ) -> None:
     """Each environment with something to apply says what the gate will ask of it
     (approvals, a closed window, a promotion not yet eligible), from the policy of
@@ -83,7 +85,6 @@ def add_gate_needs(
     from reconciler.gate.facts import risk_of
     from reconciler.gate.judge import needs
     from reconciler.policy import Policy, policy_at
-    from reconciler.runs.store import open_executions
 
     for ep in plan.environments:
         if not ep.changes and not ep.policy_changes:
@@ -101,9 +102,7 @@ def add_gate_needs(
         }
         evidence = []
         if sources:
-            executions = open_executions(
-                settings.state_url, repo_root=settings.repo, env=settings.env, read_only=True
-            )
+            executions = session.open_executions(read_only=True)
             try:
                 evidence = gather_evidence(ep, loaded.desired, store, executions, sources)
             finally:
@@ -130,12 +129,12 @@ def add_provider_notes(plan: Plan, desired: Desired) -> None:
                 ch.reason = f"{ch.reason}; {note}" if ch.reason else note
 
 
-def plan(settings: Settings, opts: PlanOptions) -> Plan:
+def plan(session: Session, opts: PlanOptions) -> Plan:
     if opts.ref is None:
-        require_manifests(settings)
-    with open_store(settings, read_only=True) as store:
+        require_manifests(session)
+    with session.open_store(read_only=True) as store:
         _, p, _ = build_plan(
-            settings,
+            session,
             store,
             ref=opts.ref,
             environments=opts.environments,

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from reconciler.commands.run import open_execution_store
-from reconciler.config import Settings
 from reconciler.runs.metrics import UsageRow, usage
 from reconciler.runs.model import Query
+from reconciler.session import Session
 
 
 @dataclass(frozen=True)
@@ -20,13 +19,13 @@ class MetricsReport:
 
 
 def metrics(
-    settings: Settings,
+    session: Session,
     *,
     environments: Sequence[str] = (),
     deployments: Sequence[str] = (),
     since: datetime | None = None,
 ) -> MetricsReport:
-    store = open_execution_store(settings, read_only=True)
+    store = session.open_executions(read_only=True)
     try:
         found = store.find(Query(tuple(environments), tuple(deployments), since=since, limit=None))
     finally:

@@ -16,18 +16,16 @@ from typing import Any
 import yaml
 
 from reconciler.checks.evidence import evidence_digest_of
-from reconciler.commands.context import manifest_repo, open_store
-from reconciler.commands.forge import forge
-from reconciler.commands.run import open_execution_store
-from reconciler.config import Settings
+from reconciler.engine.forge import forge
 from reconciler.errors import EXIT_BLOCKED, EXIT_OK, ConfigError, GitError
 from reconciler.gate.evidence import evidence_for
 from reconciler.gate.judge import Evidence, not_eligible
 from reconciler.instances import InstanceKey
-from reconciler.load import Loaded, load
+from reconciler.load import Loaded
 from reconciler.manifests.models import Promotion
 from reconciler.manifests.yamlload import load_documents
 from reconciler.policy import Policy, required_evals
+from reconciler.session import Session
 from reconciler.state.base import AppliedRecord, StateStore
 
 #: The fields a promotion edits: what the evidence digest covers and a manifest sets.
@@ -87,7 +85,7 @@ class PromoteReport:
 
 
 def promote(
-    settings: Settings,
+    session: Session,
     source: str,
     target: str,
     deployments: Sequence[str] = (),
@@ -100,11 +98,11 @@ def promote(
     if (push or open_pr) and branch is None:
         raise ConfigError("--push and --open-pr need --branch: the pull request's head")
     # fail before writing anything when the forge is not configured
-    source_forge = forge(settings, "--open-pr") if open_pr else None
+    source_forge = forge(session, "--open-pr") if open_pr else None
     try:
-        report = _promote(settings, source, target, deployments, branch, now)
+        report = _promote(session, source, target, deployments, branch, now)
         if branch is not None and (push or open_pr):
-            repo = manifest_repo(settings)
+            repo = session.repo
             if repo.repo.head.is_detached:
                 raise GitError("HEAD is detached: cannot tell which branch the PR targets")
             repo.push(branch)
@@ -150,20 +148,20 @@ def pull_request_body(report: PromoteReport) -> str:
 
 
 def _promote(
-    settings: Settings,
+    session: Session,
     source: str,
     target: str,
     deployments: Sequence[str],
     branch: str | None,
     now: datetime | None,
 ) -> PromoteReport:
-    loaded = load(settings, manifest_repo(settings).head())
+    loaded = session.load(session.repo.head())
     desired = loaded.desired
     for env in (source, target):
         if env not in desired.environments:
             raise ConfigError(f"unknown environment {env!r}")
     at = now or datetime.now(UTC)
-    with open_store(settings, read_only=True) as store:
+    with session.open_store(read_only=True) as store:
         promo, evals, origin = _promotion_of(store, loaded, target, source)
         applied = {
             k.name: r
@@ -173,7 +171,7 @@ def _promote(
         missing = [d for d in deployments if d not in applied]
         if missing:
             raise ConfigError(f"not applied in {source!r}: {', '.join(missing)}")
-        executions = open_execution_store(settings, read_only=True)
+        executions = session.open_executions(read_only=True)
         try:
             report = PromoteReport(source, target, origin)
             for name in sorted(applied):
@@ -189,7 +187,7 @@ def _promote(
         if any(i.blocked for i in edits.values()):
             raise ConfigError("not eligible: no branch written (the reasons are above)")
         report.branch = branch
-        report.commit = _write_branch(settings, loaded, edits, source, target, branch)
+        report.commit = _write_branch(session, loaded, edits, source, target, branch)
     return report
 
 
@@ -289,14 +287,14 @@ def edited_document(model: dict[str, Any], target: str, changes: Mapping[str, An
 
 
 def _write_branch(
-    settings: Settings,
+    session: Session,
     loaded: Loaded,
     edits: Mapping[str, Item],
     source: str,
     target: str,
     branch: str,
 ) -> str:
-    repo = manifest_repo(settings)
+    repo = session.repo
     if branch in [h.name for h in repo.repo.heads]:
         raise GitError(f"branch {branch!r} already exists")
     files: dict[str, str] = {}

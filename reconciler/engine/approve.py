@@ -13,17 +13,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.commands.context import manifest_repo
-from reconciler.commands.overview import DEPLOY_BRANCH_VAR
-from reconciler.config import ApprovalsConfig, Settings
+from reconciler.config import ApprovalsConfig
+from reconciler.engine.overview import DEPLOY_BRANCH_VAR
 from reconciler.errors import ConfigError, GitError
-from reconciler.forge import make_source
 from reconciler.forge.file import FORMAT_VERSION, FileSource
+from reconciler.session import Session
 
 
 @dataclass(frozen=True)
@@ -51,14 +50,16 @@ class ApproveReport:
 
 
 def approve(
-    settings: Settings, opts: ApproveOptions, *, now: datetime | None = None
+    session: Session, opts: ApproveOptions, *, now: datetime | None = None
 ) -> ApproveReport:
-    path = _approvals_path(settings)
-    repo = manifest_repo(settings).repo
+    path = _approvals_path(session)
+    repo = session.repo.repo
     try:
         merge = repo.commit(opts.merge or "HEAD")
     except Exception:  # GitPython raises several kinds for an unknown name
-        raise GitError(f"unknown commit {opts.merge or 'HEAD'!r} in {settings.repo}") from None
+        raise GitError(
+            f"unknown commit {opts.merge or 'HEAD'!r} in {session.settings.repo}"
+        ) from None
     if len(merge.parents) == 2:  # a merge: the pull request is its second parent's line
         head = merge.parents[1]
         commits = list(repo.iter_commits(f"{merge.parents[0].hexsha}..{head.hexsha}"))
@@ -74,7 +75,7 @@ def approve(
             details="ask someone else to review it and run `reconciler approve` as them",
         )
     doc = _read(path)
-    deploy = str(doc.get("deployBranch") or settings.env.get(DEPLOY_BRANCH_VAR) or "main")
+    deploy = str(doc.get("deployBranch") or session.settings.env.get(DEPLOY_BRANCH_VAR) or "main")
     prs: list[dict[str, Any]] = doc.setdefault("pullRequests", [])
     existing = next((p for p in prs if p.get("number") == opts.pull_request), None)
     review = {
@@ -114,9 +115,9 @@ def approve(
     )
 
 
-def _approvals_path(settings: Settings) -> Path:
+def _approvals_path(session: Session) -> Path:
     """The file the gate would read: refused inside the repo, as the gate refuses it."""
-    source = make_source(replace(settings, approvals=ApprovalsConfig(source="file")))
+    source = session.approval_source(ApprovalsConfig(source="file"))
     assert isinstance(source, FileSource)
     return source.path
 

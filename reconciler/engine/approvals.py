@@ -4,19 +4,18 @@ optionally posted as the `reconciler/approvals` commit status."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from reconciler import ci
-from reconciler.commands.apply import run_context
-from reconciler.commands.context import open_store
-from reconciler.commands.forge import forge
-from reconciler.commands.plan import build_plan
-from reconciler.config import Settings
+from reconciler.engine.apply import run_context
+from reconciler.engine.context import open_gate
+from reconciler.engine.forge import forge
+from reconciler.engine.plan import build_plan
 from reconciler.errors import EXIT_BLOCKED, EXIT_OK, ConfigError
-from reconciler.forge import make_source
-from reconciler.gate import Gate, GateResult
+from reconciler.gate import GateResult
+from reconciler.session import Session
 
 StatusState = Literal["success", "failure"]
 
@@ -50,7 +49,7 @@ class ApprovalsReport:
 
 
 def judge(
-    settings: Settings,
+    session: Session,
     *,
     commit: str | None,
     pull_request: int | None,
@@ -58,21 +57,20 @@ def judge(
     now: datetime | None = None,
 ) -> ApprovalsReport:
     """Judge approvals (not windows: those apply when it is applied) per environment."""
-    ctx = ci.detect(settings.env)
+    ctx = ci.detect(session.settings.env)
     pull_request = pull_request or ctx.pull_request
-    with open_store(settings, read_only=True) as store:
+    with session.open_store(read_only=True) as store:
         loaded, plan, secrets = build_plan(
-            settings, store, ref=commit or ctx.commit, environments=environments
+            session, store, ref=commit or ctx.commit, environments=environments
         )
-        gate = Gate(
-            settings=settings,
-            store=store,
-            target=loaded,
-            source_for=lambda approvals: make_source(replace(settings, approvals=approvals)),
-            now=now or datetime.now(UTC),
+        gate = open_gate(
+            session,
+            store,
+            loaded,
+            now=now or session.clock.now(),
             mode="preview",
             pull_request=pull_request,
-            reverts_exactly=run_context(settings, loaded).trigger == "rollback",
+            reverts_exactly=run_context(session, loaded).trigger == "rollback",
             secret_env=secrets,
         )
         report = ApprovalsReport(plan.commit, pull_request)
@@ -85,15 +83,15 @@ def judge(
     return report
 
 
-def post_status(settings: Settings, report: ApprovalsReport, description: str) -> PostedStatus:
+def post_status(session: Session, report: ApprovalsReport, description: str) -> PostedStatus:
     """Set `reconciler/approvals` on the commit reviewers see (the PR head)."""
-    ctx = ci.detect(settings.env)
+    ctx = ci.detect(session.settings.env)
     heads = (g.verdict.head_sha for g in report.verdicts.values() if g.verdict)
     sha = ctx.head_sha or next((h for h in heads if h), None) or report.commit
     if sha is None:
         raise ConfigError("--status needs a commit: run in a git repo or pass --commit")
     state: StatusState = "success" if report.passed else "failure"
-    source = forge(settings, "--status")
+    source = forge(session, "--status")
     try:
         source.set_status(sha, state, description)
     finally:

@@ -1,6 +1,8 @@
-"""Live reads for the overview: drift (live body versus recorded) and each recorded
-instance's health, both from the providers. Slow and networked: the dashboard reads
-them on a background interval, never while answering a request."""
+"""Live reads: drift (live body versus recorded) and each recorded instance's health,
+both from the providers, with the provider settings of record (`ProvidersOfRecord`,
+an invariant of the gate: docs/design.md, "Live reads go where the objects were
+written"). Slow and networked: the dashboard reads them on a background interval,
+never while answering a request."""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from reconciler.config import Settings
 from reconciler.drift import DriftReport, detect_drift
 from reconciler.errors import ReconcilerError
 from reconciler.instances import InstanceKey, ProviderConfig
-from reconciler.load import Loaded, load
+from reconciler.load import Loaded
 from reconciler.manifests import Desired
-from reconciler.providers import HealthStatus, Provider, make_provider
+from reconciler.providers import HealthStatus, Provider
+from reconciler.session import Session
 from reconciler.state.base import AppliedRecord, StateStore
 
 
@@ -44,8 +46,8 @@ class ProvidersOfRecord:
     Reading with it would send the credential (and a heal, the recorded specs)
     somewhere nobody approved; the recorded objects are not there anyway."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, session: Session) -> None:
+        self.session = session
         self._loaded: Loaded | None = None
 
     def get(
@@ -80,18 +82,18 @@ class ProvidersOfRecord:
         for loaded in (current, self._loaded):
             if loaded is not None and loaded.commit == commit and not loaded.dirty:
                 return loaded.desired
-        self._loaded = load(self.settings, commit)  # registers its secrets for redaction
+        self._loaded = self.session.load(commit)  # registers its secrets for redaction
         return self._loaded.desired
 
 
-def providers_of_record(settings: Settings, store: StateStore) -> Providers:
+def providers_of_record(session: Session, store: StateStore) -> Providers:
     """The CLI's: the settings of record, and the checkout's own for an environment
     last applied from a working tree."""
-    return ProvidersOfRecord(settings).get(store, load(settings), uncommitted=True)
+    return ProvidersOfRecord(session).get(store, session.load(), uncommitted=True)
 
 
 def read_live(
-    settings: Settings,
+    session: Session,
     store: StateStore,
     providers: Providers,
     environments: Sequence[str] = (),
@@ -103,13 +105,13 @@ def read_live(
     drift = detect_drift(
         store,
         providers,
-        repo_root=settings.repo,
-        env=settings.env,
+        repo_root=session.settings.repo,
+        env=session.settings.env,
         environments=environments,
     )
     report = LiveReport(at, drift)
     for env in environments or store.environments():
-        read_health(settings, providers, env, store.applied(env), report)
+        read_health(session, providers, env, store.applied(env), report)
     drift.health.update(report.health)  # `drift` documents carry health too
     drift.health_errors.update(report.unreadable)
     return report
@@ -124,21 +126,21 @@ class HealthReads:
 
 
 def read_health(
-    settings: Settings,
+    session: Session,
     providers: Providers,
     env: str,
     records: Mapping[InstanceKey, AppliedRecord],
     into: HealthReads | LiveReport | None = None,
 ) -> HealthReads | LiveReport:
-    """Ask each recorded instance's provider for its health, `settings.parallelism` at
-    a time; a provider that is gone from the manifests or fails is `unreadable`."""
+    """Ask each recorded instance's provider for its health, the session's parallelism at a
+    time; a provider that is gone from the manifests or fails is `unreadable`."""
     out: HealthReads | LiveReport = HealthReads() if into is None else into
     configs = providers.get(env, {})
     made: dict[str, Provider] = {}
     try:
         for name in {r.provider for r in records.values()} & set(configs):
             try:
-                made[name] = make_provider(configs[name], repo_root=settings.repo, env=settings.env)
+                made[name] = session.provider(configs[name])
             except ReconcilerError as e:
                 for key, rec in records.items():
                     if rec.provider == name:
@@ -154,7 +156,7 @@ def read_health(
                 return rec.key, e.message
 
         todo = [r for k, r in records.items() if k not in out.unreadable]
-        with ThreadPoolExecutor(max_workers=settings.parallelism) as pool:
+        with ThreadPoolExecutor(max_workers=session.settings.parallelism) as pool:
             for key, got in pool.map(one, todo):
                 if isinstance(got, HealthStatus):
                     out.health[key] = got
