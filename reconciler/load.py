@@ -69,3 +69,26 @@ def load(
     commit = repo.head()
     dirty = commit is not None and repo.is_dirty(paths)
     return Loaded(desired, commit, dirty, None, read_paths, approvals)
+
+
+def provider_credential_names(settings: Settings, repo: ManifestRepo | None = None) -> set[str]:
+    """The variables the working tree's Provider documents name as credentials, read
+    best effort (only files that mention `Provider`; problems ignored): what loads no
+    manifests still learns which values are credentials."""
+    from reconciler.errors import ReconcilerError
+    from reconciler.manifests.validate import parse_files, validate_documents
+
+    try:
+        files = (repo or ManifestRepo(settings.repo)).files_at(None, settings.manifest_paths)
+    except ReconcilerError:
+        return set()
+    ignored: list[Diagnostic] = []
+    mentioned = {path: data for path, data in files.items() if b"Provider" in data}
+    docs = [d for d in parse_files(mentioned, ignored) if d[1].get("kind") == "Provider"]
+    names: set[str] = set()
+    for entry in validate_documents(docs, ignored).providers.values():
+        spec = entry.model.spec
+        names.update(spec.credentials.values())
+        for override in spec.overrides.values():
+            names.update((override.credentials or {}).values())
+    return names

@@ -21,8 +21,7 @@ from reconciler.instances import secret_refs
 from reconciler.log import register_secrets
 
 if TYPE_CHECKING:
-    from reconciler.config import Settings
-    from reconciler.manifests import Desired, Diagnostic
+    from reconciler.manifests import Desired
     from reconciler.state.base import StateStore
 
 _CONVENTIONAL_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -86,41 +85,18 @@ def register_desired(desired: Desired, env: Mapping[str, str]) -> set[str]:
     return referenced_names(desired)
 
 
-def register_recorded(store: StateStore, settings: Settings) -> None:
-    """For commands that read only the state (status, history): the values of the
-    secrets its recorded specs refer to, and of the providers' credentials."""
-    env = settings.env
-    names = provider_credential_names(settings)
+def recorded_secrets(
+    store: StateStore, env: Mapping[str, str], credential_names: Iterable[str]
+) -> list[str | None]:
+    """For what reads only the state (status, history): the values of the secrets its
+    recorded specs refer to, of the providers' credentials (`credential_names`), and
+    of the environment's own secret variables."""
+    names = set(credential_names)
     for environment in store.environments():
         for rec in store.applied(environment).values():
             names.update(rec.secret_fingerprints)
             names.update(secret_refs(rec.spec))
-    register_environment(env)
-    register_secrets(env.get(name) for name in names)
-
-
-def provider_credential_names(settings: Settings) -> set[str]:
-    """The variables the working tree's Provider documents name as credentials, read
-    best effort (only files that mention `Provider`; problems ignored): commands that
-    load no manifests still learn which values are credentials."""
-    from reconciler.errors import ReconcilerError
-    from reconciler.gitrepo import ManifestRepo
-    from reconciler.manifests.validate import parse_files, validate_documents
-
-    try:
-        files = ManifestRepo(settings.repo).files_at(None, settings.manifest_paths)
-    except ReconcilerError:
-        return set()
-    ignored: list[Diagnostic] = []
-    mentioned = {path: data for path, data in files.items() if b"Provider" in data}
-    docs = [d for d in parse_files(mentioned, ignored) if d[1].get("kind") == "Provider"]
-    names: set[str] = set()
-    for entry in validate_documents(docs, ignored).providers.values():
-        spec = entry.model.spec
-        names.update(spec.credentials.values())
-        for override in spec.overrides.values():
-            names.update((override.credentials or {}).values())
-    return names
+    return [*(env.get(name) for name in names), *(env.get(n) for n in ENV_SECRET_VARS)]
 
 
 class Redactor:

@@ -10,9 +10,9 @@ from reconciler import ci
 from reconciler.config import CONFIG_FILE
 from reconciler.errors import ConfigError
 from reconciler.gate import Gate, Mode
-from reconciler.load import Loaded
+from reconciler.load import Loaded, provider_credential_names
 from reconciler.manifests import Desired
-from reconciler.redaction import referenced_names
+from reconciler.redaction import recorded_secrets, referenced_names
 from reconciler.session import Session
 from reconciler.state.base import StateStore, current_user
 
@@ -77,3 +77,10 @@ def open_gate(
         secret_env=secret_env,
         repo=session.repo,
     )
+
+
+def register_recorded(session: Session, store: StateStore) -> None:
+    """For what reads only the state (status, history, run): the secrets its recorded
+    specs and the working tree's providers refer to are the session's from here on."""
+    names = provider_credential_names(session.settings, session.repo)
+    session.redactor.add(recorded_secrets(store, session.settings.env, names))

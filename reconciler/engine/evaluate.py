@@ -15,11 +15,11 @@ from reconciler import ci
 from reconciler.checks.eval import Budget, Case, read_cases, run_cases
 from reconciler.checks.evidence import eval_digest, eval_document, evidence_digest_of
 from reconciler.checks.expect import judge
+from reconciler.engine.context import register_recorded
 from reconciler.engine.live import providers_of_record
 from reconciler.engine.run import limits
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ConfigError, ReconcilerError
 from reconciler.instances import InstanceKey
-from reconciler.redaction import register_recorded
 from reconciler.runs.execute import execute, price
 from reconciler.runs.model import Execution, Holder, new_id
 from reconciler.runs.store import reap
@@ -108,7 +108,7 @@ def evaluate(
     key = InstanceKey(environment, "Deployment", spec.deployment)
     with ExitStack() as stack:
         store = stack.enter_context(session.open_store(read_only=True))
-        register_recorded(store, session.settings)
+        register_recorded(session, store)
         record = store.applied(environment, [key]).get(key)
         if record is None:
             raise ReconcilerError(f"deployment.{key.name} is not applied in {environment!r}")

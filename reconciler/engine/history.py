@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.engine.context import register_recorded
 from reconciler.errors import ReconcilerError
 from reconciler.gitrepo import ManifestRepo
-from reconciler.redaction import register_recorded
 from reconciler.session import Session
 from reconciler.state.base import RunRecord, StateStore
 
@@ -85,7 +85,7 @@ def history(
     session: Session, environments: Sequence[str] = (), *, limit: int = 50
 ) -> HistoryReport:
     with session.open_store(read_only=True) as store:
-        register_recorded(store, session.settings)
+        register_recorded(session, store)
         return collect_history(store, session.repo, environments, limit=limit)
 
 

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.engine.context import register_recorded
 from reconciler.engine.live import providers_of_record
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.instances import InstanceKey
-from reconciler.redaction import register_recorded
 from reconciler.runs.execute import Limits, execute
 from reconciler.runs.model import Execution, Holder, new_id
 from reconciler.runs.store import ExecutionStore, open_executions, reap
@@ -78,7 +78,7 @@ def run(
     key = InstanceKey(environment, "Deployment", deployment)
     with ExitStack() as stack:
         store = stack.enter_context(session.open_store(read_only=True))
-        register_recorded(store, session.settings)
+        register_recorded(session, store)
         record = store.applied(environment, [key]).get(key)
         if record is None:
             raise ReconcilerError(

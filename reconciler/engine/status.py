@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import schedules
+from reconciler.engine.context import register_recorded
 from reconciler.engine.live import providers_of_record, read_health
 from reconciler.errors import ReconcilerError
 from reconciler.instances import InstanceKey
 from reconciler.providers.base import HealthStatus
-from reconciler.redaction import register_recorded
 from reconciler.session import Session
 from reconciler.state.base import AppliedRecord, StateStore
 
@@ -83,7 +83,7 @@ def status(
     session: Session, environments: Sequence[str] = (), *, health: bool = True
 ) -> StatusReport:
     with session.open_store(read_only=True) as store:
-        register_recorded(store, session.settings)
+        register_recorded(session, store)
         report = collect_status(store, environments)
         if health:
             add_health(session, store, report)
