@@ -135,7 +135,7 @@ def evaluate(
             eval_digest=eval_digest(eval_document(spec, loaded.desired.eval_datasets[name])),
             # run for a pull request, the eval and its cases are the change's: shown, and
             # recorded as advisory, never counted as evidence by the promotion gate
-            advisory=ci.detect(settings.env).pull_request is not None,
+            advisory=ci.detect(session.settings.env).pull_request is not None,
         )
         if spec.max_cost is not None and price(record.spec) is None:
             raise ConfigError(
