@@ -123,6 +123,7 @@ def based(n: int, passed: int, baseline: dict[str, Any] | None) -> EvalRun:
             "what production runs (000000000000)",
         ),
         ({"digest": None, "rate": None}, 56, None),  # nothing applied there: nothing to trail
+        ({"digest": D1, "rate": None, "same": True}, 56, None),  # it runs this very digest
         (None, 60, "ran eval 'quality' without its baseline (production)"),
         (
             {"digest": D0, "rate": 0.5},

@@ -16,14 +16,18 @@ from reconciler.checks.eval import Budget, Case, read_cases, run_cases
 from reconciler.checks.evidence import eval_digest, eval_document, evidence_digest_of
 from reconciler.checks.expect import judge
 from reconciler.engine.context import register_recorded
-from reconciler.engine.live import providers_of_record
+from reconciler.engine.live import Providers, providers_of_record
 from reconciler.engine.run import limits
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ConfigError, ReconcilerError
+from reconciler.gate.evidence import baseline_of
+from reconciler.gate.judge import baseline_problem
 from reconciler.instances import InstanceKey
+from reconciler.manifests.models import EvalSpec
 from reconciler.runs.execute import execute, price
 from reconciler.runs.model import Execution, Holder, new_id
-from reconciler.runs.store import reap
+from reconciler.runs.store import ExecutionStore, reap
 from reconciler.session import Session
+from reconciler.state.base import StateStore
 
 EvalOutcome = Literal["passed", "failed", "inconclusive", "stopped"]
 
@@ -43,6 +47,8 @@ class EvalReport:
     eval_digest: str = ""
     eval_run: str = ""
     advisory: bool = False
+    #: With a baseline: what it ran and measured (`_baseline`).
+    baseline: dict[str, Any] | None = None
     calls: int = 0
     passed: int = 0
     #: Of the calls ended, in the deployment's currency; None when unknown.
@@ -77,6 +83,7 @@ class EvalReport:
             "evalDigest": self.eval_digest,
             "evalRun": self.eval_run,
             "advisory": self.advisory,
+            "baseline": self.baseline,
             "outcome": self.outcome,
             "reason": self.reason,
             "executions": list(self.executions),
@@ -112,7 +119,8 @@ def evaluate(
         record = store.applied(environment, [key]).get(key)
         if record is None:
             raise ReconcilerError(f"deployment.{key.name} is not applied in {environment!r}")
-        config = providers_of_record(session, store).get(environment, {}).get(record.provider)
+        of_record = providers_of_record(session, store)
+        config = of_record.get(environment, {}).get(record.provider)
         if config is None:
             raise ReconcilerError(
                 f"provider {record.provider!r} is not declared for {environment!r}"
@@ -122,6 +130,7 @@ def evaluate(
         executions = session.open_executions()
         stack.callback(executions.close)
         reap(executions)
+        doc = eval_document(spec, loaded.desired.eval_datasets[name])
         report = EvalReport(
             name,
             environment,
@@ -132,7 +141,7 @@ def evaluate(
             spec.repeat,
             spec.min_pass_rate,
             spec.min_samples,
-            eval_digest=eval_digest(eval_document(spec, loaded.desired.eval_datasets[name])),
+            eval_digest=eval_digest(doc),
             # run for a pull request, the eval and its cases are the change's: shown, and
             # recorded as advisory, never counted as evidence by the promotion gate
             advisory=ci.detect(session.settings.env).pull_request is not None,
@@ -143,6 +152,8 @@ def evaluate(
                 f"no `pricing` in {environment!r} (its cost would be unknown)"
             )
 
+        if spec.baseline is not None:
+            report.baseline = _baseline(store, executions, of_record, spec, name, report)
         report.eval_run = new_id(_clock(now)())
         planned = len(cases) * spec.repeat
 
@@ -152,7 +163,7 @@ def evaluate(
             ex.holder = Holder.me()
             ex.check, ex.digest = name, report.digest
             ex.eval_run, ex.eval_digest, ex.planned = report.eval_run, report.eval_digest, planned
-            ex.advisory = report.advisory
+            ex.advisory, ex.baseline = report.advisory, report.baseline
             done = execute(
                 executions, ex, provider, record, case.input, limits=lim, clock=_clock(now)
             )
@@ -176,7 +187,36 @@ def evaluate(
         report.reason = f"{report.calls} sample(s), fewer than minSamples {spec.min_samples}"
     elif rate is not None and rate >= spec.min_pass_rate:
         report.reason = f"pass rate {rate:.3f} ≥ {spec.min_pass_rate}"
+        behind = baseline_problem(doc.get("baseline"), report.baseline, rate, name)
+        if behind is not None:
+            unmeasured = report.baseline is not None and report.baseline.get("rate") is None
+            report.outcome = "inconclusive" if unmeasured else "failed"
+            report.reason = f"deployment.{key.name} {behind}"
     else:
         report.outcome = "failed"
         report.reason = f"pass rate {rate or 0:.3f} < {spec.min_pass_rate}"
     return report
+
+
+def _baseline(
+    store: StateStore,
+    executions: ExecutionStore,
+    of_record: Providers,
+    spec: EvalSpec,
+    name: str,
+    report: EvalReport,
+) -> dict[str, Any]:
+    """What the baseline environment runs now (from recorded state) and the pass rate of
+    this eval's latest run on it (None: nothing applied there, or never measured)."""
+    assert spec.baseline is not None
+    env = spec.baseline.environment
+    key = InstanceKey(env, "Deployment", spec.deployment)
+    record = store.applied(env, [key]).get(key)
+    if record is None:
+        return {"environment": env, "digest": None, "rate": None}
+    config = of_record.get(env, {}).get(record.provider)
+    digest = evidence_digest_of(record.spec, config.type if config else record.provider)
+    if digest == report.digest:  # the baseline runs what is measured: nothing to trail
+        return {"environment": env, "digest": digest, "rate": None, "same": True}
+    rate = baseline_of(executions, name, spec.deployment, report.eval_digest, digest)
+    return {"environment": env, "digest": digest, "rate": rate}

@@ -537,15 +537,16 @@ def baseline_problem(
     wanted: Mapping[str, Any] | None, had: Mapping[str, Any] | None, rate: float, name: str
 ) -> str | None:
     """Why a run's pass rate does not hold against its baseline (the latest run of the
-    same eval on what the baseline environment ran), or None. Nothing applied there is
-    nothing to fall behind; a baseline never measured is no comparison (inconclusive)."""
+    same eval on what the baseline environment ran), or None. Nothing applied there, or
+    the same digest applied there, is nothing to fall behind; a baseline never measured
+    is no comparison (inconclusive)."""
     if wanted is None:
         return None
     env, drop = wanted.get("environment"), float(wanted.get("maxDrop") or 0.0)
     if had is None:
         return f"ran eval {name!r} without its baseline ({env})"
-    if had.get("digest") is None:
-        return None
+    if had.get("digest") is None or had.get("same"):
+        return None  # nothing applied there, or it runs the very digest measured
     base = had.get("rate")
     short = str(had["digest"]).removeprefix("sha256:")[:12]
     if base is None:

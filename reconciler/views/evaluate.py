@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as _json
+from typing import Any
 
 from reconciler.engine.evaluate import EvalReport
 from reconciler.views.text import join_lines
@@ -18,6 +19,7 @@ def human(r: EvalReport) -> str:
             f"{r.passed} passed, pass rate {rate} (min {r.min_pass_rate}), cost "
             f"{'unknown' if r.cost is None else f'{r.cost:.6g}'}",
             f"  digest {r.digest}, eval {r.eval_digest}",
+            *([_baseline(r.baseline)] if r.baseline is not None else []),
             *(
                 ["  advisory: run for a pull request, so never counted as promotion evidence"]
                 if r.advisory
@@ -29,3 +31,14 @@ def human(r: EvalReport) -> str:
 
 def json(r: EvalReport) -> str:
     return _json.dumps(r.document(), indent=2) + "\n"
+
+
+def _baseline(b: dict[str, Any]) -> str:
+    env, digest, rate = b.get("environment"), b.get("digest"), b.get("rate")
+    if digest is None:
+        return f"  baseline {env}: nothing applied there"
+    short = str(digest).removeprefix("sha256:")[:12]
+    if b.get("same"):
+        return f"  baseline {env}: runs this same digest ({short})"
+    measured = "never measured" if rate is None else f"pass rate {float(rate):.3f}"
+    return f"  baseline {env}: {short}, {measured}"
