@@ -49,6 +49,16 @@ def read_cases(text: str, path: str) -> list[Case]:
     return out
 
 
+def needs_judge(cases: Sequence[Case], path: str) -> None:
+    """A case that asks a judge needs the Eval to declare one."""
+    for case in cases:
+        if case.expect.judge is not None:
+            raise ConfigError(
+                f"{path}: a case asks a judge ({case.expect.judge!r}), and the Eval "
+                "declares no `judge` deployment"
+            )
+
+
 @dataclass(frozen=True)
 class Budget:
     calls: int | None = None

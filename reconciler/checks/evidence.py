@@ -52,6 +52,11 @@ def eval_document(spec: EvalSpec, dataset_digest: str) -> dict[str, Any]:
             if spec.baseline is None
             else {"baseline": spec.baseline.model_dump(mode="json", by_alias=True)}
         ),
+        **(
+            {}
+            if spec.judge is None
+            else {"judge": spec.judge.model_dump(mode="json", by_alias=True, exclude_defaults=True)}
+        ),
     }
 
 

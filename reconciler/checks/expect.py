@@ -78,6 +78,14 @@ def judge(expect: CheckExpect, ex: Execution) -> list[Outcome]:
     return out
 
 
+def graded(criteria: str, verdict: Execution, passing: CheckExpect) -> Outcome:
+    """A judge's grade as one outcome: the criteria asked, the judge's answer measured,
+    held when the answer meets the judge's `pass` expectations."""
+    ok = verdict.status == "completed" and all(o.ok for o in judge(passing, verdict))
+    measured = _excerpt(verdict.result) if verdict.status == "completed" else verdict.error
+    return Outcome("judge", criteria, measured, ok)
+
+
 def _schema_problem(schema: dict[str, Any], answer: str | None) -> str:
     """ "valid", or the first reason the answer is not (not JSON, or where it fails)."""
     if answer is None:

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from reconciler import ci
-from reconciler.checks.eval import Budget, Case, read_cases, run_cases
+from reconciler.checks.eval import Budget, Case, needs_judge, read_cases, run_cases
 from reconciler.checks.evidence import eval_digest, eval_document, evidence_digest_of
-from reconciler.checks.expect import judge
+from reconciler.checks.expect import Outcome, graded, judge
 from reconciler.engine.context import register_recorded
 from reconciler.engine.live import Providers, providers_of_record
 from reconciler.engine.run import limits
@@ -23,11 +23,12 @@ from reconciler.gate.evidence import baseline_of
 from reconciler.gate.judge import baseline_problem
 from reconciler.instances import InstanceKey
 from reconciler.manifests.models import EvalSpec
-from reconciler.runs.execute import execute, price
+from reconciler.providers.base import Provider
+from reconciler.runs.execute import as_text, execute, price
 from reconciler.runs.model import Execution, Holder, new_id
 from reconciler.runs.store import ExecutionStore, reap
 from reconciler.session import Session
-from reconciler.state.base import StateStore
+from reconciler.state.base import AppliedRecord, StateStore
 
 EvalOutcome = Literal["passed", "failed", "inconclusive", "stopped"]
 
@@ -112,6 +113,8 @@ def evaluate(
     if data is None:
         raise ConfigError(f"dataset {spec.dataset} does not exist at {str(loaded.commit)[:12]}")
     cases = read_cases(data.decode(errors="replace"), spec.dataset)
+    if spec.judge is None:
+        needs_judge(cases, spec.dataset)
     key = InstanceKey(environment, "Deployment", spec.deployment)
     with ExitStack() as stack:
         store = stack.enter_context(session.open_store(read_only=True))
@@ -154,8 +157,32 @@ def evaluate(
 
         if spec.baseline is not None:
             report.baseline = _baseline(store, executions, of_record, spec, name, report)
+        grader = (
+            None if spec.judge is None else _judge(session, store, of_record, spec, environment)
+        )
+        if grader is not None:
+            stack.callback(grader.provider.close)
         report.eval_run = new_id(_clock(now)())
         planned = len(cases) * spec.repeat
+        judge_costs: list[float | None] = []
+
+        def grade(case: Case, answered: Execution) -> Outcome:
+            """The judge's grade of one answer, its call recorded (outside the run's
+            evidence: no eval run) and its cost added to the report."""
+            assert grader is not None and spec.judge is not None and case.expect.judge
+            if answered.status != "completed":
+                return Outcome("judge", case.expect.judge, "no answer", False)
+            at = _clock(now)()
+            ex = Execution(new_id(at), environment, grader.record.name, "eval", "pending", at)
+            ex.holder, ex.check, ex.digest = Holder.me(), name, spec.judge.digest
+            verdict = execute(
+                executions, ex, grader.provider, grader.record,
+                {"question": as_text(case.input), "answer": answered.result or "",
+                 "criteria": case.expect.judge},
+                limits=lim, clock=_clock(now),
+            )  # fmt: skip
+            judge_costs.append(verdict.cost)
+            return graded(case.expect.judge, verdict, spec.judge.pass_)
 
         def call(case: Case) -> Execution:
             at = _clock(now)()
@@ -168,6 +195,8 @@ def evaluate(
                 executions, ex, provider, record, case.input, limits=lim, clock=_clock(now)
             )
             outcomes = judge(case.expect, done)
+            if case.expect.judge is not None:
+                outcomes.append(grade(case, done))
             done.passed = all(o.ok for o in outcomes)
             done.expectations = [o.document() for o in outcomes]
             executions.transition(done, (done.status,))
@@ -177,6 +206,8 @@ def evaluate(
         budget = Budget(spec.max_calls, spec.max_cost, spec.max_seconds)
         tally = run_cases(cases, spec.repeat, call, parallelism=spec.parallelism, budget=budget)
         report.calls, report.passed, report.cost = tally.calls, tally.passed, tally.cost
+        for cost in judge_costs:  # what grading cost is spent too (unknown stays unknown)
+            report.cost = None if report.cost is None or cost is None else report.cost + cost
         report.executions = tally.executions
         if tally.stopped is not None:
             report.outcome, report.reason = "stopped", tally.stopped
@@ -220,3 +251,37 @@ def _baseline(
         return {"environment": env, "digest": digest, "rate": None, "same": True}
     rate = baseline_of(executions, name, spec.deployment, report.eval_digest, digest)
     return {"environment": env, "digest": digest, "rate": rate}
+
+
+@dataclass
+class _Grader:
+    record: AppliedRecord
+    provider: Provider
+
+
+def _judge(
+    session: Session,
+    store: StateStore,
+    of_record: Providers,
+    spec: EvalSpec,
+    environment: str,
+) -> _Grader:
+    """The eval's judge as applied where the eval runs, exactly as pinned: a judge that
+    changed (prompt, model, options, provider kind) grades nothing until the pin moves
+    with it, so an eval's digest always says which judge graded it."""
+    assert spec.judge is not None
+    key = InstanceKey(environment, "Deployment", spec.judge.deployment)
+    record = store.applied(environment, [key]).get(key)
+    if record is None:
+        raise ReconcilerError(f"the judge deployment.{key.name} is not applied in {environment!r}")
+    config = of_record.get(environment, {}).get(record.provider)
+    if config is None:
+        raise ReconcilerError(f"provider {record.provider!r} is not declared for {environment!r}")
+    digest = evidence_digest_of(record.spec, config.type)
+    if digest != spec.judge.digest:
+        raise ConfigError(
+            f"the judge deployment.{key.name} runs {digest} in {environment!r}, but the "
+            f"eval pins {spec.judge.digest}: a changed judge is a changed eval, so move "
+            "the pin with it"
+        )
+    return _Grader(record, session.provider(config))

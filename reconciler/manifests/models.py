@@ -694,6 +694,8 @@ class CheckExpect(StrictModel):
     json_schema: Annotated[dict[Text, JsonValue], AfterValidator(_valid_json_schema)] | None = None
     #: The answer is a number (the whole answer, trimmed) within these bounds.
     number: NumberExpect | None = None
+    #: Eval cases only: the criteria the Eval's `judge` deployment grades the answer by.
+    judge: Text | None = None
 
 
 class CheckRequest(StrictModel):
@@ -730,6 +732,17 @@ class EvalBaseline(StrictModel):
     max_drop: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
+class EvalJudge(StrictModel):
+    """A deployment that grades answers (an LLM as judge), pinned to the evidence digest
+    it must run, so a changed judge is a changed eval. It is called with `question`
+    (the case's input as JSON), `answer` and `criteria`, and its answer must meet
+    `pass`."""
+
+    deployment: Slug
+    digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+    pass_: CheckExpect = Field(alias="pass")
+
+
 class EvalSpec(StrictModel):
     """A dataset-based quality run of one deployment as applied in an environment
     (`reconciler eval`): each JSONL case of `dataset` ({"input": {...}, "expect": {...}},
@@ -752,6 +765,7 @@ class EvalSpec(StrictModel):
     #: Calls under way at once.
     parallelism: Annotated[int, Field(ge=1, le=64)] = 4
     baseline: EvalBaseline | None = None
+    judge: EvalJudge | None = None
 
 
 class Eval(StrictModel):

@@ -263,6 +263,20 @@ def _check_references(r: Manifests, c: _Collector) -> None:
         _check_check(c, r, ck)
     for ev in r.evals.values():
         _check_targets(c, r, ev)
+        grader = ev.model.spec.judge
+        if grader is not None:
+            dep = r.deployments.get(grader.deployment)
+            missing = [
+                env for env in ev.model.spec.environments
+                if dep is None or env not in dep.model.spec.environments
+            ]  # fmt: skip
+            if missing:
+                c.at(
+                    ev.path,
+                    ev.pos("spec", "judge", "deployment"),
+                    f"judge deployment {grader.deployment!r} is not deployed to "
+                    f"{', '.join(map(repr, missing))}",
+                )
         base = ev.model.spec.baseline
         if base is not None and base.environment not in r.environments:
             c.at(
@@ -320,6 +334,12 @@ def _check_check(c: _Collector, r: Manifests, ck: Entry[m.Check]) -> None:
                     f"regex is not a valid regular expression: {e}",
                 )
         _check_urls(c, ck.path, ck.raw, req.input, ("spec", "requests", i, "input"))
+        if req.expect.judge is not None:
+            c.at(
+                ck.path,
+                ck.pos("spec", "requests", i, "expect", "judge"),
+                "a check cannot ask a judge (an Eval can, with its `judge` deployment)",
+            )
 
 
 def _check_targets(c: _Collector, r: Manifests, ck: Entry[Any]) -> None:
