@@ -123,13 +123,28 @@ def promote(
 
 
 @commands.command("eval")
-def eval_(ctx: typer.Context, name: a.EvalName, env: a.RunEnv, as_json: a.Json = False) -> None:
+def eval_(
+    ctx: typer.Context,
+    name: a.EvalName,
+    env: a.RunEnv,
+    as_json: a.Json = False,
+    comment: a.Comment = False,
+    pr: a.Pr = None,
+) -> None:
     """Run an Eval's dataset against the deployment as applied in ENV and record each
-    call; exit 0 passed, 1 failed or stopped by its budget, 3 inconclusive."""
+    call; exit 0 passed, 1 failed or stopped by its budget, 3 inconclusive. With
+    --comment, the result is posted to the pull request (one comment per eval and
+    environment, updated on each run)."""
+    from reconciler.engine import forge
     from reconciler.engine.evaluate import evaluate
     from reconciler.views import evaluate as view
 
     cli: Invocation = ctx.obj
-    report = evaluate(cli.session(), name, env)
+    s = cli.session()
+    report = evaluate(s, name, env)
     cli.emit(view.json(report) if as_json else view.human(report))
+    if comment:
+        body = s.redactor.redact(view.markdown(report))
+        number = forge.post_plan_comment(s, body, view.marker(report), pr)
+        cli.emit(f"eval posted to pull request #{number}\n", err=True)
     raise typer.Exit(report.exit_code)

@@ -42,3 +42,39 @@ def _baseline(b: dict[str, Any]) -> str:
         return f"  baseline {env}: runs this same digest ({short})"
     measured = "never measured" if rate is None else f"pass rate {float(rate):.3f}"
     return f"  baseline {env}: {short}, {measured}"
+
+
+def marker(r: EvalReport) -> str:
+    """One comment per eval and environment on a pull request, updated in place."""
+    return f"<!-- reconciler eval {r.eval} {r.environment} -->"
+
+
+ICONS = {"passed": "✅", "failed": "❌", "inconclusive": "⚠️", "stopped": "⏹️"}
+
+
+def markdown(r: EvalReport) -> str:
+    """The pull-request comment: the outcome, the measured rate beside its bar, and
+    whether it counts."""
+    rate = "n/a" if r.pass_rate is None else f"{r.pass_rate:.3f}"
+    cost = "unknown" if r.cost is None else f"{r.cost:.6g}"
+    counts = (
+        "**Advisory**: run for this pull request, with its cases and thresholds; it is "
+        "never counted as promotion evidence."
+        if r.advisory
+        else "Recorded as evidence for promotion (the deploy branch's run)."
+    )
+    lines = [
+        marker(r),
+        f"### {ICONS.get(r.outcome, '')} Eval `{r.eval}` on `deployment.{r.deployment}` in "
+        f"`{r.environment}`: {r.outcome}",
+        "",
+        "| calls | passed | pass rate | bar | min samples | cost |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {r.calls} | {r.passed} | {rate} | {r.min_pass_rate} | {r.min_samples} | {cost} |",
+        "",
+        f"{r.reason}",
+        *([_baseline(r.baseline).strip()] if r.baseline is not None else []),
+        "",
+        f"Digest `{r.digest}`, eval `{r.eval_digest}`. {counts}",
+    ]
+    return "\n".join(lines) + "\n"
