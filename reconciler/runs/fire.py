@@ -221,6 +221,12 @@ class FireEngine:
         started = []
         for call, ok in zip(batch.calls, recorded[len(batch.records) :], strict=True):
             if not ok:
+                log.debug(
+                    "schedule.fire_taken",
+                    schedule=call.execution.schedule,
+                    env=call.execution.environment,
+                    fire_time=iso(call.execution.fire_time),
+                )
                 continue
             ex = call.execution
             log.debug(
