@@ -1,4 +1,5 @@
-"""Recorded state: what was applied where, and every run. Backends share one protocol."""
+"""Recorded state: what was applied where, and every run. One `Store` (store.py) owns the
+semantics over a backend (backend.py) that SQLite, PostgreSQL or git implements."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from reconciler.errors import ConfigError
+from reconciler.state.backend import Backend
 from reconciler.state.base import (
     AppliedRecord,
     ChangeRecord,
@@ -14,6 +16,7 @@ from reconciler.state.base import (
     StateStore,
     fingerprint,
 )
+from reconciler.state.store import Store
 from reconciler.state.urls import mask_url
 
 #: The embedded default: a SQLite file inside the manifests repo (git-ignored).
@@ -26,8 +29,10 @@ __all__ = [
     "LockInfo",
     "RunRecord",
     "StateStore",
+    "Store",
     "fingerprint",
     "mask_url",
+    "open_backend",
     "open_state",
 ]
 
@@ -43,12 +48,27 @@ def open_state(
     `env` is the command's environment (`Settings.env`), where the store reads
     RECONCILER_FINGERPRINT_KEY. `read_only` stores never create, migrate or write: plan,
     drift, status, history and approvals use them."""
-    if url.startswith("git://"):
+    if url.startswith("git://"):  # not yet over a backend
         from reconciler.state.git import GitState, parse_git_url
 
         return GitState(repo_root, parse_git_url(url), url=url, env=env, read_only=read_only)
+    if url.startswith(("postgresql://", "postgres://")):  # not yet over a backend
+        from reconciler.state.postgres import PostgresState
+
+        return PostgresState(url, env=env, read_only=read_only)
+    backend = open_backend(url, repo_root=repo_root, read_only=read_only)
+    return Store(backend, env=env, read_only=read_only)
+
+
+def open_backend(url: str, *, repo_root: Path, read_only: bool = False) -> Backend:
+    """The storage `url` names (see `open_state`); opened `read_only`, it never creates
+    or migrates anything."""
+    if url.startswith("git://"):
+        from reconciler.state.git import GitBackend, parse_git_url
+
+        return GitBackend(repo_root, parse_git_url(url), url=url)
     if url.startswith("sqlite://"):
-        from reconciler.state.sqlite import SQLiteState
+        from reconciler.state.sqlite import SQLiteBackend
 
         rest = url.removeprefix("sqlite://")
         if not rest.startswith("/") or rest == "/":
@@ -57,11 +77,11 @@ def open_state(
             )
         raw = rest[1:]
         path = Path(raw) if raw.startswith("/") else repo_root / raw
-        return SQLiteState(path, url=url, env=env, read_only=read_only)
+        return SQLiteBackend(path, url=url, read_only=read_only)
     if url.startswith(("postgresql://", "postgres://")):
-        from reconciler.state.postgres import PostgresState  # psycopg only when asked for
+        from reconciler.state.postgres import PostgresBackend  # psycopg only when asked for
 
-        return PostgresState(url, env=env, read_only=read_only)
+        return PostgresBackend(url, read_only=read_only)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
         f"unknown state backend {scheme!r} in {mask_url(url)!r}: use sqlite:///path/to/state.db, "

@@ -1,4 +1,4 @@
-"""What the state records, the protocol every backend implements, and the policy they share.
+"""What the state records, the StateStore protocol callers use, and the lock policy.
 
 State answers "what did we apply, where, from which commit, in which run". Specs are
 stored as applied, with secrets as references only; a keyed fingerprint of each
@@ -7,7 +7,7 @@ secret's value lets the plan notice a rotated secret without ever storing it.
 Lock policy lives here once, so backends cannot drift apart: who a holder is
 (`LockInfo`, with the machine identity), when a holder is gone (`is_stale`), when a lock
 may be taken (`check_takeover`), and that every write of a run happens under the lock it
-took (`HeldLocks.check`). Backends only store and compare.
+took (`HeldLocks.check`). The one StateStore is `store.Store`; backends only store.
 """
 
 from __future__ import annotations
@@ -332,7 +332,8 @@ def read_only_error(url: str, what: str) -> StateError:
 
 
 class StateStore(Protocol):
-    """A state backend. Every write is atomic; `record_change` is one transaction.
+    """Recorded state, as callers use it (`store.Store` over a backend). Every write is
+    atomic; `record_change` is one transaction.
 
     Opened with `read_only`, a store never creates, migrates or writes anything; its
     writes (and `fingerprint_key(create=True)`, `lock`) raise StateError. Writes of a run
@@ -375,7 +376,7 @@ class StateStore(Protocol):
         ...
 
     def finish_run(
-        self, run_id: str, outcome: str, details: dict[str, Any] | None = None
+        self, run_id: str, outcome: RunOutcome, details: dict[str, Any] | None = None
     ) -> None: ...
 
     def runs(self, environment: str | None = None, limit: int | None = None) -> list[RunRecord]:

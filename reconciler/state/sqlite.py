@@ -1,4 +1,5 @@
-"""The embedded default state backend: one SQLite file, one transaction per change.
+"""The embedded default state backend: one SQLite file, one transaction per write.
+Storage only (`backend.Backend`); the semantics are the `Store`'s (store.py).
 
 Durability: WAL with `synchronous=NORMAL`. Every `record_change` is its own committed
 transaction; in WAL mode a commit is in the WAL file (the OS page cache) when the call
@@ -16,7 +17,7 @@ holder elsewhere (another container sharing the volume) needs `--break-lock`, af
 the old holder's next write fails with StateMovedError and writes nothing.
 
 Read-only stores (plan, drift, status, history, approvals, watch) open the file with
-`mode=ro` and never create, migrate or write it; a missing file reads as an empty state.
+`mode=ro` and never create or migrate it; a missing file reads as an empty state.
 An older schema that this version reads compatibly (1: no machine identity in locks) is
 read as is; apply migrates it.
 """
@@ -24,35 +25,31 @@ read as is; apply migrates it.
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from reconciler.errors import StateError
 from reconciler.instances import InstanceKey, canonical_json
+from reconciler.state.backend import MissingRun, RunQuery, Tx, Write
 from reconciler.state.base import (
     AppliedRecord,
     AppliedSummary,
     ChangeRecord,
     EnvironmentState,
-    HeldLocks,
     LockInfo,
     RunRecord,
-    already_has_state,
     check_takeover,
-    fingerprint_key_from_env,
-    holding,
     index_from_rows,
-    other_key_error,
-    read_only_error,
-    this_process,
 )
+from reconciler.state.store import Store
+from reconciler.vocabulary import RunOutcome
+
+T = TypeVar("T")
 
 #: `PRAGMA user_version` of the layout below; older files are migrated by apply.
 SCHEMA_VERSION = 3
@@ -126,10 +123,6 @@ _APPLIED_COLUMNS = (
 _KEYS_PER_QUERY = 400
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _ts(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
@@ -172,7 +165,7 @@ def _insert_run(db: sqlite3.Connection, run: RunRecord) -> None:
 
 
 def _insert_change(
-    db: sqlite3.Connection, run_id: str, seq: int, change: ChangeRecord, at: str
+    db: sqlite3.Connection, run_id: str, seq: int, change: ChangeRecord, at: datetime
 ) -> None:
     env, kind, name = change.key
     db.execute(
@@ -180,7 +173,7 @@ def _insert_change(
         "error, provider_id, before_hash, after_hash, at, diff) "
         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (run_id, seq, env, kind, name, change.action, change.outcome, change.error,
-         change.provider_id, change.before_hash, change.after_hash, at,
+         change.provider_id, change.before_hash, change.after_hash, at.isoformat(),
          json.dumps(change.diff, sort_keys=True)),
     )  # fmt: skip
 
@@ -195,28 +188,48 @@ def _insert_applied(db: sqlite3.Connection, r: AppliedRecord) -> None:
     )  # fmt: skip
 
 
-class SQLiteState:
+def _change_record(row: tuple[Any, ...]) -> ChangeRecord:
+    _run, env, kind, name, action, outcome, error, pid, bh, ah, at, diff = row
+    return ChangeRecord(
+        InstanceKey(env, kind, name), action, outcome, error, pid, bh, ah, _ts(at),
+        json.loads(diff),
+    )  # fmt: skip
+
+
+def _run_record(row: tuple[Any, ...], changes: list[ChangeRecord]) -> RunRecord:
+    (rid, env, commit, trigger, started, finished, outcome, pr, author, approvers, rcommits,
+     rruns, details, policy) = row  # fmt: skip
+    return RunRecord(
+        id=rid,
+        environment=env,
+        commit=commit,
+        trigger=trigger,
+        started_at=datetime.fromisoformat(started),
+        finished_at=_ts(finished),
+        outcome=outcome,
+        pull_request=pr,
+        author=author,
+        approvers=json.loads(approvers),
+        reverted_commits=json.loads(rcommits),
+        reverted_runs=json.loads(rruns),
+        changes=changes,
+        details=json.loads(details),
+        policy=json.loads(policy) if policy else None,
+    )
+
+
+class SQLiteBackend:
     """`sqlite:///relative/to/repo.db` or `sqlite:////absolute/path.db`."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        env: Mapping[str, str],
-        url: str | None = None,
-        read_only: bool = False,
-    ) -> None:
+    def __init__(self, path: Path, *, url: str | None = None, read_only: bool = False) -> None:
         self.url = url or f"sqlite:///{path}"
         self.path = path
-        self.read_only = read_only
-        self._env = dict(env)
         self._mu = threading.RLock()
-        self._held = HeldLocks()
-        #: Per environment, the held lock and the stored row last verified as its own.
-        self._checked: dict[str, tuple[LockInfo, tuple[Any, ...]]] = {}
         #: The next change number of the run written last, so a change costs no MAX(seq)
-        #: query (only the lock holder writes a run's changes, and `_check_held` says so).
+        #: query (only the lock holder writes a run's changes).
         self._next_seq: dict[str, int] = {}
+        #: The lock row last read and what it reads as (a held lock is read per write).
+        self._lock_seen: tuple[tuple[Any, ...], LockInfo] | None = None
         self._version = SCHEMA_VERSION
         try:
             self._db = self._open_read_only() if read_only else self._open_writable()
@@ -313,27 +326,6 @@ class SQLiteState:
             raise
         db.execute("COMMIT")
 
-    @contextmanager
-    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction; IMMEDIATE so two processes never interleave writes.
-        Nothing of it stays when it raises."""
-        if self.read_only:
-            raise read_only_error(self.url, what)
-        with self._mu:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
-                raise StateError(f"cannot write state {self.url}: {e}") from None
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(e, sqlite3.Error):
-                    raise StateError(f"cannot {what} in state {self.url}: {e}") from None
-                raise
-
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._mu:
             try:
@@ -341,21 +333,14 @@ class SQLiteState:
             except sqlite3.Error as e:
                 raise StateError(f"cannot read state {self.url}: {e}") from None
 
-    def _lock_row(self, db: sqlite3.Connection, environment: str) -> LockInfo | None:
+    def lock_row(self, db: sqlite3.Connection, environment: str) -> LockInfo | None:
         row = db.execute(self._lock_sql, (environment,)).fetchone()
-        return _lock_info(row) if row else None
-
-    def _check_held(self, db: sqlite3.Connection, environment: str) -> None:
-        """Inside the write's transaction: a run holding the lock writes only while the
-        stored lock is still its own (HeldLocks.check)."""
-        mine = self._held.get(environment)
-        if mine is None:
-            return
-        row = db.execute(self._lock_sql, (environment,)).fetchone()
-        if row is not None and self._checked.get(environment) == (mine, row):
-            return  # the very row this lock was last found as: still its own
-        self._held.check(environment, _lock_info(row) if row else None)
-        self._checked[environment] = (mine, row)
+        if row is None:
+            return None
+        seen = self._lock_seen
+        if seen is None or seen[0] != row:
+            seen = self._lock_seen = (row, _lock_info(row))
+        return seen[1]
 
     # -- reads -----------------------------------------------------------------------
 
@@ -373,7 +358,7 @@ class SQLiteState:
         return [r[0] for r in rows]
 
     def applied(
-        self, environment: str, keys: Collection[InstanceKey] | None = None
+        self, environment: str, keys: Sequence[InstanceKey] | None
     ) -> dict[InstanceKey, AppliedRecord]:
         if keys is None:
             rows = self._query(
@@ -381,17 +366,16 @@ class SQLiteState:
                 (environment,),
             )
             return {InstanceKey(*r[:3]): _applied_record(r) for r in rows}
-        wanted = [k for k in dict.fromkeys(map(InstanceKey._make, keys)) if k[0] == environment]
-        if len(wanted) == 1:  # the executor asks per change: one primary-key lookup
+        if len(keys) == 1:  # the executor asks per change: one primary-key lookup
             rows = self._query(
                 f"SELECT {_APPLIED_COLUMNS} FROM applied "
                 "WHERE environment = ? AND kind = ? AND name = ?",
-                tuple(wanted[0]),
+                tuple(keys[0]),
             )
         else:
             rows = []
-            for i in range(0, len(wanted), _KEYS_PER_QUERY):
-                chunk = wanted[i : i + _KEYS_PER_QUERY]
+            for i in range(0, len(keys), _KEYS_PER_QUERY):
+                chunk = keys[i : i + _KEYS_PER_QUERY]
                 values = ",".join("(?,?)" for _ in chunk)
                 rows += self._query(
                     f"WITH wanted (kind, name) AS (VALUES {values}) "
@@ -409,254 +393,211 @@ class SQLiteState:
         )
         return index_from_rows(environment, rows)
 
-    def runs(self, environment: str | None = None, limit: int | None = None) -> list[RunRecord]:
-        sql = self._run_sql
-        args: tuple[Any, ...] = ()
-        if environment is not None:
-            sql += " WHERE environment = ?"
-            args = (environment,)
+    def runs(self, query: RunQuery) -> list[RunRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("environment =", query.environment), ("id =", query.run_id),
+            ("commit_sha =", query.commit), ("outcome =", query.outcome),
+            ("trigger <>", query.skip_trigger),
+        ):  # fmt: skip
+            if value is not None:
+                where.append(f"{column} ?")
+                args.append(value)
+        sql = self._run_sql + (f" WHERE {' AND '.join(where)}" if where else "")
         sql += " ORDER BY started_at DESC, rowid DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return self._load_runs(self._query(sql, args))
+        if query.limit is not None:
+            sql += f" LIMIT {int(query.limit)}"
+        rows = self._query(sql, tuple(args))
+        changes: dict[str, list[ChangeRecord]] = {r[0]: [] for r in rows}
+        if rows and query.changes:
+            marks = ",".join("?" * len(changes))
+            for row in self._query(
+                f"{self._change_sql} WHERE run_id IN ({marks}) ORDER BY run_id, seq",
+                tuple(changes),
+            ):
+                changes[row[0]].append(_change_record(row))
+        return [_run_record(r, changes[r[0]]) for r in rows]
 
-    def run(self, run_id: str) -> RunRecord | None:
-        runs = self._load_runs(self._query(f"{self._run_sql} WHERE id = ?", (run_id,)))
-        return runs[0] if runs else None
+    def holder(self, environment: str) -> LockInfo | None:
+        with self._mu:
+            try:
+                return self.lock_row(self._db, environment)
+            except sqlite3.Error as e:
+                raise StateError(f"cannot read state {self.url}: {e}") from None
 
-    def runs_for_commit(self, commit: str) -> list[RunRecord]:
-        rows = self._query(
-            f"{self._run_sql} WHERE commit_sha = ? ORDER BY started_at DESC", (commit,)
-        )
-        return self._load_runs(rows)
-
-    def last_applied_run(self, environment: str) -> RunRecord | None:
-        rows = self._query(
-            f"{self._run_sql} WHERE environment = ? AND outcome = 'applied' AND trigger <> 'heal' "
-            "ORDER BY started_at DESC, rowid DESC LIMIT 1",
-            (environment,),
-        )
-        return self._load_runs(rows, with_changes=False)[0] if rows else None
-
-    def _load_runs(self, rows: list[Any], *, with_changes: bool = True) -> list[RunRecord]:
-        if not rows:
-            return []
-        ids = [r[0] for r in rows]
-        changes: dict[str, list[ChangeRecord]] = {i: [] for i in ids}
-        marks = ",".join("?" * len(ids))
-        found = (
-            self._query(
-                f"{self._change_sql} WHERE run_id IN ({marks}) ORDER BY run_id, seq", tuple(ids)
-            )
-            if with_changes
-            else []
-        )
-        for row in found:
-            run_id, env, kind, name, action, outcome, error, pid, bh, ah, at, diff = row
-            changes[run_id].append(
-                ChangeRecord(
-                    InstanceKey(env, kind, name),
-                    action,
-                    outcome,
-                    error,
-                    pid,
-                    bh,
-                    ah,
-                    _ts(at),
-                    json.loads(diff),
-                )
-            )
-        out = []
-        for r in rows:
-            (rid, env, commit, trigger, started, finished, outcome, pr, author, approvers,
-             rcommits, rruns, details, policy) = r  # fmt: skip
-            out.append(
-                RunRecord(
-                    id=rid,
-                    environment=env,
-                    commit=commit,
-                    trigger=trigger,
-                    started_at=datetime.fromisoformat(started),
-                    finished_at=_ts(finished),
-                    outcome=outcome,
-                    pull_request=pr,
-                    author=author,
-                    approvers=json.loads(approvers),
-                    reverted_commits=json.loads(rcommits),
-                    reverted_runs=json.loads(rruns),
-                    changes=changes[rid],
-                    details=json.loads(details),
-                    policy=json.loads(policy) if policy else None,
-                )
-            )
-        return out
+    def stored_key(self) -> bytes | None:
+        rows = self._query("SELECT value FROM meta WHERE key = 'fingerprint_key'")
+        return bytes.fromhex(rows[0][0]) if rows else None
 
     # -- writes ----------------------------------------------------------------------
 
-    def begin_run(self, run: RunRecord) -> None:
-        with self._tx(f"begin run {run.id}") as db:
-            self._check_held(db, run.environment)
-            _insert_run(db, run)
-
-    def record_change(
-        self,
-        run_id: str,
-        change: ChangeRecord,
-        applied: AppliedRecord | None,
-        removed: InstanceKey | None,
-    ) -> None:
-        env = change.key.environment
-        at = (change.at or _now()).isoformat()
-        # The next number is kept only once this write is committed, under the same
-        # lock (`_tx` takes it again), so no other write sees a number not yet in.
-        with self._mu:
-            with self._tx(f"record a change of run {run_id}") as db:
-                self._check_held(db, env)
-                seq = self._next_seq.pop(run_id, None)
-                if seq is None:
-                    (seq,) = db.execute(
-                        "SELECT COALESCE(MAX(seq), 0) + 1 FROM changes WHERE run_id = ?", (run_id,)
-                    ).fetchone()
-                    if (
-                        seq == 1
-                        and db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
-                        is None
-                    ):
-                        raise StateError(f"state {self.url}: no run {run_id} (begin_run first)")
-                _insert_change(db, run_id, seq, change, at)
-                if removed is not None:
-                    db.execute(
-                        "DELETE FROM applied WHERE environment = ? AND kind = ? AND name = ?",
-                        tuple(removed),
-                    )
-                if applied is not None:
-                    _insert_applied(db, applied)
-                if applied is not None or removed is not None:
-                    db.execute(
-                        "INSERT INTO serials VALUES (?, 1) "
-                        "ON CONFLICT (environment) DO UPDATE SET serial = serial + 1",
-                        (env,),
-                    )
-            self._next_seq = {run_id: seq + 1}  # a run's changes are written by its holder
-
-    def finish_run(self, run_id: str, outcome: str, details: dict[str, Any] | None = None) -> None:
-        with self._tx(f"finish run {run_id}") as db:
-            row = db.execute("SELECT environment FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise StateError(f"state {self.url}: no run {run_id} (begin_run first)")
-            self._check_held(db, row[0])
-            if details is None:
-                db.execute(
-                    "UPDATE runs SET outcome = ?, finished_at = ? WHERE id = ?",
-                    (outcome, _now().isoformat(), run_id),
-                )
-            else:
-                db.execute(
-                    "UPDATE runs SET outcome = ?, finished_at = ?, details = ? WHERE id = ?",
-                    (outcome, _now().isoformat(), json.dumps(details, sort_keys=True), run_id),
-                )
-
-    def import_environment(self, state: EnvironmentState) -> None:
-        env = state.environment
-        with self._tx(f"import environment {env!r}") as db:
-            taken = db.execute(
-                "SELECT 1 FROM runs WHERE environment = :e UNION ALL "
-                "SELECT 1 FROM applied WHERE environment = :e UNION ALL "
-                "SELECT 1 FROM serials WHERE environment = :e LIMIT 1",
-                {"e": env},
-            ).fetchone()
-            if taken is not None:
-                raise already_has_state(self.url, env)
-            for run in state.runs:
-                _insert_run(db, run)
-                for seq, change in enumerate(run.changes, 1):
-                    _insert_change(
-                        db, run.id, seq, change, (change.at or run.started_at).isoformat()
-                    )
-            for record in state.applied:
-                _insert_applied(db, record)
-            if state.serial:
-                db.execute("INSERT INTO serials VALUES (?, ?)", (env, state.serial))
-
-    # -- locks -----------------------------------------------------------------------
-
-    def lock_holder(self, environment: str) -> LockInfo | None:
+    def transact(self, write: Write, fn: Callable[[Tx], T]) -> T:
+        """IMMEDIATE, so two processes never interleave writes."""
         with self._mu:
             try:
-                return self._lock_row(self._db, environment)
+                self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
-                raise StateError(f"cannot read state {self.url}: {e}") from None
+                raise StateError(f"cannot write state {self.url}: {e}") from None
+            tx = _Tx(self, self._db)
+            try:
+                result = fn(tx)
+                self._db.execute("COMMIT")
+            except BaseException as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise StateError(f"cannot {write.what} in state {self.url}: {e}") from None
+                raise
+            if tx.next_seq is not None:  # kept only once committed
+                self._next_seq = dict([tx.next_seq])
+            return result
 
-    @contextmanager
     def lock(
-        self, environment: str, run_id: str, *, break_lock: bool = False
-    ) -> Iterator[LockInfo]:
-        me = this_process(environment, run_id)
-        with self._tx(f"lock {environment!r}") as db:
-            holder = self._lock_row(db, environment)
+        self, me: LockInfo, *, break_lock: bool, taken_over: Callable[[Tx, LockInfo], None]
+    ) -> None:
+        env = me.environment
+
+        def acquire(tx: Tx) -> None:
+            holder = tx.lock_row(env)
             if holder is not None and check_takeover(holder, me, break_lock=break_lock):
-                db.execute(
-                    "UPDATE runs SET outcome = 'interrupted', finished_at = ? "
-                    "WHERE id = ? AND outcome = 'running'",
-                    (me.acquired_at.isoformat(), holder.run_id),
-                )
-                db.execute("DELETE FROM locks WHERE environment = ?", (environment,))
-            db.execute(
+                taken_over(tx, holder)
+                self._db.execute("DELETE FROM locks WHERE environment = ?", (env,))
+            self._db.execute(
                 "INSERT INTO locks (environment, run_id, user, host, pid, acquired_at, machine) "
                 "VALUES (?,?,?,?,?,?,?)",
-                (environment, run_id, me.user, me.host, me.pid, me.acquired_at.isoformat(),
+                (env, me.run_id, me.user, me.host, me.pid, me.acquired_at.isoformat(),
                  me.machine),
             )  # fmt: skip
-        with holding(self._held, me, self._unlock):
-            yield me
 
-    def check_lock(self, environment: str) -> None:
+        self.transact(Write(f"lock {env!r}", f"lock {env}"), acquire)
+
+    def unlock(self, me: LockInfo) -> None:
+        env = me.environment
+
+        def release(tx: Tx) -> None:
+            if me.same_holder(tx.lock_row(env)):
+                self._db.execute("DELETE FROM locks WHERE environment = ?", (env,))
+
+        self.transact(Write(f"unlock {env!r}", f"unlock {env}"), release)
+
+    def check_lock(self, me: LockInfo) -> LockInfo | None:
         """One read of the lock row: another process's --break-lock replaced it."""
-        if environment not in self._held:
-            return
-        with self._mu:
-            try:
-                self._check_held(self._db, environment)
-            except sqlite3.Error as e:
-                raise StateError(f"cannot read state {self.url}: {e}") from None
-
-    def _unlock(self, me: LockInfo) -> None:
-        with self._tx(f"unlock {me.environment!r}") as db:
-            if me.same_holder(self._lock_row(db, me.environment)):
-                db.execute("DELETE FROM locks WHERE environment = ?", (me.environment,))
-
-    # -- keys ------------------------------------------------------------------------
-
-    def fingerprint_key(self, *, create: bool = True) -> bytes | None:
-        """RECONCILER_FINGERPRINT_KEY of the injected environment when set (keeps the key
-        out of the state), else a random key made once per state."""
-        if create and self.read_only:
-            raise read_only_error(self.url, "create the fingerprint key")
-        env_key = fingerprint_key_from_env(self._env)
-        if env_key:
-            return env_key
-        rows = self._query("SELECT value FROM meta WHERE key = 'fingerprint_key'")
-        if rows:
-            return bytes.fromhex(rows[0][0])
-        if not create:
-            return None
-        with self._tx("create the fingerprint key") as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint_key'").fetchone()
-            if row is None:
-                value = secrets.token_hex(32)
-                db.execute("INSERT INTO meta VALUES ('fingerprint_key', ?)", (value,))
-            else:
-                value = row[0]
-        return bytes.fromhex(value)
-
-    def import_fingerprint_key(self, key: bytes) -> None:
-        with self._tx("import the fingerprint key") as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint_key'").fetchone()
-            used = db.execute("SELECT 1 FROM applied LIMIT 1").fetchone()
-            if row is not None and row[0] != key.hex() and used:
-                raise other_key_error(self.url)
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('fingerprint_key', ?)", (key.hex(),))
+        return self.holder(me.environment)
 
     def close(self) -> None:
         with self._mu:
             self._db.close()
+
+
+class _Tx:
+    """One `BEGIN IMMEDIATE` transaction of a SQLiteBackend."""
+
+    def __init__(self, backend: SQLiteBackend, db: sqlite3.Connection) -> None:
+        self._b = backend
+        self._db = db
+        #: (run, its next change number) once a change was appended.
+        self.next_seq: tuple[str, int] | None = None
+
+    def lock_row(self, environment: str) -> LockInfo | None:
+        return self._b.lock_row(self._db, environment)
+
+    def knows(self, environment: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM runs WHERE environment = :e UNION ALL "
+            "SELECT 1 FROM applied WHERE environment = :e UNION ALL "
+            "SELECT 1 FROM serials WHERE environment = :e LIMIT 1",
+            {"e": environment},
+        ).fetchone()
+        return row is not None
+
+    def run(self, run_id: str) -> RunRecord | None:
+        row = self._db.execute(f"{self._b._run_sql} WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else _run_record(row, [])
+
+    def add_run(self, run: RunRecord) -> None:
+        _insert_run(self._db, run)
+
+    def append_change(self, run_id: str, change: ChangeRecord, at: datetime) -> None:
+        seq = self._b._next_seq.pop(run_id, None)
+        if seq is None:
+            (seq,) = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM changes WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if seq == 1 and self.run(run_id) is None:
+                raise MissingRun(run_id)
+        _insert_change(self._db, run_id, seq, change, at)
+        self.next_seq = (run_id, seq + 1)
+
+    def end_run(
+        self,
+        run_id: str,
+        outcome: RunOutcome,
+        finished_at: datetime,
+        details: dict[str, Any] | None,
+    ) -> None:
+        if details is None:
+            cur = self._db.execute(
+                "UPDATE runs SET outcome = ?, finished_at = ? WHERE id = ?",
+                (outcome, finished_at.isoformat(), run_id),
+            )
+        else:
+            cur = self._db.execute(
+                "UPDATE runs SET outcome = ?, finished_at = ?, details = ? WHERE id = ?",
+                (outcome, finished_at.isoformat(), json.dumps(details, sort_keys=True), run_id),
+            )
+        if cur.rowcount == 0:
+            raise MissingRun(run_id)
+
+    def put_applied(self, record: AppliedRecord) -> None:
+        _insert_applied(self._db, record)
+
+    def delete_applied(self, key: InstanceKey) -> None:
+        self._db.execute(
+            "DELETE FROM applied WHERE environment = ? AND kind = ? AND name = ?", tuple(key)
+        )
+
+    def bump_serial(self, environment: str) -> None:
+        self._db.execute(
+            "INSERT INTO serials VALUES (?, 1) "
+            "ON CONFLICT (environment) DO UPDATE SET serial = serial + 1",
+            (environment,),
+        )
+
+    def put_environment(self, state: EnvironmentState) -> None:
+        for run in state.runs:
+            _insert_run(self._db, run)
+            for seq, change in enumerate(run.changes, 1):
+                _insert_change(self._db, run.id, seq, change, change.at or run.started_at)
+        for record in state.applied:
+            _insert_applied(self._db, record)
+        if state.serial:
+            self._db.execute("INSERT INTO serials VALUES (?, ?)", (state.environment, state.serial))
+
+    def key(self) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'fingerprint_key'").fetchone()
+        return None if row is None else bytes.fromhex(row[0])
+
+    def put_key(self, key: bytes, *, replace: bool) -> bytes:
+        if not replace and (stored := self.key()) is not None:
+            return stored
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('fingerprint_key', ?)", (key.hex(),))
+        return key
+
+    def any_applied(self) -> bool:
+        return self._db.execute("SELECT 1 FROM applied LIMIT 1").fetchone() is not None
+
+
+class SQLiteState(Store):
+    """A Store over the SQLite file at `path` (what `open_state` makes of a sqlite URL)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        env: Mapping[str, str],
+        url: str | None = None,
+        read_only: bool = False,
+    ) -> None:
+        super().__init__(SQLiteBackend(path, url=url, read_only=read_only), env=env,
+                         read_only=read_only)  # fmt: skip

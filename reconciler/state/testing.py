@@ -57,7 +57,7 @@ from reconciler.state.base import (
     fingerprint,
     pid_alive,
 )
-from reconciler.vocabulary import Action, ChangeOutcome
+from reconciler.vocabulary import Action, ChangeOutcome, RunOutcome
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 E = TypeVar("E", bound=StateError)
@@ -262,7 +262,8 @@ def check_policy_and_diffs_are_kept_and_the_last_applied_run_found(make_store: S
     assert s.last_applied_run("dev") is None
     policy = {"environment": {"approvals": {"required": 2}}, "approvals": {"source": "github"}}
     diff = [{"path": "model", "before": "gpt-4o-mini", "after": "gpt-4o"}]
-    for i, outcome in enumerate(("applied", "applied", "failed")):
+    outcomes: tuple[RunOutcome, ...] = ("applied", "applied", "failed")
+    for i, outcome in enumerate(outcomes):
         run = _run(f"r{i}", at=T0 + timedelta(minutes=i), commit=f"c{i}")
         run.policy = {**policy, "n": i}
         s.begin_run(run)
