@@ -19,7 +19,7 @@ from conftest import commit_all, git, init_repo, write_files
 from reconciler.errors import ConfigError, LockedError, StateError, StateMovedError
 from reconciler.state import open_state, testing
 from reconciler.state.base import AppliedRecord, ChangeRecord, RunRecord, StateStore
-from reconciler.state.git import GitState
+from reconciler.state.store import Store
 
 URL = "git://refs/reconciler/state"
 REF = "refs/reconciler/state"
@@ -84,9 +84,9 @@ def test_contract(check: testing.Check, factory: testing.StoreFactory) -> None:
     check(factory)
 
 
-def _open(repo: Path) -> GitState:
+def _open(repo: Path) -> Store:
     store = open_state(URL, repo_root=repo / "manifests", env={})
-    assert isinstance(store, GitState)
+    assert isinstance(store, Store)
     return store
 
 

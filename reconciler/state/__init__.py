@@ -48,10 +48,6 @@ def open_state(
     `env` is the command's environment (`Settings.env`), where the store reads
     RECONCILER_FINGERPRINT_KEY. `read_only` stores never create, migrate or write: plan,
     drift, status, history and approvals use them."""
-    if url.startswith("git://"):  # not yet over a backend
-        from reconciler.state.git import GitState, parse_git_url
-
-        return GitState(repo_root, parse_git_url(url), url=url, env=env, read_only=read_only)
     if url.startswith(("postgresql://", "postgres://")):  # not yet over a backend
         from reconciler.state.postgres import PostgresState
 

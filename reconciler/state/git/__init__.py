@@ -2,11 +2,12 @@
 
 Three layers, each usable without the one above: `layout` (the tree's paths and JSON
 documents), `refs` (one ref as a compare-and-swap file store: fetch, private index,
-commit-tree, push with lease or update-ref) and `store` (the StateStore semantics: runs,
-changes, serials, locks, the fingerprint key).
+commit-tree, push with lease or update-ref) and `backend` (the state Backend: reads and
+transactions as mutations of a snapshot, locks as files). The semantics are the
+`Store`'s (state/store.py).
 """
 
+from reconciler.state.git.backend import GitBackend
 from reconciler.state.git.refs import parse_git_url
-from reconciler.state.git.store import GitState
 
-__all__ = ["GitState", "parse_git_url"]
+__all__ = ["GitBackend", "parse_git_url"]

@@ -277,13 +277,13 @@ class RefStore:
     ) -> None:
         """Apply `mutate` to the newest state and CAS it in. After a lost race the write is
         recomputed on the new state if `reevaluate` (the mutation checks for itself that
-        it still may), else only if none of the `watch` paths changed. `seed` adds files a
+        it still may), else only if none of the `watch` paths changed since the first
+        attempt (a list the first `mutate` may still add to). `seed` adds files a
         non-empty write needs (e.g. the first commit's metadata)."""
         with self.mu:
-            snap = self.fetch() if fresh or self.snap is None else self.snap
-            seen = {p: snap.files.get(p) for p in watch}
+            snap = first = self.fetch() if fresh or self.snap is None else self.snap
             for attempt in range(MAX_ATTEMPTS):
-                moved = [p for p in watch if snap.files.get(p) != seen[p]]
+                moved = [p for p in watch if snap.files.get(p) != first.files.get(p)]
                 if moved and not reevaluate:
                     why = (describe_move or _changed_paths)(snap, moved)
                     raise StateMovedError(
