@@ -48,10 +48,6 @@ def open_state(
     `env` is the command's environment (`Settings.env`), where the store reads
     RECONCILER_FINGERPRINT_KEY. `read_only` stores never create, migrate or write: plan,
     drift, status, history and approvals use them."""
-    if url.startswith(("postgresql://", "postgres://")):  # not yet over a backend
-        from reconciler.state.postgres import PostgresState
-
-        return PostgresState(url, env=env, read_only=read_only)
     backend = open_backend(url, repo_root=repo_root, read_only=read_only)
     return Store(backend, env=env, read_only=read_only)
 
