@@ -19,9 +19,10 @@ under a row lock in its own transaction, that the lock row is still its own. Bef
 provider write the executor asks `check_lock`: one query on the lock's own session (kept
 alive with TCP keepalives from both ends), so a session lost to an idle timeout, a
 network cut or pg_terminate_backend stops the run before its next provider call.
-Decisions about a lock are made under a transaction-level advisory lock per environment, so the advisory lock and
-the row always change together. Do not put a transaction-pooling proxy (pgBouncer in
-transaction mode) between reconciler and the server: it would break session locks.
+Decisions about a lock are made under a transaction-level advisory lock per environment,
+so the advisory lock and the row always change together. Do not put a
+transaction-pooling proxy (pgBouncer in transaction mode) between reconciler and the
+server: it would break session locks.
 
 Read-only stores (plan, drift, status, history) open read-only transactions and never
 create or migrate the tables; a database without them reads as an empty state.

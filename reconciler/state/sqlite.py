@@ -34,7 +34,8 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from reconciler.errors import StateError
-from reconciler.instances import InstanceKey, canonical_json
+from reconciler.instances import InstanceKey
+from reconciler.state import sqlite_schema as schema
 from reconciler.state.backend import MissingRun, RunQuery, Tx, Write
 from reconciler.state.base import (
     AppliedRecord,
@@ -46,176 +47,15 @@ from reconciler.state.base import (
     check_takeover,
     index_from_rows,
 )
+from reconciler.state.sqlite_schema import SCHEMA_VERSION
 from reconciler.state.store import Store
 from reconciler.vocabulary import RunOutcome
 
+__all__ = ["SCHEMA_VERSION", "SQLiteBackend", "SQLiteState"]
+
 T = TypeVar("T")
-
-#: `PRAGMA user_version` of the layout below; older files are migrated by apply.
-SCHEMA_VERSION = 3
-#: The oldest schema a read-only store reads without migrating.
-READABLE_FROM = 1
-
-_SCHEMA_V1 = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE serials (environment TEXT PRIMARY KEY, serial INTEGER NOT NULL);
-CREATE TABLE applied (
-    environment TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
-    provider TEXT NOT NULL, provider_id TEXT, spec TEXT NOT NULL, spec_hash TEXT NOT NULL,
-    secret_fingerprints TEXT NOT NULL, commit_sha TEXT, run_id TEXT NOT NULL,
-    applied_at TEXT NOT NULL,
-    PRIMARY KEY (environment, kind, name)
-);
-CREATE TABLE runs (
-    id TEXT PRIMARY KEY, environment TEXT NOT NULL, commit_sha TEXT, trigger TEXT NOT NULL,
-    started_at TEXT NOT NULL, finished_at TEXT, outcome TEXT NOT NULL,
-    pull_request INTEGER, author TEXT, approvers TEXT NOT NULL,
-    reverted_commits TEXT NOT NULL, reverted_runs TEXT NOT NULL, details TEXT NOT NULL
-);
-CREATE INDEX runs_by_env ON runs (environment, started_at);
-CREATE INDEX runs_by_commit ON runs (commit_sha);
-CREATE TABLE changes (
-    run_id TEXT NOT NULL REFERENCES runs (id), seq INTEGER NOT NULL,
-    environment TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
-    action TEXT NOT NULL, outcome TEXT NOT NULL, error TEXT, provider_id TEXT,
-    before_hash TEXT, after_hash TEXT, at TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-);
-CREATE TABLE locks (
-    environment TEXT PRIMARY KEY, run_id TEXT NOT NULL, user TEXT NOT NULL,
-    host TEXT NOT NULL, pid INTEGER NOT NULL, acquired_at TEXT NOT NULL
-);
-"""
-
-#: A pid is only meaningful with the machine identity it was recorded in.
-_SCHEMA_V2 = "ALTER TABLE locks ADD COLUMN machine TEXT NOT NULL DEFAULT ''"
-#: The policy each run was judged and applied under; each change's field diff.
-_SCHEMA_V3 = """
-ALTER TABLE runs ADD COLUMN policy TEXT;
-ALTER TABLE changes ADD COLUMN diff TEXT NOT NULL DEFAULT '[]';
-CREATE INDEX runs_applied ON runs (environment, outcome, started_at)
-"""
-
-
-def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
-    """Statement by statement: `executescript` would commit the migration's transaction."""
-
-    def run(db: sqlite3.Connection) -> None:
-        for statement in filter(str.strip, script.split(";")):
-            db.execute(statement)
-
-    return run
-
-
-#: _MIGRATIONS[n] takes a database at schema n to n + 1, inside one transaction.
-_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _run_script(_SCHEMA_V1),
-    _run_script(_SCHEMA_V2),
-    _run_script(_SCHEMA_V3),
-]
-assert len(_MIGRATIONS) == SCHEMA_VERSION
-
-_APPLIED_COLUMNS = (
-    "environment, kind, name, provider, provider_id, spec, spec_hash, "
-    "secret_fingerprints, commit_sha, run_id, applied_at"
-)
 #: Keys per query of `applied(keys=...)`: two parameters each, under SQLite's 999.
-_KEYS_PER_QUERY = 400
-
-
-def _ts(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-def _applied_record(row: tuple[Any, ...]) -> AppliedRecord:
-    env, kind, name, prov, pid, spec, h, fps, commit, run_id, at = row
-    return AppliedRecord(
-        env, kind, name, prov, pid, json.loads(spec), h, json.loads(fps), commit, run_id,
-        datetime.fromisoformat(at),
-    )  # fmt: skip
-
-
-def _lock_info(row: tuple[Any, ...]) -> LockInfo:
-    env, run_id, user, host, pid, at, machine = row
-    return LockInfo(env, run_id, user, host, int(pid), datetime.fromisoformat(at), machine)
-
-
-def _insert_run(db: sqlite3.Connection, run: RunRecord) -> None:
-    db.execute(
-        "INSERT INTO runs (id, environment, commit_sha, trigger, started_at, finished_at, "
-        "outcome, pull_request, author, approvers, reverted_commits, reverted_runs, details, "
-        "policy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            run.id,
-            run.environment,
-            run.commit,
-            run.trigger,
-            run.started_at.isoformat(),
-            run.finished_at.isoformat() if run.finished_at else None,
-            run.outcome,
-            run.pull_request,
-            run.author,
-            json.dumps(run.approvers),
-            json.dumps(run.reverted_commits),
-            json.dumps(run.reverted_runs),
-            json.dumps(run.details, sort_keys=True),
-            None if run.policy is None else json.dumps(run.policy, sort_keys=True),
-        ),
-    )
-
-
-def _insert_change(
-    db: sqlite3.Connection, run_id: str, seq: int, change: ChangeRecord, at: datetime
-) -> None:
-    env, kind, name = change.key
-    db.execute(
-        "INSERT INTO changes (run_id, seq, environment, kind, name, action, outcome, "
-        "error, provider_id, before_hash, after_hash, at, diff) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (run_id, seq, env, kind, name, change.action, change.outcome, change.error,
-         change.provider_id, change.before_hash, change.after_hash, at.isoformat(),
-         json.dumps(change.diff, sort_keys=True)),
-    )  # fmt: skip
-
-
-def _insert_applied(db: sqlite3.Connection, r: AppliedRecord) -> None:
-    db.execute(
-        "INSERT OR REPLACE INTO applied VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (r.environment, r.kind, r.name, r.provider, r.provider_id,
-         canonical_json(r.spec) if r.spec_json is None else r.spec_json, r.spec_hash,
-         json.dumps(r.secret_fingerprints, sort_keys=True), r.commit, r.run_id,
-         r.applied_at.isoformat()),
-    )  # fmt: skip
-
-
-def _change_record(row: tuple[Any, ...]) -> ChangeRecord:
-    _run, env, kind, name, action, outcome, error, pid, bh, ah, at, diff = row
-    return ChangeRecord(
-        InstanceKey(env, kind, name), action, outcome, error, pid, bh, ah, _ts(at),
-        json.loads(diff),
-    )  # fmt: skip
-
-
-def _run_record(row: tuple[Any, ...], changes: list[ChangeRecord]) -> RunRecord:
-    (rid, env, commit, trigger, started, finished, outcome, pr, author, approvers, rcommits,
-     rruns, details, policy) = row  # fmt: skip
-    return RunRecord(
-        id=rid,
-        environment=env,
-        commit=commit,
-        trigger=trigger,
-        started_at=datetime.fromisoformat(started),
-        finished_at=_ts(finished),
-        outcome=outcome,
-        pull_request=pr,
-        author=author,
-        approvers=json.loads(approvers),
-        reverted_commits=json.loads(rcommits),
-        reverted_runs=json.loads(rruns),
-        changes=changes,
-        details=json.loads(details),
-        policy=json.loads(policy) if policy else None,
-    )
+KEYS_PER_QUERY = 400
 
 
 class SQLiteBackend:
@@ -264,7 +104,7 @@ class SQLiteBackend:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
             db.execute("PRAGMA foreign_keys=ON")
-            self._migrate(db)
+            schema.migrate(db, self.url)
         except BaseException:
             db.close()
             raise
@@ -279,7 +119,7 @@ class SQLiteBackend:
             )
             try:
                 db.execute("PRAGMA query_only=ON")
-                version = self._readable_version(db)
+                version = schema.readable_version(db, self.url)
             except BaseException:
                 db.close()
                 raise
@@ -288,43 +128,8 @@ class SQLiteBackend:
                 return db
             db.close()
         db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        self._migrate(db)
+        schema.migrate(db, self.url)
         return db
-
-    def _readable_version(self, db: sqlite3.Connection) -> int | None:
-        """The schema a read-only store reads as is; None for a file with no tables yet."""
-        version = self._check_version(db)
-        if version >= READABLE_FROM:
-            return version
-        if not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            return None
-        raise StateError(
-            f"state {self.url} has schema {version}, older than this reconciler reads "
-            f"without migrating ({READABLE_FROM}); `reconciler apply` migrates it"
-        )
-
-    def _check_version(self, db: sqlite3.Connection) -> int:
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StateError(
-                f"state {self.url} has schema {version}, newer than this reconciler "
-                f"understands ({SCHEMA_VERSION}): upgrade reconciler"
-            )
-        return int(version)
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        if self._check_version(db) == SCHEMA_VERSION:
-            return
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            version = self._check_version(db)  # another process may have migrated meanwhile
-            for step in range(version, SCHEMA_VERSION):
-                _MIGRATIONS[step](db)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._mu:
@@ -339,7 +144,7 @@ class SQLiteBackend:
             return None
         seen = self._lock_seen
         if seen is None or seen[0] != row:
-            seen = self._lock_seen = (row, _lock_info(row))
+            seen = self._lock_seen = (row, schema.lock_info(row))
         return seen[1]
 
     # -- reads -----------------------------------------------------------------------
@@ -362,28 +167,30 @@ class SQLiteBackend:
     ) -> dict[InstanceKey, AppliedRecord]:
         if keys is None:
             rows = self._query(
-                f"SELECT {_APPLIED_COLUMNS} FROM applied WHERE environment = ? ORDER BY kind, name",
+                f"SELECT {schema.APPLIED_COLUMNS} FROM applied WHERE environment = ? "
+                "ORDER BY kind, name",
                 (environment,),
             )
-            return {InstanceKey(*r[:3]): _applied_record(r) for r in rows}
+            return {InstanceKey(*r[:3]): schema.applied_record(r) for r in rows}
         if len(keys) == 1:  # the executor asks per change: one primary-key lookup
             rows = self._query(
-                f"SELECT {_APPLIED_COLUMNS} FROM applied "
+                f"SELECT {schema.APPLIED_COLUMNS} FROM applied "
                 "WHERE environment = ? AND kind = ? AND name = ?",
                 tuple(keys[0]),
             )
         else:
             rows = []
-            for i in range(0, len(keys), _KEYS_PER_QUERY):
-                chunk = keys[i : i + _KEYS_PER_QUERY]
+            for i in range(0, len(keys), KEYS_PER_QUERY):
+                chunk = keys[i : i + KEYS_PER_QUERY]
                 values = ",".join("(?,?)" for _ in chunk)
                 rows += self._query(
                     f"WITH wanted (kind, name) AS (VALUES {values}) "
-                    f"SELECT {_APPLIED_COLUMNS} FROM wanted CROSS JOIN applied USING (kind, name) "
+                    f"SELECT {schema.APPLIED_COLUMNS} FROM wanted "
+                    "CROSS JOIN applied USING (kind, name) "
                     "WHERE applied.environment = ?",
                     (*(x for k in chunk for x in (k.kind, k.name)), environment),
                 )
-        return {r.key: r for r in sorted(map(_applied_record, rows), key=lambda r: r.key)}
+        return {r.key: r for r in sorted(map(schema.applied_record, rows), key=lambda r: r.key)}
 
     def applied_index(self, environment: str) -> dict[InstanceKey, AppliedSummary]:
         rows = self._query(
@@ -416,8 +223,8 @@ class SQLiteBackend:
                 f"{self._change_sql} WHERE run_id IN ({marks}) ORDER BY run_id, seq",
                 tuple(changes),
             ):
-                changes[row[0]].append(_change_record(row))
-        return [_run_record(r, changes[r[0]]) for r in rows]
+                changes[row[0]].append(schema.change_record(row))
+        return [schema.run_record(r, changes[r[0]]) for r in rows]
 
     def holder(self, environment: str) -> LockInfo | None:
         with self._mu:
@@ -513,10 +320,10 @@ class _Tx:
 
     def run(self, run_id: str) -> RunRecord | None:
         row = self._db.execute(f"{self._b._run_sql} WHERE id = ?", (run_id,)).fetchone()
-        return None if row is None else _run_record(row, [])
+        return None if row is None else schema.run_record(row, [])
 
     def add_run(self, run: RunRecord) -> None:
-        _insert_run(self._db, run)
+        schema.insert_run(self._db, run)
 
     def append_change(self, run_id: str, change: ChangeRecord, at: datetime) -> None:
         seq = self._b._next_seq.pop(run_id, None)
@@ -526,7 +333,7 @@ class _Tx:
             ).fetchone()
             if seq == 1 and self.run(run_id) is None:
                 raise MissingRun(run_id)
-        _insert_change(self._db, run_id, seq, change, at)
+        schema.insert_change(self._db, run_id, seq, change, at)
         self.next_seq = (run_id, seq + 1)
 
     def end_run(
@@ -550,7 +357,7 @@ class _Tx:
             raise MissingRun(run_id)
 
     def put_applied(self, record: AppliedRecord) -> None:
-        _insert_applied(self._db, record)
+        schema.insert_applied(self._db, record)
 
     def delete_applied(self, key: InstanceKey) -> None:
         self._db.execute(
@@ -566,11 +373,11 @@ class _Tx:
 
     def put_environment(self, state: EnvironmentState) -> None:
         for run in state.runs:
-            _insert_run(self._db, run)
+            schema.insert_run(self._db, run)
             for seq, change in enumerate(run.changes, 1):
-                _insert_change(self._db, run.id, seq, change, change.at or run.started_at)
+                schema.insert_change(self._db, run.id, seq, change, change.at or run.started_at)
         for record in state.applied:
-            _insert_applied(self._db, record)
+            schema.insert_applied(self._db, record)
         if state.serial:
             self._db.execute("INSERT INTO serials VALUES (?, ?)", (state.environment, state.serial))
 

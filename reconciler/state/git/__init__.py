@@ -2,8 +2,8 @@
 
 Three layers, each usable without the one above: `layout` (the tree's paths and JSON
 documents), `refs` (one ref as a compare-and-swap file store: fetch, private index,
-commit-tree, push with lease or update-ref) and `backend` (the state Backend: reads and
-transactions as mutations of a snapshot, locks as files). The semantics are the
+commit-tree, push with lease or update-ref) and `backend` (the state Backend: reads,
+transactions as mutations of a snapshot (`tx`), locks as files). The semantics are the
 `Store`'s (state/store.py).
 """
 
