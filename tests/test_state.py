@@ -1,5 +1,5 @@
 """State policy shared by every backend (`state/base.py`) and choosing a backend by URL.
-The contract itself runs per backend: test_state_sqlite.py, test_state_git.py."""
+The contract itself runs per backend in test_state_contract.py."""
 
 from __future__ import annotations
 

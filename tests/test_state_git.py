@@ -1,5 +1,5 @@
-"""The git:// state backend: the StateStore contract, plus clones, a bare origin, racing
-processes and the user's checkout."""
+"""The git:// state backend: clones, a bare origin, racing processes and the user's
+checkout (the contract runs in test_state_contract.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import subprocess
 from datetime import UTC, datetime
-from functools import partial
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from conftest import commit_all, git, init_repo, write_files
 
 from reconciler.errors import ConfigError, LockedError, StateError, StateMovedError
-from reconciler.state import open_state, testing
+from reconciler.state import open_state
 from reconciler.state.base import AppliedRecord, ChangeRecord, RunRecord, StateStore
 from reconciler.state.store import Store
 
@@ -66,22 +65,6 @@ def _clone(origin: Path, dest: Path) -> Path:
     git(dest, "config", "user.email", "dev@example.com")
     git(dest, "config", "user.name", "Dev")
     return dest
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> testing.StoreFactory:
-    """A manifests repo with one commit and a bare `origin`: every write is pushed."""
-    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], check=True)
-    root = init_repo(tmp_path / "work")
-    write_files(root, {"reconciler.yaml": f"state: {URL}\n"})
-    commit_all(root, "init")
-    git(root, "remote", "add", "origin", str(tmp_path / "origin.git"))
-    return partial(open_state, URL, repo_root=root)
-
-
-@pytest.mark.parametrize("check", testing.CHECKS, ids=testing.check_name)
-def test_contract(check: testing.Check, factory: testing.StoreFactory) -> None:
-    check(factory)
 
 
 def _open(repo: Path) -> Store:

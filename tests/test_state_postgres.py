@@ -1,5 +1,6 @@
-"""The postgresql:// state backend against a real PostgreSQL server: the StateStore
-contract, plus its schema, session-bound locks and what it never shows (the password)."""
+"""The postgresql:// state backend against a real PostgreSQL server: its schema,
+session-bound locks and what it never shows (the password); the contract runs in
+test_state_contract.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import secrets
 import subprocess
 import sys
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -17,22 +17,12 @@ from pgserver import PgServer
 from reconciler.errors import LockedError, StateError, StateMovedError
 from reconciler.instances import InstanceKey
 from reconciler.log import redact
-from reconciler.state import open_state, testing
+from reconciler.state import open_state
 from reconciler.state.base import ChangeRecord, RunRecord
 from reconciler.state.postgres import SCHEMA_VERSION
 from reconciler.state.urls import mask_url, passwords
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def factory(tmp_path: Path, postgres_url: str) -> testing.StoreFactory:
-    return partial(open_state, postgres_url, repo_root=tmp_path)
-
-
-@pytest.mark.parametrize("check", testing.CHECKS, ids=testing.check_name)
-def test_contract(check: testing.Check, factory: testing.StoreFactory) -> None:
-    check(factory)
 
 
 def _run(run_id: str) -> RunRecord:

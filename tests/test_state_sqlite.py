@@ -1,32 +1,22 @@
-"""The SQLite backend: the StateStore contract, plus its file, schema and lock rows."""
+"""The SQLite backend: its file, schema and lock rows (the contract runs in
+test_state_contract.py)."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import pytest
 
 from reconciler.errors import LockedError, StateError, StateMovedError
-from reconciler.state import open_state, testing
+from reconciler.state import open_state
 from reconciler.state.base import RunRecord, StateStore, machine_identity, pid_alive
 from reconciler.state.sqlite import SCHEMA_VERSION, SQLiteState
 
 URL = "sqlite:///.reconciler/state.db"
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> testing.StoreFactory:
-    return partial(open_state, URL, repo_root=tmp_path)
-
-
-@pytest.mark.parametrize("check", testing.CHECKS, ids=testing.check_name)
-def test_contract(check: testing.Check, factory: testing.StoreFactory) -> None:
-    check(factory)
 
 
 def _run(run_id: str) -> RunRecord:

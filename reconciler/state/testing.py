@@ -1,28 +1,34 @@
-"""The StateStore contract: one suite every backend runs (like Terraform's statemgr
-`TestFull`). A backend implements storage and plugs in a factory; the suite checks the
-semantics the rest of reconciler relies on: serials, applied records and their index,
-runs and changes, locks (exclusion, stale takeover, `--break-lock` stopping the old
-holder), the fingerprint key from the injected environment, read-only opens, atomicity.
+"""The state contract, shipped as code (like Terraform's statemgr `TestFull` and
+backend `TestBackendStates`/`TestBackendStateLocks`), in two suites:
 
-A backend's test module::
+- `CHECKS`: the semantics the rest of reconciler relies on, run against the one `Store`
+  over each backend: serials, applied records and their index, runs and changes,
+  locks (exclusion, stale takeover, `--break-lock` stopping the old holder), the
+  fingerprint key from the injected environment, read-only opens, atomicity, imports;
+- `BACKEND_CHECKS`: what a backend itself must do: a transaction is all or nothing,
+  a lock excludes every other holder until released or broken.
+
+A new backend implements `backend.Backend` and runs both (tests/test_state_contract.py
+runs them for SQLite, git and PostgreSQL)::
 
     from functools import partial
-    from reconciler.state import open_state, testing
-
-    @pytest.fixture
-    def factory(tmp_path):
-        return partial(open_state, "sqlite:///.reconciler/state.db", repo_root=tmp_path)
+    from reconciler.state import open_backend, open_state, testing
 
     @pytest.mark.parametrize("check", testing.CHECKS, ids=testing.check_name)
-    def test_contract(check, factory):
-        check(factory)
+    def test_store(check, tmp_path):
+        check(partial(open_state, "sqlite:///.reconciler/state.db", repo_root=tmp_path))
 
-The factory opens a new store on one and the same state each time it is called (the
-state starts empty for each check), with the keyword arguments `env` and `read_only` of
-`open_state`. It must be picklable (a `functools.partial` of `open_state` is): two checks
-open it in another process, one that dies holding a lock and one that holds it alive in
-another pid namespace. Checks close every store they open; they skip (unittest.SkipTest)
-only what the machine cannot do (no `unshare`).
+    @pytest.mark.parametrize("check", testing.BACKEND_CHECKS, ids=testing.check_name)
+    def test_backend(check, tmp_path):
+        check(partial(open_backend, "sqlite:///.reconciler/state.db", repo_root=tmp_path))
+
+A factory opens a new store (or backend) on one and the same state each time it is
+called (the state starts empty for each check), with the keyword arguments `env` (stores
+only) and `read_only` of `open_state`. A store factory must be picklable (a
+`functools.partial` of `open_state` is): two checks open it in another process, one
+that dies holding a lock and one that holds it alive in another pid namespace. Checks
+close every store they open; they skip (unittest.SkipTest) only what the machine cannot
+do (no `unshare`).
 """
 
 from __future__ import annotations
@@ -47,20 +53,24 @@ from typing import Any, Protocol, TypeVar
 
 from reconciler.errors import LockedError, StateError, StateMovedError
 from reconciler.instances import InstanceKey
+from reconciler.state.backend import Backend, LockLost, MissingRun, RunQuery, Tx, Write
 from reconciler.state.base import (
     FINGERPRINT_KEY_VAR,
     AppliedRecord,
     ChangeRecord,
     EnvironmentState,
+    LockInfo,
     RunRecord,
     StateStore,
     fingerprint,
     pid_alive,
+    this_process,
 )
 from reconciler.vocabulary import Action, ChangeOutcome, RunOutcome
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 E = TypeVar("E", bound=StateError)
+X = TypeVar("X", bound=Exception)
 
 
 class StoreFactory(Protocol):
@@ -159,6 +169,10 @@ def _apply(store: StateStore, run_id: str, names: list[str], env: str = "dev") -
 
 def _refused(write: Callable[[], object], error: type[E], why: str) -> E:
     """The error `write` raised; AssertionError(`why`) when it succeeded."""
+    return _raised(write, error, why)
+
+
+def _raised(write: Callable[[], object], error: type[X], why: str) -> X:
     try:
         write()
     except error as e:
@@ -712,6 +726,117 @@ def check_read_only_store_reads_and_never_writes(make_store: Stores) -> None:
     assert check.serial("dev") == 1 and check.applied("dev").keys() == {("dev", "Deployment", "a")}
     run = check.run("r1")
     assert run is not None and run.outcome == "applied"
+
+
+# -- the backend suite -----------------------------------------------------------------
+
+
+class BackendFactory(Protocol):
+    """Opens a new backend on the state under test."""
+
+    def __call__(self, *, read_only: bool = False) -> Backend: ...
+
+
+BackendCheck = Callable[[BackendFactory], None]
+#: Every check of the backend suite, in order.
+BACKEND_CHECKS: list[BackendCheck] = []
+
+
+def _backend_check(body: Callable[[Callable[[], Backend]], None]) -> BackendCheck:
+    @functools.wraps(body)
+    def check(factory: BackendFactory) -> None:
+        opened: list[Backend] = []
+
+        def make() -> Backend:
+            opened.append(factory())
+            return opened[-1]
+
+        try:
+            body(make)
+        finally:
+            for backend in opened:
+                backend.close()
+
+    BACKEND_CHECKS.append(check)
+    return check
+
+
+class _Abandoned(Exception):
+    """Raised inside a transaction to make it fail."""
+
+
+def _recorded(backend: Backend) -> tuple[object, ...]:
+    return (backend.serials(), backend.applied("dev", None), backend.runs(RunQuery()))
+
+
+@_backend_check
+def check_a_transaction_is_all_or_nothing(make: Callable[[], Backend]) -> None:
+    b = make()
+    applied = _applied("a", "r1")
+
+    def write(fail: bool) -> Callable[[Tx], str]:
+        def body(tx: Tx) -> str:
+            tx.add_run(_run("r1"))
+            tx.append_change("r1", _change("a"), T0)
+            tx.put_applied(applied)
+            tx.bump_serial("dev")
+            if fail:
+                raise _Abandoned
+            return "done"
+
+        return body
+
+    _raised(lambda: b.transact(Write("w", "w"), write(True)), _Abandoned, "not raised")
+    assert _recorded(b) == ({}, {}, [])
+    assert b.transact(Write("w", "w"), write(False)) == "done"
+    for seen in (b, make()):
+        assert seen.serial("dev") == 1 and list(seen.applied("dev", None).values()) == [applied]
+        (run,) = seen.runs(RunQuery())
+        assert run.id == "r1" and [c.key.name for c in run.changes] == ["a"]
+        assert run.changes[0].at == T0
+    before = _recorded(b)
+
+    def orphan(tx: Tx) -> None:
+        tx.put_applied(_applied("b", "nope"))
+        tx.append_change("nope", _change("b"), T0)
+        tx.bump_serial("dev")
+
+    _raised(lambda: b.transact(Write("w", "w"), orphan), MissingRun, "a change without a run")
+    assert _recorded(make()) == before
+
+
+@_backend_check
+def check_a_lock_excludes_others_until_released_or_broken(make: Callable[[], Backend]) -> None:
+    a, b = make(), make()
+    taken: list[str] = []
+
+    def taken_over(tx: Tx, holder: LockInfo) -> None:
+        taken.append(holder.run_id)
+
+    first, second = this_process("dev", "r1"), this_process("dev", "r2")
+    a.lock(first, break_lock=False, taken_over=taken_over)
+    assert first.same_holder(b.holder("dev"))
+    e = _refused(
+        lambda: b.lock(second, break_lock=False, taken_over=taken_over), LockedError, "2 holders"
+    )
+    assert "run r1" in e.message and e.exit_code == 4
+    other_env = this_process("prod", "r3")
+    b.lock(other_env, break_lock=False, taken_over=taken_over)  # another environment is free
+    b.unlock(other_env)
+    assert first.same_holder(a.check_lock(first)) and taken == []
+    a.unlock(first)
+    assert b.holder("dev") is None
+    b.lock(second, break_lock=False, taken_over=taken_over)
+    assert taken == []  # nobody was in the way
+    third = this_process("dev", "r3")
+    a.lock(third, break_lock=True, taken_over=taken_over)
+    assert taken == ["r2"] and third.same_holder(b.holder("dev"))
+    with suppress(LockLost):  # or the storage knows the lock is gone without reading it
+        assert not second.same_holder(b.check_lock(second))
+    b.unlock(second)  # not its lock any more: leaves third's
+    assert third.same_holder(a.holder("dev"))
+    a.unlock(third)
+    assert a.holder("dev") is None
 
 
 # -- other processes -------------------------------------------------------------------

@@ -35,6 +35,8 @@ class SnapshotTx:
         self._watch = watch
         self._out: Changes = {}
         self._buckets: dict[str, dict[InstanceKey, AppliedRecord]] = {}
+        #: Runs this transaction added (besides the snapshot's).
+        self._added: dict[str, lay.RunPath] = {}
 
     def _depends(self, *paths: str) -> None:
         self._watch.extend(p for p in paths if p not in self._watch)
@@ -45,8 +47,11 @@ class SnapshotTx:
             return None if data is None else json.loads(data)
         return self._b.json(self._snap, path)
 
+    def _find(self, run_id: str) -> lay.RunPath | None:
+        return self._added.get(run_id) or self._b.run_paths(self._snap).get(run_id)
+
     def _run_path(self, run_id: str) -> lay.RunPath:
-        rp = self._b.run_paths(self._snap).get(run_id)
+        rp = self._find(run_id)
         if rp is None:
             raise MissingRun(run_id)
         return rp
@@ -71,7 +76,7 @@ class SnapshotTx:
         return any(p.startswith(prefix) and p != lock for p in self._snap.files)
 
     def run(self, run_id: str) -> RunRecord | None:
-        rp = self._b.run_paths(self._snap).get(run_id)
+        rp = self._find(run_id)
         if rp is None:
             return None
         self._depends(rp.header)
@@ -79,12 +84,13 @@ class SnapshotTx:
 
     def add_run(self, run: RunRecord) -> None:
         self._depends(lay.lock_path(run.environment))
-        runs = self._b.run_paths(self._snap)
-        if run.id in runs:
+        if self._find(run.id) is not None:
             raise StateError(f"state {self._b.url}: run {run.id} is already recorded")
-        seq = 1 + max((rp.seq for rp in runs.values()), default=0)
-        run_dir = lay.run_dir(run.environment, run.started_at, seq, run.id)
-        self._out[f"{run_dir}/run.json"] = lay.dump(lay.run_json(run))
+        runs = [*self._b.run_paths(self._snap).values(), *self._added.values()]
+        seq = 1 + max((rp.seq for rp in runs), default=0)
+        header = lay.run_dir(run.environment, run.started_at, seq, run.id) + "/run.json"
+        self._out[header] = lay.dump(lay.run_json(run))
+        self._added[run.id] = cast(lay.RunPath, lay.parse_run_path(header))
 
     def append_change(self, run_id: str, change: ChangeRecord, at: datetime) -> None:
         env = change.key.environment
