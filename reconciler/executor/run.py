@@ -8,6 +8,7 @@ nothing is restored (another run may hold the environment now), and it is raised
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 from reconciler.errors import StateMovedError
 from reconciler.instances import InstanceKey
@@ -15,7 +16,7 @@ from reconciler.log import get_logger
 from reconciler.plan import EnvironmentPlan
 from reconciler.providers.pool import ProviderPool
 from reconciler.state.base import AppliedRecord, RunRecord, StateStore
-from reconciler.vocabulary import EnvironmentOutcome, RunOutcome
+from reconciler.vocabulary import RunOutcome
 
 from .change import Executor
 from .model import AfterApplyFn, ChangeResult, EnvironmentResult, RunContext, error_text
@@ -117,7 +118,7 @@ class Run:
         except BaseException as e:
             self._finish_after(e)
             raise
-        outcome: EnvironmentOutcome = "failed" if failed or check_failure else "applied"
+        outcome: Literal["applied", "failed"] = "failed" if failed or check_failure else "applied"
         message = check_failure
         if failed:
             first = next((r for r in failed if r.outcome == "failed"), failed[0])
