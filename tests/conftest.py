@@ -98,7 +98,7 @@ def run_cli(
     `process=True` starts `python -m reconciler` instead, for what only a real process
     shows (its exit status, signals, start-up). A process costs ~0.35 s of imports
     before it does anything, and about 230 command lines are run by the tests."""
-    if process:
+    if process or "LD_PRELOAD" in (env or {}):  # libfaketime: only a new process loads it
         return run_process(args, env=env, cwd=cwd, timeout=timeout)
     from inprocess import run_in_process
 
