@@ -106,6 +106,9 @@ class AgentProcess:
         )
         self.lines: list[str] = []
         self._mu = threading.Lock()
+        #: Notified with every line read and when the output ends.
+        self._read_more = threading.Condition(self._mu)
+        self._ended = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         first = self.wait_for_line(
@@ -117,25 +120,37 @@ class AgentProcess:
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._mu:
-                self.lines.append(line.rstrip("\n"))
+        try:
+            for line in self.proc.stderr:
+                with self._read_more:
+                    self.lines.append(line.rstrip("\n"))
+                    self._read_more.notify_all()
+        finally:
+            with self._read_more:
+                self._ended = True
+                self._read_more.notify_all()
 
     def output(self) -> str:
         with self._mu:
             return "\n".join(self.lines)
 
     def wait_for_line(self, check: Callable[[str], bool], timeout: float = 60) -> str:
+        """The first line for which `check` holds, woken by each line read (no polling)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._mu:
-                found = next((line for line in self.lines if check(line)), None)
-            if found is not None:
-                return found
-            if self.proc.poll() is not None:
-                self._reader.join(5)
-                raise AssertionError(f"the agent exited {self.proc.returncode}:\n{self.output()}")
-            time.sleep(0.05)
+        seen = 0
+        with self._read_more:
+            while True:
+                found = next((line for line in self.lines[seen:] if check(line)), None)
+                if found is not None:
+                    return found
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if self._ended or left <= 0:
+                    break
+                self._read_more.wait(left)
+        if self._ended:
+            self.proc.wait(30)
+            raise AssertionError(f"the agent exited {self.proc.returncode}:\n{self.output()}")
         raise AssertionError(f"no such line within {timeout} s:\n{self.output()}")
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -163,15 +178,21 @@ class AgentProcess:
         return 0.0
 
     def wait_until(
-        self, check: Callable[[], bool], what: str, timeout: float = 60, step: float = 0.05
+        self, check: Callable[[], bool], what: str, timeout: float = 60, step: float = 0.25
     ) -> None:
+        """Until `check` holds: asked again at each line the agent writes (what it does
+        shows in its log), and at least every `step` seconds for what does not."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            with self._read_more:
+                seen = len(self.lines)
             if check():
                 return
             if self.proc.poll() is not None:
                 raise AssertionError(f"the agent exited while waiting for {what}:\n{self.output()}")
-            time.sleep(step)
+            with self._read_more:
+                if len(self.lines) == seen and not self._ended:
+                    self._read_more.wait(min(step, max(0.0, deadline - time.monotonic())))
         raise AssertionError(f"{what}: not within {timeout} s\n{self.output()[-6000:]}")
 
     def terminate(self, timeout: float = 60) -> int:

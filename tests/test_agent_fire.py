@@ -1,9 +1,11 @@
 """The agent as a real process fires an applied schedule at its time. Its clock is set
-with libfaketime (the process's own clock, nothing patched inside), starting a few
-seconds before the fire, so no test waits for a real minute."""
+with libfaketime (the process's own clock, nothing patched inside), read from a file:
+it starts well before the fire, and once the schedule is applied the test moves it to
+a second before, so no test waits for the clock to come round."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from datetime import datetime
@@ -17,7 +19,8 @@ from reconciler.runs.model import Query
 from reconciler.runs.store import open_executions
 
 LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
-START = "2030-01-07 10:00:35"  # UTC; the schedule fires 25 s on, at 10:01:00
+START = "2030-01-07 10:00:00"  # UTC; the schedule fires at 10:01:00
+NEARLY = "2030-01-07 10:00:59"  # where the clock is moved once the schedule is applied
 SCHEDULE = """apiVersion: reconciler/v1
 kind: Schedule
 metadata: {name: ten-past}
@@ -54,14 +57,21 @@ def test_the_agent_fires_a_schedule_at_its_time(
         },
         "chat, fired ten past",
     )
+    when = tmp_path / "faketime"
+    when.write_text(f"@{START}\n")
     clock = {
         "LD_PRELOAD": str(LIB),
-        "FAKETIME": f"@{START}",
+        "FAKETIME_TIMESTAMP_FILE": str(when),
+        "FAKETIME_CACHE_DURATION": "1",  # the file is read again at most a second later
         "TZ": "UTC",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # timed waits stay real
     }
     clone = tmp_path / "clone"
     with AgentProcess(remote, clone, postgres_url, env=clock) as agent:
+        applied = agent.wait_for_line(lambda line: '"event": "applied"' in line)
+        assert json.loads(applied)["timestamp"] < "2030-01-07T10:01", applied
+        assert not api.runs
+        when.write_text(f"@{NEARLY}\n")
         assert api.run_arrived.wait(60), agent.output()[-4000:]
         started = agent.events("schedule.fire")
         assert started and started[0]["fire_time"].startswith("2030-01-07T10:01:00")
