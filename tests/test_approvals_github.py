@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,8 +51,10 @@ def waits() -> Waits:
     return Waits()
 
 
-def source(gh: FakeGitHub, waits: Waits, **kw: float) -> GitHubSource:
-    """Jitter fixed at its ceiling (rng 1.0), so waits are the backoff's exact bounds."""
+def source(gh: FakeGitHub, waits: Waits, *, wire: bool = False, **kw: float) -> GitHubSource:
+    """Jitter fixed at its ceiling (rng 1.0), so waits are the backoff's exact bounds.
+    The fake answers in-process unless `wire`: then over HTTP on 127.0.0.1, as for
+    what only a socket shows (a server dripping bytes) and the end-to-end tests."""
     opts: dict[str, float] = {"max_retries": 3, "max_wait": 120.0, "deadline": 5.0, **kw}
     return GitHubSource(
         gh.url,
@@ -63,6 +66,7 @@ def source(gh: FakeGitHub, waits: Waits, **kw: float) -> GitHubSource:
         deadline=opts["deadline"],
         max_retries=int(opts["max_retries"]),
         max_wait=opts["max_wait"],
+        transport=None if wire else gh.transport(),
     )
 
 
@@ -86,7 +90,7 @@ def test_reads_the_merged_pull_request_of_a_commit(gh: FakeGitHub, waits: Waits)
     merged_pr(gh)
     gh.pulls[7]["labels"] = [{"id": 1, "name": "risk:high"}]
     gh.add_review(7, "alice", "APPROVED")
-    src = source(gh, waits)
+    src = source(gh, waits, wire=True)  # end to end: over HTTP on 127.0.0.1
     assert isinstance(src, ApprovalSource) and isinstance(src, ForgeSource)
     f = src.pull_request_for_commit(MERGE)
     assert f is not None
@@ -389,10 +393,10 @@ def test_open_pull_request_is_idempotent(gh: FakeGitHub, waits: Waits) -> None:
 
 @pytest.mark.parametrize("mode", ["drip-headers", "drip-body"])
 def test_a_dripping_forge_hits_the_deadline(gh: FakeGitHub, waits: Waits, mode: str) -> None:
-    """One byte every 0.8 s beats a 1 s read timeout for ever; the deadline ends it."""
+    """One byte every 0.8 s beats a read timeout of 1 s for ever; the deadline ends it."""
     merged_pr(gh)
     gh.down = mode  # type: ignore[assignment]
-    src = source(gh, waits, deadline=1.0, max_retries=1)
+    src = source(gh, waits, wire=True, deadline=0.3, max_retries=1)
     outcome: list[BaseException | None] = []
 
     def ask() -> None:
@@ -410,7 +414,7 @@ def test_a_dripping_forge_hits_the_deadline(gh: FakeGitHub, waits: Waits, mode: 
     assert isinstance(err, ApprovalSourceError)
     assert err.message == (
         f"GitHub API: GET /repos/acme/manifests/commits/{MERGE}/pulls: the answer did not "
-        "complete within 1s (1s is the total deadline per request, set by "
+        "complete within 0.3s (0.3s is the total deadline per request, set by "
         "RECONCILER_FORGE_TIMEOUT); gave up after 2 attempts"
     )
     assert waits.slept == [1.0]
@@ -440,24 +444,36 @@ spec: {environments: [production], provider: local, model: gpt-4o-mini}
 
 
 def test_apply_is_blocked_when_the_forge_drips_past_its_deadline(
-    gh: FakeGitHub, tmp_path: Path
+    gh: FakeGitHub, tmp_path: Path, waits: Waits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The whole command against a forge dripping bytes on 127.0.0.1: each attempt ends
+    at the total deadline, and the waits between them go to the injected sleep (the
+    command runs in this process), so the test takes the five deadlines, not the
+    backoff's seconds."""
     from conftest import commit_all, init_repo, run_cli, write_files
 
+    from reconciler.forge import github
+
+    class Recorded(GitHubSource):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw, sleep=waits.sleep, clock=waits.clock)
+
+    monkeypatch.setattr(github, "GitHubSource", Recorded)
     repo = init_repo(tmp_path / "r")
     write_files(repo, GATED_REPO)
     sha = commit_all(repo, "a change that needs an approval")
     gh.down = "drip-body"
-    env = {"GITHUB_TOKEN": gh.token, "GITHUB_API_URL": gh.url, "RECONCILER_FORGE_TIMEOUT": "1"}
-    # Without a total deadline the gate waits for ever (run_cli's timeout fails it).
-    r = run_cli(["--repo", str(repo), "apply"], env=env, timeout=120)
+    env = {"GITHUB_TOKEN": gh.token, "GITHUB_API_URL": gh.url, "RECONCILER_FORGE_TIMEOUT": "0.3"}
+    # Without a total deadline the gate would wait for ever.
+    r = run_cli(["--repo", str(repo), "apply"], env=env)
     out = r.out + r.err
     assert r.code == 3, out
     assert (
         f"cannot read approvals, refusing: GitHub API: GET /repos/acme/manifests/commits/"
-        f"{sha}/pulls: the answer did not complete within 1s (1s is the total deadline per "
-        "request, set by RECONCILER_FORGE_TIMEOUT); gave up after 5 attempts"
+        f"{sha}/pulls: the answer did not complete within 0.3s (0.3s is the total deadline "
+        "per request, set by RECONCILER_FORGE_TIMEOUT); gave up after 5 attempts"
     ) in out
+    assert len(waits.slept) == 4  # backoff between the five attempts
     assert gh.token not in out and "Traceback" not in out
     status = run_cli(["--repo", str(repo), "status", "--json"])
     assert json.loads(status.out) == []

@@ -93,6 +93,7 @@ def forge_api(
     clock: Clock = time.time,
     rng: Rng = random.random,
     env: Mapping[str, str] | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> ForgeApi:
     """The `name` API at `base_url`; `token` is scrubbed from every message."""
     client = HttpClient(
@@ -115,6 +116,7 @@ def forge_api(
         sleep=sleep,
         clock=clock,
         rng=rng,
+        transport=transport,
     )
     return ForgeApi(client)
 

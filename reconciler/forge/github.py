@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+import httpx
+
 from reconciler.approvals.facts import (
     STATUS_CONTEXT,
     WRITERS,
@@ -66,6 +68,7 @@ class GitHubSource:
         clock: Clock = time.time,
         rng: Rng = random.random,
         env: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not _REPOSITORY.match(repository):
             raise ConfigError(f"GitHub repository {repository!r} is not of the form owner/name")
@@ -88,6 +91,7 @@ class GitHubSource:
             clock=clock,
             rng=rng,
             env=env,
+            transport=transport,
         )
         self._repo = f"/repos/{repository}"
         self._teams: dict[tuple[str, str, str], str] = {}

@@ -32,6 +32,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+import httpx
+
 from reconciler.approvals.facts import (
     APPROVED,
     CHANGES_REQUESTED,
@@ -101,6 +103,7 @@ class GitLabSource:
         clock: Clock = time.time,
         rng: Rng = random.random,
         env: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.project = str(project)
         self._api = forge_api(
@@ -116,6 +119,7 @@ class GitLabSource:
             clock=clock,
             rng=rng,
             env=env,
+            transport=transport,
         )
         self._p = f"/projects/{quote(self.project, safe='')}"
         self._user_ids: dict[str, int] = {}

@@ -61,7 +61,9 @@ returns the answer once its status is in `ok`, and raises `error(message)` other
 
 Tests inject `sleep`, `clock` (for `Retry-After` dates and rate-limit resets) and
 `rng` (the jitter: `lambda: 1.0` waits the full backoff). The deadline runs on the
-real monotonic clock: it bounds real sockets.
+real monotonic clock: it bounds real sockets. `transport` replaces the network: an
+`httpx.MockTransport` answers in-process, and `httpclient.testing.deadline_passes`
+fails a request as a passed deadline would (see `reconciler.httpclient.testing`).
 """
 
 from __future__ import annotations

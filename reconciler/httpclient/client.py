@@ -299,7 +299,12 @@ class HttpClient:
         sleep: Sleep = time.sleep,
         clock: Clock = time.time,
         rng: Rng = random.random,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`transport` replaces the network (`DeadlineTransport`): an
+        `httpx.MockTransport` answers in-process (`httpclient.testing`), so a client's
+        behaviour is tested without a server; `env` (proxies) and `max_connections`
+        then have nothing to configure."""
         if not deadline > 0:
             raise ValueError("deadline must be positive")
         self.label = label
@@ -327,7 +332,7 @@ class HttpClient:
             timeout=httpx.Timeout(self.deadline),
             follow_redirects=False,
             trust_env=False,
-            transport=DeadlineTransport(env=env, limits=limits),
+            transport=transport or DeadlineTransport(env=env, limits=limits),
         )
 
     def __repr__(self) -> str:

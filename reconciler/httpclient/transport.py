@@ -53,6 +53,11 @@ class Deadline:
         return self.at - time.monotonic()
 
 
+def current_deadline() -> Deadline | None:
+    """The deadline bounding this thread's request now, if any."""
+    return _current.get()
+
+
 @contextmanager
 def within(deadline: Deadline) -> Iterator[Deadline]:
     """Make `deadline` bound every socket wait of this thread's requests until exit."""

@@ -14,6 +14,8 @@ hands the rest to the subclass's `route`.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import io
 import json
 import socket
 import threading
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+import httpx
 
 #: A "status" for `fail_next`: handle the request, then close without answering.
 LOST = 0
@@ -136,11 +140,67 @@ class ThreadedServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def transport(self) -> httpx.MockTransport:
+        """The same fake without a socket, for `HttpClient(transport=...)`: each request
+        is written as HTTP/1.1 bytes to the handler this server runs, in the caller's
+        thread, and the bytes it writes back are read as the answer. An answer that is
+        never written (a dropped connection) fails as on the wire; one that never ends
+        (`fakes.slow`) needs the socket: use `url`."""
+        return httpx.MockTransport(self._in_memory)
+
+    def _in_memory(self, request: httpx.Request) -> httpx.Response:
+        head = [f"{request.method} {request.url.raw_path.decode('ascii')} HTTP/1.1"]
+        head += [f"{k.decode('latin-1')}: {v.decode('latin-1')}" for k, v in request.headers.raw]
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + request.read()
+        handler = _InMemory(self, raw)
+        handler.handle_one_request()
+        written = handler.wfile.getvalue()
+        if not written:
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
+        answer = http.client.HTTPResponse(_Wire(written))  # type: ignore[arg-type]
+        answer.begin()
+        return httpx.Response(
+            answer.status, headers=answer.getheaders(), content=answer.read(), request=request
+        )
+
     @property
     def url(self) -> str:
         assert self._server is not None, "start the fake first"
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+
+class _Wire:
+    """What `http.client.HTTPResponse` reads an answer from: the bytes written."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, mode: str, *args: Any, **kw: Any) -> io.BytesIO:
+        return io.BytesIO(self._data)
+
+
+class _InMemory(BaseHTTPRequestHandler):
+    """The server's request handler, on bytes in memory instead of a connection."""
+
+    protocol_version = "HTTP/1.1"
+
+    def __init__(self, owner: ThreadedServer, raw: bytes) -> None:  # no socket to set up
+        self.owner = owner
+        self.rfile = io.BytesIO(raw)
+        self.wfile = io.BytesIO()
+        self.client_address = ("127.0.0.1", 0)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _serve(self) -> None:
+        self.owner._handle(self)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
 
 class LoopbackServer(ThreadedServer):
