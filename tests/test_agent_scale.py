@@ -287,8 +287,10 @@ def test_readyz_follows_the_state_and_metrics_match_history(
             )
             run = failed_runs()[-1]
             assert run.commit == second
-            line = next(e for e in agent.events("failed"))
-            assert line["run"] == run.id
+            # The line is written after the run is counted; an earlier "failed" (the
+            # state down, above) names no run.
+            line = agent.wait_for_line(lambda text: '"event": "failed"' in text and run.id in text)
+            assert json.loads(line)["run"] == run.id
             agent.wait_until(lambda: run.id in json.dumps(hooks.posts), "the notice names it")
             assert agent.terminate() == 0
             _json_only(agent)
