@@ -32,9 +32,12 @@ spec:
   concurrency: forbid
 """
 
-pytestmark = pytest.mark.skipif(
-    not LIB.exists() or shutil.which("faketime") is None, reason="libfaketime is not installed"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not LIB.exists() or shutil.which("faketime") is None, reason="libfaketime is not installed"
+    ),
+]
 
 
 @pytest.fixture

@@ -90,6 +90,7 @@ def api() -> Iterator[FakeDeployApi]:
         yield server
 
 
+@pytest.mark.slow  # a real process, killed
 def test_kill_9_midway_then_rerun_converges_without_duplicates(
     api: FakeDeployApi, tmp_path: Path
 ) -> None:
@@ -120,6 +121,7 @@ def test_kill_9_midway_then_rerun_converges_without_duplicates(
     assert outcomes == ["applied", "interrupted"]
 
 
+@pytest.mark.slow  # a real process, killed
 def test_two_applies_at_once_one_is_locked_out(api: FakeDeployApi, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", api.url, 20)
     api.latency = 0.1

@@ -287,6 +287,7 @@ def test_a_bad_run_timeout_is_a_clear_error(w: World) -> None:
     assert "RECONCILER_RUN_TIMEOUT must be a positive number of seconds, got 'soon'" in err
 
 
+@pytest.mark.slow  # a real process, killed
 def test_kill_9_while_waiting_converges_on_rerun_without_a_second_endpoint(w: World) -> None:
     w.hf.hold_next_deploy()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CI"))}

@@ -7,11 +7,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import commit_all
 from fakes.forge import FakeGitHub
 from promotion_world import as_json, at, cli, make_repo, needs_faketime
 
-pytestmark = needs_faketime
+pytestmark = [needs_faketime, pytest.mark.slow]  # a process per command (libfaketime)
 
 
 def git(repo: Path, *args: str) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import commit_all
 from promotion_world import as_json, at, cli, make_repo, needs_faketime
 
-pytestmark = needs_faketime
+pytestmark = [needs_faketime, pytest.mark.slow]  # a process per command (libfaketime)
 
 
 def test_blocked_while_soaking_then_eligible(tmp_path: Path) -> None:

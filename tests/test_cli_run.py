@@ -120,6 +120,7 @@ def test_retention_keeps_the_newest(repo: Path) -> None:
     assert len(as_json(cli(repo, "executions", "--json"))) == 2
 
 
+@pytest.mark.slow  # a real process, killed
 def test_kill_9_mid_execution_leaves_an_honest_record(repo: Path, api: FakeDeployApi) -> None:
     arrived = threading.Event()
     api.latency = 60.0  # the call is under way until the test stops the stand-in

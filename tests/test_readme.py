@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import EXAMPLE, ROOT
 
 BIN = str(Path(sys.executable).parent)
 README = (ROOT / "README.md").read_text()
+pytestmark = pytest.mark.slow  # the guide in a shell, a process per command
 
 
 def sh_blocks(text: str) -> list[str]:
