@@ -10,10 +10,8 @@ import random
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from reconciler.approvals.facts import (
     STATUS_CONTEXT,
@@ -34,6 +32,9 @@ from reconciler.forge.api import (
     parse_time,
 )
 from reconciler.httpclient import Clock, Rng, Sleep
+
+if TYPE_CHECKING:
+    import httpx
 
 API_VERSION = "2022-11-28"
 DEFAULT_API_URL = "https://api.github.com"

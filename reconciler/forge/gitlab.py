@@ -29,10 +29,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from reconciler.approvals.facts import (
     APPROVED,
@@ -55,6 +53,9 @@ from reconciler.forge.api import (
     parse_time,
 )
 from reconciler.httpclient import Clock, Rng, Sleep
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_API_URL = "https://gitlab.com/api/v4"
 #: The common (GitHub) vocabulary and GitLab's own, mapped to GitLab's.
