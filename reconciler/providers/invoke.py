@@ -8,11 +8,13 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ProviderError
-from reconciler.httpclient import HttpClient
 from reconciler.providers.base import Invocation, Usage
+
+if TYPE_CHECKING:  # the local provider imports this module: no HTTP client for it
+    from reconciler.httpclient import HttpClient
 
 #: `{{ name }}` in a prompt template: replaced by the input's value of that name.
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
