@@ -16,6 +16,7 @@ from reconciler.agent.cluster import Coordinator, Shard, StateProbe
 from reconciler.agent.loop import Agent, AgentOptions
 from reconciler.agent.metrics import Metrics
 from reconciler.agent.notify import Notifier
+from reconciler.agent.recheck import Rechecker
 from reconciler.agent.server import HttpServer, make_app
 from reconciler.agent.source import DeployBranch
 from reconciler.config import load_settings
@@ -24,6 +25,7 @@ from reconciler.dashboard.server import EXPOSED, bind
 from reconciler.errors import EXIT_OK, ConfigError
 from reconciler.log import get_logger, json_lines
 from reconciler.runs.firer import Firer
+from reconciler.runs.prom import CheckMetrics
 from reconciler.schedules import parse_duration
 from reconciler.session import Session
 from reconciler.state.members import check_session_locks
@@ -192,6 +194,13 @@ def run_agent(base: Session, cmd: AgentCommand, *, emit: Emit) -> int:
         coordinator.start()
     firer = Firer(session, environments=cmd.environments, registry=metrics.registry)
     firer.start()
+    rechecker = Rechecker(
+        session,
+        notifier,
+        environments=cmd.environments,
+        metrics=CheckMetrics(metrics.registry),
+    )
+    rechecker.start()
     server.start()
     if refresher is not None:
         refresher.start()
@@ -225,6 +234,7 @@ def run_agent(base: Session, cmd: AgentCommand, *, emit: Emit) -> int:
         if coordinator is not None:
             coordinator.stop()
         firer.stop()
+        rechecker.stop()
         notifier.close()
         server.stop()
     log.info("stopped")

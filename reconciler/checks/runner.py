@@ -7,19 +7,21 @@ fails the run; `onFail: rollback` restores what the run wrote."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from reconciler.checks.evidence import evidence_digest_of
-from reconciler.checks.expect import judge
+from reconciler.checks.expect import Outcome, judge
 from reconciler.errors import ReconcilerError
 from reconciler.executor import AfterApplyFn, ChangeResult, Verification
 from reconciler.instances import InstanceKey, ProviderConfig
 from reconciler.manifests.models import Check
+from reconciler.providers.base import Provider
 from reconciler.providers.pool import ProviderPool
 from reconciler.runs.execute import Limits, execute
 from reconciler.runs.model import Execution, Holder, new_id
 from reconciler.runs.store import ExecutionStore
-from reconciler.state.base import StateStore
+from reconciler.state.base import AppliedRecord, StateStore
 
 Clock = Callable[[], datetime]
 
@@ -97,31 +99,75 @@ def _run_all(
             out.failures.append(f"check {name}: {e.message}")
             out.rollback = out.rollback or check.spec.on_fail == "rollback"
             continue
-        for i, req in enumerate(check.spec.requests):
-            at = clock()
-            ex = Execution(new_id(at), environment, key.name, "check", "pending", at)
-            ex.holder = Holder.me()
-            ex.check, ex.digest = name, digest
-            try:
-                done = execute(
-                    executions, ex, provider, record, req.input, limits=limits, clock=clock
+        for r in run_requests(
+            check, record, digest, provider, executions, limits=limits, clock=clock
+        ):
+            if r.execution is not None:
+                recorded.setdefault(name, []).append(
+                    {"execution": r.execution.id, "passed": r.passed, "digest": digest}
                 )
-            except ReconcilerError as e:
-                out.failures.append(f"check {name} request {i + 1}: {e.message}")
-                out.rollback = out.rollback or check.spec.on_fail == "rollback"
-                continue
-            outcomes = judge(req.expect, done)
-            done.passed = all(o.ok for o in outcomes)
-            done.expectations = [o.document() for o in outcomes]
-            executions.transition(done, (done.status,))
-            recorded.setdefault(name, []).append(
-                {"execution": done.id, "passed": done.passed, "digest": digest}
-            )
-            if not done.passed:
-                bad = "; ".join(o.line() for o in outcomes if not o.ok)
-                if done.error:
-                    bad += f" ({done.error})"
-                out.failures.append(f"check {name} request {i + 1} ({done.id}): {bad}")
+            if r.failure is not None:
+                out.failures.append(f"check {name} {r.failure}")
                 out.rollback = out.rollback or check.spec.on_fail == "rollback"
     out.details["checks"] = recorded
+    return out
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """One request of a check: its execution as recorded (None: it could not be
+    recorded), each expectation, and what failed ("request N (ID): …"; None: passed)."""
+
+    index: int
+    execution: Execution | None
+    outcomes: tuple[Outcome, ...] = ()
+    failure: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None
+
+
+def run_requests(
+    check: Check,
+    record: AppliedRecord,
+    digest: str,
+    provider: Provider,
+    executions: ExecutionStore,
+    *,
+    limits: Limits,
+    clock: Clock,
+    claimed: Execution | None = None,
+) -> list[RequestResult]:
+    """Each request of `check` through the run path on `record`, recorded with trigger
+    `check`, judged, and its expectations recorded. `claimed`: the first request's
+    execution, recorded `pending` already (a re-check's claim on its due time)."""
+    out: list[RequestResult] = []
+    name = check.metadata.name
+    for i, req in enumerate(check.spec.requests):
+        if i == 0 and claimed is not None:
+            ex, new = claimed, False
+        else:
+            at = clock()
+            ex = Execution(new_id(at), record.environment, record.name, "check", "pending", at)
+            ex.holder = Holder.me()
+            ex.check, ex.digest, new = name, digest, True
+        try:
+            done = execute(
+                executions, ex, provider, record, req.input, limits=limits, clock=clock, new=new
+            )
+        except ReconcilerError as e:
+            out.append(RequestResult(i + 1, None, failure=f"request {i + 1}: {e.message}"))
+            continue
+        outcomes = judge(req.expect, done)
+        done.passed = all(o.ok for o in outcomes)
+        done.expectations = [o.document() for o in outcomes]
+        executions.transition(done, (done.status,))
+        failure = None
+        if not done.passed:
+            failure = "; ".join(o.line() for o in outcomes if not o.ok)
+            if done.error:
+                failure += f" ({done.error})"
+            failure = f"request {i + 1} ({done.id}): {failure}"
+        out.append(RequestResult(i + 1, done, tuple(outcomes), failure))
     return out

@@ -25,6 +25,7 @@ from pydantic import (
 
 from reconciler._strict import StrictModel, typed_text
 from reconciler.approvals.policy import ApprovalPolicy
+from reconciler.schedules import parse_interval
 from reconciler.vocabulary import Risk
 
 API_VERSION = "reconciler/v1"
@@ -113,9 +114,19 @@ class SyncPolicy(StrictModel):
         return data
 
 
-#: What the agent tells a notification target about.
-NotifyEvent = Literal["applied", "failed", "blocked", "drifted", "healed"]
-NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("applied", "failed", "blocked", "drifted", "healed")
+#: What the agent tells a notification target about: its passes, and its re-checks
+#: (`Check.spec.interval`): one that failed, and one that passed after a failure.
+NotifyEvent = Literal[
+    "applied", "failed", "blocked", "drifted", "healed", "check_failed", "check_recovered"
+]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
+    "applied", "failed", "blocked", "drifted", "healed", "check_failed", "check_recovered",
+)  # fmt: skip
+#: What a target hears when its `on` is not given. The check events are not among them:
+#: a recorded policy holds its targets' `on` spelled out, and a longer default would
+#: make every environment's policy of record differ from its commit's (a policy change
+#: to approve on upgrade). A target names them to hear of re-checks.
+DEFAULT_NOTIFY_EVENTS: tuple[NotifyEvent, ...] = NOTIFY_EVENTS[:5]
 NotifyUrlEnv = Annotated[
     str, StringConstraints(pattern=NOTIFY_URL_ENV_PATTERN), BeforeValidator(typed_text)
 ]
@@ -127,7 +138,7 @@ class NotifyTarget(StrictModel):
     change can only choose among the targets the operator provided (RECONCILER_NOTIFY_*)."""
 
     url_env: NotifyUrlEnv
-    on: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+    on: list[NotifyEvent] = Field(default_factory=lambda: list(DEFAULT_NOTIFY_EVENTS), min_length=1)
 
 
 class PromotionRequires(StrictModel):
@@ -703,15 +714,32 @@ class CheckRequest(StrictModel):
     expect: CheckExpect = Field(default_factory=CheckExpect)
 
 
+def _check_interval(text: str) -> str:
+    parse_interval(text)  # at least 1m: a re-check must not hammer a provider
+    return text
+
+
+#: How often the agent runs a check again on what is applied (`15m`, `1h`; at least 1m).
+CheckInterval = Annotated[
+    str,
+    StringConstraints(pattern=INTERVAL_PATTERN),
+    BeforeValidator(typed_text),
+    AfterValidator(_check_interval),
+]
+
+
 class CheckSpec(StrictModel):
     """A few requests through the run path after every apply that changes `deployment`
     in one of `environments`: a failure fails the run; `rollback` also restores what
-    the run changed."""
+    the run changed. With `interval`, the agent also runs them again on what is applied,
+    every `interval` after the deployment was applied (a failure there revokes its
+    verified status and notifies `check_failed`)."""
 
     deployment: Slug
     environments: list[Slug] = Field(min_length=1)
     requests: list[CheckRequest] = Field(min_length=1, max_length=10)
     on_fail: Literal["fail", "rollback"] = "fail"
+    interval: CheckInterval | None = None
 
 
 class Check(StrictModel):

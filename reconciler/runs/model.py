@@ -142,9 +142,15 @@ class Execution:
 
     @property
     def fire_key(self) -> str | None:
-        if self.schedule is None or self.fire_time is None:
+        """A schedule's fire, or a re-check's claim on its due time (`check:NAME`: no
+        schedule name holds a colon)."""
+        if self.fire_time is None:
             return None
-        return fire_key(self.schedule, self.environment, self.fire_time)
+        if self.schedule is not None:
+            return fire_key(self.schedule, self.environment, self.fire_time)
+        if self.trigger == "check" and self.check is not None:
+            return fire_key(f"check:{self.check}", self.environment, self.fire_time)
+        return None
 
     def document(self) -> dict[str, Any]:
         """The stored and `--json` form (docs/design.md, "Executions")."""

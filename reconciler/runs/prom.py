@@ -5,9 +5,14 @@ metric carries can be a secret."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from reconciler.runs.model import Execution
+
+if TYPE_CHECKING:
+    from reconciler.checks.recheck import Recheck
 
 #: Seconds: from a cached answer to a long generation.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -45,3 +50,55 @@ class ExecutionMetrics:
         for direction, n in (("input", ex.input_tokens), ("output", ex.output_tokens)):
             if n:
                 self.tokens.labels(ex.environment, ex.deployment, direction).inc(n)
+
+
+class CheckMetrics:
+    """Re-checks the agent ran (`checks.recheck`): outcomes, latencies and the values
+    measured. Labels are environment, deployment, check (all bounded by the manifests)
+    and the expectation's name (a fixed vocabulary); never an answer or an input."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.runs = Counter(
+            "reconciler_check_runs",
+            "Re-checks the agent ran, by outcome (passed: every request met every "
+            "expectation; failed: one did not).",
+            ["environment", "deployment", "check", "outcome"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "reconciler_check_latency_seconds",
+            "How long each request of a re-check took.",
+            ["environment", "deployment", "check"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.failed = Counter(
+            "reconciler_check_failed_expectations",
+            "Expectations that did not hold in a re-check, by expectation.",
+            ["environment", "deployment", "check", "expectation"],
+            registry=registry,
+        )
+        self.measured = Gauge(
+            "reconciler_check_measured",
+            "The numeric values the last re-check measured (latencyMsMax: milliseconds, "
+            "costMax: the price's currency, number: the answer), the largest of its requests.",
+            ["environment", "deployment", "check", "expectation"],
+            registry=registry,
+        )
+
+    def observe_check(self, done: Recheck) -> None:
+        labels = (done.environment, done.deployment, done.check)
+        self.runs.labels(*labels, "passed" if done.passed else "failed").inc()
+        largest: dict[str, float] = {}
+        for r in done.results:
+            ex = r.execution
+            if ex is not None and ex.latency_ms is not None:
+                self.latency.labels(*labels).observe(ex.latency_ms / 1000)
+            for o in r.outcomes:
+                if not o.ok:
+                    self.failed.labels(*labels, o.name).inc()
+                value = o.measured
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    largest[o.name] = max(float(value), largest.get(o.name, float(value)))
+        for name, value in largest.items():
+            self.measured.labels(*labels, name).set(value)
