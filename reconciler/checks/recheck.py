@@ -181,8 +181,11 @@ class RecheckEngine:
         # every request may have to wait its own deadline before this one is done
         calls = len(d.check.spec.requests)
         claim.deadline = now + timedelta(seconds=deadline_of(rec.spec) * calls)
-        if not self.executions.add(claim):
-            return None  # another engine has this due time
+        if not self.executions.add(claim):  # another engine has this due time
+            log.debug(
+                "check.recheck_elsewhere", check=name, env=d.environment, due=d.due.isoformat()
+            )
+            return None
         previous = self._previous(d, claim.id)
         provider = self._provider(d.environment, rec.provider, d.provider)
         results = run_requests(
