@@ -98,6 +98,8 @@ class RecheckEngine:
     limits: Limits = field(default_factory=Limits)
     #: What each call's start and end are recorded with (`tick`'s `now` says what is due).
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    #: Makes a provider from its settings of record (tests give an in-memory one).
+    make: Callable[[ProviderConfig], Provider] | None = None
     #: When each (environment, check) is due next, as of the last tick.
     upcoming: dict[tuple[str, str], datetime] = field(default_factory=dict)
     _ran: dict[tuple[str, str], datetime] = field(default_factory=dict)
@@ -246,7 +248,12 @@ class RecheckEngine:
         key = (env, name, repr(config))
         made = self._providers.get(key)
         if made is None:
-            made = make_provider(config, repo_root=self.settings.repo, env=self.settings.env)
+            s = self.settings
+            made = (
+                self.make(config)
+                if self.make is not None
+                else make_provider(config, repo_root=s.repo, env=s.env)
+            )
             self._providers[key] = made
         return made
 
