@@ -39,9 +39,12 @@ STAGING = """  sync: {auto: true, interval: 1s, driftInterval: 1h}
   notify: [{urlEnv: RECONCILER_NOTIFY_OPS, on: [check_failed, check_recovered]}]
 """
 
-pytestmark = pytest.mark.skipif(
-    not LIB.exists() or shutil.which("faketime") is None, reason="libfaketime is not installed"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not LIB.exists() or shutil.which("faketime") is None, reason="libfaketime is not installed"
+    ),
+]
 
 
 @pytest.fixture
