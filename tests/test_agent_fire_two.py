@@ -18,7 +18,8 @@ from reconciler.runs.model import Query
 from reconciler.runs.store import open_executions
 
 LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
-START = "2030-01-07 10:00:35"  # UTC; the schedule fires 25 s on, at 10:01:00
+START = "2030-01-07 10:00:00"  # UTC; the schedule fires at 10:01:00
+NEARLY = "2030-01-07 10:00:59"  # where the clocks are moved once the schedule is applied
 SCHEDULE = """apiVersion: reconciler/v1
 kind: Schedule
 metadata: {name: ten-past}
@@ -30,9 +31,12 @@ spec:
   concurrency: allow
 """
 
-pytestmark = pytest.mark.skipif(
-    not LIB.exists() or shutil.which("faketime") is None, reason="libfaketime is not installed"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not LIB.exists() or shutil.which("faketime") is None, reason="libfaketime is not installed"
+    ),
+]
 
 
 @pytest.fixture
@@ -55,9 +59,12 @@ def test_two_agents_on_one_postgres_fire_a_schedule_once(
         },
         "chat, fired ten past",
     )
+    when = tmp_path / "faketime"
+    when.write_text(f"@{START}\n")
     clock = {
         "LD_PRELOAD": str(LIB),
-        "FAKETIME": f"@{START}",
+        "FAKETIME_TIMESTAMP_FILE": str(when),
+        "FAKETIME_CACHE_DURATION": "1",  # the file is read again at most a second later
         "TZ": "UTC",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # timed waits stay real
     }
@@ -68,6 +75,11 @@ def test_two_agents_on_one_postgres_fire_a_schedule_once(
             )
             for i in range(2)
         ]
+        agents[0].wait_until(
+            lambda: any(a.events("applied") for a in agents), "one agent applied the schedule"
+        )
+        assert not api.runs
+        when.write_text(f"@{NEARLY}\n")  # both clocks: a second before the fire
         assert api.run_arrived.wait(60), agents[0].output()[-4000:]
         store = open_executions(postgres_url, repo_root=tmp_path / "clone-0", env={})
         try:
