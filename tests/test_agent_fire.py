@@ -1,13 +1,15 @@
-"""The agent as a real process fires an applied schedule at its time. Its clock is set
-with libfaketime (the process's own clock, nothing patched inside), read from a file:
-it starts well before the fire, and once the schedule is applied the test moves it to
-a second before, so no test waits for the clock to come round."""
+"""The agent as a real process fires an applied schedule at its time, and two agents on
+one PostgreSQL state fire it exactly once. The agents' clock is set with libfaketime
+(the process's own clock, nothing patched inside), read from a file: it starts well
+before the fire, and once the schedule is applied the test moves it to a second
+before, so no test waits for the clock to come round."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
@@ -46,15 +48,17 @@ def api() -> Iterator[FakeDeployApi]:
         yield server
 
 
-def test_the_agent_fires_a_schedule_at_its_time(
-    tmp_path: Path, api: FakeDeployApi, postgres_url: str
-) -> None:
+def world(
+    tmp_path: Path, api: FakeDeployApi, schedule: str = SCHEDULE
+) -> tuple[Remote, Path, dict[str, str]]:
+    """The remote with `chat` fired ten past, and a clock file the agents read their time
+    from (at START; the test moves it to NEARLY once the schedule is applied)."""
     remote = Remote(tmp_path)
     remote.push(
         {
             "manifests/env.yaml": environment("dev", "  sync: {auto: true, interval: 1s}\n"),
             "manifests/provider.yaml": PROVIDER % {"envs": "dev", "url": api.url},
-            "manifests/schedule.yaml": SCHEDULE,
+            "manifests/schedule.yaml": schedule,
             ".gitignore": ".reconciler/\n",
             **deployments(["chat"]),
         },
@@ -69,6 +73,13 @@ def test_the_agent_fires_a_schedule_at_its_time(
         "TZ": "UTC",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # timed waits stay real
     }
+    return remote, when, clock
+
+
+def test_the_agent_fires_a_schedule_at_its_time(
+    tmp_path: Path, api: FakeDeployApi, postgres_url: str
+) -> None:
+    remote, when, clock = world(tmp_path, api)
     clone = tmp_path / "clone"
     with AgentProcess(remote, clone, postgres_url, env=clock) as agent:
         applied = agent.wait_for_line(lambda line: '"event": "applied"' in line)
@@ -95,3 +106,43 @@ def test_the_agent_fires_a_schedule_at_its_time(
         assert agent.metric("reconciler_executions_total", **labels, status="completed") == 1
         assert agent.metric("reconciler_execution_latency_seconds_count", **labels) == 1
         assert agent.terminate() == 0
+
+
+def test_two_agents_on_one_postgres_fire_a_schedule_once(
+    tmp_path: Path, api: FakeDeployApi, postgres_url: str
+) -> None:
+    """Whichever agent records the fire key first runs it; the other finds it taken."""
+    remote, when, clock = world(tmp_path, api, SCHEDULE.replace("forbid", "allow"))
+    with ExitStack() as stack:
+        agents = [
+            stack.enter_context(
+                AgentProcess(remote, tmp_path / f"clone-{i}", postgres_url, env=clock)
+            )
+            for i in range(2)
+        ]
+        agents[0].wait_until(
+            lambda: any(a.events("applied") for a in agents), "one agent applied the schedule"
+        )
+        assert not api.runs
+        when.write_text(f"@{NEARLY}\n")  # both clocks: a second before the fire
+        assert api.run_arrived.wait(60), agents[0].output()[-4000:]
+        store = open_executions(postgres_url, repo_root=tmp_path / "clone-0", env={})
+        try:
+            agents[0].wait_until(
+                lambda: [e.status for e in store.find(Query(("dev",)))] == ["completed"],
+                "the fire recorded completed",
+            )
+            agents[0].wait_until(
+                lambda: sum(len(a.events("schedule.fire_taken")) for a in agents) == 1,
+                "the other agent found the fire taken",
+            )
+            (ex,) = store.find(Query(("dev",), limit=None))
+        finally:
+            store.close()
+        assert ex.trigger == "schedule" and ex.fire_key is not None
+        assert api.runs == [("dev", "chat", {"question": "are we there yet?"})]  # once
+        labels = {"environment": "dev", "deployment": "chat", "status": "completed"}
+        fired = [a for a in agents if a.metric("reconciler_executions_total", **labels) == 1]
+        assert len(fired) == 1
+        for agent in agents:
+            assert agent.terminate() == 0
