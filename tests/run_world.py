@@ -4,7 +4,13 @@ local provider, `prod` on the http provider pointed at a loopback stand-in."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +64,31 @@ def cli(repo: Path, *args: str, env: Mapping[str, str] | None = None) -> Result:
 
 def as_json(r: Result) -> Any:
     return json.loads(r.out)
+
+
+@contextmanager
+def run_under_way(repo: Path, api: Any) -> Iterator[None]:
+    """`reconciler run chat --env prod` as a real process, its call to the stand-in
+    under way while the block runs; killed with SIGKILL when it ends."""
+    arrived = threading.Event()
+    api.latency = 60.0  # the call is under way until the process is killed
+    original = api._handle
+
+    def handle(h: Any) -> None:
+        if h.path.endswith("/run"):
+            arrived.set()
+        original(h)
+
+    api._handle = handle
+    p = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--repo", str(repo), "run", "chat", "--env", "prod"],
+        env={**os.environ, "REGISTRY_TOKEN": TOKEN},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert arrived.wait(60)
+        yield
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()

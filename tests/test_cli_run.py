@@ -3,17 +3,12 @@ a real process, against the local registry and the http stand-in."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 from conftest import commit_all
 from fakes.deploy_api import FakeDeployApi
-from run_world import TOKEN, as_json, cli, make_repo
+from run_world import TOKEN, as_json, cli, make_repo, run_under_way
 
 from reconciler.runs.model import INTERRUPTED
 
@@ -122,29 +117,9 @@ def test_retention_keeps_the_newest(repo: Path) -> None:
 
 @pytest.mark.slow  # a real process, killed
 def test_kill_9_mid_execution_leaves_an_honest_record(repo: Path, api: FakeDeployApi) -> None:
-    arrived = threading.Event()
-    api.latency = 60.0  # the call is under way until the test stops the stand-in
-    original = api._handle
-
-    def handle(h):  # type: ignore[no-untyped-def]
-        if h.path.endswith("/run"):
-            arrived.set()
-        original(h)
-
-    api._handle = handle  # type: ignore[method-assign]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--repo", str(repo), "run", "chat", "--env", "prod"],
-        env={**os.environ, "REGISTRY_TOKEN": TOKEN},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert arrived.wait(60)
+    with run_under_way(repo, api):
         running = as_json(cli(repo, "executions", "--json"))
         assert [e["status"] for e in running] == ["running"]
-    finally:
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
     (ex,) = as_json(cli(repo, "executions", "--json"))
     assert ex["status"] == "failed" and ex["error"] == INTERRUPTED and ex["finished_at"]
 

@@ -5,18 +5,13 @@ rewritten as another machine's, as an agent killed elsewhere would leave it."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from fakes.deploy_api import FakeDeployApi
-from run_world import TOKEN, as_json, cli, make_repo
+from run_world import TOKEN, as_json, cli, make_repo, run_under_way
 
 from reconciler.runs.model import ABANDON_GRACE, Holder, Query
 from reconciler.runs.store import open_executions, reap
@@ -30,36 +25,13 @@ def api() -> Iterator[FakeDeployApi]:
         yield server
 
 
-def _killed_mid_call(repo: Path, api: FakeDeployApi) -> None:
-    arrived = threading.Event()
-    api.latency = 60.0  # the call is under way until the process is killed
-    original = api._handle
-
-    def handle(h):  # type: ignore[no-untyped-def]
-        if h.path.endswith("/run"):
-            arrived.set()
-        original(h)
-
-    api._handle = handle  # type: ignore[method-assign]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--repo", str(repo), "run", "chat", "--env", "prod"],
-        env={**os.environ, "REGISTRY_TOKEN": TOKEN},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert arrived.wait(60)
-    finally:
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-
-
 def test_a_run_killed_on_another_machine_is_failed_after_its_deadline(
     tmp_path: Path, api: FakeDeployApi
 ) -> None:
     repo = make_repo(tmp_path / "repo", api.url)
     assert cli(repo, "apply").code == 0
-    _killed_mid_call(repo, api)
+    with run_under_way(repo, api):
+        pass
     store = open_executions(STATE, repo_root=repo, env={})
     try:
         (ex,) = store.find(Query(limit=None))
