@@ -26,10 +26,6 @@ REDACTED = "(sensitive)"
 #: whatever its length.
 MIN_SECRET_LENGTH = 4
 _SENSITIVE_KEYS = re.compile(r"(token|password|secret|authorization|api[-_]?key)", re.I)
-_secrets: set[str] = set()
-#: Every registered form, longest first (the alternation prefers the longest match).
-_ordered: list[str] = []
-_pattern: re.Pattern[str] | None = None
 
 
 def _forms(value: str) -> set[str]:
@@ -41,44 +37,105 @@ def _forms(value: str) -> set[str]:
     return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
 
 
+class SecretValues:
+    """A set of secret values and the masking of text by it. Thread-safe: additions
+    take a lock, masking reads one consistent snapshot of the forms and their pattern.
+
+    Each session's `Redactor` keeps one; the process keeps one more (`register_secret`,
+    `redact`) as the backstop of log lines, which no session renders."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        #: Every form, longest first (the alternation prefers the longest match), and
+        #: its pattern; replaced together, never changed in place.
+        self._snapshot: tuple[tuple[str, ...], re.Pattern[str] | None] = ((), None)
+        self._lock = threading.Lock()
+
+    def add(self, value: str | None) -> None:
+        if not value or len(value.strip()) < MIN_SECRET_LENGTH:
+            return
+        with self._lock:
+            if value in self._values:
+                return
+            self._values.add(value)
+            ordered = self._snapshot[0]
+            new = _forms(value) - set(ordered)
+            if new:
+                forms = tuple(sorted({*ordered, *new}, key=len, reverse=True))
+                self._snapshot = (forms, re.compile("|".join(map(re.escape, forms))))
+
+    def add_all(self, values: Iterable[str | None]) -> None:
+        for v in values:
+            self.add(v)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+            self._snapshot = ((), None)
+
+    def is_secret(self, text: str) -> bool:
+        """True when `text` holds one of the values (or an encoded form of one)."""
+        return any(s in text for s in self._snapshot[0])
+
+    def redact(self, text: str) -> str:
+        """`text` with every value replaced by REDACTED (`_mask`)."""
+        forms, pattern = self._snapshot
+        if pattern is None or not any(s in text for s in forms):
+            return text
+        return _mask(text, pattern)
+
+    def redact_data(self, value: Any) -> Any:
+        """A copy of JSON-like data with the values masked in every string, key included."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {
+                (self.redact(k) if isinstance(k, str) else k): self.redact_data(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.redact_data(v) for v in value]
+        return value
+
+
+#: The process-wide values: the backstop of log lines, fed by every session's redactor.
+_backstop = SecretValues()
+
+
 def register_secret(value: str | None) -> None:
-    """Make sure `value` never appears in any log line or rendered output."""
-    global _ordered, _pattern
-    if not value or len(value.strip()) < MIN_SECRET_LENGTH or value in _secrets:
-        return
-    _secrets.add(value)
-    new = _forms(value) - set(_ordered)
-    if new:
-        _ordered = sorted({*_ordered, *new}, key=len, reverse=True)
-        _pattern = re.compile("|".join(map(re.escape, _ordered)))
+    """Make sure `value` never appears in any log line (the process-wide backstop)."""
+    _backstop.add(value)
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
-    for v in values:
-        register_secret(v)
+    _backstop.add_all(values)
 
 
 def forget_secrets() -> None:
     """Forget every registered value: for a process that runs many commands in turn
     (tests), so each must register its own before rendering."""
-    global _ordered, _pattern
-    _secrets.clear()
-    _ordered = []
-    _pattern = None
+    _backstop.clear()
 
 
 def is_secret(text: str) -> bool:
     """True when `text` holds a registered secret value (or an encoded form of one)."""
-    return any(s in text for s in _ordered)
+    return _backstop.is_secret(text)
 
 
 def redact(text: str) -> str:
-    """`text` with every registered secret value replaced by REDACTED. A match that
-    starts or ends inside a backslash escape (JSON's `\\u00e9`, `\\"`) takes the whole
-    escape with it, so masking never breaks the JSON around it."""
-    pattern = _pattern
-    if pattern is None or not is_secret(text):
-        return text
+    """`text` with every registered secret value replaced by REDACTED."""
+    return _backstop.redact(text)
+
+
+def redact_data(value: Any) -> Any:
+    """A copy of JSON-like data with secrets masked in every string, key included."""
+    return _backstop.redact_data(value)
+
+
+def _mask(text: str, pattern: re.Pattern[str]) -> str:
+    """`text` with every match of `pattern` replaced by REDACTED. A match that starts or
+    ends inside a backslash escape (JSON's `\\u00e9`, `\\"`) takes the whole escape with
+    it, so masking never breaks the JSON around it."""
     out: list[str] = []
     done = 0
     found = pattern.search(text)
@@ -122,17 +179,6 @@ def _escape_around(text: str, i: int) -> tuple[int, int] | None:
 def _escape_end(text: str, i: int) -> int:
     span = _escape_around(text, i)
     return span[1] if span else i
-
-
-def redact_data(value: Any) -> Any:
-    """A copy of JSON-like data with secrets masked in every string, key included."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {(redact(k) if isinstance(k, str) else k): redact_data(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact_data(v) for v in value]
-    return value
 
 
 def _scrub(value: Any) -> Any:

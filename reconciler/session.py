@@ -110,7 +110,8 @@ class Session:
         """A client for one configured provider; the caller closes it."""
         from reconciler.providers import make_provider
 
-        return make_provider(config, repo_root=self.settings.repo, env=self.settings.env)
+        s = self.settings
+        return make_provider(config, repo_root=s.repo, env=s.env, register=self.redactor.add)
 
     def approval_source(self, approvals: ApprovalsConfig) -> ApprovalSource | None:
         """The forge (or file) an approval configuration names, configured from this
@@ -122,7 +123,8 @@ class Session:
 
     def load(self, ref: str | None = None, *, paths: Sequence[str] = ()) -> Loaded:
         """The manifests at `ref` (or the working tree) through this session's repo; the
-        secrets they refer to are the redactor's from here on."""
+        secrets they refer to (`Loaded.secrets`) are the redactor's from here on, before
+        the providers' checks (whose refusals are rendered) run."""
         from reconciler.load import load
 
-        return load(self.settings, ref, paths=paths, repo=self.repo)
+        return load(self.settings, ref, paths=paths, repo=self.repo, register=self.redactor.add)

@@ -16,9 +16,9 @@ from conftest import copy_example
 
 from reconciler import log
 from reconciler.config import load_settings
-from reconciler.load import load
+from reconciler.load import desired_secrets, load, referenced_names
 from reconciler.manifests import Desired
-from reconciler.redaction import referenced_names, register_desired
+from reconciler.redaction import Redactor
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +120,7 @@ def _named_by_instances(desired: Desired) -> set[str]:
 
 
 def test_registration_reads_every_reference_from_the_documents(tmp_path: Path) -> None:
-    """`register_desired` reads references from the documents (fast); it must find
+    """`desired_secrets` reads references from the documents (fast); it must find
     every name the expanded instances refer to, overrides and schedule input included."""
     repo = copy_example(tmp_path / "repo")
     chat = repo / "manifests" / "deployments" / "support-chat.yaml"
@@ -143,5 +143,6 @@ def test_registration_reads_every_reference_from_the_documents(tmp_path: Path) -
     assert {"OVR_SECRET", "SCHED_SECRET", "VENDOR_KEY"} <= names
     assert referenced_names(desired) >= names
     env = {n: f"value-of-{n}" for n in names}
-    register_desired(desired, env)
-    assert all(log.is_secret(v) for v in env.values())
+    redactor = Redactor()
+    redactor.add(desired_secrets(desired, env).values())
+    assert all(redactor.is_secret(v) for v in env.values())

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from reconciler.engine.apply import ApplyRequest, apply
 from reconciler.engine.context import secret_env
+from reconciler.load import desired_secrets
 from reconciler.manifests import Desired, ManifestError
 from reconciler.plan import make_plan
-from reconciler.redaction import desired_secrets
 from reconciler.session import Session
 from reconciler.views import plan as plan_view
 from reconciler.watch import ManifestCache

@@ -3,16 +3,17 @@ runs as, and the secret values plan may fingerprint."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from reconciler import ci
 from reconciler.config import CONFIG_FILE
 from reconciler.errors import ConfigError
 from reconciler.gate import Gate, Mode
-from reconciler.load import Loaded, provider_credential_names
+from reconciler.instances import secret_refs
+from reconciler.load import Loaded, provider_credential_names, referenced_names
 from reconciler.manifests import Desired
-from reconciler.redaction import recorded_secrets, referenced_names
+from reconciler.redaction import ENV_SECRET_VARS
 from reconciler.session import Session
 from reconciler.state.base import StateStore, current_user
 
@@ -84,3 +85,17 @@ def register_recorded(session: Session, store: StateStore) -> None:
     specs and the working tree's providers refer to are the session's from here on."""
     names = provider_credential_names(session.settings, session.repo)
     session.redactor.add(recorded_secrets(store, session.settings.env, names))
+
+
+def recorded_secrets(
+    store: StateStore, env: Mapping[str, str], credential_names: Iterable[str]
+) -> list[str | None]:
+    """For what reads only the state (status, history): the values of the secrets its
+    recorded specs refer to, of the providers' credentials (`credential_names`), and
+    of the environment's own secret variables."""
+    names = set(credential_names)
+    for environment in store.environments():
+        for rec in store.applied(environment).values():
+            names.update(rec.secret_fingerprints)
+            names.update(secret_refs(rec.spec))
+    return [*(env.get(name) for name in names), *(env.get(n) for n in ENV_SECRET_VARS)]

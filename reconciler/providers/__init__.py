@@ -19,6 +19,7 @@ from reconciler.providers.base import (
     Provider,
     resolve_secrets,
 )
+from reconciler.redaction import Register, to_backstop
 
 __all__ = [
     "DeleteRule",
@@ -61,13 +62,25 @@ def provider_class(type_name: str) -> type[Provider]:
     return cls
 
 
-def make_provider(config: ProviderConfig, *, repo_root: Path, env: Mapping[str, str]) -> Provider:
-    """A client for one configured provider; the caller closes it."""
-    return provider_class(config.type)(config, repo_root=repo_root, env=env)
+def make_provider(
+    config: ProviderConfig,
+    *,
+    repo_root: Path,
+    env: Mapping[str, str],
+    register: Register = to_backstop,
+) -> Provider:
+    """A client for one configured provider; the caller closes it. `register` learns
+    the secrets it finds at run time: the session's redactor (`Session.provider`);
+    the default, for library use without a session, feeds only the log backstop."""
+    return provider_class(config.type)(config, repo_root=repo_root, env=env, register=register)
 
 
 def plan_time_problems(
-    desired: Desired, *, repo_root: Path, env: Mapping[str, str]
+    desired: Desired,
+    *,
+    repo_root: Path,
+    env: Mapping[str, str],
+    register: Register = to_backstop,
 ) -> list[Diagnostic]:
     """What each provider finds wrong with its instances before anything is sent
     (`Provider.validate`: no network), located at the field a `Problem` names (plain
@@ -77,7 +90,8 @@ def plan_time_problems(
     claimed: dict[tuple[str, str], Instance] = {}
     for envname, configs in desired.providers.items():
         made = {
-            name: make_provider(pc, repo_root=repo_root, env=env) for name, pc in configs.items()
+            name: make_provider(pc, repo_root=repo_root, env=env, register=register)
+            for name, pc in configs.items()
         }
         try:
             for inst in desired.instances.get(envname, {}).values():

@@ -82,6 +82,7 @@ from reconciler.providers.vendor import (
     secret_from_env,
     unused_fields,
 )
+from reconciler.redaction import Register, to_backstop
 from reconciler.vocabulary import Health
 
 log = get_logger("reconciler.providers.azure")
@@ -301,8 +302,17 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
         clock: Clock | None = None,
         rng: random.Random | None = None,
         credential: TokenCredential | None = None,
+        register: Register = to_backstop,
     ) -> None:
-        super().__init__(config, repo_root=repo_root, env=env, sleep=sleep, clock=clock, rng=rng)
+        super().__init__(
+            config,
+            repo_root=repo_root,
+            env=env,
+            sleep=sleep,
+            clock=clock,
+            rng=rng,
+            register=register,
+        )
         #: The azure-identity credential (made on first use unless given: tests and
         #: embedders pass their own).
         self._credential = credential

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig, secret_ref
-from reconciler.log import register_secret
+from reconciler.redaction import Register, to_backstop
 from reconciler.vocabulary import Health
 
 
@@ -111,10 +111,20 @@ class Provider(abc.ABC):
     #: `{"model": "Azure OpenAI keeps a deployment's model for life"}`.
     replace_fields: ClassVar[Mapping[str, str]] = {}
 
-    def __init__(self, config: ProviderConfig, *, repo_root: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        repo_root: Path,
+        env: Mapping[str, str],
+        register: Register = to_backstop,
+    ) -> None:
         self.config = config
         self.repo_root = repo_root
         self._env = env
+        #: Learns the secret values this client finds at run time (resolved references,
+        #: tokens, auth headers): the session's redactor, through the provider factory.
+        self.register_found = register
 
     @property
     def name(self) -> str:
@@ -242,11 +252,13 @@ class Provider(abc.ABC):
         """Release connections; the provider is not used afterwards."""
 
 
-def resolve_secrets(body: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def resolve_secrets(
+    body: dict[str, Any], env: Mapping[str, str], register: Register
+) -> dict[str, Any]:
     """A copy of `body` with every `{"secretEnv": NAME}` replaced by `env[NAME]`.
 
-    Each value is registered for redaction before it is returned, so no log line can
-    show it. A missing variable raises a ProviderError naming the variable only.
+    `register` learns each value before it is returned, so no output can show it. A
+    missing variable raises a ProviderError naming the variable only.
     """
 
     def walk(value: Any) -> Any:
@@ -257,7 +269,7 @@ def resolve_secrets(body: dict[str, Any], env: Mapping[str, str]) -> dict[str, A
                     f"environment variable {var} is not set (a secretEnv reference needs it)"
                 )
             secret = env[var]
-            register_secret(secret)
+            register([secret])
             return secret
         if isinstance(value, dict):
             return {k: walk(v) for k, v in value.items()}

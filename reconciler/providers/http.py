@@ -41,6 +41,7 @@ from reconciler.providers.base import (
     resolve_secrets,
 )
 from reconciler.providers.invoke import count
+from reconciler.redaction import Register, to_backstop
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
@@ -158,8 +159,9 @@ class HttpProvider(Provider):
         sleep: Sleep | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        register: Register = to_backstop,
     ) -> None:
-        super().__init__(config, repo_root=repo_root, env=env)
+        super().__init__(config, repo_root=repo_root, env=env, register=register)
         #: How retries wait; tests inject a recorder instead of waiting.
         self.sleep: Sleep = sleep or time.sleep
         self.clock: Clock = clock or time.time
@@ -239,7 +241,7 @@ class HttpProvider(Provider):
 
     def _body(self, inst: Instance) -> dict[str, Any]:
         try:
-            return resolve_secrets(inst.body(), self._env)
+            return resolve_secrets(inst.body(), self._env, self.register_found)
         except ProviderError as e:
             raise ProviderError(
                 f"provider {self.name!r}: {inst.kind.lower()}.{inst.name}: {e.message}"

@@ -38,6 +38,7 @@ from reconciler.providers.base import (
     Usage,
 )
 from reconciler.providers.invoke import render
+from reconciler.redaction import Register, to_backstop
 
 DEFAULT_PATH = ".reconciler/local-registry.db"
 #: The environment variable naming the registry file (an absolute path).
@@ -115,8 +116,15 @@ class LocalProvider(Provider):
     #: Every write goes to one SQLite file under one lock: threads would only wait.
     max_concurrency: ClassVar[int | None] = 1
 
-    def __init__(self, config: ProviderConfig, *, repo_root: Path, env: Mapping[str, str]) -> None:
-        super().__init__(config, repo_root=repo_root, env=env)
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        repo_root: Path,
+        env: Mapping[str, str],
+        register: Register = to_backstop,
+    ) -> None:
+        super().__init__(config, repo_root=repo_root, env=env, register=register)
         self.path = registry_path(repo_root, env)
         self._path_problem = registry_problem(env.get(REGISTRY_ENV))
         self._lock = threading.RLock()

@@ -58,6 +58,7 @@ from reconciler.providers.vendor import (
     overlay,
     unused_fields,
 )
+from reconciler.redaction import Register, to_backstop
 from reconciler.vocabulary import Health
 
 T = TypeVar("T")
@@ -217,8 +218,15 @@ class ModalProvider(Provider):
     readiness_timeout: ClassVar[float] = 300.0
     poll_interval: ClassVar[float] = 5.0
 
-    def __init__(self, config: ProviderConfig, *, repo_root: Path, env: Mapping[str, str]) -> None:
-        super().__init__(config, repo_root=repo_root, env=env)
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        repo_root: Path,
+        env: Mapping[str, str],
+        register: Register = to_backstop,
+    ) -> None:
+        super().__init__(config, repo_root=repo_root, env=env, register=register)
         reader = ConfigReader(
             config,
             {"serverUrl", "environment", "timeoutSeconds", POLL_INTERVAL_KEY},

@@ -18,6 +18,7 @@ from reconciler.instances import ProviderConfig
 from reconciler.log import get_logger
 from reconciler.providers import make_provider
 from reconciler.providers.base import Provider
+from reconciler.redaction import Register, to_backstop
 
 log = get_logger("reconciler.providers")
 
@@ -25,9 +26,12 @@ log = get_logger("reconciler.providers")
 ProviderFactory = Callable[[ProviderConfig], Provider]
 
 
-def entry_point_factory(*, repo_root: Path, env: Mapping[str, str]) -> ProviderFactory:
-    """Clients of the plugins registered in the `reconciler.providers` entry points."""
-    return functools.partial(make_provider, repo_root=repo_root, env=env)
+def entry_point_factory(
+    *, repo_root: Path, env: Mapping[str, str], register: Register = to_backstop
+) -> ProviderFactory:
+    """Clients of the plugins registered in the `reconciler.providers` entry points;
+    `register`: the session's redactor (the default only for library use)."""
+    return functools.partial(make_provider, repo_root=repo_root, env=env, register=register)
 
 
 class ProviderPool:
@@ -41,9 +45,14 @@ class ProviderPool:
 
     @classmethod
     def from_entry_points(
-        cls, configs: Mapping[str, ProviderConfig], *, repo_root: Path, env: Mapping[str, str]
+        cls,
+        configs: Mapping[str, ProviderConfig],
+        *,
+        repo_root: Path,
+        env: Mapping[str, str],
+        register: Register = to_backstop,
     ) -> ProviderPool:
-        return cls(configs, entry_point_factory(repo_root=repo_root, env=env))
+        return cls(configs, entry_point_factory(repo_root=repo_root, env=env, register=register))
 
     def get(self, name: str) -> Provider:
         made = self._made.get(name)  # the common case needs no lock

@@ -24,6 +24,7 @@ from reconciler.errors import ProviderError
 from reconciler.instances import Instance, InstanceKey, ProviderConfig
 from reconciler.providers.base import HealthStatus, LiveObject, Provider
 from reconciler.providers.pool import ProviderFactory
+from reconciler.redaction import Register, to_backstop
 from reconciler.vocabulary import Health
 
 Call = Literal["create", "update", "delete", "read", "status"]
@@ -60,8 +61,9 @@ class MemoryProvider(Provider):
         repo_root: Path | None = None,
         env: Mapping[str, str] | None = None,
         latency: float = 0.0,
+        register: Register = to_backstop,
     ) -> None:
-        super().__init__(config, repo_root=repo_root or Path("."), env=env or {})
+        super().__init__(config, repo_root=repo_root or Path("."), env=env or {}, register=register)
         #: Seconds each call takes (outside the lock, so calls overlap like real I/O).
         self.latency = latency
         #: How often `close()` was called (the pool closes it after every run).

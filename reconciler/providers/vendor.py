@@ -24,6 +24,7 @@ from reconciler.errors import ProviderError
 from reconciler.httpclient import Explain, Failure, HttpClient, Retry, plural, retry_after
 from reconciler.instances import Instance, ProviderConfig
 from reconciler.providers.base import Problem, Provider, RetryAfter, resolve_secrets
+from reconciler.redaction import Register, to_backstop
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
@@ -254,8 +255,9 @@ class VendorProvider(Provider, Generic[S]):
         sleep: Sleep | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        register: Register = to_backstop,
     ) -> None:
-        super().__init__(config, repo_root=repo_root, env=env)
+        super().__init__(config, repo_root=repo_root, env=env, register=register)
         #: How retries and long-running operations wait; tests inject a recorder.
         self.sleep: Sleep = sleep or time.sleep
         self.clock: Clock = clock or time.time
@@ -366,7 +368,7 @@ class VendorProvider(Provider, Generic[S]):
         """`inst`'s spec with secret references replaced by their values (registered
         for redaction first)."""
         try:
-            return resolve_secrets(inst.spec, self._env)
+            return resolve_secrets(inst.spec, self._env, self.register_found)
         except ProviderError as e:
             raise ProviderError(
                 f"provider {self.name!r}: {inst.key.address}: {e.message}"

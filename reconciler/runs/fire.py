@@ -37,6 +37,7 @@ from reconciler.instances import InstanceKey
 from reconciler.log import get_logger, redact
 from reconciler.providers import make_provider
 from reconciler.providers.base import Provider, resolve_secrets
+from reconciler.redaction import Register, to_backstop
 from reconciler.runs.execute import Limits, deadline_of, describe_input, execute
 from reconciler.runs.model import Execution, Holder, Query, iso, new_id
 from reconciler.runs.store import ExecutionStore
@@ -109,8 +110,12 @@ class FireEngine:
         environments: tuple[str, ...] = (),
         clock: Clock = utc_now,
         observe: Callable[[Execution], None] | None = None,
+        register: Register = to_backstop,
     ) -> None:
         self.settings = settings
+        #: Learns the secrets the calls resolve and the providers find: the session's
+        #: redactor (the default only where no session exists: tests, library use).
+        self.register = register
         #: What a call's start and end are recorded with (tick's `now` says what is due).
         self.clock = clock
         #: Told of every execution this engine recorded, once it ended (metrics).
@@ -364,7 +369,9 @@ class FireEngine:
                 old.error = f"replaced by the fire at {iso(fire_time)} (concurrency replace)"
                 self.executions.transition(old, (prior,))
         try:
-            data = resolve_secrets(dict(rec.spec.get("input") or {}), self.settings.env)
+            data = resolve_secrets(
+                dict(rec.spec.get("input") or {}), self.settings.env, self.register
+            )
             provider = self._provider(providers, env, dep.provider)
         except ReconcilerError as e:
             return ended("failed", e.message)
@@ -393,7 +400,8 @@ class FireEngine:
         with self._mu:
             made = self._providers.get(key)
             if made is None:
-                made = make_provider(config, repo_root=self.settings.repo, env=self.settings.env)
+                s = self.settings
+                made = make_provider(config, repo_root=s.repo, env=s.env, register=self.register)
                 self._providers[key] = made
             return made
 

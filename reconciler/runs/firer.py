@@ -66,7 +66,12 @@ class Firer:
             return
         observe = None if self.metrics is None else self.metrics.observe
         engine = FireEngine(
-            s, executions, environments=self.environments, clock=self.clock, observe=observe
+            s,
+            executions,
+            environments=self.environments,
+            clock=self.clock,
+            observe=observe,
+            register=self.session.redactor.add,
         )
         self._engine = engine
         try:
