@@ -24,10 +24,11 @@ from reconciler.executor import (
     instance_from_record,
 )
 from reconciler.instances import Instance, InstanceKey, ProviderConfig, secret_ref, secret_refs
-from reconciler.log import MIN_SECRET_LENGTH, is_secret, register_secret, register_secrets
+from reconciler.log import MIN_SECRET_LENGTH, is_secret
 from reconciler.plan import SENSITIVE, Change, EnvironmentPlan, FieldDiff, field_diff
 from reconciler.providers.base import HealthStatus
-from reconciler.providers.pool import ProviderPool
+from reconciler.providers.pool import ProviderPool, entry_point_factory
+from reconciler.redaction import Register, to_backstop
 from reconciler.state.base import AppliedRecord, StateStore, fingerprint
 
 Status = Literal["in-sync", "drifted", "missing", "unreadable"]
@@ -68,7 +69,11 @@ class DriftReport:
 
 
 def _normalise_live(
-    live: Mapping[str, Any], rec: AppliedRecord, key: bytes, env: Mapping[str, str]
+    live: Mapping[str, Any],
+    rec: AppliedRecord,
+    key: bytes,
+    env: Mapping[str, str],
+    register: Register,
 ) -> dict[str, Any]:
     """Live body limited to recorded fields, with secret values turned back into refs
     and every other appearance of a secret value masked (keys included)."""
@@ -80,7 +85,7 @@ def _normalise_live(
         env_live = out["env"]
         if isinstance(env_live, dict):
             out["env"] = _env_refs(env_live, env_rec, rec, key, secrets)
-    register_secrets(secrets)
+    register(secrets)
     hidden: dict[str, Any] = _hide(out, rec.spec, secrets)
     return hidden
 
@@ -173,20 +178,23 @@ def detect_drift(
     env: Mapping[str, str],
     environments: Sequence[str] = (),
     parallelism: int = 1,
+    register: Register = to_backstop,
 ) -> DriftReport:
     """Read every recorded instance from its provider and compare field by field;
-    `parallelism` reads at once per environment (each read is a round trip)."""
+    `parallelism` reads at once per environment (each read is a round trip).
+    `register` (the session's redactor; the default only for library use) learns the
+    fingerprint key and the secret values the providers and the comparison find."""
     report = DriftReport()
     key = store.fingerprint_key(create=False) or b""  # none stored: nothing to match
-    register_secret(key.decode(errors="replace"))
+    register([key.decode(errors="replace")])
     for envname in environments or store.environments():
         clients = ProviderPool.from_entry_points(
-            providers.get(envname, {}), repo_root=repo_root, env=env
+            providers.get(envname, {}), repo_root=repo_root, env=env, register=register
         )
         items: list[DriftItem] = []
         report.serials[envname] = store.serial(envname)
         try:
-            compare = partial(_compare, clients, key, env)
+            compare = partial(_compare, clients, key, env, register)
             records = sorted(store.applied(envname).items())
             if parallelism > 1 and len(records) > 1:
                 with ThreadPoolExecutor(min(parallelism, len(records))) as pool:
@@ -203,6 +211,7 @@ def _compare(
     clients: ProviderPool,
     key: bytes,
     env: Mapping[str, str],
+    register: Register,
     item: tuple[InstanceKey, AppliedRecord],
 ) -> DriftItem:
     """One recorded instance read from its provider and compared with its record."""
@@ -216,7 +225,7 @@ def _compare(
         return DriftItem(k, rec.provider, "unreadable", error=e.message)
     if body is None:
         return DriftItem(k, rec.provider, "missing")
-    diff = field_diff(rec.spec, _normalise_live(body, rec, key, env))
+    diff = field_diff(rec.spec, _normalise_live(body, rec, key, env, register))
     return DriftItem(k, rec.provider, "drifted" if diff else "in-sync", diff)
 
 
@@ -242,6 +251,7 @@ def heal(
     break_lock: bool = False,
     progress: ProgressFn | None = None,
     applied_by: str | None = None,
+    register: Register = to_backstop,
 ) -> list[EnvironmentResult]:
     """Re-apply the recorded spec of every drifted or missing instance. Each run records
     its environment's last applied run's commit and policy (`heal_context`), never what
@@ -286,6 +296,9 @@ def heal(
                 parallelism=parallelism,
                 break_lock=break_lock,
                 progress=progress,
+                provider_factory=entry_point_factory(
+                    repo_root=repo_root, env=env, register=register
+                ),
             )
         )
     return results

@@ -119,7 +119,7 @@ class Session:
         keeps one per configuration for its command)."""
         from reconciler.forge import make_source
 
-        return make_source(replace(self.settings, approvals=approvals))
+        return make_source(replace(self.settings, approvals=approvals), self.redactor.add)
 
     def load(self, ref: str | None = None, *, paths: Sequence[str] = ()) -> Loaded:
         """The manifests at `ref` (or the working tree) through this session's repo; the

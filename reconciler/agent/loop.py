@@ -572,6 +572,7 @@ class Agent:
                 providers,
                 repo_root=self.settings.repo,
                 env=self.settings.env,
+                register=self.session.redactor.add,
                 environments=[env],
                 parallelism=self.settings.parallelism,
             )
@@ -612,6 +613,7 @@ class Agent:
             providers,
             repo_root=self.settings.repo,
             env=self.settings.env,
+            register=self.session.redactor.add,
             parallelism=self.settings.parallelism,
             progress=self._progress,
         )

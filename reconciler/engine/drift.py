@@ -24,6 +24,7 @@ def drift(session: Session, environments: Sequence[str] = ()) -> DriftReport:
             providers,
             repo_root=session.settings.repo,
             env=session.settings.env,
+            register=session.redactor.add,
             environments=environments,
         )
         for env in report.environments:
@@ -57,6 +58,7 @@ def heal(
             providers,
             repo_root=session.settings.repo,
             env=session.settings.env,
+            register=session.redactor.add,
             environments=environments,
         )
         results = detection.heal(
@@ -65,6 +67,7 @@ def heal(
             providers,
             repo_root=session.settings.repo,
             env=session.settings.env,
+            register=session.redactor.add,
             break_lock=break_lock,
             parallelism=session.settings.parallelism,
             progress=progress,

@@ -107,6 +107,7 @@ def read_live(
         providers,
         repo_root=session.settings.repo,
         env=session.settings.env,
+        register=session.redactor.add,
         environments=environments,
     )
     report = LiveReport(at, drift)

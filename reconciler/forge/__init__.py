@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from reconciler.approvals import ApprovalSource
 from reconciler.config import APPROVALS_FILE_ENV
 from reconciler.errors import ConfigError
+from reconciler.redaction import Register, to_backstop
 
 if TYPE_CHECKING:
     from reconciler.config import Settings
@@ -80,8 +81,10 @@ def deadline_from(env: Mapping[str, str]) -> float:
     return seconds
 
 
-def make_source(settings: Settings) -> ApprovalSource | None:
+def make_source(settings: Settings, register: Register = to_backstop) -> ApprovalSource | None:
     """The source `approvals.source` names, configured from CI variables; None for `none`.
+    `register` learns its token: the session's redactor (`Session.approval_source`); the
+    default, for library use without a session, feeds only the log backstop.
 
     CI variables win over `approvals.repository` in reconciler.yaml, as everywhere in
     the settings. The approvals file's path comes only from RECONCILER_APPROVALS_FILE
@@ -105,7 +108,9 @@ def make_source(settings: Settings) -> ApprovalSource | None:
         )
         assert token is not None and repo is not None
         api = env.get("GITHUB_API_URL") or DEFAULT_API_URL
-        return GitHubSource(api, token, repo, deadline=deadline_from(env), env=env)
+        return GitHubSource(
+            api, token, repo, deadline=deadline_from(env), env=env, register=register
+        )
     if a.source == "gitlab":
         from reconciler.forge.gitlab import DEFAULT_API_URL as GITLAB_API_URL
         from reconciler.forge.gitlab import GitLabSource
@@ -125,7 +130,9 @@ def make_source(settings: Settings) -> ApprovalSource | None:
         )
         assert token is not None and project is not None
         api = env.get("CI_API_V4_URL") or GITLAB_API_URL
-        return GitLabSource(api, token, project, deadline=deadline_from(env), env=env)
+        return GitLabSource(
+            api, token, project, deadline=deadline_from(env), env=env, register=register
+        )
     from reconciler.forge.file import FileSource
 
     path = settings.approvals_file

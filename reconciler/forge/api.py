@@ -29,6 +29,7 @@ from reconciler.httpclient import (
     plural,
     server_message,
 )
+from reconciler.redaction import Register, to_backstop
 
 DEFAULT_MAX_RETRIES = 4
 DEFAULT_MAX_WAIT = 300.0
@@ -94,8 +95,10 @@ def forge_api(
     rng: Rng = random.random,
     env: Mapping[str, str] | None = None,
     transport: httpx.BaseTransport | None = None,
+    register: Register = to_backstop,
 ) -> ForgeApi:
-    """The `name` API at `base_url`; `token` is scrubbed from every message."""
+    """The `name` API at `base_url`; `token` is scrubbed from every message, and is
+    `register`'s (the session's redactor's) from here on."""
     client = HttpClient(
         label=f"{name} API",
         base_url=base_url,
@@ -117,6 +120,7 @@ def forge_api(
         clock=clock,
         rng=rng,
         transport=transport,
+        register=register,
     )
     return ForgeApi(client)
 

@@ -32,6 +32,7 @@ from reconciler.forge.api import (
     parse_time,
 )
 from reconciler.httpclient import Clock, Rng, Sleep
+from reconciler.redaction import Register, to_backstop
 
 if TYPE_CHECKING:
     import httpx
@@ -70,6 +71,7 @@ class GitHubSource:
         rng: Rng = random.random,
         env: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        register: Register = to_backstop,
     ) -> None:
         if not _REPOSITORY.match(repository):
             raise ConfigError(f"GitHub repository {repository!r} is not of the form owner/name")
@@ -93,6 +95,7 @@ class GitHubSource:
             rng=rng,
             env=env,
             transport=transport,
+            register=register,
         )
         self._repo = f"/repos/{repository}"
         self._teams: dict[tuple[str, str, str], str] = {}

@@ -53,6 +53,7 @@ from reconciler.forge.api import (
     parse_time,
 )
 from reconciler.httpclient import Clock, Rng, Sleep
+from reconciler.redaction import Register, to_backstop
 
 if TYPE_CHECKING:
     import httpx
@@ -105,6 +106,7 @@ class GitLabSource:
         rng: Rng = random.random,
         env: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        register: Register = to_backstop,
     ) -> None:
         self.project = str(project)
         self._api = forge_api(
@@ -121,6 +123,7 @@ class GitLabSource:
             rng=rng,
             env=env,
             transport=transport,
+            register=register,
         )
         self._p = f"/projects/{quote(self.project, safe='')}"
         self._user_ids: dict[str, int] = {}

@@ -22,7 +22,8 @@ import httpx
 
 from reconciler.errors import ReconcilerError
 from reconciler.httpclient.transport import Deadline, DeadlineTransport, within
-from reconciler.log import REDACTED, get_logger, redact, register_secret
+from reconciler.log import REDACTED, get_logger, redact
+from reconciler.redaction import Register, to_backstop
 
 _log = get_logger("reconciler.http")
 
@@ -139,7 +140,6 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
-        register_secret(value)
 
     def reveal(self) -> str:
         return self._value
@@ -300,6 +300,7 @@ class HttpClient:
         clock: Clock = time.time,
         rng: Rng = random.random,
         transport: httpx.BaseTransport | None = None,
+        register: Register = to_backstop,
     ) -> None:
         """`transport` replaces the network (`DeadlineTransport`): an
         `httpx.MockTransport` answers in-process (`httpclient.testing`), so a client's
@@ -317,6 +318,10 @@ class HttpClient:
         self._secrets = [Secret(s) for s in secrets if s]
         if isinstance(auth, tuple) and auth[1]:
             self._secrets.append(Secret(auth[1]))
+        #: The secrets and auth header values are the builder's redactor's from here on
+        #: (a provider's or forge's, handed down from the session; the default only for
+        #: library use).
+        register(s.reveal() for s in self._secrets)
         self._sleep = sleep
         self._clock = clock
         self._rng = rng

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import httpx
 
 from reconciler.errors import ProviderError
-from reconciler.log import get_logger, register_secret
+from reconciler.log import get_logger
+from reconciler.redaction import Register
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -90,11 +91,18 @@ def default_credential() -> TokenCredential:
 
 class CredentialAuth(httpx.Auth):
     """Bearer auth from a TokenCredential, fetched again REFRESH_MARGIN seconds before
-    the token expires (by `clock`, epoch seconds, as `expires_on` is). Each token is
-    registered for redaction before it is sent."""
+    the token expires (by `clock`, epoch seconds, as `expires_on` is). `register` (the
+    provider's, handed down from the session) learns each token before it is sent."""
 
-    def __init__(self, credential: TokenCredential, label: str, clock: Callable[[], float]):
+    def __init__(
+        self,
+        credential: TokenCredential,
+        label: str,
+        clock: Callable[[], float],
+        register: Register,
+    ):
         self._credential = credential
+        self._register = register
         self._label = label
         self._clock = clock
         self._lock = threading.Lock()
@@ -127,7 +135,7 @@ class CredentialAuth(httpx.Auth):
                 f"{self._label}: no Azure token from {type(self._credential).__name__}: {first}",
                 details=str(e),
             ) from None
-        register_secret(token.token)
+        self._register([token.token])
         return token
 
 

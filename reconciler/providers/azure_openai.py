@@ -369,7 +369,9 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
                 deadline=s.timeout,
                 retries=s.retries,
                 headers={},
-                auth=CredentialAuth(credential, f"provider {self.name!r}", self._now),
+                auth=CredentialAuth(
+                    credential, f"provider {self.name!r}", self._now, self.register_found
+                ),
                 auth_hint=(
                     f"the token from {type(credential).__name__} was refused: check the "
                     "identity's role on the account (Cognitive Services Contributor)"
@@ -449,6 +451,7 @@ class AzureOpenAIProvider(VendorProvider[Settings]):
             if not isinstance(base, str) or not base:
                 base = f"https://{self.settings.account}.openai.azure.com"
             self._data = HttpClient(
+                register=self.register_found,
                 label=f"provider {self.name!r}",
                 base_url=base.rstrip("/"),
                 headers={"Accept": "application/json", "User-Agent": "reconciler", "api-key": key},

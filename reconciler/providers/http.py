@@ -202,6 +202,7 @@ class HttpProvider(Provider):
                     )
                 headers["Authorization"] = f"Bearer {token}"
             self._client = HttpClient(
+                register=self.register_found,
                 label=f"provider {self.name!r}",
                 headers=headers,
                 secrets=[token],

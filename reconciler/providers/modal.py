@@ -50,7 +50,6 @@ from typing import Any, ClassVar, TypeVar
 
 from reconciler.errors import ProviderError
 from reconciler.instances import Instance, ProviderConfig
-from reconciler.log import register_secret
 from reconciler.providers.base import DeleteRule, HealthStatus, LiveObject, Problem, Provider
 from reconciler.providers.vendor import (
     POLL_INTERVAL_KEY,
@@ -419,7 +418,7 @@ class ModalProvider(Provider):
             raise ProviderError(
                 f"provider {self.name!r}: environment variable {var} is not set ({what})"
             )
-        register_secret(value)
+        self.register_found([value])
         return value
 
     def error(self, what: str, problem: str) -> ProviderError:

@@ -337,6 +337,7 @@ class VendorProvider(Provider, Generic[S]):
                 )
             o = self.client_options()
             self._client = HttpClient(
+                register=self.register_found,
                 label=f"provider {self.name!r}",
                 base_url=o.base_url,
                 headers={"Accept": "application/json", "User-Agent": "reconciler", **o.headers},
