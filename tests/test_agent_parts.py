@@ -23,9 +23,9 @@ from reconciler.agent.policy import notify_targets, sync_policies
 from reconciler.config import ApprovalsConfig, load_settings
 from reconciler.errors import StateMovedError
 from reconciler.load import load
-from reconciler.log import register_secret
 from reconciler.manifests.models import EnvironmentSpec, NotifyTarget
 from reconciler.policy import Policy, policy_document
+from reconciler.redaction import Redactor
 from reconciler.state import open_state
 
 
@@ -76,7 +76,7 @@ def test_each_target_hears_only_its_events_and_a_failing_one_stops_nothing(
             NotifyTarget(url_env="RECONCILER_NOTIFY_ALL"),
             NotifyTarget(url_env="RECONCILER_NOTIFY_BLOCKED", on=["blocked"]),
         ]
-        notifier = Notifier(env)
+        notifier = Notifier(env, Redactor())
         notifier.send(Notice("applied", "dev", "dev applied", "body 1"), targets)
         notifier.send(Notice("blocked", "dev", "dev blocked", "body 2"), targets)
         notifier.close()
@@ -89,8 +89,9 @@ def test_each_target_hears_only_its_events_and_a_failing_one_stops_nothing(
 
 
 def test_a_notice_never_carries_a_secret(hooks: HookReceiver) -> None:
-    register_secret("s3cret-value-in-an-error")
-    notifier = Notifier({"RECONCILER_NOTIFY_OPS": hooks.url()})
+    redactor = Redactor()
+    redactor.add(["s3cret-value-in-an-error"])
+    notifier = Notifier({"RECONCILER_NOTIFY_OPS": hooks.url()}, redactor)
     notice = Notice("failed", "dev", "dev: s3cret-value-in-an-error", "x s3cret-value-in-an-error")
     notifier.send(notice, [NotifyTarget(url_env="RECONCILER_NOTIFY_OPS")])
     notifier.close()

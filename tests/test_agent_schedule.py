@@ -79,12 +79,13 @@ def repo(tmp_path: Path) -> tuple[Path, str]:
 
 def _agent(root: Path, clock: Clock) -> Agent:
     settings = load_settings(root, state_url="sqlite:///.reconciler/state.db", env={})
-    source = DeployBranch(root, env={}, own_clone=False)
+    session = Session.start(settings)
+    source = DeployBranch(root, env={}, own_clone=False, register=session.redactor.add)
     options = AgentOptions(state_retry=15.0)
     return Agent(
-        Session.start(settings),
+        session,
         source,
-        notifier=Notifier({}),
+        notifier=Notifier({}, session.redactor),
         metrics=Metrics(),
         options=options,
         clock=clock,

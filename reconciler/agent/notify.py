@@ -5,8 +5,8 @@ URL), told of `applied`, `failed`, `blocked`, `drifted` and `healed`, and of re-
 
 Sending happens on a thread of its own, so a slow or failing target never holds up or
 fails a run; each failure is logged (once per target and reason). Every title and body
-passes `log.redact`, and the target URLs (which carry tokens) are registered as secrets
-so no log line can show them.
+passes the session's redactor, and the target URLs (which carry tokens) are its secrets
+from the moment a notice is queued, so no output or log line can show them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from reconciler import log
 from reconciler.manifests.models import NotifyEvent, NotifyTarget
+from reconciler.redaction import Redactor
 from reconciler.state.urls import passwords
 
 logger = log.get_logger("reconciler.agent.notify")
@@ -66,10 +67,12 @@ def _route_apprise_logs() -> None:
 
 
 class Notifier:
-    """Queues notices and sends them on one background thread."""
+    """Queues notices and sends them on one background thread; `redactor` (the
+    session's) masks what they say and learns the target URLs."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], redactor: Redactor) -> None:
         self.env = env
+        self.redactor = redactor
         self._queue: queue.Queue[tuple[Notice, tuple[str, ...]] | None] = queue.Queue(_QUEUE_SIZE)
         self._said: set[tuple[str, str]] = set()
         self._thread: threading.Thread | None = None
@@ -97,7 +100,7 @@ class Notifier:
             return
         for name in names:
             url = self.env[name]
-            log.register_secrets([url, *passwords(url)])
+            self.redactor.add([url, *passwords(url)])
         self._start()
         try:
             self._queue.put_nowait((notice, tuple(names)))
@@ -138,14 +141,14 @@ class Notifier:
                 return
             ok = bool(
                 sender.notify(
-                    body=log.redact(notice.body),
-                    title=log.redact(notice.title),
+                    body=self.redactor.redact(notice.body),
+                    title=self.redactor.redact(notice.title),
                     notify_type=_TYPES[notice.event],
                 )
             )
         except Exception as e:  # a plugin's bug must not end the sender
             ok = False
-            self._once(name, f"failed: {type(e).__name__}: {log.redact(str(e))}")
+            self._once(name, f"failed: {type(e).__name__}: {self.redactor.redact(str(e))}")
         if ok:
             self.sent += 1
         else:

@@ -80,11 +80,15 @@ def prepare(session: Session, cmd: AgentCommand) -> tuple[Session, DeployBranch]
     """The clone to fetch into, and the session over the settings read from it."""
     base = session.settings
     if cmd.clone is None:
-        source = DeployBranch(base.repo, env=base.env, own_clone=False)
+        source = DeployBranch(
+            base.repo, env=base.env, own_clone=False, register=session.redactor.add
+        )
         source.prepare()
         return session, source
     remote = cmd.remote or _origin_of(base.repo)
-    source = DeployBranch(cmd.clone, env=base.env, own_clone=True, remote=remote)
+    source = DeployBranch(
+        cmd.clone, env=base.env, own_clone=True, remote=remote, register=session.redactor.add
+    )
     source.prepare()
     settings = load_settings(
         source.root, state_url=cmd.state_url, env=base.env, approvals_file=base.approvals_file
@@ -151,7 +155,7 @@ def run_agent(base: Session, cmd: AgentCommand, *, emit: Emit) -> int:
         check_session_locks(settings.state_url)
     branch = source.branch
     metrics = Metrics()
-    notifier = Notifier(settings.env)
+    notifier = Notifier(settings.env, session.redactor)
     agent_ref: list[Agent] = []
 
     def wake() -> None:

@@ -21,7 +21,8 @@ from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from reconciler.errors import ConfigError, GitError
 from reconciler.gate import DEPLOY_BRANCH_VAR
-from reconciler.log import redact, register_secrets
+from reconciler.log import redact
+from reconciler.redaction import Register
 from reconciler.state.urls import passwords
 
 #: Seconds one git network command may take before it is ended.
@@ -58,15 +59,18 @@ class DeployBranch:
         *,
         env: Mapping[str, str],
         own_clone: bool,
+        register: Register,
         remote: str | None = None,
         branch: str | None = None,
     ) -> None:
         self.root = root.resolve()
+        #: Learns the passwords in the remote's URLs: the session's redactor.
+        self._register = register
         self.own_clone = own_clone
         self.remote = remote
         self._branch = branch or env.get(DEPLOY_BRANCH_VAR) or None
         if remote:
-            register_secrets(passwords(remote))
+            register(passwords(remote))
 
     # -- setting up ------------------------------------------------------------------
 
@@ -89,7 +93,7 @@ class DeployBranch:
         if "origin" not in [r.name for r in repo.remotes]:
             raise ConfigError(f"{self.root} has no remote named origin to fetch from")
         urls = list(repo.remote("origin").urls)
-        register_secrets(p for u in urls for p in passwords(u))
+        self._register(p for u in urls for p in passwords(u))
 
     def _open(self) -> git.Repo | None:
         try:
