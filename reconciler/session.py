@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from reconciler.config import ApprovalsConfig, Settings
 from reconciler.gitrepo import ManifestRepo
 from reconciler.redaction import Redactor
+from reconciler.state.urls import passwords
 
 if TYPE_CHECKING:
     from reconciler.approvals import ApprovalSource
@@ -68,14 +69,15 @@ class Session:
         verbosity: int = 0,
     ) -> Session:
         """The session of `settings`: the forge tokens and the fingerprint key of its
-        environment are secrets from here on."""
+        environment, and the state URL's password, are secrets from here on (the stores,
+        the executions and the agents' membership all connect with that URL)."""
         redactor = redactor if redactor is not None else Redactor()
-        redactor.add_environment(settings.env)
+        _add_settings(redactor, settings)
         return cls(settings, redactor, clock or SystemClock(), verbosity)
 
     def with_settings(self, settings: Settings) -> Session:
         """The same collaborators over other settings (the agent's own clone)."""
-        self.redactor.add_environment(settings.env)
+        _add_settings(self.redactor, settings)
         return replace(self, settings=settings, _repos=threading.local())
 
     @property
@@ -128,3 +130,8 @@ class Session:
         from reconciler.load import load
 
         return load(self.settings, ref, paths=paths, repo=self.repo, register=self.redactor.add)
+
+
+def _add_settings(redactor: Redactor, settings: Settings) -> None:
+    redactor.add_environment(settings.env)
+    redactor.add(passwords(settings.state_url))

@@ -14,12 +14,14 @@ import psycopg
 import pytest
 from pgserver import PgServer
 
+from reconciler.config import load_settings
 from reconciler.errors import LockedError, StateError, StateMovedError
 from reconciler.instances import InstanceKey
 from reconciler.log import redact
 from reconciler.state import open_state
 from reconciler.state.base import ChangeRecord, RunRecord
 from reconciler.state.postgres import SCHEMA_VERSION
+from reconciler.session import Session
 from reconciler.state.urls import mask_url, passwords
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -112,10 +114,12 @@ def test_the_url_password_is_never_shown(tmp_path: Path, postgres_server: PgServ
     url = postgres_server.fresh_schema()
     password = postgres_server.password
     assert password and password in url
-    store = open_state(url, repo_root=tmp_path, env={})
-    assert password not in store.url and "reconciler:***@127.0.0.1" in store.url
-    store.close()
-    assert redact(f"x {password} y") == "x (sensitive) y"  # registered for every output
+    session = Session.start(load_settings(tmp_path, state_url=url, env={}))
+    with session.open_store() as store:
+        assert password not in store.url and "reconciler:***@127.0.0.1" in store.url
+    # the session's store opener registered it: for its every output, and for log lines
+    assert session.redactor.redact(f"x {password} y") == "x (sensitive) y"
+    assert redact(f"x {password} y") == "x (sensitive) y"
     wrong = url.replace(password, "wrong-PASSWORD-1")
     with pytest.raises(StateError) as e:
         open_state(wrong, repo_root=tmp_path, env={})

@@ -11,6 +11,7 @@ from reconciler.session import Session
 from reconciler.state import open_state
 from reconciler.state.migrate import MigrationReport
 from reconciler.state.migrate import migrate as copy_state
+from reconciler.state.urls import passwords
 
 
 def migrate(session: Session, source_url: str | None, target_url: str) -> MigrationReport:
@@ -18,6 +19,7 @@ def migrate(session: Session, source_url: str | None, target_url: str) -> Migrat
     `sqlite:///` paths and `git://` refs are the manifests repo's. The executions go
     with it (after the state, into a target that has none)."""
     url = source_url or session.settings.state_url
+    session.redactor.add([*passwords(url), *passwords(target_url)])
     source = open_state(url, repo_root=session.settings.repo, env=session.settings.env)
     try:
         target = open_state(target_url, repo_root=session.settings.repo, env=session.settings.env)

@@ -16,10 +16,10 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reconciler.errors import ConfigError, StateError
-from reconciler.log import redact, register_secrets
+from reconciler.log import redact
 from reconciler.runs.model import Execution, Query
 from reconciler.runs.store import where
-from reconciler.state.urls import mask_url, passwords
+from reconciler.state.urls import mask_url
 
 #: Serialises creating the table among processes opening one database at once.
 _CREATE_LOCK = 0x7265636F6E657865  # "reconexe"
@@ -48,7 +48,6 @@ def _row(ex: Execution) -> tuple[Any, ...]:
 
 class PostgresExecutions:
     def __init__(self, url: str, *, read_only: bool = False) -> None:
-        register_secrets(passwords(url))
         self.url = mask_url(url)
         self.read_only = read_only
         self._mu = threading.Lock()

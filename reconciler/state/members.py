@@ -35,8 +35,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reconciler.errors import ConfigError, StateError
-from reconciler.log import redact, register_secrets
-from reconciler.state.urls import mask_url, passwords
+from reconciler.log import redact
+from reconciler.state.urls import mask_url
 
 _CREATE = """CREATE TABLE IF NOT EXISTS reconciler_members (
     member text COLLATE "C" PRIMARY KEY, host text NOT NULL, pid integer NOT NULL,
@@ -56,7 +56,6 @@ def _key(namespace: str, what: str) -> int:
 
 
 def conninfo(url: str, *, connect_timeout: int = CONNECT_TIMEOUT_S) -> str:
-    register_secrets(passwords(url))
     try:
         params: dict[str, Any] = conninfo_to_dict(url)
     except psycopg.ProgrammingError as e:

@@ -41,7 +41,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from reconciler.errors import ConfigError, StateError
 from reconciler.instances import InstanceKey
-from reconciler.log import redact, register_secrets
+from reconciler.log import redact
 from reconciler.state import postgres_schema as sql
 from reconciler.state.backend import MissingRun, RunQuery, Tx, Write
 from reconciler.state.base import (
@@ -60,7 +60,7 @@ from reconciler.state.postgres_lock import (
     lock_session_params,
 )
 from reconciler.state.postgres_schema import SCHEMA_VERSION
-from reconciler.state.urls import mask_url, passwords
+from reconciler.state.urls import mask_url
 from reconciler.vocabulary import RunOutcome
 
 __all__ = [
@@ -82,7 +82,6 @@ class PostgresBackend:
     """`postgresql://user@host[:port]/dbname[?param=value...]` (libpq's URL)."""
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
-        register_secrets(passwords(url))
         self.url = mask_url(url)
         self._read_only = read_only
         self.params = self._conninfo(url)
