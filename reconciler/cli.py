@@ -218,8 +218,9 @@ def drift(ctx: typer.Context, env: a.Env = None, as_json: a.Json = False) -> Non
     from reconciler.engine.drift import drift as run
     from reconciler.views import drift as view
 
-    report = run(cli.session(), env or ())
-    cli.emit(view.json(report) if as_json else view.human(report))
+    s = cli.session()
+    report = run(s, env or ())
+    cli.emit(view.json(report, s.redactor) if as_json else view.human(report))
     done(report.exit_code)
 
 

@@ -1,7 +1,7 @@
 """The Starlette app: HTML pages and the JSON API over the refresher's last snapshot.
 
 Read-only: every route answers GET (and HEAD); the one POST is /login, which only sets
-a cookie. Everything rendered, HTML and JSON, passes `log.redact`.
+a cookie. Everything rendered, HTML and JSON, passes the session's redactor.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from reconciler import log
 from reconciler.dashboard.links import ForgeLinks, forge_links
 from reconciler.dashboard.refresh import HISTORY_DEFAULT, Refresher, Snapshot
 from reconciler.dashboard.security import COOKIE, Guard, login_page, session_value
@@ -41,6 +40,7 @@ from reconciler.engine.history import HistoryReport, HistoryRow
 from reconciler.engine.overview import EnvironmentOverview
 from reconciler.engine.show import RunReport
 from reconciler.errors import ReconcilerError
+from reconciler.redaction import Redactor
 from reconciler.runs.model import STATUSES
 from reconciler.session import Session
 from reconciler.views import history as history_view
@@ -82,16 +82,16 @@ def latency_chart(snap: Snapshot) -> list[dict[str, Any]]:
     return out
 
 
-def _finalize(value: Any) -> Any:
-    """Every `{{ }}` passes redaction before it is escaped."""
-    return log.redact(value) if isinstance(value, str) else value
+def templates(redactor: Redactor) -> jinja2.Environment:
+    """The pages' templates; every `{{ }}` passes `redactor` before it is escaped."""
 
+    def finalize(value: Any) -> Any:
+        return redactor.redact(value) if isinstance(value, str) else value
 
-def templates() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
-        finalize=_finalize,
+        finalize=finalize,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -171,12 +171,16 @@ class Dashboard:
         self.refresher = refresher
         self.links = links
         self.token = token
-        self.jinja = templates()
+        self.jinja = templates(session.redactor)
         self.clock = clock
         #: Per client address, when its recent wrong tokens were sent.
         self._failures: dict[str, deque[float]] = {}
 
     # -- plumbing --------------------------------------------------------------------
+
+    def _json(self, text: str, snap: Snapshot) -> Response:
+        masked = self.session.redactor.redact(text)
+        return Response(masked, media_type="application/json", headers=_as_of(snap))
 
     def render(
         self, request: Request, name: str, snap: Snapshot, *, status: int = 200, **ctx: Any
@@ -190,7 +194,7 @@ class Dashboard:
             signed_in=bool(self.token),
             **ctx,
         )
-        return HTMLResponse(log.redact(page), status, headers=_as_of(snap))
+        return HTMLResponse(self.session.redactor.redact(page), status, headers=_as_of(snap))
 
     def snapshot(self, request: Request) -> Snapshot | Response:
         snap = self.refresher.snapshot
@@ -200,7 +204,7 @@ class Dashboard:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": f"not ready: {why}"}, 503, {"Retry-After": "2"})
         page = self.jinja.get_template("loading.html").render(error=why)
-        return HTMLResponse(log.redact(page), 503, {"Retry-After": "2"})
+        return HTMLResponse(self.session.redactor.redact(page), 503, {"Retry-After": "2"})
 
     # -- pages -----------------------------------------------------------------------
 
@@ -368,7 +372,7 @@ class Dashboard:
             report = history_command.history(self.session, envs, limit=limit)
         else:
             report = HistoryReport(rows[:limit])
-        return _json(history_view.json(report), snap)
+        return self._json(history_view.json(report), snap)
 
     def api_run(self, request: Request) -> Response:
         """`reconciler show RUN --json`."""
@@ -378,7 +382,7 @@ class Dashboard:
         report = self.run_report(snap, request.path_params["run_id"])
         if report is None:
             return JSONResponse({"error": "no such run"}, 404)
-        return _json(show_view.json(report), snap)
+        return self._json(show_view.json(report), snap)
 
     def run_report(self, snap: Snapshot, run_id: str) -> RunReport | None:
         found = next((r for r in snap.history.rows if r.run.id == run_id), None)
@@ -471,10 +475,6 @@ class Pager:
 
 def _as_of(snap: Snapshot) -> dict[str, str]:
     return {"X-Reconciler-As-Of": snap.built_at.isoformat()}
-
-
-def _json(text: str, snap: Snapshot) -> Response:
-    return Response(log.redact(text), media_type="application/json", headers=_as_of(snap))
 
 
 def make_app(

@@ -35,6 +35,7 @@ from reconciler.errors import ReconcilerError
 from reconciler.instances import InstanceKey
 from reconciler.load import Loaded
 from reconciler.plan import Plan
+from reconciler.redaction import Redactor
 from reconciler.runs.metrics import UsageRow
 from reconciler.runs.metrics import usage as collect_usage
 from reconciler.runs.model import Execution, Query
@@ -175,7 +176,7 @@ class Refresher:
         return self.snapshot
 
     def _failed(self, message: str) -> None:
-        message = log.redact(message)
+        message = self.session.redactor.redact(message)
         if message != self.error:  # said once, not at every poll
             log.get_logger("reconciler.dashboard").warning("refresh failed", error=message)
         self.error = message
@@ -234,17 +235,18 @@ class Refresher:
                 return snap
             self._executions_seen = newest
             usage = collect_usage(store.find(Query(since=now - USAGE_WINDOW, limit=None)))
+        redact = self.session.redactor.redact
         docs = {
             **snap.documents,
-            "executions": log.redact(run_view.list_json(recent)),
-            "metrics": log.redact(json.dumps([r.document() for r in usage], indent=2,
-                                             sort_keys=True) + "\n"),
+            "executions": redact(run_view.list_json(recent)),
+            "metrics": redact(json.dumps([r.document() for r in usage], indent=2,
+                                         sort_keys=True) + "\n"),
         }  # fmt: skip
         return replace(snap, executions=recent, usage=usage, documents=docs)
 
     def _reschedule(self, snap: Snapshot, now: datetime) -> Snapshot:
         fresh = collect_schedules(self._schedules, now=now)
-        text = log.redact(schedules_view.json(fresh))
+        text = self.session.redactor.redact(schedules_view.json(fresh))
         return replace(snap, schedules=fresh, documents={**snap.documents, "schedules": text})
 
     def _schedules_stale(self, now: datetime) -> bool:
@@ -299,7 +301,7 @@ class Refresher:
             history_truncated=len(history.rows) >= self.history_limit,
             live=live,
         )
-        snap.documents.update(_documents(snap))
+        snap.documents.update(_documents(snap, self.session.redactor))
         return snap
 
     @staticmethod
@@ -320,7 +322,7 @@ class Refresher:
             return None
 
 
-def _documents(snap: Snapshot) -> dict[str, str]:
+def _documents(snap: Snapshot, redactor: Redactor) -> dict[str, str]:
     docs = {
         "overview": overview_view.json(snap.overview),
         "schedules": schedules_view.json(snap.schedules),
@@ -329,5 +331,5 @@ def _documents(snap: Snapshot) -> dict[str, str]:
         "history": history_view.json(HistoryReport(snap.history.rows[:HISTORY_DEFAULT])),
     }
     if snap.live is not None:
-        docs["drift"] = drift_view.json(snap.live.drift)
-    return {name: log.redact(text) for name, text in docs.items()}
+        docs["drift"] = drift_view.json(snap.live.drift, redactor)
+    return {name: redactor.redact(text) for name, text in docs.items()}

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from reconciler import log
 from reconciler.engine.apply import ApplyReport, Watchers
 from reconciler.engine.drift import HealReport
 from reconciler.executor import ChangeResult, EnvironmentResult, HealthEvent
@@ -78,7 +77,7 @@ def heal_human(report: HealReport) -> str:
 
 
 @contextmanager
-def progress(stream: TextIO, redactor: Redactor | None = None) -> Iterator[Watchers]:
+def progress(stream: TextIO, redactor: Redactor) -> Iterator[Watchers]:
     """A live counter and a line per instance waiting to become Healthy on a terminal;
     elsewhere (CI, a pipe) the executor's log lines: one per change, one per health
     change of a waiting instance. A provider's health message passes `redactor`."""
@@ -113,7 +112,7 @@ def progress(stream: TextIO, redactor: Redactor | None = None) -> Iterator[Watch
             text = f"  {key.environment}: {key.address} waiting: {ev.health.health}"
             if ev.health.message:
                 message = ev.health.message
-                text += f" ({redactor.redact(message) if redactor else log.redact(message)})"
+                text += f" ({redactor.redact(message)})"
             if line is None:
                 waiting[key] = bar.add_task(text, total=None)
             else:

@@ -8,7 +8,7 @@ from typing import Any
 
 from reconciler.drift import DriftReport
 from reconciler.instances import InstanceKey
-from reconciler.log import redact_data
+from reconciler.redaction import Redactor
 from reconciler.views.text import fmt, join_lines
 
 
@@ -49,10 +49,10 @@ def human(report: DriftReport) -> str:
     return join_lines(lines)
 
 
-def document(report: DriftReport) -> dict[str, Any]:
-    """The `drift --json` document, secrets masked in every string and key (the text
-    pass at the boundary cannot see a value that JSON escaped)."""
-    doc: dict[str, Any] = redact_data(
+def document(report: DriftReport, redactor: Redactor) -> dict[str, Any]:
+    """The `drift --json` document, the session's secrets masked in every string and key
+    (the text pass at the boundary cannot see a value that JSON escaped)."""
+    doc: dict[str, Any] = redactor.redact_data(
         {
             e: [
                 {
@@ -75,5 +75,5 @@ def document(report: DriftReport) -> dict[str, Any]:
     return doc
 
 
-def json(report: DriftReport) -> str:
-    return _json.dumps(document(report), indent=2, sort_keys=True) + "\n"
+def json(report: DriftReport, redactor: Redactor) -> str:
+    return _json.dumps(document(report, redactor), indent=2, sort_keys=True) + "\n"
