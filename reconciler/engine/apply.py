@@ -169,6 +169,7 @@ def _environment(
         run_timeout=settings.run_timeout,
         run_timeout_source=settings.run_timeout_source,
         after_apply=_checks_after(session, store, loaded, ep.environment),
+        provider_factory=session.provider,
     )
 
 

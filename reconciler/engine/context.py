@@ -77,6 +77,7 @@ def open_gate(
         override_window=override_window,
         secret_env=secret_env,
         repo=session.repo,
+        register=session.redactor.add,
     )
 
 

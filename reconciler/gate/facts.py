@@ -35,6 +35,7 @@ from reconciler.gitrepo import ManifestRepo
 from reconciler.load import Loaded
 from reconciler.plan import EnvironmentPlan, make_plan
 from reconciler.policy import Policy, policy_at
+from reconciler.redaction import Register, to_backstop
 from reconciler.runs.store import open_executions
 from reconciler.state.base import StateStore
 from reconciler.vocabulary import Risk, as_risk, highest_risk
@@ -64,6 +65,7 @@ class FactsBuilder:
         override_window: bool = False,
         secret_env: Mapping[str, str] | None = None,
         repo: ManifestRepo | None = None,
+        register: Register = to_backstop,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -75,7 +77,7 @@ class FactsBuilder:
         self.override_window = override_window
         self.secret_env = dict(secret_env or {})
         self.repo = repo if repo is not None else ManifestRepo(settings.repo)
-        self.history = History(settings, self.repo)
+        self.history = History(settings, self.repo, register)
         self.history.remember(target)
         self._source_for = source_for
         self._sources: dict[SourceKey, ApprovalSource | None] = {}

@@ -17,6 +17,7 @@ from reconciler.gitrepo import ManifestRepo
 from reconciler.instances import canonical_json
 from reconciler.load import Loaded, load
 from reconciler.policy import Policy, policy_at
+from reconciler.redaction import Register, to_backstop
 
 
 @dataclass
@@ -38,8 +39,12 @@ class Snapshot:
 class History:
     """Snapshots of commits, loaded lazily and cached."""
 
-    def __init__(self, settings: Settings, repo: ManifestRepo) -> None:
+    def __init__(
+        self, settings: Settings, repo: ManifestRepo, register: Register = to_backstop
+    ) -> None:
         self._settings = settings
+        #: Learns the secrets of each commit loaded: the session's redactor.
+        self._register = register
         self._repo = repo
         self._snapshots: dict[str, Snapshot] = {}
 
@@ -51,7 +56,9 @@ class History:
     def snapshot(self, sha: str) -> Snapshot:
         if sha not in self._snapshots:
             try:
-                self._snapshots[sha] = Snapshot(load(self._settings, sha, repo=self._repo))
+                self._snapshots[sha] = Snapshot(
+                    load(self._settings, sha, repo=self._repo, register=self._register)
+                )
             except ReconcilerError as e:  # a broken commit in the range: judged as a change
                 self._snapshots[sha] = Snapshot(None, e.message)
         return self._snapshots[sha]
