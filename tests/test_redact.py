@@ -18,7 +18,9 @@ from reconciler import log
 from reconciler.config import load_settings
 from reconciler.load import desired_secrets, load, referenced_names
 from reconciler.manifests import Desired
+from reconciler.providers import resolve_secrets
 from reconciler.redaction import Redactor
+from reconciler.session import Session
 
 
 @pytest.fixture(autouse=True)
@@ -146,3 +148,35 @@ def test_registration_reads_every_reference_from_the_documents(tmp_path: Path) -
     redactor = Redactor()
     redactor.add(desired_secrets(desired, env).values())
     assert all(redactor.is_secret(v) for v in env.values())
+
+
+def test_two_sessions_in_one_process_do_not_share_secrets(tmp_path: Path) -> None:
+    """Each session masks its output with its own redactor: another session's secret
+    stays readable there (no session can reveal, by masking, what another holds), while
+    log lines, which no session renders, mask both through the process-wide backstop."""
+    repo = copy_example(tmp_path / "repo")
+    one = Session.start(
+        load_settings(repo, env={"VENDOR_KEY": "vendor-key-of-one", "GITHUB_TOKEN": "gh-of-one"})
+    )
+    two = Session.start(load_settings(repo, env={"VENDOR_KEY": "vendor-key-of-two"}))
+    loaded = one.load()
+    two.load()
+    assert "vendor-key-of-one" in loaded.secrets
+    # A secret found at run time, by a provider the session built.
+    config = next(iter(loaded.desired.providers["dev"].values()))
+    provider = one.provider(config)
+    try:
+        body = {"auth": {"secretEnv": "RUN_TIME"}}
+        resolve_secrets(body, {"RUN_TIME": "found-at-run-time"}, provider.register_found)
+    finally:
+        provider.close()
+    text = "vendor-key-of-one gh-of-one found-at-run-time | vendor-key-of-two"
+    masked = "(sensitive) (sensitive) (sensitive) | "
+    assert one.redactor.redact(text) == masked + "vendor-key-of-two"
+    assert two.redactor.redact(text) == text.replace("vendor-key-of-two", "(sensitive)")
+    assert one.redactor.redact_data({"k": [text]}) == {"k": [masked + "vendor-key-of-two"]}
+    err = io.StringIO()
+    with redirect_stderr(err):
+        log.configure(fmt="json")
+        log.get_logger("t").warning(text)
+    assert json.loads(err.getvalue())["event"] == masked + "(sensitive)"
