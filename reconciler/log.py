@@ -1,11 +1,11 @@
 """Logging through structlog: human lines unless CI is set (or --log-format json),
 JSON lines in CI, secrets redacted.
 
-The redaction boundary lives here: `redact` (text) and `redact_data` (structures) mask
-every registered secret value, whatever surrounds it, and every output path (stdout,
-stderr, log lines, plan files, PR comments, commit statuses, job summaries, error text
-written to state) goes through one of them. Commands register the values they know
-of (`reconciler.secrets`) before anything is rendered.
+The masking lives here (`SecretValues`: a value in any of its forms, whatever surrounds
+it). A session's outputs (stdout, plan files, PR comments, commit statuses, job
+summaries, notices, the dashboard) go through its own `reconciler.redaction.Redactor`;
+the process-wide set here (`register_secret`, `redact`, `redact_data`), fed by every
+redactor, is the backstop of log lines and of text built where no session is at hand.
 """
 
 from __future__ import annotations
