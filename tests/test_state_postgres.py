@@ -18,10 +18,10 @@ from reconciler.config import load_settings
 from reconciler.errors import LockedError, StateError, StateMovedError
 from reconciler.instances import InstanceKey
 from reconciler.log import redact
+from reconciler.session import Session
 from reconciler.state import open_state
 from reconciler.state.base import ChangeRecord, RunRecord
 from reconciler.state.postgres import SCHEMA_VERSION
-from reconciler.session import Session
 from reconciler.state.urls import mask_url, passwords
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
