@@ -83,15 +83,13 @@ def _secret_registry() -> Any:
     process, and the test's own registrations come back afterwards."""
     from reconciler import log
 
-    def swap() -> tuple[set[str], list[str], Any]:
-        saved = (set(log._secrets), list(log._ordered), log._pattern)
-        log.forget_secrets()
+    def swap() -> log.SecretValues:
+        saved = log._backstop
+        log._backstop = log.SecretValues()
         return saved
 
-    def back(saved: tuple[set[str], list[str], Any]) -> None:
-        log._secrets.clear()
-        log._secrets.update(saved[0])
-        log._ordered, log._pattern = saved[1], saved[2]
+    def back(saved: log.SecretValues) -> None:
+        log._backstop = saved
 
     return _saved(swap, back)
 
