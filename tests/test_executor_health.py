@@ -30,6 +30,7 @@ from reconciler.httpclient import current_wait_deadline
 from reconciler.instances import Instance
 from reconciler.providers.base import HealthStatus, RetryAfter
 from reconciler.providers.testing import MemoryProvider
+from reconciler.redaction import Redactor
 from reconciler.state.sqlite import SQLiteState
 
 
@@ -535,7 +536,7 @@ def test_a_terminal_shows_a_live_line_per_waiting_instance_until_it_is_healthy()
     chat, embed = deployment("chat"), deployment("embed")
     ch = {i.name: Change("create", i.key, "mem", None, i.body()) for i in (chat, embed)}
     screen = Terminal()
-    with progress(screen) as watch:
+    with progress(screen, Redactor()) as watch:
         assert watch.health is not None
         watch.health(HealthEvent(ch["chat"], HealthStatus("Progressing", "Endpoint is pending"), 1))
         watch.health(HealthEvent(ch["embed"], HealthStatus("Progressing"), 1))
@@ -565,5 +566,5 @@ def _redrawn(screen: Terminal, seen: Callable[[str], bool]) -> None:
 def test_elsewhere_the_log_lines_are_the_view() -> None:
     from reconciler.views.apply import progress
 
-    with progress(io.StringIO()) as watch:
+    with progress(io.StringIO(), Redactor()) as watch:
         assert watch.progress is None and watch.health is None
