@@ -25,11 +25,130 @@ from reconciler.load import Loaded
 from reconciler.manifests.models import Promotion
 from reconciler.manifests.yamlload import load_documents
 from reconciler.policy import Policy, required_evals
+from reconciler.runs.metrics import UsageRow, usage
+from reconciler.runs.model import Query
+from reconciler.runs.store import ExecutionStore
 from reconciler.session import Session
 from reconciler.state.base import AppliedRecord, StateStore
 
 #: The fields a promotion edits: what the evidence digest covers and a manifest sets.
 FIELDS = ("model", "prompt", "options")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one instance served since it was applied (its executions, every trigger):
+    the numbers a reviewer weighs a promotion by."""
+
+    requests: int
+    success_rate: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    #: Per completed call; None when any call had no declared price (unknown, never 0).
+    cost_per_request: float | None
+    currency: str | None
+
+    @classmethod
+    def of(cls, row: UsageRow | None) -> Usage | None:
+        """None: no runs yet (nothing called since it was applied)."""
+        if row is None or row.requests == 0:
+            return None
+        total = row.total_cost
+        per = None if total is None else round(total / row.completed, 10)
+        currency = next(iter(row.currencies)) if len(row.currencies) == 1 else None
+        return cls(row.requests, row.success_rate, row.latency(50), row.latency(95), per, currency)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "successRate": self.success_rate,
+            "latencyMs": {"p50": self.p50_ms, "p95": self.p95_ms},
+            "costPerRequest": self.cost_per_request,
+            "currency": self.currency,
+        }
+
+    def summary(self) -> str:
+        return ", ".join(
+            [
+                f"{self.requests} request" + ("" if self.requests == 1 else "s"),
+                f"success {_percent(self.success_rate)}",
+                f"p50 latency {_ms(self.p50_ms)}",
+                f"p95 latency {_ms(self.p95_ms)}",
+                f"cost per request {_cost(self.cost_per_request, self.currency)}",
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One metric, the target's current instance → what the source runs."""
+
+    metric: str
+    before: float | None
+    after: float | None
+    #: "count", "ratio", "ms" or "cost" (each side in its own currency).
+    unit: str
+    currencies: tuple[str | None, str | None] = (None, None)
+
+    @property
+    def change(self) -> float | None:
+        """Relative change, for latency and cost (in one currency) only; None where
+        either side is unknown."""
+        if self.unit in ("count", "ratio") or self.before is None or self.after is None:
+            return None
+        if self.unit == "cost" and self.currencies[0] != self.currencies[1]:
+            return None
+        return None if self.before == 0 else (self.after - self.before) / self.before
+
+    def text(self) -> str:
+        if self.unit == "cost":
+            a, b = _cost(self.before, self.currencies[0]), _cost(self.after, self.currencies[1])
+        elif self.unit == "ratio":
+            a, b = _percent(self.before), _percent(self.after)
+        elif self.unit == "ms":
+            a, b = _ms(self.before), _ms(self.after)
+        else:
+            a, b = f"{self.before:.0f}", f"{self.after:.0f}"
+        out = f"{self.metric} {a} → {b}"
+        if self.change is not None:
+            pct = round(100 * self.change)
+            out += f" ({'+' if pct > 0 else '−' if pct < 0 else '±'}{abs(pct)}%)"
+        return out
+
+    def document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"metric": self.metric, "from": self.before, "to": self.after,
+               "unit": self.unit, "change": self.change}  # fmt: skip
+        if self.unit == "cost":
+            doc["currency"] = {"from": self.currencies[0], "to": self.currencies[1]}
+        return doc
+
+
+def deltas(before: Usage, after: Usage) -> list[Delta]:
+    return [
+        Delta("requests", before.requests, after.requests, "count"),
+        Delta("success", before.success_rate, after.success_rate, "ratio"),
+        Delta("p50 latency", before.p50_ms, after.p50_ms, "ms"),
+        Delta("p95 latency", before.p95_ms, after.p95_ms, "ms"),
+        Delta(
+            "cost per request",
+            before.cost_per_request,
+            after.cost_per_request,
+            "cost",
+            (before.currency, after.currency),
+        ),
+    ]
+
+
+def _percent(v: float | None) -> str:
+    return "unknown" if v is None else f"{100 * v:.1f}%"
+
+
+def _ms(v: float | None) -> str:
+    return "unknown" if v is None else f"{v:.0f} ms" if v >= 10 else f"{v:.1f} ms"
+
+
+def _cost(v: float | None, currency: str | None) -> str:
+    return "unknown" if v is None else f"{v:.6f} {currency or 'USD'}"
 
 
 @dataclass
@@ -42,6 +161,27 @@ class Item:
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     blocked: str | None = None
     evidence: Evidence | None = None
+    #: Usage since each side was applied: what the source runs, the target's current
+    #: instance (None: no runs yet, or nothing applied in the target).
+    source_usage: Usage | None = None
+    target_usage: Usage | None = None
+
+    @property
+    def deltas(self) -> list[Delta]:
+        if self.source_usage is None or self.target_usage is None:
+            return []
+        return deltas(self.target_usage, self.source_usage)
+
+    def usage_lines(self, source: str, target: str) -> list[str]:
+        """The usage comparison as reviewers read it (the CLI and the PR body)."""
+        if self.source_usage is None and self.target_usage is None:
+            return [f"usage: no runs yet in {target} or {source}"]
+        if self.source_usage is None or self.target_usage is None:
+            return [
+                f"usage in {env}: {'no runs yet' if u is None else u.summary()}"
+                for env, u in ((target, self.target_usage), (source, self.source_usage))
+            ]
+        return [f"usage ({target} now → {source}):", *(d.text() for d in self.deltas)]
 
     def document(self) -> dict[str, Any]:
         return {
@@ -51,6 +191,11 @@ class Item:
             "changes": {k: {"from": a, "to": b} for k, (a, b) in self.changes.items()},
             "eligible": self.blocked is None,
             "blocked": self.blocked,
+            "usage": {
+                "source": None if self.source_usage is None else self.source_usage.document(),
+                "target": None if self.target_usage is None else self.target_usage.document(),
+                "deltas": [d.document() for d in self.deltas],
+            },
         }
 
 
@@ -139,6 +284,12 @@ def pull_request_body(report: PromoteReport) -> str:
         lines.append(
             f"| {i.deployment} | `{i.digest}` | {when} | {ev.passed if ev else 0} | {changes} |"
         )
+    lines += ["", f"Usage since applied ({report.target} now → {report.source}):", ""]
+    for i in report.items:
+        if i.changes:
+            head, *rest = i.usage_lines(report.source, report.target)
+            text = "; ".join(rest) if i.deltas else "; ".join([head, *rest])
+            lines.append(f"- **{i.deployment}**: {text}")
     lines += [
         "",
         "Made by `reconciler promote`. Applying the merge judges the promotion again from the "
@@ -215,7 +366,7 @@ def _promotion_of(
 def _item(
     loaded: Loaded,
     store: StateStore,
-    executions: Any,
+    executions: ExecutionStore,
     record: AppliedRecord,
     target: str,
     policy: tuple[Promotion, Mapping[str, Any]],
@@ -233,6 +384,8 @@ def _item(
         None if tgt is None else evidence_digest_of(tgt.spec, _type(loaded, target, tgt.provider))
     )
     item = Item(name, digest, tgt_digest)
+    item.source_usage = _usage_since(executions, record)
+    item.target_usage = None if tgt is None else _usage_since(executions, tgt)
     for f in FIELDS:
         want, have = _value(record.spec, f), _value(inst.spec, f)
         if want != have:
@@ -248,6 +401,21 @@ def _item(
     item.evidence = ev
     item.blocked = not_eligible(ev, policy[0], policy[1], now)
     return item
+
+
+def _usage_since(executions: ExecutionStore, record: AppliedRecord) -> Usage | None:
+    """The instance's executions since it was applied, as `reconciler metrics` counts
+    them: an older spec's calls say nothing about this one."""
+    found = executions.find(
+        Query(
+            environments=(record.environment,),
+            deployments=(record.name,),
+            since=record.applied_at,
+            limit=None,
+        )
+    )
+    rows = usage(found)
+    return Usage.of(rows[0] if rows else None)
 
 
 def _type(loaded: Loaded, env: str, provider: str) -> str:

@@ -1,5 +1,5 @@
-"""`promote`: each deployment's digest, what the target would change, and why one is
-not eligible yet."""
+"""`promote`: each deployment's digest, what the target would change, its usage beside
+the target's current instance, and why one is not eligible yet."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def human(r: PromoteReport) -> str:
             f"  deployment.{i.deployment}: {_short(i.target_digest)} → {_short(i.digest)}: {state}"
         )
         lines.extend(f"      {f}: {old!r} → {new!r}" for f, (old, new) in i.changes.items())
+        usage = i.usage_lines(r.source, r.target)
+        deeper = "  " if i.deltas else ""  # the deltas under their heading
+        lines.append(f"      {usage[0]}")
+        lines.extend(f"      {deeper}{line}" for line in usage[1:])
     if r.commit is not None:
         lines.append(f"{r.commit[:12]} on branch {r.branch}: the manifest edit; apply re-checks")
         if r.pushed:
