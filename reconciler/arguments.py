@@ -92,6 +92,13 @@ PlanFile = Annotated[Path | None, typer.Option("--plan", help="Apply this saved 
 RollbackOnFailure = Annotated[
     bool, typer.Option("--rollback-on-failure", help="Restore what a failed run changed.")
 ]
+NoRevertPr = Annotated[
+    bool,
+    typer.Option(
+        "--no-revert-pr",
+        help="In CI, open no revert pull request after a check's onFail: rollback.",
+    ),
+]
 OverrideWindow = Annotated[
     bool, typer.Option("--override-window", help="Apply outside a deploy window (recorded).")
 ]

@@ -166,6 +166,7 @@ def apply(
     pr: a.Pr = None,
     heal: a.Heal = False,
     run_timeout: a.RunTimeout = None,
+    no_revert_pr: a.NoRevertPr = False,
 ) -> None:
     """Apply the changes; exit 0 applied, 1 failed, 3 blocked, 4 locked."""
     cli: Invocation = ctx.obj
@@ -185,6 +186,7 @@ def apply(
         override_window=override_window,
         pull_request=pr,
         run_timeout=run_timeout,
+        revert_pr=not no_revert_pr,
     )
     if heal:
         healed = command.heal_drift(s, opts)
@@ -193,7 +195,7 @@ def apply(
     with view.progress(sys.stderr, s.redactor) as watch:
         report = command.apply(s, opts, watch)
     cli.emit(view.human(report))
-    summary = view.summary_markdown(report.results)
+    summary = view.summary_markdown(report.results, report.reverts)
     ci.append_step_summary(s.settings.env, s.redactor.redact(summary))
     done(report.exit_code)
 

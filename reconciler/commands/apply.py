@@ -29,6 +29,8 @@ class ApplyOptions:
     override_window: bool = False
     pull_request: int | None = None
     run_timeout: float | None = None
+    #: In CI on the deploy branch: open the revert PR after a check's rollback.
+    revert_pr: bool = True
 
 
 def apply(session: Session, opts: ApplyOptions, watchers: Watchers) -> ApplyReport:
@@ -48,6 +50,8 @@ def apply(session: Session, opts: ApplyOptions, watchers: Watchers) -> ApplyRepo
         override_window=opts.override_window,
         pull_request=opts.pull_request or ctx.pull_request,
         watchers=watchers,
+        # a push's job (not a pull request's): the one whose apply rolls back
+        revert_pr=opts.revert_pr and ctx.commit is not None and ctx.pull_request is None,
     )
     return engine.apply(session.with_settings(settings), request)
 

@@ -12,20 +12,24 @@ from pathlib import Path
 from reconciler.checks.runner import after_apply
 from reconciler.engine.context import applied_by, open_gate, require_manifests
 from reconciler.engine.plan import Built, build_plan, load_plan_file
+from reconciler.engine.rollback import RevertProposal, revert_after_failed_check
 from reconciler.engine.run import limits
 from reconciler.errors import EXIT_BLOCKED, EXIT_ERROR, EXIT_OK, ReconcilerError, StateMovedError
 from reconciler.executor import (
     AfterApplyFn,
+    ChangeResult,
     EnvironmentResult,
     HealthFn,
     ProgressFn,
     RunContext,
+    Verification,
     execute_environment,
 )
 from reconciler.gate import Gate, GateResult
 from reconciler.load import Loaded
 from reconciler.manifests import full_collections_deferred
 from reconciler.plan import EnvironmentPlan, Plan, make_plan
+from reconciler.providers.pool import ProviderPool
 from reconciler.session import Session
 from reconciler.state.base import StateStore
 from reconciler.vocabulary import Trigger
@@ -64,6 +68,9 @@ class ApplyRequest:
     watchers: Watchers = field(default_factory=Watchers)
     #: The run context of the commit applied (the agent's); else `run_context`.
     trigger_context: Callable[[Loaded], RunContext] | None = None
+    #: After a check's `onFail: rollback`: open the revert pull request (apply in CI;
+    #: `--no-revert-pr` turns it off). Otherwise the report says what to run.
+    revert_pr: bool = False
 
 
 @dataclass
@@ -71,6 +78,8 @@ class ApplyReport:
     plan: Plan
     gates: dict[str, GateResult] = field(default_factory=dict)
     results: list[EnvironmentResult] = field(default_factory=list)
+    #: Per environment a check rolled back: the revert that makes git agree.
+    reverts: dict[str, RevertProposal] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -152,7 +161,9 @@ def _environment(
     replan = None
     if request.plan_file is None:
         replan = _replanner(store, built, ep, request)
-    return execute_environment(
+    checks = _checks_after(session, store, loaded, ep.environment)
+    said: list[Verification] = []
+    result = execute_environment(
         store,
         ep,
         desired=loaded.desired.instances.get(ep.environment, {}),
@@ -168,9 +179,36 @@ def _environment(
         health=request.watchers.health,
         run_timeout=settings.run_timeout,
         run_timeout_source=settings.run_timeout_source,
-        after_apply=_checks_after(session, store, loaded, ep.environment),
+        after_apply=None if checks is None else _heard(checks, said),
         provider_factory=session.provider,
     )
+    failures = [line for v in said for line in v.failures]
+    if failures and result.restored and loaded.commit is not None and not loaded.dirty:
+        report.reverts[ep.environment] = revert_after_failed_check(
+            session,
+            store,
+            ep.environment,
+            result.run_id,
+            loaded.commit,
+            loaded.paths_read,
+            failures,
+            open_pr=request.revert_pr,
+        )
+    return result
+
+
+def _heard(checks: AfterApplyFn, said: list[Verification]) -> AfterApplyFn:
+    """The checks' hook, keeping what they said: a rollback they caused proposes a
+    revert with the failures and their measured values."""
+
+    def verify(
+        environment: str, run_id: str, results: Sequence[ChangeResult], pool: ProviderPool
+    ) -> Verification:
+        verification = checks(environment, run_id, results, pool)
+        said.append(verification)
+        return verification
+
+    return verify
 
 
 def _checks_after(

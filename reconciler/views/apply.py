@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TextIO
 
 from reconciler.engine.apply import ApplyReport, Watchers
 from reconciler.engine.drift import HealReport
+from reconciler.engine.rollback import RevertProposal
 from reconciler.executor import ChangeResult, EnvironmentResult, HealthEvent
 from reconciler.instances import InstanceKey
 from reconciler.redaction import Redactor
@@ -44,10 +45,29 @@ def human(report: ApplyReport) -> str:
             if r.restored:
                 why = "a check's onFail: rollback" if checked else "--rollback-on-failure"
                 lines.append(f"    restored {len(r.restored)} change(s) ({why})")
+            revert = report.reverts.get(r.environment)
+            if revert is not None:
+                lines.extend(f"    {line}" for line in revert_lines(revert))
     return join_lines(lines)
 
 
-def summary_markdown(results: Iterable[EnvironmentResult]) -> str:
+def revert_lines(revert: RevertProposal) -> list[str]:
+    """The revert pull request opened, or why none was and what opens it."""
+    shas = ", ".join(s[:12] for s in revert.reverted)
+    if revert.pull_request is not None:
+        return [
+            f"revert pull request #{revert.pull_request} ({revert.branch}, reverts {shas}): "
+            f"{revert.pull_request_url}"
+        ]
+    return [
+        f"git still declares what failed: no revert pull request ({revert.reason})",
+        f"next: {revert.command}",
+    ]
+
+
+def summary_markdown(
+    results: Iterable[EnvironmentResult], reverts: Mapping[str, RevertProposal] | None = None
+) -> str:
     """The GitHub Actions job summary of an apply."""
     rows = [
         "### reconciler apply",
@@ -61,6 +81,17 @@ def summary_markdown(results: Iterable[EnvironmentResult]) -> str:
             f"| {r.environment} | {r.outcome} | {r.run_id or ''} | "
             f"{c['applied']} applied, {c['failed']} failed |"
         )
+    for env, revert in (reverts or {}).items():
+        if revert.pull_request is not None:
+            rows.append(
+                f"\n**{env}**: a check failed and was rolled back; revert pull request "
+                f"[#{revert.pull_request}]({revert.pull_request_url})"
+            )
+        else:
+            rows.append(
+                f"\n**{env}**: a check failed and was rolled back; no revert pull request "
+                f"({revert.reason}): `{revert.command}`"
+            )
     return "\n".join(rows) + "\n"
 
 
