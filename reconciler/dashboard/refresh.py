@@ -277,17 +277,22 @@ class Refresher:
             self._verdicts = (now, judge_safely(self.verdicts, plan))
         verdicts_at, verdicts = self._verdicts or (None, None)
         repo = self.session.repo
-        overview = collect_overview(
-            loaded.desired,
-            plan,
-            store,
-            repo,
-            live=live,
-            verdicts=verdicts,
-            verdicts_at=verdicts_at,
-            now=now,
-            applied=applied,
-        )
+        executions = self.session.open_executions(read_only=True)  # promotion evidence
+        try:
+            overview = collect_overview(
+                loaded.desired,
+                plan,
+                store,
+                repo,
+                live=live,
+                verdicts=verdicts,
+                verdicts_at=verdicts_at,
+                now=now,
+                applied=applied,
+                executions=executions,
+            )
+        finally:
+            executions.close()
         history = collect_history(store, repo, limit=self.history_limit)
         snap = Snapshot(
             ref=ref,

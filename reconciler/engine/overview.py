@@ -8,7 +8,10 @@ the windows is judged by both (as the gate does), so its closed window blocks to
 
 The environments' chain is their declaration order: a cell is highlighted when it
 differs from the one in the environment declared before it ("in staging, not yet in
-production"). The dashboard serves this same report from its background refresh.
+production"). In an environment with `spec.promotion` each cell says whether what the
+source runs may be promoted into it, and why not: the gate's own rule over the same
+evidence (`engine.promote.judge_promotion`). The dashboard serves this same report from
+its background refresh.
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ from reconciler.engine.approvals import judge
 from reconciler.engine.history import HistoryRow
 from reconciler.engine.live import LiveReport, ProvidersOfRecord, read_live
 from reconciler.engine.plan import build_plan
+from reconciler.engine.promote import applied_digest, judge_promotion, promotion_policy
 from reconciler.engine.show import commit_subject
 from reconciler.errors import ReconcilerError
 from reconciler.gate import windows_of
 from reconciler.gitrepo import ManifestRepo
 from reconciler.instances import InstanceKey
 from reconciler.manifests import Desired
-from reconciler.manifests.models import EnvironmentSpec
+from reconciler.manifests.models import EnvironmentSpec, Promotion
 from reconciler.plan import Change, Plan
 from reconciler.policy import Policy
+from reconciler.runs.store import ExecutionStore
 from reconciler.session import Session
 from reconciler.state.base import AppliedRecord, StateStore
 from reconciler.vocabulary import ACTIONS
@@ -167,6 +172,27 @@ class EnvironmentOverview:
 
 
 @dataclass(frozen=True)
+class Eligibility:
+    """May what `source` runs be promoted into this cell's environment, and if not, why
+    (the gate's reason). `current`: the environment runs that very digest already."""
+
+    source: str
+    digest: str | None
+    eligible: bool
+    reason: str | None
+    current: bool = False
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "from": self.source,
+            "digest": self.digest,
+            "eligible": self.eligible,
+            "reason": self.reason,
+            "current": self.current,
+        }
+
+
+@dataclass(frozen=True)
 class Cell:
     """One deployment in one environment: what is recorded as running, how it is doing,
     and what the plan would change."""
@@ -186,6 +212,8 @@ class Cell:
     pending_prompt: str | None = None
     #: Model or prompt differs from the previous environment's (or it is missing here).
     differs: bool = False
+    #: With `spec.promotion` in this environment (and executions to judge by).
+    promotion: Eligibility | None = None
 
     @property
     def shown(self) -> tuple[str | None, str | None]:
@@ -207,6 +235,7 @@ class Cell:
             "pending_model": self.pending_model,
             "pending_prompt": self.pending_prompt,
             "differs": self.differs,
+            "promotion": self.promotion.document() if self.promotion else None,
         }
 
 
@@ -258,16 +287,21 @@ def overview(
             else None
         )
         blocked = judge_safely(judge, plan)
-        return collect_overview(
-            loaded.desired,
-            plan,
-            store,
-            session.repo,
-            live=state,
-            verdicts=blocked,
-            verdicts_at=datetime.now(UTC),
-            environments=environments,
-        )
+        executions = session.open_executions(read_only=True)
+        try:
+            return collect_overview(
+                loaded.desired,
+                plan,
+                store,
+                session.repo,
+                live=state,
+                verdicts=blocked,
+                verdicts_at=datetime.now(UTC),
+                environments=environments,
+                executions=executions,
+            )
+        finally:
+            executions.close()
 
 
 def judge_safely(judge: Verdicts, plan: Plan) -> dict[str, list[str]]:
@@ -292,8 +326,10 @@ def collect_overview(
     environments: Sequence[str] = (),
     now: datetime | None = None,
     applied: Mapping[str, Mapping[InstanceKey, AppliedRecord]] | None = None,
+    executions: ExecutionStore | None = None,
 ) -> OverviewReport:
-    """Assemble the report; `applied` (per environment) saves reading the state again."""
+    """Assemble the report; `applied` (per environment) saves reading the state again;
+    with `executions`, the matrix judges promotion eligibility."""
     now = now or datetime.now(UTC)
     chain = list(desired.environments)
     chain += [e for e in store.environments() if e not in chain]
@@ -320,7 +356,62 @@ def collect_overview(
         e.live = _counts(live, env) if live else None
         e.blocked = _blocked(e, plan, verdicts or {})
     report.rows = _matrix(chain, desired, recorded, changes, live)
+    if executions is not None:
+        _judge_promotions(report.rows, chain, desired, store, executions, recorded, now)
     return report
+
+
+def _judge_promotions(
+    rows: list[MatrixRow],
+    chain: Sequence[str],
+    desired: Desired,
+    store: StateStore,
+    executions: ExecutionStore,
+    recorded: Mapping[str, Mapping[InstanceKey, AppliedRecord]],
+    now: datetime,
+) -> None:
+    """Each cell of an environment with a promotion block, judged as `promote` judges:
+    by the policy of record, what the source has applied and the evidence it holds."""
+    for env in chain:
+        promo, evals, _ = promotion_policy(store, desired, env)
+        if promo is None:
+            continue
+        source = promo.source
+        for row in rows:
+            cell = row.cells.get(env)
+            if cell is None:
+                continue
+            judged = _eligibility(
+                row.name, env, source, desired, store, executions, recorded, (promo, evals), now
+            )
+            row.cells[env] = Cell(**{**cell.__dict__, "promotion": judged})
+
+
+def _eligibility(
+    name: str,
+    env: str,
+    source: str,
+    desired: Desired,
+    store: StateStore,
+    executions: ExecutionStore,
+    recorded: Mapping[str, Mapping[InstanceKey, AppliedRecord]],
+    policy: tuple[Promotion, Mapping[str, Any]],
+    now: datetime,
+) -> Eligibility:
+    at_source = InstanceKey(source, "Deployment", name)
+    if source in recorded:
+        record = recorded[source].get(at_source)
+    else:  # the source is filtered out of the report: read it
+        record = store.applied(source, [at_source]).get(at_source)
+    if record is None:
+        return Eligibility(source, None, False, f"is not applied in {source}")
+    key = InstanceKey(env, "Deployment", name)
+    inst = desired.instances.get(env, {}).get(key)
+    mine = recorded.get(env, {}).get(key)
+    provider = inst.provider if inst is not None else mine.provider if mine else record.provider
+    digest, _, why = judge_promotion(desired, store, executions, record, env, provider, policy, now)
+    current = mine is not None and digest == applied_digest(desired, mine)
+    return Eligibility(source, digest, why is None, why, current)
 
 
 def _environment(

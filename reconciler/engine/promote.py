@@ -22,6 +22,7 @@ from reconciler.gate.evidence import evidence_for
 from reconciler.gate.judge import Evidence, not_eligible
 from reconciler.instances import InstanceKey
 from reconciler.load import Loaded
+from reconciler.manifests import Desired
 from reconciler.manifests.models import Promotion
 from reconciler.manifests.yamlload import load_documents
 from reconciler.policy import Policy, required_evals
@@ -342,25 +343,62 @@ def _promote(
     return report
 
 
-def _promotion_of(
-    store: StateStore, loaded: Loaded, target: str, source: str
-) -> tuple[Promotion, Mapping[str, Any], str]:
-    """The target's promotion policy of record (its last applied run's) with the Evals
-    it requires as recorded, else as declared; a target with none from `source` is
-    still held to a passing check."""
+def promotion_policy(
+    store: StateStore, desired: Desired, target: str
+) -> tuple[Promotion | None, Mapping[str, Any], str]:
+    """The target's promotion block of record (its last applied run's policy) with the
+    Evals it requires as recorded, else as declared, and which of the two it is."""
     last = store.last_applied_run(target)
     if last is not None and last.policy is not None:
         policy = Policy.from_document(last.policy, f"run {last.id}")
         spec, evals = policy.spec, policy.evals
         origin = f"policy of record: run {last.id}"
     else:
-        spec, evals = loaded.desired.policy(target), required_evals(loaded.desired, target)
+        spec, evals = desired.policy(target), required_evals(desired, target)
         origin = "declared policy (nothing recorded)"
-    promo = spec.promotion
+    return spec.promotion, evals, origin
+
+
+def _promotion_of(
+    store: StateStore, loaded: Loaded, target: str, source: str
+) -> tuple[Promotion, Mapping[str, Any], str]:
+    """`promotion_policy`; a target with none from `source` is still held to a passing
+    check."""
+    promo, evals, origin = promotion_policy(store, loaded.desired, target)
     if promo is None or promo.source != source:
         default = Promotion.model_validate({"from": source})
         return default, {}, f"{origin}; no promotion from {source}: a passing check required"
     return promo, evals, origin
+
+
+def judge_promotion(
+    desired: Desired,
+    store: StateStore,
+    executions: ExecutionStore,
+    record: AppliedRecord,
+    target: str,
+    target_provider: str,
+    policy: tuple[Promotion, Mapping[str, Any]],
+    now: datetime,
+) -> tuple[str, Evidence | None, str | None]:
+    """What the source's applied `record` runs (its evidence digest), the evidence the
+    source holds for it, and why it may not go into `target` (None: eligible), by the
+    gate's own rule (`not_eligible` over `evidence_for`). `promote` and the dashboard's
+    matrix both ask here."""
+    src_type = _type(desired, record.environment, record.provider)
+    digest = applied_digest(desired, record)
+    tgt_type = _type(desired, target, target_provider)
+    if tgt_type != src_type:
+        return (
+            digest,
+            None,
+            (
+                f"provider kinds differ ({src_type} in {record.environment}, {tgt_type} in "
+                f"{target}): no manifest edit of model, prompt or options makes the digests equal"
+            ),
+        )
+    ev = evidence_for(record.name, digest, record.environment, desired, store, executions)
+    return digest, ev, not_eligible(ev, policy[0], policy[1], now)
 
 
 def _item(
@@ -377,29 +415,18 @@ def _item(
     inst = desired.instances.get(target, {}).get(InstanceKey(target, "Deployment", name))
     if inst is None:
         return None  # not deployed to the target
-    src_type = _type(loaded, record.environment, record.provider)
-    digest = evidence_digest_of(record.spec, src_type)
-    tgt = store.applied(target, [inst.key]).get(inst.key)
-    tgt_digest = (
-        None if tgt is None else evidence_digest_of(tgt.spec, _type(loaded, target, tgt.provider))
+    digest, ev, blocked = judge_promotion(
+        desired, store, executions, record, target, inst.provider, policy, now
     )
-    item = Item(name, digest, tgt_digest)
+    tgt = store.applied(target, [inst.key]).get(inst.key)
+    tgt_digest = None if tgt is None else applied_digest(desired, tgt)
+    item = Item(name, digest, tgt_digest, blocked=blocked, evidence=ev)
     item.source_usage = _usage_since(executions, record)
     item.target_usage = None if tgt is None else _usage_since(executions, tgt)
     for f in FIELDS:
         want, have = _value(record.spec, f), _value(inst.spec, f)
         if want != have:
             item.changes[f] = (have, want)
-    if _type(loaded, target, inst.provider) != src_type:
-        item.blocked = (
-            f"provider kinds differ ({src_type} in {record.environment}, "
-            f"{_type(loaded, target, inst.provider)} in {target}): no manifest edit of "
-            "model, prompt or options makes the digests equal"
-        )
-        return item
-    ev = evidence_for(name, digest, record.environment, desired, store, executions)
-    item.evidence = ev
-    item.blocked = not_eligible(ev, policy[0], policy[1], now)
     return item
 
 
@@ -418,8 +445,14 @@ def _usage_since(executions: ExecutionStore, record: AppliedRecord) -> Usage | N
     return Usage.of(rows[0] if rows else None)
 
 
-def _type(loaded: Loaded, env: str, provider: str) -> str:
-    config = loaded.desired.providers.get(env, {}).get(provider)
+def applied_digest(desired: Desired, record: AppliedRecord) -> str:
+    """The evidence digest of what `record` runs (its provider's kind as declared: a
+    provider's type is part of its policy of record)."""
+    return evidence_digest_of(record.spec, _type(desired, record.environment, record.provider))
+
+
+def _type(desired: Desired, env: str, provider: str) -> str:
+    config = desired.providers.get(env, {}).get(provider)
     return config.type if config else provider
 
 

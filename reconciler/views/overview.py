@@ -82,6 +82,9 @@ def cell_text(cell: Cell | None) -> str:
         text += f" [{cell.drift}]"
     if cell.pending:
         text += f" ({cell.pending} pending)"
+    p = cell.promotion
+    if p is not None and not p.current:
+        text += " [eligible]" if p.eligible else " [not eligible]"
     return ("* " if cell.differs else "") + text
 
 
@@ -100,4 +103,11 @@ def human(report: OverviewReport) -> str:
         widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head))]
         for row in [head, *table]:
             lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        lines.extend(
+            f"  {r.name} in {env}: not eligible from {c.promotion.source}: {c.promotion.reason}"
+            for r in report.rows
+            for env, c in r.cells.items()
+            if c is not None and c.promotion is not None and not c.promotion.eligible
+            and not c.promotion.current
+        )  # fmt: skip
     return join_lines(lines)
