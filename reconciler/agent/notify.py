@@ -1,7 +1,8 @@
 """Notifications through apprise: per environment, the targets its Environment names
 (`spec.notify`, each the *name* of a RECONCILER_NOTIFY_* variable holding an apprise
 URL), told of `applied`, `failed`, `blocked`, `drifted` and `healed`, and of re-checks
-(`check_failed`, `check_recovered`: agent/recheck.py).
+(`check_failed`, `check_recovered`: agent/recheck.py), and of eval runs (`eval_failed`,
+`eval_recovered`: `reconciler eval`, engine/evaluate.py).
 
 Sending happens on a thread of its own, so a slow or failing target never holds up or
 fails a run; each failure is logged (once per target and reason). Every title and body
@@ -45,6 +46,8 @@ _TYPES = {
     "drifted": "warning",
     "check_failed": "failure",
     "check_recovered": "success",
+    "eval_failed": "failure",
+    "eval_recovered": "success",
 }
 
 

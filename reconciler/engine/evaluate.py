@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from reconciler import ci
+from reconciler.agent.notify import Notifier
 from reconciler.checks.eval import Budget, Case, needs_judge, read_cases, run_cases
 from reconciler.checks.evidence import eval_digest, eval_document, evidence_digest_of
 from reconciler.checks.expect import Outcome, graded, judge
@@ -23,12 +24,14 @@ from reconciler.gate.evidence import baseline_of
 from reconciler.gate.judge import baseline_problem
 from reconciler.instances import InstanceKey
 from reconciler.manifests.models import EvalSpec
+from reconciler.policy import Policy
 from reconciler.providers.base import Provider
 from reconciler.runs.execute import as_text, execute, price
-from reconciler.runs.model import Execution, Holder, new_id
+from reconciler.runs.model import Execution, Holder, Query, new_id
 from reconciler.runs.store import ExecutionStore, reap
 from reconciler.session import Session
 from reconciler.state.base import AppliedRecord, StateStore
+from reconciler.views.agent import eval_notice
 
 EvalOutcome = Literal["passed", "failed", "inconclusive", "stopped"]
 
@@ -165,6 +168,7 @@ def evaluate(
         report.eval_run = new_id(_clock(now)())
         planned = len(cases) * spec.repeat
         judge_costs: list[float | None] = []
+        failures: list[str] = []  # each failed expectation, with its measured value
 
         def grade(case: Case, answered: Execution) -> Outcome:
             """The judge's grade of one answer, its call recorded (outside the run's
@@ -198,6 +202,7 @@ def evaluate(
             if case.expect.judge is not None:
                 outcomes.append(grade(case, done))
             done.passed = all(o.ok for o in outcomes)
+            failures.extend(f"{as_text(case.input)}: {o.line()}" for o in outcomes if not o.ok)
             done.expectations = [o.document() for o in outcomes]
             executions.transition(done, (done.status,))
             return done
@@ -211,7 +216,16 @@ def evaluate(
         report.executions = tally.executions
         if tally.stopped is not None:
             report.outcome, report.reason = "stopped", tally.stopped
-            return report
+        else:
+            _judge_run(report, spec, doc, key.name)
+        if not report.advisory:
+            _tell(session, store, executions, report, failures, spec)
+    return report
+
+
+def _judge_run(report: EvalReport, spec: EvalSpec, doc: dict[str, Any], deployment: str) -> None:
+    """The outcome of a run that ran to its end: the sample, the bar, the baseline."""
+    name = report.eval
     rate = report.pass_rate
     if report.calls < spec.min_samples:
         report.outcome = "inconclusive"
@@ -222,11 +236,55 @@ def evaluate(
         if behind is not None:
             unmeasured = report.baseline is not None and report.baseline.get("rate") is None
             report.outcome = "inconclusive" if unmeasured else "failed"
-            report.reason = f"deployment.{key.name} {behind}"
+            report.reason = f"deployment.{deployment} {behind}"
     else:
         report.outcome = "failed"
         report.reason = f"pass rate {rate or 0:.3f} < {spec.min_pass_rate}"
-    return report
+
+
+def _tell(
+    session: Session,
+    store: StateStore,
+    executions: ExecutionStore,
+    report: EvalReport,
+    failures: list[str],
+    spec: EvalSpec,
+) -> None:
+    """`eval_failed` for a run that did not pass, `eval_recovered` for a pass after one
+    that did not, to the targets of the environment's policy of record (a change cannot
+    choose who hears of it), for those that listen."""
+    last = store.last_applied_run(report.environment)
+    if last is None or last.policy is None:
+        return
+    targets = Policy.from_document(last.policy, f"run {last.id}").spec.notify
+    passed = report.outcome == "passed"
+    if not targets or (passed and _passed_before(executions, report, spec) is not False):
+        return
+    notifier = Notifier(session.settings.env, session.redactor)
+    try:
+        notifier.send(eval_notice(report, failures), targets)
+    finally:
+        notifier.close()
+
+
+def _passed_before(executions: ExecutionStore, report: EvalReport, spec: EvalSpec) -> bool | None:
+    """Whether the run of this eval before `report`'s (in its environment, not advisory)
+    passed, by today's bar; None when there was none."""
+    found = executions.find(
+        Query(environments=(report.environment,), deployments=(report.deployment,), limit=None)
+    )
+    runs: dict[str, list[Execution]] = {}
+    for e in found:
+        mine = e.trigger == "eval" and e.check == report.eval and not e.advisory
+        if mine and e.eval_run and e.eval_run != report.eval_run:
+            runs.setdefault(e.eval_run, []).append(e)
+    if not runs:
+        return None
+    xs = runs[max(runs)]
+    judged = [e for e in xs if e.passed is not None]
+    if not judged or len(judged) < (xs[0].planned or 0) or len(judged) < spec.min_samples:
+        return False
+    return sum(1 for e in judged if e.passed) / len(judged) >= spec.min_pass_rate
 
 
 def _baseline(

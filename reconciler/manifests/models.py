@@ -115,14 +115,17 @@ class SyncPolicy(StrictModel):
 
 
 #: What the agent tells a notification target about: its passes, and its re-checks
-#: (`Check.spec.interval`): one that failed, and one that passed after a failure.
+#: (`Check.spec.interval`): one that failed, and one that passed after a failure; and
+#: what `reconciler eval` tells: a run that did not pass, and one that passed after.
 NotifyEvent = Literal[
-    "applied", "failed", "blocked", "drifted", "healed", "check_failed", "check_recovered"
-]
+    "applied", "failed", "blocked", "drifted", "healed", "check_failed", "check_recovered",
+    "eval_failed", "eval_recovered",
+]  # fmt: skip
 NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
     "applied", "failed", "blocked", "drifted", "healed", "check_failed", "check_recovered",
+    "eval_failed", "eval_recovered",
 )  # fmt: skip
-#: What a target hears when its `on` is not given. The check events are not among them:
+#: What a target hears when its `on` is not given. The check and eval events are not:
 #: a recorded policy holds its targets' `on` spelled out, and a longer default would
 #: make every environment's policy of record differ from its commit's (a policy change
 #: to approve on upgrade). A target names them to hear of re-checks.

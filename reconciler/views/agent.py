@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from reconciler.agent.notify import Notice
 from reconciler.drift import DriftItem
 from reconciler.executor import EnvironmentResult
+
+if TYPE_CHECKING:  # a report type only: the engine builds notices with this view
+    from reconciler.engine.evaluate import EvalReport
 
 
 def _short(commit: str | None) -> str:
@@ -87,4 +91,29 @@ def healed(env: str, result: EnvironmentResult) -> Notice:
         f"reconciler: {env} healed",
         f"{env}: put {n} instance{'s' if n != 1 else ''} back to the recorded spec "
         f"({names}) in heal run {result.run_id}.",
+    )
+
+
+def eval_notice(report: EvalReport, failures: Sequence[str]) -> Notice:
+    """A run of an eval that did not pass (with the first failed expectations and what
+    they measured), or one that passed after one that did not."""
+    rate = "n/a" if report.pass_rate is None else f"{report.pass_rate:.3f}"
+    where = f"eval {report.eval} on deployment.{report.deployment} in {report.environment}"
+    if report.outcome == "passed":
+        return Notice(
+            "eval_recovered",
+            report.environment,
+            f"reconciler: {where} passes again",
+            f"{where}: passed, pass rate {rate} (min {report.min_pass_rate}), "
+            f"{report.calls} call(s), digest {report.digest}.",
+        )
+    shown = "\n".join(f"- {f}" for f in failures[:5])
+    more = f"\n- … and {len(failures) - 5} more" if len(failures) > 5 else ""
+    return Notice(
+        "eval_failed",
+        report.environment,
+        f"reconciler: {where} {report.outcome}",
+        f"{where}: {report.outcome.upper()} ({report.reason}); pass rate {rate} "
+        f"(min {report.min_pass_rate}), {report.passed} of {report.calls} call(s) passed, "
+        f"digest {report.digest}.\n{shown}{more}".rstrip(),
     )
