@@ -72,6 +72,13 @@ DetailedExitcode = Annotated[
     bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
 ]
 Comment = Annotated[bool, typer.Option("--comment", help="Post the plan to the PR.")]
+MetricsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--metrics-file",
+        help="Also write the outcome as Prometheus text (a textfile collector's file).",
+    ),
+]
 Commit = Annotated[str | None, typer.Option("--commit", help="The commit (default: CI's).")]
 Status = Annotated[bool, typer.Option("--status", help="Set the commit status.")]
 

@@ -82,3 +82,24 @@ def test_a_cost_budget_without_a_price_is_refused_before_any_call(tmp_path: Path
     r = run_cli(["--repo", str(repo), "eval", "shape", "--env", "dev"])
     assert r.code == 1 and "maxCost needs a price" in r.err and "Traceback" not in r.err
     assert json.loads(run_cli(["--repo", str(repo), "executions", "--json"]).out) == []
+
+
+def test_the_outcome_is_written_as_prometheus_text_for_a_batch_job(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    repo = repo_with(tmp_path, "  minPassRate: 0.5\n")
+    out = tmp_path / "metrics" / "eval.prom"
+    out.parent.mkdir()
+    args = ["eval", "shape", "--env", "dev", "--metrics-file", str(out)]
+    assert run_cli(["--repo", str(repo), *args]).code == 0
+    samples = {
+        (s.name, s.labels.get("outcome")): s.value
+        for family in text_string_to_metric_families(out.read_text())
+        for s in family.samples
+        if s.labels["eval"] == "shape" and s.labels["environment"] == "dev"
+    }
+    assert samples[("reconciler_eval_pass_rate", None)] == 0.5
+    assert samples[("reconciler_eval_min_pass_rate", None)] == 0.5
+    assert samples[("reconciler_eval_calls", None)] == 4
+    assert samples[("reconciler_eval_outcome", "passed")] == 1
+    assert samples[("reconciler_eval_outcome", "failed")] == 0

@@ -130,11 +130,12 @@ def eval_(
     as_json: a.Json = False,
     comment: a.Comment = False,
     pr: a.Pr = None,
+    metrics_file: a.MetricsFile = None,
 ) -> None:
     """Run an Eval's dataset against the deployment as applied in ENV and record each
     call; exit 0 passed, 1 failed or stopped by its budget, 3 inconclusive. With
     --comment, the result is posted to the pull request (one comment per eval and
-    environment, updated on each run)."""
+    environment, updated on each run); with --metrics-file, written as Prometheus text."""
     from reconciler.engine import forge
     from reconciler.engine.evaluate import evaluate
     from reconciler.views import evaluate as view
@@ -143,6 +144,10 @@ def eval_(
     s = cli.session()
     report = evaluate(s, name, env)
     cli.emit(view.json(report) if as_json else view.human(report))
+    if metrics_file is not None:
+        from reconciler.runs.prom import write_eval_metrics
+
+        write_eval_metrics(report, metrics_file)
     if comment:
         body = s.redactor.redact(view.markdown(report))
         number = forge.post_plan_comment(s, body, view.marker(report), pr)

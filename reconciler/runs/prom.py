@@ -12,7 +12,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from reconciler.runs.model import Execution
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from reconciler.checks.recheck import Recheck
+    from reconciler.engine.evaluate import EvalReport
 
 #: Seconds: from a cached answer to a long generation.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -102,3 +105,36 @@ class CheckMetrics:
                     largest[o.name] = max(float(value), largest.get(o.name, float(value)))
         for name, value in largest.items():
             self.measured.labels(*labels, name).set(value)
+
+
+def write_eval_metrics(report: EvalReport, path: Path) -> None:
+    """An eval run's outcome as Prometheus text, for a batch job's metrics (node
+    exporter's textfile collector, or a push): the pass rate beside its bar, the calls,
+    the cost, and the outcome as a 0/1 gauge per outcome. Written to a temporary file
+    and renamed, so a scrape never reads half a file."""
+    from prometheus_client import write_to_textfile
+
+    registry = CollectorRegistry()
+    labels = {"environment": report.environment, "deployment": report.deployment,
+              "eval": report.eval}  # fmt: skip
+
+    def gauge(name: str, help_: str, value: float | None, **extra: str) -> None:
+        if value is None:
+            return
+        g = Gauge(name, help_, [*labels, *extra], registry=registry)
+        g.labels(**labels, **extra).set(value)
+
+    gauge("reconciler_eval_pass_rate", "Pass rate of the eval's last run.", report.pass_rate)
+    gauge("reconciler_eval_min_pass_rate", "The bar it was judged by.", report.min_pass_rate)
+    gauge("reconciler_eval_calls", "Calls the run judged.", report.calls)
+    gauge("reconciler_eval_passed_calls", "Calls whose expectations held.", report.passed)
+    gauge("reconciler_eval_cost", "What the calls cost (absent when unknown).", report.cost)
+    outcome = Gauge(
+        "reconciler_eval_outcome",
+        "1 for the run's outcome, 0 for the others.",
+        [*labels, "outcome"],
+        registry=registry,
+    )
+    for name in ("passed", "failed", "inconclusive", "stopped"):
+        outcome.labels(**labels, outcome=name).set(1 if report.outcome == name else 0)
+    write_to_textfile(str(path), registry)
