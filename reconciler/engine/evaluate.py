@@ -5,6 +5,7 @@ pass rate, the minimum sample and the call budget."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class EvalReport:
     passed: int = 0
     #: Of the calls ended, in the deployment's currency; None when unknown.
     cost: float | None = None
+    #: How long the calls took, from the first one's start to the last one's end.
+    seconds: float | None = None
     outcome: EvalOutcome = "passed"
     reason: str = ""
     executions: list[str] = field(default_factory=list)
@@ -82,6 +85,7 @@ class EvalReport:
             "passed": self.passed,
             "passRate": self.pass_rate,
             "cost": self.cost,
+            "seconds": self.seconds,
             "minPassRate": self.min_pass_rate,
             "minSamples": self.min_samples,
             "evalDigest": self.eval_digest,
@@ -209,7 +213,9 @@ def evaluate(
 
         lim = limits(session)
         budget = Budget(spec.max_calls, spec.max_cost, spec.max_seconds)
+        started = time.monotonic()
         tally = run_cases(cases, spec.repeat, call, parallelism=spec.parallelism, budget=budget)
+        report.seconds = round(time.monotonic() - started, 3)
         report.calls, report.passed, report.cost = tally.calls, tally.passed, tally.cost
         for cost in judge_costs:  # what grading cost is spent too (unknown stays unknown)
             report.cost = None if report.cost is None or cost is None else report.cost + cost
