@@ -20,6 +20,7 @@ from reconciler.executor import (
     EnvironmentResult,
     ProgressFn,
     RunContext,
+    RunRequest,
     execute_environment,
     instance_from_record,
 )
@@ -288,16 +289,16 @@ def heal(
             execute_environment(
                 store,
                 plan,
-                desired=desired,
-                providers=providers.get(envname, {}),
-                repo_root=repo_root,
-                env=env,
-                context=heal_context(store, envname, applied_by),
-                parallelism=parallelism,
-                break_lock=break_lock,
-                progress=progress,
-                provider_factory=entry_point_factory(
-                    repo_root=repo_root, env=env, register=register
+                RunRequest(
+                    desired=desired,
+                    providers=providers.get(envname, {}),
+                    context=heal_context(store, envname, applied_by),
+                    provider_factory=entry_point_factory(
+                        repo_root=repo_root, env=env, register=register
+                    ),
+                    parallelism=parallelism,
+                    break_lock=break_lock,
+                    progress=progress,
                 ),
             )
         )

@@ -6,11 +6,10 @@ test passes `clock` (the system clock, where real threads and signals are the po
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from reconciler.clock import FakeClock
-from reconciler.executor import EnvironmentResult, RunContext, execute_environment
+from reconciler.executor import EnvironmentResult, RunContext, RunRequest, execute_environment
 from reconciler.instances import Instance, InstanceKey, ProviderConfig
 from reconciler.plan import EnvironmentPlan, plan_environment
 from reconciler.providers.testing import MemoryProvider
@@ -61,17 +60,11 @@ def apply(
     **kwargs: Any,
 ) -> EnvironmentResult:
     kwargs.setdefault("clock", FakeClock())
-    return execute_environment(
-        store,
-        plan or plan_of(store, desired),
-        desired=desired,
-        providers=PROVIDERS,
-        repo_root=Path("."),
-        env={},
-        context=RunContext(commit="c0ffee"),
-        provider_factory=mem.factory(),
-        **kwargs,
+    kwargs.setdefault("context", RunContext(commit="c0ffee"))
+    request = RunRequest(
+        desired=desired, providers=PROVIDERS, provider_factory=mem.factory(), **kwargs
     )
+    return execute_environment(store, plan or plan_of(store, desired), request)
 
 
 def outcomes(result: EnvironmentResult) -> dict[str, str]:

@@ -24,6 +24,7 @@ from reconciler.executor import (
     ROLLBACK_REASON,
     ChangeResult,
     RunContext,
+    RunRequest,
     execute_environment,
     instance_from_record,
     worker_count,
@@ -88,16 +89,13 @@ def test_the_run_records_its_context_and_policy(store: SQLiteState) -> None:
         details={"override_window": True},
         policy={"protected": True},
     )
-    result = execute_environment(
-        store,
-        plan_of(store, desired_of(deployment("a"))),
+    request = RunRequest(
         desired=desired_of(deployment("a")),
         providers=PROVIDERS,
-        repo_root=Path("."),
-        env={},
         context=ctx,
         provider_factory=MemoryProvider().factory(),
     )
+    result = execute_environment(store, plan_of(store, desired_of(deployment("a"))), request)
     run = store.run(result.run_id or "")
     assert run is not None
     assert (run.commit, run.trigger, run.approvers) == ("c0ffee", "rollback", ["alice"])

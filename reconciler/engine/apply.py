@@ -22,6 +22,7 @@ from reconciler.executor import (
     HealthFn,
     ProgressFn,
     RunContext,
+    RunRequest,
     Verification,
     execute_environment,
 )
@@ -163,14 +164,11 @@ def _environment(
         replan = _replanner(store, built, ep, request)
     checks = _checks_after(session, store, loaded, ep.environment)
     said: list[Verification] = []
-    result = execute_environment(
-        store,
-        ep,
+    run = RunRequest(
         desired=loaded.desired.instances.get(ep.environment, {}),
         providers=loaded.desired.providers.get(ep.environment, {}),
-        repo_root=settings.repo,
-        env=settings.env,
         context=_context_for(context, g, store, ep.environment, request.trigger),
+        provider_factory=session.provider,
         parallelism=settings.parallelism,
         rollback_on_failure=request.rollback_on_failure,
         break_lock=request.break_lock,
@@ -180,8 +178,8 @@ def _environment(
         run_timeout=settings.run_timeout,
         run_timeout_source=settings.run_timeout_source,
         after_apply=None if checks is None else _heard(checks, said),
-        provider_factory=session.provider,
     )
+    result = execute_environment(store, ep, run)
     failures = [line for v in said for line in v.failures]
     if failures and result.restored and loaded.commit is not None and not loaded.dirty:
         report.reverts[ep.environment] = revert_after_failed_check(

@@ -37,12 +37,12 @@ deadline). Time is an injected `reconciler.clock.Clock`; tests pass a `FakeClock
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from dataclasses import dataclass
 
 from reconciler.clock import SYSTEM_CLOCK, Clock
 from reconciler.instances import Instance, InstanceKey, ProviderConfig
 from reconciler.plan import EnvironmentPlan
-from reconciler.providers.pool import ProviderFactory, ProviderPool, entry_point_factory
+from reconciler.providers.pool import ProviderFactory, ProviderPool
 from reconciler.state.base import StateStore
 
 from .change import Executor
@@ -82,6 +82,7 @@ __all__ = [
     "ProgressFn",
     "RunContext",
     "RunDeadline",
+    "RunRequest",
     "Verification",
     "Waiting",
     "dependency_order",
@@ -94,58 +95,66 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """What one environment's run needs besides its store and plan, in one value (as
+    Terraform's `Operation`): what is desired, who calls providers, how far the run may
+    go, and who hears of it. Callers build it once; the executor never reaches back."""
+
+    desired: Mapping[InstanceKey, Instance]
+    providers: Mapping[str, ProviderConfig]
+    context: RunContext
+    #: Makes provider clients (the session's, or a test's in-memory one).
+    provider_factory: ProviderFactory
+    parallelism: int = 8
+    rollback_on_failure: bool = False
+    break_lock: bool = False
+    #: Recomputes the plan under the lock; without it (a saved plan) the state serial
+    #: must still be the one the plan was made at.
+    replan: Callable[[], EnvironmentPlan] | None = None
+    progress: ProgressFn | None = None
+    health: HealthFn | None = None
+    #: Seconds from the run's start to its deadline, named by `run_timeout_source`.
+    run_timeout: float | None = None
+    run_timeout_source: str = RUN_TIMEOUT_SOURCE
+    after_apply: AfterApplyFn | None = None
+    #: What every wait, deadline and timestamp of the run reads.
+    clock: Clock = SYSTEM_CLOCK
+
+
 def execute_environment(
-    store: StateStore,
-    plan: EnvironmentPlan,
-    *,
-    desired: Mapping[InstanceKey, Instance],
-    providers: Mapping[str, ProviderConfig],
-    repo_root: Path,
-    env: Mapping[str, str],
-    context: RunContext,
-    parallelism: int = 8,
-    rollback_on_failure: bool = False,
-    break_lock: bool = False,
-    replan: Callable[[], EnvironmentPlan] | None = None,
-    progress: ProgressFn | None = None,
-    health: HealthFn | None = None,
-    run_timeout: float | None = None,
-    run_timeout_source: str = RUN_TIMEOUT_SOURCE,
-    provider_factory: ProviderFactory | None = None,
-    after_apply: AfterApplyFn | None = None,
-    clock: Clock = SYSTEM_CLOCK,
+    store: StateStore, plan: EnvironmentPlan, request: RunRequest
 ) -> EnvironmentResult:
-    """Lock, verify, run, record. `replan` recomputes the plan under the lock; without
-    it (a saved plan) the state serial must still be the one the plan was made at.
-    `run_timeout` (seconds from now) is the run deadline, named by `run_timeout_source`
-    in messages; `provider_factory` makes provider clients (default: the plugins);
-    `clock` is what every wait, deadline and timestamp of the run reads."""
+    """Lock, verify, run, record."""
+    r = request
+    clock = r.clock
     run_id = new_run_id(clock.now())
     deadline = (
         None
-        if run_timeout is None
-        else RunDeadline.starting_now(run_timeout, run_timeout_source or RUN_TIMEOUT_SOURCE, clock)
+        if r.run_timeout is None
+        else RunDeadline.starting_now(
+            r.run_timeout, r.run_timeout_source or RUN_TIMEOUT_SOURCE, clock
+        )
     )
-    factory = provider_factory or entry_point_factory(repo_root=repo_root, env=env)
-    with ProviderPool(providers, factory) as pool:
+    with ProviderPool(r.providers, r.provider_factory) as pool:
         executor = Executor(
             store,
-            desired=desired,
+            desired=r.desired,
             providers=pool,
             clock=clock,
-            parallelism=parallelism,
-            progress=progress,
-            health=health,
+            parallelism=r.parallelism,
+            progress=r.progress,
+            health=r.health,
             deadline=deadline,
         )
         run = Run(
             store,
             run_id,
-            context,
+            r.context,
             executor,
-            rollback_on_failure=rollback_on_failure,
-            break_lock=break_lock,
-            after_apply=after_apply,
+            rollback_on_failure=r.rollback_on_failure,
+            break_lock=r.break_lock,
+            after_apply=r.after_apply,
             pool=pool,
         )
-        return run.under_lock(plan, replan)
+        return run.under_lock(plan, r.replan)

@@ -4,7 +4,7 @@ It keeps the contract of `Provider` (idempotent by key, thread-safe) and adds wh
 test needs to see and steer: a log of every call, failures injected per key and
 action, a scripted health sequence for `status()`, and optional latency. It is not a
 plugin (no entry point): hand it to a `ProviderPool` through a factory, e.g.
-`execute_environment(..., provider_factory=mem.factory())`.
+`RunRequest(..., provider_factory=mem.factory())`.
 """
 
 from __future__ import annotations
