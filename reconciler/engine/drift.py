@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from reconciler import drift as detection
 from reconciler.drift import DriftReport
 from reconciler.engine.context import applied_by
-from reconciler.engine.live import providers_of_record, read_health
+from reconciler.engine.live import drift_of, providers_of_record, read_health
 from reconciler.errors import EXIT_ERROR, EXIT_OK
 from reconciler.executor import EnvironmentResult, ProgressFn
 from reconciler.session import Session
@@ -19,14 +19,7 @@ def drift(session: Session, environments: Sequence[str] = ()) -> DriftReport:
     """Drift of every recorded instance, and each one's health."""
     with session.open_store(read_only=True) as store:
         providers = providers_of_record(session, store)
-        report = detection.detect_drift(
-            store,
-            providers,
-            repo_root=session.settings.repo,
-            env=session.settings.env,
-            register=session.redactor.add,
-            environments=environments,
-        )
+        report = drift_of(session, store, providers, environments)
         for env in report.environments:
             reads = read_health(session, providers, env, store.applied(env))
             report.health.update(reads.health)
@@ -53,14 +46,7 @@ def heal(
     """Re-apply the recorded spec of every drifted or missing instance (trigger `heal`)."""
     with session.open_store() as store:
         providers = providers_of_record(session, store)
-        found = detection.detect_drift(
-            store,
-            providers,
-            repo_root=session.settings.repo,
-            env=session.settings.env,
-            register=session.redactor.add,
-            environments=environments,
-        )
+        found = drift_of(session, store, providers, environments)
         results = detection.heal(
             store,
             found,

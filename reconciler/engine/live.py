@@ -92,6 +92,21 @@ def providers_of_record(session: Session, store: StateStore) -> Providers:
     return ProvidersOfRecord(session).get(store, session.load(), uncommitted=True)
 
 
+def drift_of(
+    session: Session, store: StateStore, providers: Providers, environments: Sequence[str] = ()
+) -> DriftReport:
+    """Drift of every recorded instance of `environments` (all: none given), read with the
+    session's provider settings and redactor."""
+    return detect_drift(
+        store,
+        providers,
+        repo_root=session.settings.repo,
+        env=session.settings.env,
+        register=session.redactor.add,
+        environments=environments,
+    )
+
+
 def read_live(
     session: Session,
     store: StateStore,
@@ -102,14 +117,7 @@ def read_live(
 ) -> LiveReport:
     """Drift of every recorded instance, then the health of each (in parallel)."""
     at = now or datetime.now(UTC)
-    drift = detect_drift(
-        store,
-        providers,
-        repo_root=session.settings.repo,
-        env=session.settings.env,
-        register=session.redactor.add,
-        environments=environments,
-    )
+    drift = drift_of(session, store, providers, environments)
     report = LiveReport(at, drift)
     for env in environments or store.environments():
         read_health(session, providers, env, store.applied(env), report)
