@@ -127,3 +127,10 @@ def run_process(
 @pytest.fixture
 def example_repo(tmp_path: Path) -> Path:
     return copy_example(tmp_path / "repo")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `slow` tests first, each group in collection order: with `-n 2` the long
+    tests then run while the other worker still has short ones to take, instead of one
+    long test at the end keeping a worker busy while the other has nothing left."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
