@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import commit_all, git, run_cli, squash_to_root
 from fakes.forge import FakeGitHub
 
-from reconciler.forge import PLAN_COMMENT_MARKER
+from reconciler.forge import PLAN_COMMENT_MARKER, github
+from reconciler.forge.api import DEFAULT_MAX_RETRIES
 
 
 @pytest.fixture
@@ -127,13 +129,25 @@ def test_direct_push_is_refused(repo: Path, gh: FakeGitHub) -> None:
     assert code == 3 and "direct push" in out
 
 
-def test_forge_down_fails_closed(repo: Path, gh: FakeGitHub) -> None:
+def test_forge_down_fails_closed(
+    repo: Path, gh: FakeGitHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     head, _ = merge_pr(repo, gh, 11)
     gh.add_review(11, "alice", "APPROVED", commit_id=head)
     gh.add_review(11, "bob", "APPROVED", commit_id=head)
     gh.down = 503
+    waits: list[float] = []
+
+    class WaitsOnAFakeClock(github.GitHubSource):
+        """The command's source, its backoff between retries recorded, not slept."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, sleep=waits.append, **kwargs)
+
+    monkeypatch.setattr(github, "GitHubSource", WaitsOnAFakeClock)  # the command runs in-process
     code, out = cli(repo, gh, "apply", "--env", "production")
     assert code == 3 and "cannot read approvals" in out
+    assert len(waits) == DEFAULT_MAX_RETRIES  # it retried with backoff, then gave up
     assert recorded(repo) == set()
 
 
