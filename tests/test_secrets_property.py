@@ -24,6 +24,7 @@ from conftest import commit_all, init_repo, write_files
 from fakes.deploy_api import FakeDeployApi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from inprocess import command_tree_built_once
 from test_secrets_masked import DEPLOYMENT, ENV, PROVIDER, strings
 
 from reconciler import cli, log
@@ -103,7 +104,7 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 def run(*args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code: Any = 0
-    with redirect_stdout(out), redirect_stderr(err):
+    with redirect_stdout(out), redirect_stderr(err), command_tree_built_once():
         try:
             cli.main(list(args))
         except SystemExit as e:
