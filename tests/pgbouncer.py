@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -45,7 +46,6 @@ def pgbouncer(server_url: str, *, mode: str, pool_size: int = 5) -> Iterator[str
     user, password = str(params["user"]), str(params.get("password") or "")
     root = Path(tempfile.mkdtemp(prefix="reconciler-pgbouncer-"))
     owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None  # it refuses root
-    run_as: list[str] = ["runuser", "-u", "postgres", "--"] if owner else []
     port = _free_port()
     (root / "users.txt").write_text(f'"{user}" "{password}"\n')
     (root / "pgbouncer.ini").write_text(
@@ -61,10 +61,16 @@ def pgbouncer(server_url: str, *, mode: str, pool_size: int = 5) -> Iterator[str
     if owner is not None:
         for p in (root, root / "users.txt", root / "pgbouncer.ini"):
             os.chown(p, owner.pw_uid, owner.pw_gid)
+    # As that user by setuid in the child, not through runuser: stopped, runuser passes
+    # SIGTERM on and then sleeps 2 s before a SIGKILL, however soon pgbouncer exits.
+    run_as: dict[str, Any] = (
+        {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []} if owner else {}
+    )
     proc = subprocess.Popen(
-        [*run_as, binary, str(root / "pgbouncer.ini")],
+        [binary, str(root / "pgbouncer.ini")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        **run_as,
     )
     url = f"postgresql://{quote(user)}:{quote(password)}@127.0.0.1:{port}/{params['dbname']}"
     try:
@@ -80,6 +86,6 @@ def pgbouncer(server_url: str, *, mode: str, pool_size: int = 5) -> Iterator[str
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()  # runuser passes SIGTERM on to pgbouncer
+        proc.terminate()  # SIGTERM: pgbouncer shuts down at once
         proc.wait(10)
         shutil.rmtree(root, ignore_errors=True)
