@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,13 +125,19 @@ def test_kill_9_midway_then_rerun_converges_without_duplicates(
 @pytest.mark.slow  # a real process, killed
 def test_two_applies_at_once_one_is_locked_out(api: FakeDeployApi, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", api.url, 20)
-    api.latency = 0.1
-    first = popen_apply(repo, "--parallelism", "1")
-    deadline = time.monotonic() + 30
-    while not api.create_count and time.monotonic() < deadline:
-        time.sleep(0.01)
-    second = popen_apply(repo)
-    _, err2 = second.communicate(timeout=60)
+    provider = repo / "manifests/provider.yaml"  # the held call must not reach its deadline
+    text = provider.read_text()
+    assert "timeoutSeconds: 2," in text
+    provider.write_text(text.replace("timeoutSeconds: 2,", "timeoutSeconds: 120,"))
+    commit_all(repo, "a long deadline")
+    api.create_gate = threading.Event()  # the first apply is held at its first create
+    try:
+        first = popen_apply(repo, "--parallelism", "1")
+        assert api.create_arrived.wait(60), "the first apply never reached the provider"
+        second = popen_apply(repo)
+        _, err2 = second.communicate(timeout=60)
+    finally:
+        api.create_gate.set()  # then it goes on
     first.communicate(timeout=120)
     assert first.returncode == 0
     assert second.returncode == 4

@@ -120,6 +120,11 @@ class FakeDeployApi(ThreadedServer):
         self.run_gate: threading.Event | None = None
         #: Set whenever a run arrives.
         self.run_arrived = threading.Event()
+        #: When set, a create (a POST to a collection) is answered only once the event
+        #: is set: a command held midway, its provider call under way.
+        self.create_gate: threading.Event | None = None
+        #: Set whenever a create arrives.
+        self.create_arrived = threading.Event()
 
     # --- test controls ---------------------------------------------------------------
 
@@ -203,6 +208,11 @@ class FakeDeployApi(ThreadedServer):
             self.requests.append(Recorded(method, parts.path, query, headers, body, authorized))
         if self.latency:
             self._stopping.wait(self.latency)
+        if method == "POST" and parts.path.rstrip("/") in self.paths.values():
+            self.create_arrived.set()
+            gate = self.create_gate
+            if gate is not None:
+                gate.wait(60)
 
         fault = self._take_fault(method)
         if fault is not None:
