@@ -13,10 +13,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import commit_all, init_repo, run_cli, write_files
 from fakes.deploy_api import FakeDeployApi
+
+from reconciler.providers.http import HttpProvider
 
 TOKEN = "tok-SECRET-9f8e7d6c5b4a"
 VENDOR = "vendor-SECRET-0a1b2c3d"
@@ -145,14 +148,25 @@ def test_two_applies_at_once_one_is_locked_out(api: FakeDeployApi, tmp_path: Pat
     assert set(api.create_count.values()) == {1} and len(api.objects()) == 20
 
 
-def test_provider_down_fails_with_one_line_and_records_nothing(tmp_path: Path) -> None:
+def test_provider_down_fails_with_one_line_and_records_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     repo = make_repo(tmp_path / "r", url, 3)
+    waits: list[float] = []
+    made = HttpProvider.__init__
+
+    def waiting_on_a_fake_clock(self: HttpProvider, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        self.sleep = waits.append  # the backoff between retries recorded, not slept
+
+    monkeypatch.setattr(HttpProvider, "__init__", waiting_on_a_fake_clock)  # run in-process
     code, out = cli(repo, "apply")
     assert code == 1
+    assert waits, "a refused connection is retried with backoff"
     assert "'api'" in out and url in out
     code, out = cli(repo, "status", "--json")
     assert json.loads(out) == []
