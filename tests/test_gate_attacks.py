@@ -111,7 +111,7 @@ def test_a_pr_cannot_lower_a_deployments_risk(tmp_path: Path) -> None:
 
 
 def test_a_pr_cannot_remove_a_closed_deploy_window(tmp_path: Path) -> None:
-    window = '  windows: [{deny: "* * * * *", duration: 2h, timezone: UTC}]\n'
+    window = '  windows: [{deny: "0 0 * * *", duration: 24h, timezone: UTC}]\n'  # always closed
     closed = PRODUCTION.replace("  allowOverride: true\n", window + "  allowOverride: true\n")
     with world(tmp_path, production=closed, baseline=["--override-window"]) as w:
         w.pr(2, [(ENVS, window, ""), chat_tokens(401, 402)])
