@@ -241,7 +241,7 @@ def test_drift_reads_with_the_provider_settings_of_the_applied_commit(
 
 PRODUCTION = """  protected: true
   approvals: {required: 1}
-  sync: {auto: true, interval: 1s}
+  sync: {auto: true, interval: 0.25s}
   notify: [{urlEnv: RECONCILER_NOTIFY_OPS, on: [blocked, applied]}]
 """
 
