@@ -33,7 +33,7 @@ from reconciler.state import open_state
 
 pytestmark = pytest.mark.slow
 
-DEV = """  sync: {auto: true, interval: 1s, selfHeal: true, driftInterval: 1s}
+DEV = """  sync: {auto: true, interval: 0.5s, selfHeal: true, driftInterval: 0.5s}
   notify:
     - urlEnv: RECONCILER_NOTIFY_OPS
     - {urlEnv: RECONCILER_NOTIFY_BROKEN, on: [applied]}
