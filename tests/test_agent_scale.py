@@ -230,7 +230,7 @@ def test_readyz_follows_the_state_and_metrics_match_history(
         HookReceiver() as hooks,
     ):
         url = postgres_url.replace(f":{params['port']}/", f":{proxy.port}/")
-        sync = "auto: true, interval: 3s"
+        sync = "auto: true, interval: 1s"
         files = _env_files("dev", api, "READY_TOKEN", sync=sync)
         files["manifests/dev/env.yaml"] += "  notify: [{urlEnv: RECONCILER_NOTIFY_OPS}]\n"
         first = remote.push({**files, ".gitignore": ".reconciler/\n"}, "dev")
