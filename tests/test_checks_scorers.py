@@ -95,3 +95,16 @@ def test_a_number_is_the_whole_answer_within_its_bounds(
 def test_a_number_expectation_needs_a_bound() -> None:
     with pytest.raises(ValidationError, match="needs `equals`, `min` or `max`"):
         CheckExpect.model_validate({"number": {"tolerance": 0.1}})
+
+
+def test_a_cut_answer_is_judged_whole() -> None:
+    """What state keeps of an answer is cut to `executions.maxResultBytes`; what was
+    looked for past the cut is still found."""
+    ex = answered("x" * 10)
+    ex.answer = "x" * 300 + " DROP TABLE users"
+    (o,) = [
+        o
+        for o in judge(CheckExpect.model_validate({"notContains": ["DROP TABLE"]}), ex)
+        if o.name == "notContains"
+    ]
+    assert not o.ok

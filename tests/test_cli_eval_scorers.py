@@ -103,3 +103,9 @@ def test_the_outcome_is_written_as_prometheus_text_for_a_batch_job(tmp_path: Pat
     assert samples[("reconciler_eval_calls", None)] == 4
     assert samples[("reconciler_eval_outcome", "passed")] == 1
     assert samples[("reconciler_eval_outcome", "failed")] == 0
+
+
+def test_a_run_for_a_pull_request_named_by_hand_is_advisory(tmp_path: Path) -> None:
+    repo = repo_with(tmp_path, "  minPassRate: 0.5\n")
+    r = run_cli(["--repo", str(repo), "eval", "shape", "--env", "dev", "--pr", "7", "--json"])
+    assert r.code == 0 and json.loads(r.out)["advisory"] is True

@@ -94,3 +94,32 @@ def test_a_bad_expectation_in_a_case_is_located() -> None:
     text = '{"input": {}}\n{"input": {}, "expect": {"number": {"tolerance": 1}}}\n'
     with pytest.raises(ConfigError, match=r"^golden.jsonl:2: expect.number: .*needs `equals`"):
         read_cases(text, "golden.jsonl")
+
+
+def test_a_failed_call_without_usage_costs_nothing_to_a_cost_budget() -> None:
+    class Failing(Deployment):
+        def __call__(self, case: Case) -> Execution:
+            ex = super().__call__(case)
+            ex.status, ex.cost = "failed", None  # refused before any usage was reported
+            return ex
+
+    tally = run_cases(CASES, 1, Failing(), parallelism=1, budget=Budget(cost=1.0))
+    assert (tally.calls, tally.stopped, tally.cost) == (5, None, 0.0)
+
+
+def test_what_else_the_run_spent_counts_toward_its_cost_budget() -> None:
+    spent = [0.0]
+
+    def graded(case: Case) -> Execution:
+        spent[0] += 1.0  # a judge's call beside each answered one
+        return Deployment(cost=0.5)(case)
+
+    tally = run_cases(
+        CASES, 1, graded, parallelism=1, budget=Budget(cost=3.0), also_spent=lambda: spent[0]
+    )
+    assert (tally.calls, tally.stopped) == (2, "budget: maxCost 3 reached (spent 3)")
+
+
+def test_a_bad_regex_in_a_case_is_located_before_any_call() -> None:
+    with pytest.raises(ConfigError, match=r"^golden.jsonl:1: expect.regex is not a valid"):
+        read_cases('{"input": {}, "expect": {"regex": "("}}\n', "golden.jsonl")

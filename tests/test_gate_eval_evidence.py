@@ -141,3 +141,14 @@ def test_a_baseline_bar_is_relative_to_what_the_baseline_environment_runs(
     else:
         assert not result.passed
         assert any(reason in r for r in result.reasons), result.reasons
+
+
+def test_an_eval_is_evidence_for_its_own_deployment_only() -> None:
+    """An eval of `chat` says nothing of `summarize`: a change to summarize is not held
+    to it (and not blocked for ever by an eval that can never run on it)."""
+    ev = Evidence("summarize", "staging", D1, D1, T0 - timedelta(hours=3))
+    facts_ = Facts(
+        "production", "apply", "c" * 40, required(), required(),
+        base="b" * 40, evidence=(ev,), evidence_at=T0,
+    )  # fmt: skip
+    assert judge(facts_).passed

@@ -6,6 +6,7 @@ is handed in, so this is tested on data."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -45,6 +46,13 @@ def read_cases(text: str, path: str) -> list[Case]:
             raise ConfigError(
                 f"{path}:{n}: expect{'.' + where if where else ''}: {first['msg']}"
             ) from None
+        if expect.regex is not None:
+            try:
+                re.compile(expect.regex)
+            except re.error as e:
+                raise ConfigError(
+                    f"{path}:{n}: expect.regex is not a valid regular expression: {e}"
+                ) from None
         out.append(Case(case.get("input", {}), expect))
     return out
 
@@ -80,15 +88,28 @@ class Tally:
     def add(self, ex: Execution) -> None:
         self.calls += 1
         self.passed += 1 if ex.passed else 0
-        self.cost = None if self.cost is None or ex.cost is None else self.cost + ex.cost
+        self.cost = _plus(self.cost, spent(ex))
 
 
-def _over(budget: Budget, started: int, tally: Tally, elapsed: float) -> str | None:
+def spent(ex: Execution) -> float | None:
+    """What a call cost: its priced usage; a call that failed before any usage was
+    reported has nothing to price (0); one that reported usage it could not price is
+    unknown."""
+    if ex.cost is None and ex.status != "completed" and ex.input_tokens is None:
+        return 0.0 if ex.output_tokens is None else None
+    return ex.cost
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def _over(budget: Budget, started: int, cost: float | None, elapsed: float) -> str | None:
     if budget.calls is not None and started >= budget.calls:
         return f"budget: maxCalls {budget.calls} reached"
-    if budget.cost is not None and (tally.cost is None or tally.cost >= budget.cost):
-        spent = "unknown" if tally.cost is None else f"{tally.cost:.6g}"
-        return f"budget: maxCost {budget.cost:g} reached (spent {spent})"
+    if budget.cost is not None and (cost is None or cost >= budget.cost):
+        shown = "unknown" if cost is None else f"{cost:.6g}"
+        return f"budget: maxCost {budget.cost:g} reached (spent {shown})"
     if budget.seconds is not None and elapsed >= budget.seconds:
         return f"budget: maxSeconds {budget.seconds:g} reached"
     return None
@@ -102,11 +123,13 @@ def run_cases(
     parallelism: int,
     budget: Budget,
     monotonic: Callable[[], float] = time.monotonic,
+    also_spent: Callable[[], float | None] = lambda: 0.0,
 ) -> Tally:
     """Every case `repeat` times, in order (all cases, then again), at most
     `parallelism` calls at once; executions are listed in the order they started. A
     budget reached starts no more calls; the calls under way end and are counted (so
-    the cost of those, at most `parallelism` calls, can go past `maxCost`)."""
+    the cost of those, at most `parallelism` calls, can go past `maxCost`).
+    `also_spent` is what else the run spent so far (its judge's calls)."""
     tally = Tally()
     order = [case for _ in range(repeat) for case in cases]
     started_at = monotonic()
@@ -123,7 +146,8 @@ def run_cases(
         for i, case in enumerate(order):
             while len(running) >= parallelism:
                 settle(wait(running, return_when=FIRST_COMPLETED).done)
-            tally.stopped = _over(budget, i, tally, monotonic() - started_at)
+            cost = _plus(tally.cost, also_spent())
+            tally.stopped = _over(budget, i, cost, monotonic() - started_at)
             if tally.stopped is not None:
                 break
             running[pool.submit(call, case)] = i

@@ -38,8 +38,8 @@ def judge(expect: CheckExpect, ex: Execution) -> list[Outcome]:
     its answer (there is none to look at)."""
     succeeded = ex.status == "completed"
     out = [Outcome("succeeded", expect.succeeded, succeeded, succeeded == expect.succeeded)]
-    answer = ex.result if succeeded else None
-    # A truncated answer is judged on what was kept: a check's answers should be short.
+    # the whole answer, not what was kept of it (a cut could hide what is looked for)
+    answer = (ex.answer if ex.answer is not None else ex.result) if succeeded else None
     for text in expect.contains:
         out.append(
             Outcome("contains", text, _excerpt(answer), answer is not None and text in answer)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from reconciler import ci
 from reconciler.agent.notify import Notifier
-from reconciler.checks.eval import Budget, Case, needs_judge, read_cases, run_cases
+from reconciler.checks.eval import Budget, Case, needs_judge, read_cases, run_cases, spent
 from reconciler.checks.evidence import eval_digest, eval_document, evidence_digest_of
 from reconciler.checks.expect import Outcome, graded, judge
 from reconciler.engine.context import register_recorded
@@ -106,8 +106,15 @@ def _clock(now: datetime | None) -> Callable[[], datetime]:
 
 
 def evaluate(
-    session: Session, name: str, environment: str, *, now: datetime | None = None
+    session: Session,
+    name: str,
+    environment: str,
+    *,
+    now: datetime | None = None,
+    for_pull_request: bool = False,
 ) -> EvalReport:
+    """Run the eval; `for_pull_request` (a comment to post, a `--pr`) makes it advisory,
+    as a CI pull request event does."""
     repo = session.repo
     loaded = session.load(repo.head())
     entry = loaded.desired.manifests.evals.get(name)
@@ -154,7 +161,7 @@ def evaluate(
             eval_digest=eval_digest(doc),
             # run for a pull request, the eval and its cases are the change's: shown, and
             # recorded as advisory, never counted as evidence by the promotion gate
-            advisory=ci.detect(session.settings.env).pull_request is not None,
+            advisory=for_pull_request or ci.detect(session.settings.env).pull_request is not None,
         )
         if spec.max_cost is not None and price(record.spec) is None:
             raise ConfigError(
@@ -169,6 +176,12 @@ def evaluate(
         )
         if grader is not None:
             stack.callback(grader.provider.close)
+            if spec.max_cost is not None and price(grader.record.spec) is None:
+                raise ConfigError(
+                    f"eval {name!r}: maxCost needs a price, and its judge "
+                    f"deployment.{grader.record.name} declares no `pricing` in "
+                    f"{environment!r} (its cost would be unknown)"
+                )
         report.eval_run = new_id(_clock(now)())
         planned = len(cases) * spec.repeat
         judge_costs: list[float | None] = []
@@ -189,7 +202,7 @@ def evaluate(
                  "criteria": case.expect.judge},
                 limits=lim, clock=_clock(now),
             )  # fmt: skip
-            judge_costs.append(verdict.cost)
+            judge_costs.append(spent(verdict))
             return graded(case.expect.judge, verdict, spec.judge.pass_)
 
         def call(case: Case) -> Execution:
@@ -214,11 +227,18 @@ def evaluate(
         lim = limits(session)
         budget = Budget(spec.max_calls, spec.max_cost, spec.max_seconds)
         started = time.monotonic()
-        tally = run_cases(cases, spec.repeat, call, parallelism=spec.parallelism, budget=budget)
+        tally = run_cases(
+            cases,
+            spec.repeat,
+            call,
+            parallelism=spec.parallelism,
+            budget=budget,
+            also_spent=lambda: _sum(list(judge_costs)),
+        )
         report.seconds = round(time.monotonic() - started, 3)
         report.calls, report.passed, report.cost = tally.calls, tally.passed, tally.cost
-        for cost in judge_costs:  # what grading cost is spent too (unknown stays unknown)
-            report.cost = None if report.cost is None or cost is None else report.cost + cost
+        judged = _sum(judge_costs)  # what grading cost is spent too (unknown stays unknown)
+        report.cost = None if report.cost is None or judged is None else report.cost + judged
         report.executions = tally.executions
         if tally.stopped is not None:
             report.outcome, report.reason = "stopped", tally.stopped
@@ -313,7 +333,7 @@ def _baseline(
     digest = evidence_digest_of(record.spec, config.type if config else record.provider)
     if digest == report.digest:  # the baseline runs what is measured: nothing to trail
         return {"environment": env, "digest": digest, "rate": None, "same": True}
-    rate = baseline_of(executions, name, spec.deployment, report.eval_digest, digest)
+    rate = baseline_of(executions, env, name, spec.deployment, report.eval_digest, digest)
     return {"environment": env, "digest": digest, "rate": rate}
 
 
@@ -349,3 +369,10 @@ def _judge(
             "the pin with it"
         )
     return _Grader(record, session.provider(config))
+
+
+def _sum(costs: list[float | None]) -> float | None:
+    total: float | None = 0.0
+    for c in costs:
+        total = None if total is None or c is None else total + c
+    return total

@@ -98,12 +98,21 @@ def eval_runs(found: Iterable[Execution], digest: str) -> tuple[EvalRun, ...]:
 
 
 def baseline_of(
-    executions: ExecutionStore, eval_name: str, deployment: str, eval_digest: str, digest: str
+    executions: ExecutionStore,
+    environment: str,
+    eval_name: str,
+    deployment: str,
+    eval_digest: str,
+    digest: str,
 ) -> float | None:
     """The pass rate of the latest complete, non-advisory run of an eval (with exactly
-    `eval_digest`) on exactly `digest`, in any environment (a digest's evidence is the
-    same wherever it ran), or None when there is none."""
-    found = executions.find(Query(deployments=(deployment,), limit=None))
+    `eval_digest`) on exactly `digest` in the baseline `environment` itself, or None when
+    there is none. Only there: the evidence digest says what answers, not with which
+    provider settings, so a run elsewhere (another environment's provider, even a broken
+    one) could set the bar."""
+    found = executions.find(
+        Query(environments=(environment,), deployments=(deployment,), limit=None)
+    )
     runs = [
         r
         for r in eval_runs((e for e in found if e.check == eval_name), digest)

@@ -493,7 +493,10 @@ def not_eligible(
     if checks and not ev.passed:
         return f"({short}) has no passing check in {source}"
     for name in promo.requires.evals:
-        why = _eval_not_passed(ev, name, evals.get(name))
+        of_record = evals.get(name)
+        if of_record is not None and of_record.get("deployment") != ev.deployment:
+            continue  # an eval is evidence for its own deployment only
+        why = _eval_not_passed(ev, name, of_record)
         if why is not None:
             return f"({short}) {why} in {source}"
     if soak is not None:

@@ -264,6 +264,15 @@ def _check_references(r: Manifests, c: _Collector) -> None:
     for ev in r.evals.values():
         _check_targets(c, r, ev)
         grader = ev.model.spec.judge
+        if grader is not None and grader.pass_.regex is not None:
+            try:
+                re.compile(grader.pass_.regex)
+            except re.error as bad:
+                c.at(
+                    ev.path,
+                    ev.pos("spec", "judge", "pass", "regex"),
+                    f"regex is not a valid regular expression: {bad}",
+                )
         if grader is not None:
             dep = r.deployments.get(grader.deployment)
             missing = [

@@ -142,7 +142,7 @@ def eval_(
 
     cli: Invocation = ctx.obj
     s = cli.session()
-    report = evaluate(s, name, env)
+    report = evaluate(s, name, env, for_pull_request=comment or pr is not None)
     cli.emit(view.json(report) if as_json else view.human(report))
     if metrics_file is not None:
         from reconciler.runs.prom import write_eval_metrics

@@ -112,7 +112,11 @@ def execute(
         ex.input_tokens = got.usage.input_tokens
         ex.output_tokens = got.usage.output_tokens
         ex.cost, ex.currency = cost_of(record.spec, ex)
-        ex.result, ex.result_bytes, ex.truncated = cap(as_text(got.output), limits.max_bytes)
+        full = as_text(got.output)
+        ex.result, ex.result_bytes, ex.truncated = cap(full, limits.max_bytes)
+        # judged whole (redacted, never stored): a cut answer could hide what a check
+        # looks for past the cut (`executions.maxResultBytes` is not the check's)
+        ex.answer = redact(full) if ex.truncated else None
     ex.finished_at = clock()
     if not store.transition(ex, ("running",)):
         return store.get(ex.id) or ex

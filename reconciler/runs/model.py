@@ -77,6 +77,12 @@ class Holder:
             f"its deadline {iso(deadline)}"
         )
 
+    def alive_here(self) -> bool:
+        """Known alive: it runs on this machine and its pid is still there (a call of
+        its own may outlast the deadline recorded for it; it is not abandoned)."""
+        me = this_process("", "")
+        return self.host == me.host and self.machine == me.machine and not self.gone()
+
     def gone(self) -> bool:
         """Known dead: it ran where this process runs and its pid is gone (fail closed
         anywhere else, as for locks: `state.base.is_stale`)."""
@@ -139,6 +145,9 @@ class Execution:
     #: (None: nothing applied there) and the pass rate of its latest run of this eval
     #: (None: none recorded).
     baseline: dict[str, Any] | None = None
+    #: The whole answer (redacted) when `result` was cut to the size kept: what checks
+    #: and evals judge. Never stored or shown.
+    answer: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def fire_key(self) -> str | None:

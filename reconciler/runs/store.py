@@ -81,7 +81,11 @@ def reap(store: ExecutionStore, now: datetime | None = None) -> list[Execution]:
     for ex in store.find(Query(statuses=("pending", "running"), limit=None)):
         if ex.holder is not None and ex.holder.gone():
             why = INTERRUPTED
-        elif ex.deadline is not None and at > ex.deadline + ABANDON_GRACE:
+        elif (
+            ex.deadline is not None
+            and at > ex.deadline + ABANDON_GRACE
+            and not (ex.holder is not None and ex.holder.alive_here())
+        ):
             holder = ex.holder or Holder("an unknown host", "", 0)
             why = holder.abandoned_text(ex.deadline)
         else:
