@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,14 @@ def squash_to_root(repo: Path, message: str) -> str:
     root = git(repo, "commit-tree", tree, "-m", message)
     git(repo, "reset", "-q", "--hard", root)
     return root
+
+
+def pull_request_event(tmp_path: Path, number: int = 7, head: str = "f" * 40) -> dict[str, str]:
+    """The environment of a GitHub Actions job run for pull request `number` (its event
+    file written under `tmp_path`): what `ci.detect` reads."""
+    event = tmp_path / f"event-{number}.json"
+    event.write_text(json.dumps({"pull_request": {"number": number, "head": {"sha": head}}}))
+    return {"GITHUB_ACTIONS": "true", "GITHUB_EVENT_PATH": str(event)}
 
 
 @dataclass

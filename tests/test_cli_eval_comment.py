@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import commit_all, run_cli, write_files
+from conftest import commit_all, pull_request_event, run_cli, write_files
 from fakes.forge import FakeGitHub
 from promotion_world import make_repo
 
@@ -44,14 +44,7 @@ def test_a_pull_request_s_eval_is_posted_advisory_once(tmp_path: Path, gh: FakeG
     )
     commit_all(repo, "an eval")
     assert run_cli(["--repo", str(repo), "apply", "--env", "staging"]).code == 0
-    event = tmp_path / "event.json"
-    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": "f" * 40}}}))
-    env = {
-        "GITHUB_TOKEN": gh.token,
-        "GITHUB_API_URL": gh.url,
-        "GITHUB_ACTIONS": "true",
-        "GITHUB_EVENT_PATH": str(event),
-    }
+    env = {"GITHUB_TOKEN": gh.token, "GITHUB_API_URL": gh.url, **pull_request_event(tmp_path)}
     for _ in range(2):
         r = run_cli(
             ["--repo", str(repo), "eval", "quality", "--env", "staging", "--comment"], env=env

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import commit_all, init_repo, run_cli, write_files
+from conftest import commit_all, init_repo, pull_request_event, run_cli, write_files
 from fakes.hooks import HookReceiver
 
 ENV = """apiVersion: reconciler/v1
@@ -87,9 +87,8 @@ def test_a_failed_run_and_the_pass_after_it_are_told(tmp_path: Path, hooks: Hook
         "'Answer briefly: refund?'" in notice["message"]
     )
 
-    event = tmp_path / "event.json"  # a pull request's run: advisory, tells nobody
-    event.write_text(json.dumps({"pull_request": {"number": 3, "head": {"sha": "a" * 40}}}))
-    assert evaluate({"GITHUB_ACTIONS": "true", "GITHUB_EVENT_PATH": str(event)}) == 1
+    # a pull request's run: advisory, tells nobody
+    assert evaluate(pull_request_event(tmp_path, 3)) == 1
 
     (repo / "evals" / "golden.jsonl").write_text(dataset("briefly"))
     commit_all(repo, "the case the prompt meets")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import commit_all, squash_to_root, write_files
+from conftest import commit_all, pull_request_event, squash_to_root, write_files
 from promotion_world import as_json, cli, make_repo
 
 PROMOTED = """apiVersion: reconciler/v1
@@ -59,12 +59,6 @@ def world(tmp_path: Path) -> Path:
     return repo
 
 
-def pull_request_env(tmp_path: Path) -> dict[str, str]:
-    event = tmp_path / "event.json"
-    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": "f" * 40}}}))
-    return {"GITHUB_ACTIONS": "true", "GITHUB_EVENT_PATH": str(event)}
-
-
 def test_production_waits_for_a_passing_eval_run_in_staging_not_a_pull_request_s(
     tmp_path: Path,
 ) -> None:
@@ -74,7 +68,7 @@ def test_production_waits_for_a_passing_eval_run_in_staging_not_a_pull_request_s
     assert "deployment.chat (" in blocked.out + blocked.err
     assert "has no run of eval 'quality' (as of record" in blocked.out + blocked.err
 
-    advisory = cli(repo, "eval", "quality", "--env", "staging", env=pull_request_env(tmp_path))
+    advisory = cli(repo, "eval", "quality", "--env", "staging", env=pull_request_event(tmp_path))
     assert advisory.code == 0 and "advisory: run for a pull request" in advisory.out
     assert cli(repo, "apply", "--env", "production").code == 3  # never counted
 
