@@ -6,7 +6,7 @@ rewritten as another machine's, as an agent killed elsewhere would leave it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -47,8 +47,9 @@ def test_a_run_killed_on_another_machine_is_failed_after_its_deadline(
         store.close()
     (still,) = as_json(cli(repo, "executions", "--json"))
     assert still["status"] == "running" and still["deadline"]
-    # a reader a day later (as `executions`, `run` and the agent's firer reap first)
-    late = datetime.now(UTC) + timedelta(days=1)
+    # a reader past the deadline and its grace (`executions`, `run` and the agent's
+    # firer reap before they read)
+    late = ex.deadline + ABANDON_GRACE + timedelta(seconds=1)
     store = open_executions(STATE, repo_root=repo, env={})
     try:
         (marked,) = reap(store, late)
