@@ -152,3 +152,9 @@ def test_an_eval_is_evidence_for_its_own_deployment_only() -> None:
         base="b" * 40, evidence=(ev,), evidence_at=T0,
     )  # fmt: skip
     assert judge(facts_).passed
+
+
+def test_a_refusal_for_an_eval_says_to_run_it_where_promotion_comes_from() -> None:
+    result = judge(facts(required()))
+    assert not result.passed
+    assert any("`reconciler eval NAME --env staging`" in f for f in result.fixes), result.fixes

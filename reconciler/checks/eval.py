@@ -63,7 +63,7 @@ def needs_judge(cases: Sequence[Case], path: str) -> None:
         if case.expect.judge is not None:
             raise ConfigError(
                 f"{path}: a case asks a judge ({case.expect.judge!r}), and the Eval "
-                "declares no `judge` deployment"
+                "declares no `judge` deployment: add spec.judge, or drop expect.judge"
             )
 
 

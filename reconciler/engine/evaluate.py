@@ -166,7 +166,8 @@ def evaluate(
         if spec.max_cost is not None and price(record.spec) is None:
             raise ConfigError(
                 f"eval {name!r}: maxCost needs a price, and deployment.{key.name} declares "
-                f"no `pricing` in {environment!r} (its cost would be unknown)"
+                f"no `pricing` in {environment!r} (its cost would be unknown): declare "
+                "its pricing, or drop maxCost"
             )
 
         if spec.baseline is not None:
@@ -180,7 +181,8 @@ def evaluate(
                 raise ConfigError(
                     f"eval {name!r}: maxCost needs a price, and its judge "
                     f"deployment.{grader.record.name} declares no `pricing` in "
-                    f"{environment!r} (its cost would be unknown)"
+                    f"{environment!r} (its cost would be unknown): declare its pricing, "
+                    "or drop maxCost"
                 )
         report.eval_run = new_id(_clock(now)())
         planned = len(cases) * spec.repeat

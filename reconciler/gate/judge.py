@@ -463,10 +463,13 @@ def _check_promotion(result: GateResult, policies: list[Policy], facts: Facts) -
             why = not_eligible(ev, promo, policy.evals, facts.evidence_at or facts.now)
             if why is not None:
                 whose = "" if len(policies) == 1 else f" (policy of {policy.origin})"
-                result.refuse(
-                    f"promotion from {promo.source}{whose}: deployment.{name} {why}",
-                    FIX_PROMOTE.format(source=promo.source, env=facts.environment),
-                )
+                fix = FIX_PROMOTE.format(source=promo.source, env=facts.environment)
+                if "eval " in why:
+                    fix += (
+                        f"; run each required eval there on the deploy branch (`reconciler "
+                        f"eval NAME --env {promo.source}`), as the policy of record defines it"
+                    )
+                result.refuse(f"promotion from {promo.source}{whose}: deployment.{name} {why}", fix)
 
 
 def not_eligible(
