@@ -18,6 +18,15 @@ from typing import TYPE_CHECKING
 
 from reconciler.errors import GitError
 
+#: Commits reconciler makes where no identity is configured (CI runners often have no
+#: user.name): state commits always, a revert when git has none to give it.
+BOT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "reconciler",
+    "GIT_AUTHOR_EMAIL": "reconciler@localhost",
+    "GIT_COMMITTER_NAME": "reconciler",
+    "GIT_COMMITTER_EMAIL": "reconciler@localhost",
+}
+
 if TYPE_CHECKING:
     import git
 
@@ -349,6 +358,12 @@ class ManifestRepo:
             return []
         return self._git("rev-list", "--first-parent", f"--max-count={count}", tip).split()
 
+    def first_parent_range(self, after: str, tip: str) -> list[str]:
+        """The first-parent commits from `tip` back to, not including, what `after`
+        reaches (newest first): a branch merged in that `after` already holds is not
+        walked into."""
+        return self._git("rev-list", "--first-parent", f"{after}..{tip}").split()
+
     def changed_paths(self, sha: str) -> list[str]:
         """Root-relative paths `sha` changes against its first parent (all of its files
         for a root commit); paths outside the manifests root are left out."""
@@ -487,7 +502,16 @@ class ManifestRepo:
         if not repo.is_dirty(untracked_files=False):
             repo.git.revert("--quit")
             raise GitError("those commits are already reverted: nothing to do")
-        repo.git.commit("--no-verify", "-q", "-m", message)
+        try:
+            repo.git.commit("--no-verify", "-q", "-m", message)
+        except GitCommandError:
+            # no identity configured (a CI runner's usual state): commit as reconciler
+            try:
+                repo.git.commit("--no-verify", "-q", "-m", message, env=BOT_IDENTITY)
+            except GitCommandError as e:
+                repo.git.reset("--hard", "HEAD")
+                detail = (str(e.stderr).strip() or str(e)).splitlines()[-1:]
+                raise GitError(f"git could not commit the revert: {' '.join(detail)}") from None
         return str(repo.head.commit.hexsha)
 
     def push(self, branch: str, remote: str = "origin") -> None:

@@ -122,3 +122,26 @@ def test_without_a_forge_or_with_no_revert_pr_it_says_what_to_run(repo: Path) ->
     assert "no revert pull request (not in CI on the deploy branch (or --no-revert-pr))" in r.out
     # the commits since the last applied one that touch what apply reads, newest first
     assert f"next: reconciler rollback {bad[:12]} " in r.out
+
+
+def test_without_a_git_identity_the_revert_is_committed_as_reconciler(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A CI runner often has no user.name: the revert is still made (as reconciler's
+    state commits are), not an internal error ending the apply."""
+    with_forge(repo)
+    commit_all(repo, "a check that rolls back")
+    with FakeGitHub() as gh:
+        assert cli(repo, "apply", "--env", "dev", env=in_ci(repo, gh)).code == 0
+        bad = break_it(repo)
+        for key in ("user.name", "user.email"):
+            git(repo, "config", "--unset", key)
+        git(repo, "config", "user.useConfigOnly", "true")
+        nobody = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+        r = cli(repo, "apply", "--env", "dev", env=in_ci(repo, gh) | nobody)
+        assert r.code == 1 and "Traceback" not in r.err and "internal error" not in r.err
+        assert "revert pull request #1 (" in r.out, r.out + r.err
+    branch = f"reconciler/revert-dev-{bad[:12]}"
+    head = git(tmp_path / "origin.git", "rev-parse", f"refs/heads/{branch}")
+    author = git(tmp_path / "origin.git", "log", "-1", "--format=%an <%ae>", head)
+    assert author == "reconciler <reconciler@localhost>"

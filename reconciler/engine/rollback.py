@@ -112,9 +112,6 @@ def _revert(
 
 # -- after a check failed and `onFail: rollback` restored the previous spec ---------------
 
-#: How far back along the first-parent chain the commits a run applied are looked for.
-_MAX_WALK = 200
-
 
 @dataclass
 class RevertProposal:
@@ -156,12 +153,12 @@ def introduced_by(
     stop = last.commit if last is not None else None
     if stop is None or stop == commit or not repo.is_ancestor(stop, commit):
         return [commit]
-    found: list[str] = []
-    for sha in repo.first_parent_chain(commit, _MAX_WALK):
-        if sha == stop:
-            break
-        if any(_under(p, paths) for p in repo.changed_paths(sha)):
-            found.append(sha)
+    # what `stop` reaches was applied already, whichever parent brought it
+    found = [
+        sha
+        for sha in repo.first_parent_range(stop, commit)
+        if any(_under(p, paths) for p in repo.changed_paths(sha))
+    ]
     return found or [commit]
 
 
@@ -186,12 +183,21 @@ def revert_after_failed_check(
     push it on a branch of its own and open the pull request; any other case, or a
     failure on the way, says what to run. Never raises: the run's outcome stands."""
     repo = session.repo
-    reverted = introduced_by(repo, store, environment, commit, paths)
+    try:
+        reverted = introduced_by(repo, store, environment, commit, paths)
+    except ReconcilerError as e:  # the state or git unreadable: say what to run by hand
+        reverted = [commit]
+        why: str | None = f"the commits to revert could not be read: {e.message}"
+    else:
+        why = None
     branch = f"reconciler/revert-{environment}-{reverted[0][:12]}"
     command = (
         f"reconciler rollback {' '.join(s[:12] for s in reverted)} --branch {branch} --open-pr"
     )
     out = RevertProposal(environment, reverted, list(failures), branch, command)
+    if why is not None:
+        out.reason = why
+        return out
     if not open_pr:
         out.reason = "not in CI on the deploy branch (or --no-revert-pr)"
         return out

@@ -26,18 +26,12 @@ import git
 from git.exc import GitCommandError
 
 from reconciler.errors import ConfigError, StateError, StateMovedError
+from reconciler.gitrepo import BOT_IDENTITY
 
 #: How many times a write refetches after losing a compare-and-swap before giving up.
 MAX_ATTEMPTS = 16
 _REF = re.compile(r"refs/[A-Za-z0-9._/-]+")
 _CREDENTIALS = re.compile(r"://[^/@\s]+@")
-#: State commits carry a fixed identity: CI runners often have no user.name configured.
-_IDENTITY = {
-    "GIT_AUTHOR_NAME": "reconciler",
-    "GIT_AUTHOR_EMAIL": "reconciler@localhost",
-    "GIT_COMMITTER_NAME": "reconciler",
-    "GIT_COMMITTER_EMAIL": "reconciler@localhost",
-}
 #: Never prompt for credentials (a CI job would hang).
 _NO_PROMPT = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": ""}
 
@@ -222,7 +216,7 @@ class RefStore:
         parent = ["-p", snap.sha] if snap.sha else []
         _, commit, _ = self.git(
             "commit-tree", "--no-gpg-sign", tree.strip(), *parent, "-m", message,
-            env=_IDENTITY,
+            env=BOT_IDENTITY,
         )  # fmt: skip
         commit = commit.strip()
         self._index_base = commit
