@@ -16,7 +16,7 @@ from reconciler.agent.recheck import notice_for
 from reconciler.checks.recheck import RecheckEngine, due_at, next_due
 from reconciler.clock import FakeClock
 from reconciler.config import load_settings
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.instances import InstanceKey, ProviderConfig
 from reconciler.manifests.models import Check
 from reconciler.providers.base import Invocation, InvokeTarget, Usage
@@ -258,3 +258,21 @@ def test_what_is_not_rechecked(tmp_path: Path, what: str) -> None:
         assert engine.next_due() is None and w.answers.calls == []
     finally:
         w.close()
+
+
+def test_a_provider_that_cannot_be_made_claims_nothing(world: World) -> None:
+    """Made before the claim: no due time is left `pending` for good with nobody to run
+    it (the error is logged once for it), and the next due time runs."""
+    engine = world.engine()
+
+    def missing_token(config: Any) -> Any:
+        raise ConfigError("the token variable REGISTRY_TOKEN is not set")
+
+    engine.make = missing_token
+    world.clock.advance(15 * 60)
+    assert engine.tick(world.state, world.clock.now()) == []  # type: ignore[arg-type]
+    assert world.recorded() == []
+    engine.make = lambda config: world.answers  # type: ignore[assignment,return-value]
+    world.clock.advance(15 * 60)
+    (done,) = engine.tick(world.state, world.clock.now())  # type: ignore[arg-type]
+    assert done.passed

@@ -96,6 +96,7 @@ class Rechecker:
             environments=self.environments,
             limits=Limits(s.executions.max_result_bytes, s.executions.keep),
             clock=self.clock,
+            make=self.session.provider,  # what providers find, the session's redactor learns
         )
         try:
             while not self._stop.is_set():

@@ -183,13 +183,20 @@ class RecheckEngine:
         # every request may have to wait its own deadline before this one is done
         calls = len(d.check.spec.requests)
         claim.deadline = now + timedelta(seconds=deadline_of(rec.spec) * calls)
+        # made before the claim: a provider that cannot be made claims nothing
+        provider = self._provider(d.environment, rec.provider, d.provider)
         if not self.executions.add(claim):  # another engine has this due time
             log.debug(
                 "check.recheck_elsewhere", check=name, env=d.environment, due=d.due.isoformat()
             )
             return None
-        previous = self._previous(d, claim.id)
-        provider = self._provider(d.environment, rec.provider, d.provider)
+        try:
+            previous = self._previous(d, claim.id)
+        except ReconcilerError as e:  # never a claim left pending for good
+            claim.status, claim.finished_at = "failed", self.clock()
+            claim.error = redact(e.message)
+            self.executions.transition(claim, ("pending",))
+            raise
         results = run_requests(
             d.check,
             rec,
