@@ -138,6 +138,14 @@ def test_the_url_password_is_never_shown(tmp_path: Path, postgres_server: PgServ
             ["pw"],
         ),
         ("postgresql://:pw@/db?host=/run/pg", "postgresql://:***@/db?host=/run/pg", ["pw"]),
+        # libpq takes a password up to its `@`: `#` and `?` are part of it, not a
+        # fragment or a query
+        ("postgresql://u:p#ssw0rd@h/db", "postgresql://u:***@h/db", ["p#ssw0rd"]),
+        (
+            "postgresql://u:p?w@h/db?password=q",
+            "postgresql://u:***@h/db?password=***",
+            ["p?w", "q"],
+        ),
     ],
 )
 def test_mask_url(url: str, masked: str, found: list[str]) -> None:
