@@ -144,15 +144,11 @@ def _structlog_config() -> dict[str, Any] | None:
 
 
 def _process_state() -> Any:
-    """Module-level state a command keeps for the rest of its process: the global CLI
-    options and the per-process prune counters of executions."""
-    from reconciler import cli_base
+    """Module-level state a command keeps for the rest of its process: the per-process
+    prune counters of executions (the CLI's options live on its context object)."""
     from reconciler.runs import execute
 
     def clear() -> None:
-        options = getattr(cli_base, "options", None)
-        if isinstance(options, dict):
-            options.clear()
         execute._recorded.clear()
 
     def swap() -> dict[str, int]:
