@@ -17,6 +17,7 @@ from reconciler.log import get_logger, redact
 from reconciler.manifests import Desired
 from reconciler.runs.execute import Limits
 from reconciler.runs.fire import utc_now
+from reconciler.runs.firer import open_until_stopped
 from reconciler.runs.prom import CheckMetrics
 from reconciler.session import Session
 from reconciler.state import open_state
@@ -84,10 +85,8 @@ class Rechecker:
 
     def _run(self) -> None:
         s = self.session.settings
-        try:
-            executions = self.session.open_executions()
-        except Exception as e:  # the state unreachable: the agent's loop says so too
-            log.error("check.cannot_start", error=redact(str(e)))
+        executions = open_until_stopped(self.session, self._stop, "check.cannot_start")
+        if executions is None:
             return
         engine = RecheckEngine(
             s,

@@ -12,7 +12,7 @@ from reconciler.engine.live import ProvidersOfRecord
 from reconciler.log import get_logger, redact
 from reconciler.runs.fire import Clock, FireEngine, utc_now
 from reconciler.runs.prom import ExecutionMetrics
-from reconciler.runs.store import reap
+from reconciler.runs.store import ExecutionStore, reap
 from reconciler.session import Session
 from reconciler.state import open_state
 from reconciler.state.base import StateStore
@@ -59,10 +59,8 @@ class Firer:
 
     def _run(self) -> None:
         s = self.settings
-        try:
-            executions = self.session.open_executions()
-        except Exception as e:  # the state unreachable: the agent's loop says so too
-            log.error("fire.cannot_start", error=redact(str(e)))
+        executions = open_until_stopped(self.session, self._stop, "fire.cannot_start")
+        if executions is None:
             return
         observe = None if self.metrics is None else self.metrics.observe
         engine = FireEngine(
@@ -111,3 +109,22 @@ class Firer:
         if due is None:
             return self.wake
         return max(0.0, min(self.wake, (due - now).total_seconds()))
+
+
+#: Seconds between attempts to open the executions while the state is unreachable.
+OPEN_RETRY = 5.0
+
+
+def open_until_stopped(
+    session: Session, stop: threading.Event, event: str, *, every: float = OPEN_RETRY
+) -> ExecutionStore | None:
+    """The executions, opened again every `every` seconds while the state cannot be
+    reached (an agent started during a database outage fires once it is back), or None
+    once `stop` is set."""
+    while not stop.is_set():
+        try:
+            return session.open_executions()
+        except Exception as e:  # the state unreachable: the agent's loop says so too
+            log.error(event, error=redact(str(e)), retry_in=every)
+            stop.wait(every)
+    return None
